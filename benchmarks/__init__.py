@@ -1,0 +1,4 @@
+"""Hardware-in-loop benchmarks: each one measured beside its baseline in the same run.
+
+Run ``python -m benchmarks [--quick] [--only NAME] [--profile FILE] [--out DIR]``.
+"""

@@ -1,0 +1,1 @@
+"""The device CLI for field technicians: thin commands over library objects."""

@@ -1,0 +1,44 @@
+"""`capsight doctor`."""
+
+from __future__ import annotations
+
+import argparse
+
+from capsight_edge.cli.common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    add_device_options,
+    print_json,
+    profile_from,
+)
+from capsight_edge.doctor import doctor_ok, format_table, run_doctor
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "doctor", help="probe every configured device; non-zero exit when a required one fails"
+    )
+    add_device_options(p)
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="AREA",
+        help="run only this area's probes (camera, mcu, imu, positioning, encoders, "
+        "model, disk, sink); repeatable",
+    )
+    p.set_defaults(handler=cmd_doctor)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    profile = profile_from(args)
+    checks = run_doctor(profile, only=set(args.only) if args.only else None)
+    ok = doctor_ok(checks)
+    if args.json:
+        print_json(
+            {"profile": profile.source_path, "ok": ok, "checks": [c.as_dict() for c in checks]}
+        )
+    else:
+        print(f"capsight doctor: profile {profile.name} ({profile.source_path})")
+        print(format_table(checks))
+        print("result: " + ("ok" if ok else "a required device failed"))
+    return EXIT_OK if ok else EXIT_FAIL

@@ -1,0 +1,1 @@
+"""Recording: encoders, outputs, pre-roll and capture bundles."""

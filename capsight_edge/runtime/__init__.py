@@ -1,0 +1,1 @@
+"""The cart's model runtime (onnxruntime)."""

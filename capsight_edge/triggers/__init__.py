@@ -1,0 +1,1 @@
+"""Composite trigger rules: which moments are worth capturing."""

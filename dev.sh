@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# One entry point for people and CI:
+#   ./dev.sh demo [ARGS...]   set up (if needed) and run the simulated flywheel on hw_profiles/sim.toml
+#   ./dev.sh test [ARGS...]   set up (if needed) and run the whole test suite
+#   ./dev.sh setup            only set up: Debian libzbar0, .venv, pinned packages
+# Set-up is idempotent: it reinstalls only when pyproject.toml or constraints.txt changed.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$here"
+venv="${CAPSIGHT_VENV:-$here/.venv}"
+extras="${CAPSIGHT_EXTRAS:-edge,sink,train,dev}"
+
+log() { printf '[dev.sh] %s\n' "$*" >&2; }
+
+need_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    log "need root to run: $*"; return 1; fi
+}
+
+ensure_zbar() {
+  # pyzbar loads libzbar.so.0 through ctypes at run time; pip cannot provide it.
+  if ldconfig -p 2>/dev/null | grep -q 'libzbar\.so\.0'; then return 0; fi
+  log "installing Debian package libzbar0"
+  need_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive need_root apt-get install -y -qq libzbar0 >/dev/null
+}
+
+pick_python() {
+  # The pinned torch CPU wheel is built for CPython 3.11.
+  for p in python3.11 python3; do
+    if command -v "$p" >/dev/null && "$p" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      echo "$p"; return 0; fi
+  done
+  log "Python 3.11 or newer is required"; return 1
+}
+
+ensure_venv() {
+  local stamp="$venv/.capsight-installed" want
+  want="$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)-$extras"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
+  if [ ! -x "$venv/bin/python" ]; then
+    log "creating virtual environment $venv"
+    "$(pick_python)" -m venv "$venv"
+  fi
+  log "installing capsight[$extras] with pinned versions (constraints.txt)"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  "$venv/bin/python" -m pip install -q -c constraints.txt -e ".[${extras}]"
+  echo "$want" > "$stamp"
+}
+
+setup() { ensure_zbar; ensure_venv; }
+
+cmd="${1:-help}"; [ $# -gt 0 ] && shift
+case "$cmd" in
+  setup) setup ;;
+  demo) setup; exec "$venv/bin/capsight" demo "$@" ;;
+  test) setup; exec "$venv/bin/python" -m pytest "$@" ;;
+  *) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SIM = ROOT / "hw_profiles" / "sim.toml"
+
+
+def run_cli(
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    prog: str = "capsight_edge.cli.main",
+) -> subprocess.CompletedProcess[str]:
+    """Run a console command in a real child process, as a technician would."""
+    full_env = {k: v for k, v in os.environ.items() if k != "CAPSIGHT_PROFILE"}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", prog, *args],
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
+
+
+@pytest.fixture
+def sim_profile() -> Path:
+    return SIM
