@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from capsight_edge.doctor import FAIL, PASS, SKIP, WARN, Check, check, disk_check
 from capsight_edge.profile.schema import Profile
@@ -221,3 +222,275 @@ def probe_sink(profile: Profile) -> list[Check]:
             )
         )
     return checks
+
+
+@check("mcu")
+def probe_mcu(profile: Profile) -> list[Check]:
+    """Hello, firmware version, frame error rate and sample rate of the MCU link."""
+    from firmware_bridge.link import LinkState, McuLink, RequestFailed
+    from firmware_bridge.messages import GetInfo, Hello, MsgType
+    from firmware_bridge.transport import SerialTransport, TransportError
+
+    mcu, required = profile.mcu, profile.mcu.required
+    sim = None
+    port = mcu.port
+    if mcu.transport == "sim":
+        from firmware_bridge.sim.mcu import McuSimulator
+        from firmware_bridge.sim.scenario import generate
+
+        sim = McuSimulator(
+            generate("idle", 60),
+            n_cells=profile.load_cells.count,
+            rate_sps=profile.load_cells.rate_sps,
+            crystal_ppm=mcu.sim_crystal_ppm,
+            uwb_hz=10.0 if profile.positioning.source == "uwb" else 0.0,
+        ).start()
+        port = sim.port
+    elif not os.path.exists(port) and "://" not in port:
+        return [
+            Check(
+                "mcu link",
+                FAIL,
+                f"{port} does not exist",
+                "check the cable; use the /dev/serial/by-id/ path; is the user in group 'dialout'?",
+                required,
+            )
+        ]
+    counts: dict[int, int] = {}
+    link = McuLink(SerialTransport(port, mcu.baud))
+    link.add_listener(lambda f, t: counts.__setitem__(f.type, counts.get(f.type, 0) + 1))
+    checks: list[Check] = []
+    label = f"{port}{' (simulated MCU on a pty)' if sim else ''}"
+    try:
+        link.start()
+        if not link.wait_for_state(LinkState.UP, 3.0):
+            return [
+                Check(
+                    "mcu link",
+                    FAIL,
+                    f"{label} does not open",
+                    "check permissions and that no other program holds the port",
+                    required,
+                )
+            ]
+        try:
+            frame = link.request(GetInfo(), timeout_s=2.0)
+        except (RequestFailed, TransportError) as exc:
+            return [
+                Check(
+                    "mcu link",
+                    FAIL,
+                    f"{label} opened but the MCU did not say hello ({exc})",
+                    "check the baud rate and that the firmware speaks capsight protocol v1",
+                    required,
+                )
+            ]
+        hello = frame.payload
+        assert isinstance(hello, Hello)
+        checks.append(
+            Check(
+                "mcu link",
+                PASS,
+                f"{label} at {mcu.baud} baud: {hello.name} "
+                f"firmware {hello.firmware}, protocol v{hello.protocol_version}",
+            )
+        )
+        if hello.n_cells != profile.load_cells.count:
+            checks.append(
+                Check(
+                    "load cells",
+                    FAIL,
+                    f"the MCU reads {hello.n_cells} cells, the "
+                    f"profile says {profile.load_cells.count}",
+                    "fix load_cells.count",
+                    required,
+                )
+            )
+        window = 1.0
+        before = link.stats()
+        w0 = counts.get(int(MsgType.WEIGHT), 0)
+        time.sleep(window)
+        after = link.stats()
+        weights = counts.get(int(MsgType.WEIGHT), 0) - w0
+        bad = sum(after.errors.values()) - sum(before.errors.values())
+        good = after.frames - before.frames
+        rate = bad / (bad + good) if bad + good else 0.0
+        status = PASS if rate < 0.001 else WARN if rate < 0.02 else FAIL
+        checks.append(
+            Check(
+                "mcu frames",
+                status,
+                f"frame error rate {100 * rate:.2f}% over {window:.0f} s, "
+                f"{after.lost_frames} lost, {weights} weight frames "
+                f"({weights / window:.0f}/s, expected "
+                f"{profile.load_cells.rate_sps}/s)",
+                "" if status == PASS else "check cable, ground and baud rate",
+                required and status == FAIL,
+            )
+        )
+        if profile.positioning.source == "uwb":
+            uwb = counts.get(int(MsgType.UWB_POSITION), 0)
+            checks.append(
+                Check(
+                    "uwb",
+                    PASS if uwb else WARN,
+                    f"{uwb} UWB positions from the MCU",
+                    "" if uwb else "check the UWB tag and its anchors",
+                )
+            )
+    finally:
+        link.stop()
+        if sim is not None:
+            sim.stop()
+    checks.append(_calibration_check(profile, simulated=sim is not None))
+    return checks
+
+
+def _calibration_check(profile: Profile, *, simulated: bool) -> Check:
+    from capsight_edge.doctor import data_dir
+    from capsight_edge.errors import CalibrationError
+    from capsight_edge.sensors.calibration import FILENAME, Calibration
+
+    path = data_dir(profile) / FILENAME
+    if not path.exists():
+        if simulated:
+            return Check("scale calibration", PASS, "simulated cart: tared automatically on start")
+        return Check(
+            "scale calibration",
+            WARN,
+            f"no {path}: weights are uncalibrated",
+            "run `capsight scale tare`, then `capsight scale calibrate --known-grams G`",
+        )
+    try:
+        cal = Calibration.load(data_dir(profile), profile.load_cells.counts_per_gram)
+    except CalibrationError as exc:
+        return Check("scale calibration", FAIL, str(exc), "calibrate again", True)
+    return Check("scale calibration", PASS, f"{path} (updated {cal.updated_utc or 'unknown'})")
+
+
+@check("imu")
+def probe_imu(profile: Profile) -> list[Check]:
+    from capsight_edge.errors import DeviceError
+    from capsight_edge.sensors.imu import Mpu6050
+
+    imu = profile.imu
+    if not imu.enabled:
+        return [Check("imu", SKIP, "no IMU configured")]
+    name = f"i2c-{imu.i2c_bus} @ {imu.address:#04x}"
+    if imu.transport == "sim":
+        from firmware_bridge.sim.scenario import generate
+        from firmware_bridge.sim.smbus import simulated_cart_bus
+
+        bus: Any = simulated_cart_bus(generate("idle", 60), bus=imu.i2c_bus)
+        name += " (simulated bus)"
+    else:
+        dev = f"/dev/i2c-{imu.i2c_bus}"
+        if not os.path.exists(dev):
+            return [
+                Check(
+                    "imu",
+                    FAIL,
+                    f"{dev} does not exist",
+                    "enable I2C (dtparam=i2c_arm=on / jetson-io) and load i2c-dev",
+                    imu.required,
+                )
+            ]
+        try:
+            import smbus2
+
+            bus = smbus2.SMBus(imu.i2c_bus)
+        except (OSError, ImportError) as exc:
+            return [
+                Check(
+                    "imu",
+                    FAIL,
+                    f"cannot open {dev}: {exc}",
+                    "add the user to group 'i2c'",
+                    imu.required,
+                )
+            ]
+    try:
+        chip = Mpu6050(bus=bus, address=imu.address)
+        model = chip.probe()
+        chip.configure(imu.rate_hz)
+        sample = chip.read()
+    except DeviceError as exc:
+        return [
+            Check(
+                "imu",
+                FAIL,
+                f"{name}: {exc}",
+                f"check wiring and address (AD0 high = 0x69); i2cdetect -y {imu.i2c_bus}",
+                imu.required,
+            )
+        ]
+    finally:
+        bus.close()
+    g = sample.accel_magnitude_g
+    status = PASS if 0.8 < g < 1.2 else WARN
+    return [
+        Check(
+            "imu",
+            status,
+            f"{name}: {model}, |a| = {g:.2f} g, {sample.temp_c:.1f} C",
+            "" if status == PASS else "the cart should be at rest: check mounting",
+        )
+    ]
+
+
+@check("positioning")
+def probe_positioning(profile: Profile) -> list[Check]:
+    pos = profile.positioning
+    if pos.source != "nmea":
+        return [
+            Check(
+                "positioning",
+                PASS if pos.source == "uwb" else SKIP,
+                "UWB through the MCU (see the uwb line)"
+                if pos.source == "uwb"
+                else "no positioning configured",
+            )
+        ]
+    from capsight_edge.sensors.nmea import LineFramer, NmeaParser
+    from firmware_bridge.transport import SerialTransport, TransportError
+
+    sim = None
+    port = pos.nmea_port
+    if pos.nmea_transport == "sim":
+        from firmware_bridge.sim.gnss import GnssSimulator
+        from firmware_bridge.sim.scenario import generate
+
+        sim = GnssSimulator(generate("idle", 60)).start()
+        port = sim.port
+    transport = SerialTransport(port, pos.nmea_baud, timeout_s=0.2)
+    parser, framer = NmeaParser(), LineFramer()
+    try:
+        transport.open()
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline and parser.sentences < 4:
+            for line in framer.feed(transport.read(512)):
+                parser.feed_line(line)
+    except TransportError as exc:
+        return [Check("gnss", FAIL, str(exc), "check the receiver's port and baud rate")]
+    finally:
+        transport.close()
+        if sim is not None:
+            sim.stop()
+    s = parser.summary()
+    if not parser.sentences:
+        return [
+            Check(
+                "gnss",
+                FAIL,
+                f"{port}: no NMEA sentence in 2.5 s (rejected: {s['rejected']})",
+                "check the baud rate (often 9600)",
+            )
+        ]
+    return [
+        Check(
+            "gnss",
+            PASS if parser.fixes else WARN,
+            f"{port}: {parser.sentences} sentences, {parser.fixes} fixes",
+            "" if parser.fixes else "no fix yet: give the antenna a view of the sky",
+        )
+    ]

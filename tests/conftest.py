@@ -34,3 +34,15 @@ def run_cli(
 @pytest.fixture
 def sim_profile() -> Path:
     return SIM
+
+
+def wait_until(predicate, timeout_s: float = 10.0, interval_s: float = 0.02) -> bool:  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until it is true; False at the deadline (the caller asserts)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return bool(predicate())

@@ -18,6 +18,7 @@ from capsight_edge.errors import CapsightError
 COMMAND_MODULES = (
     "capsight_edge.cli.profile_cmd",
     "capsight_edge.cli.doctor_cmd",
+    "capsight_edge.cli.sensors_cmd",
     "capsight_edge.cli.demo_cmd",
 )
 

@@ -1,0 +1,244 @@
+"""`capsight sensors watch`, `capsight scale tare|calibrate`, `capsight gps parse`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from capsight_edge.cli.common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    add_device_options,
+    print_json,
+    profile_from,
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("sensors", help="live sensor readings")
+    ssub = s.add_subparsers(dest="sensors_command", metavar="ACTION", required=True)
+    w = ssub.add_parser("watch", help="live readings and link health, refreshing in place")
+    add_device_options(w)
+    w.add_argument("--interval", type=float, default=0.5, help="refresh period in seconds")
+    w.add_argument(
+        "--duration", type=float, default=0.0, help="stop after this many seconds (0: until Ctrl-C)"
+    )
+    w.set_defaults(handler=cmd_watch)
+
+    sc = sub.add_parser("scale", help="tare and calibrate the load cells")
+    scsub = sc.add_subparsers(dest="scale_command", metavar="ACTION", required=True)
+    t = scsub.add_parser("tare", help="zero the empty cart (stored in the data folder)")
+    add_device_options(t)
+    t.add_argument("--samples", type=int, default=40, help="conversions averaged by the MCU")
+    t.set_defaults(handler=cmd_tare)
+    c = scsub.add_parser("calibrate", help="scale the cells with a known weight on the cart")
+    add_device_options(c)
+    c.add_argument(
+        "--known-grams",
+        type=float,
+        required=True,
+        metavar="G",
+        help="the reference weight, in grams",
+    )
+    c.add_argument(
+        "--cell",
+        type=int,
+        default=None,
+        help="calibrate one cell, with the weight over its corner (default: all)",
+    )
+    c.add_argument("--yes", action="store_true", help="do not wait for Enter between steps")
+    c.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for stability")
+    c.set_defaults(handler=cmd_calibrate)
+
+    g = sub.add_parser("gps", help="NMEA tools")
+    gsub = g.add_subparsers(dest="gps_command", metavar="ACTION", required=True)
+    gp = gsub.add_parser("parse", help="parse an NMEA log: one JSON line per fix, then a summary")
+    gp.add_argument("files", nargs="+", metavar="FILE")
+    gp.add_argument(
+        "--json", action="store_true", help="JSON lines (the default output is a table)"
+    )
+    gp.set_defaults(handler=cmd_gps_parse)
+
+
+def _hub(args: argparse.Namespace, *, still: bool = False) -> Any:
+    """The profile's sensors. ``still``: on a simulated cart, nobody shops meanwhile (tare and
+    calibration need a cart at rest)."""
+    from capsight_edge.sensors.hub import SensorHub
+
+    profile = profile_from(args)
+    scenario = None
+    if still and profile.mcu.transport == "sim":
+        from firmware_bridge.sim.scenario import generate
+
+        scenario = generate("idle", 3600)
+    return SensorHub(profile, scenario=scenario)
+
+
+def _render(snap: dict[str, Any]) -> str:
+    link = snap.get("link") or {}
+    lines = [
+        f"weight   {snap['weight_g'] if snap['weight_g'] is not None else '-':>9} g   "
+        f"{'stable' if snap['stable'] else 'moving'}   stable weight {snap['stable_weight_g']} g"
+        f"   {'tared' if snap['tared'] else 'NOT TARED'}",
+        f"link     {link.get('state', '-')}  port {link.get('port', '-')}  fw "
+        f"{link.get('firmware') or '-'}  frames {link.get('frames', 0)}  errors "
+        f"{sum((link.get('errors') or {}).values())}  lost {link.get('lost_frames', 0)}  "
+        f"reconnects {link.get('reconnects', 0)}",
+        f"clock    drift {link.get('clock_drift_ppm', 0):+.1f} ppm  exchanges "
+        f"{link.get('clock_exchanges', 0)}",
+    ]
+    if "imu" in snap:
+        imu = snap["imu"]
+        lines.append(
+            f"imu      accel {imu['accel_g']} g  gyro {imu['gyro_dps']} dps  "
+            f"{'BUMP' if imu['bump'] else ''}"
+        )
+    if "uwb" in snap:
+        u = snap["uwb"]
+        lines.append(f"uwb      x {u['x_mm']} mm  y {u['y_mm']} mm  quality {u['quality']}%")
+    if "gnss" in snap:
+        fix = snap["gnss"]["fix"]
+        lines.append(
+            "gnss     "
+            + (f"{fix['lat']:.6f}, {fix['lon']:.6f} q{fix['quality']}" if fix else "no fix")
+        )
+    for ev in snap["events"][-3:]:
+        lines.append(f"event    {ev['kind']:<15} delta {ev['delta_g']:+.1f} g")
+    return "\n".join(lines)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    hub = _hub(args)
+    start = time.monotonic()
+    tty = sys.stdout.isatty() and not args.json
+    with hub:
+        try:
+            while not args.duration or time.monotonic() - start < args.duration:
+                time.sleep(args.interval)
+                snap = hub.snapshot()
+                if args.json:
+                    print_json(snap)
+                elif tty:
+                    sys.stdout.write("\x1b[H\x1b[2J" + _render(snap) + "\n")
+                    sys.stdout.flush()
+                else:
+                    print(_render(snap) + "\n")
+        except KeyboardInterrupt:
+            pass
+    return EXIT_OK
+
+
+def cmd_tare(args: argparse.Namespace) -> int:
+    hub = _hub(args, still=True)
+    hub.auto_tare = False
+    with hub:
+        hub.require_link(5.0)
+        means = hub.tare(samples=args.samples)
+    path = hub.data_dir / "calibration.json"
+    if args.json:
+        print_json({"zero_counts": means, "file": str(path)})
+    else:
+        print(f"tared: zero counts {means} stored in {path}")
+    return EXIT_OK
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    if args.known_grams <= 0:
+        print("capsight: error: --known-grams must be positive", file=sys.stderr)
+        return EXIT_USAGE
+    hub = _hub(args, still=True)
+    hub.auto_tare = False
+    simulated = hub.profile.mcu.transport == "sim"
+
+    def step(text: str) -> None:
+        if args.yes or simulated or not sys.stdin.isatty():
+            print(text, file=sys.stderr)
+        else:
+            input(text + " Then press Enter. ")
+
+    with hub:
+        hub.require_link(5.0)
+        if not hub.calibrated:
+            step("Empty the cart to tare it first.")
+            hub.tare()
+        where = "on the cart" if args.cell is None else f"over the corner of cell {args.cell}"
+        step(f"Place {args.known_grams:g} g {where}.")
+        if simulated:
+            x, y = (
+                (0.5, 0.5)
+                if args.cell is None
+                else ((args.cell % 2) * 0.98 + 0.01, (args.cell // 2) * 0.98 + 0.01)
+            )
+            settle = hub.sim.place(args.known_grams, x=x, y=y)
+            while hub.sim.scenario_time() < settle + 0.3:
+                time.sleep(0.05)
+        cal = hub.calibrate(args.known_grams, args.cell, timeout_s=args.timeout)
+    result = {
+        "counts_per_gram": cal.counts_per_gram,
+        "zero_counts": cal.zero_counts,
+        "file": str(hub.data_dir / "calibration.json"),
+    }
+    if args.json:
+        print_json(result)
+    else:
+        print(
+            f"calibrated: counts per gram {[round(k, 4) for k in cal.counts_per_gram]} "
+            f"stored in {result['file']}"
+        )
+    return EXIT_OK
+
+
+def cmd_gps_parse(args: argparse.Namespace) -> int:
+    from capsight_edge.sensors.nmea import NmeaParser, read_log_lines
+
+    status = EXIT_OK
+    for name in args.files:
+        path = Path(name)
+        if not path.is_file():
+            print(f"capsight: error: {name}: file not found", file=sys.stderr)
+            status = EXIT_USAGE
+            continue
+        parser = NmeaParser()
+        start = time.perf_counter()
+        for line in read_log_lines(path):
+            fix = parser.feed_line(line)
+            if fix is None:
+                continue
+            row = {
+                "file": name,
+                "receiver_time": fix.receiver_time,
+                "receiver_date": fix.receiver_date,
+                "lat": round(fix.lat, 8),
+                "lon": round(fix.lon, 8),
+                "alt_m": fix.alt_m,
+                "quality": fix.quality,
+                "satellites": fix.satellites,
+                "hdop": fix.hdop,
+                "source": fix.source,
+            }
+            if args.json:
+                print_json(row)
+            else:
+                print(
+                    f"{fix.receiver_time:>16}  {fix.lat:12.7f} {fix.lon:13.7f}  "
+                    f"alt {fix.alt_m if fix.alt_m is not None else '-':>7}  q{fix.quality}  "
+                    f"sats {fix.satellites if fix.satellites is not None else '-':>2}  "
+                    f"hdop {fix.hdop if fix.hdop is not None else '-'}"
+                )
+        summary = {
+            "file": name,
+            **parser.summary(),
+            "seconds": round(time.perf_counter() - start, 4),
+        }
+        if args.json:
+            print_json({"summary": summary})
+        else:
+            print(
+                f"{name}: {summary['sentences']} sentences, {summary['fixes']} fixes, "
+                f"rejected {summary['rejected_total']} {json.dumps(summary['rejected'])}"
+            )
+    return status

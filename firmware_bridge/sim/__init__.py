@@ -1,0 +1,1 @@
+"""Simulated cart hardware that speaks the real wire protocols (MCU on a pty, SMBus, GNSS)."""
