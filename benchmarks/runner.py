@@ -12,7 +12,7 @@ from typing import Any
 from benchmarks.machine import describe_machine
 from benchmarks.registry import BENCHMARKS, BenchContext, BenchResult
 
-MODULES = ("benchmarks.bench_profile", "benchmarks.bench_sensors")
+MODULES = ("benchmarks.bench_profile", "benchmarks.bench_sensors", "benchmarks.bench_camera")
 
 
 def _load() -> None:

@@ -87,7 +87,7 @@ def test_rate_change_settles_before_samples(
 ) -> None:
     lk, rec = link
     lk.request(SetRate(10))
-    t_change = sim.history[-1].host_ns  # the ACK
+    t_change = next(r.host_ns for r in reversed(sim.history) if r.type == MsgType.ACK)
     assert wait_until(lambda: any(t > t_change for _, t in rec.of(MsgType.WEIGHT)))
     first_after = min(
         r.host_ns for r in sim.history if r.type == MsgType.WEIGHT and r.host_ns > t_change

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "capsight_edge.cli.profile_cmd",
     "capsight_edge.cli.doctor_cmd",
     "capsight_edge.cli.sensors_cmd",
+    "capsight_edge.cli.camera_cmd",
     "capsight_edge.cli.demo_cmd",
 )
 

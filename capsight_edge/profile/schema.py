@@ -227,11 +227,20 @@ class TriggerRule:
     preroll_s: float = setting(3.0, "seconds kept from before the trigger", min=0, max=30)
     postroll_s: float = setting(2.0, "seconds recorded after the signals clear", min=0, max=60)
     cooldown_s: float = setting(5.0, "seconds before the same rule may fire again", min=0, max=3600)
+    confirm_s: float = setting(
+        0.0,
+        "the rule must hold this long before it fires (lets a late signal cancel it)",
+        min=0,
+        max=30,
+    )
+    max_length_s: float = setting(30.0, "longest capture one firing may ask for", min=1, max=600)
 
 
 DEFAULT_TRIGGERS = [
     TriggerRule(name="scanned_item", when="hand_motion & barcode", priority=2),
-    TriggerRule(name="unscanned_item", when="weight_delta & !barcode", priority=3),
+    TriggerRule(
+        name="unscanned_item", when="weight_delta & !barcode[3s]", priority=3, confirm_s=0.5
+    ),
 ]
 
 

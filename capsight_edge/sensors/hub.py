@@ -125,6 +125,8 @@ class SensorHub:
         self._stable_counts: deque[tuple[float, ...]] = deque(maxlen=64)
         self._health_thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._event_listeners: list[Any] = []
+        self._uwb_track: deque[tuple[int, float, float]] = deque(maxlen=40)
 
     def _new_pipeline(self) -> WeightPipeline:
         lc = self.profile.load_cells
@@ -247,6 +249,7 @@ class SensorHub:
             self._on_weight(p, t_ns)
         elif isinstance(p, UwbPosition):
             self.last_uwb = (t_ns, p)
+            self._uwb_track.append((t_ns, p.x_mm, p.y_mm))
             if self.log:
                 self.log.add(
                     "/position/uwb", t_ns, x_mm=p.x_mm, y_mm=p.y_mm, z_mm=p.z_mm, quality=p.quality
@@ -274,6 +277,11 @@ class SensorHub:
         for ev in events:
             self.events.put(ev)
             self.event_history.append(ev)
+            for fn in self._event_listeners:
+                try:
+                    fn(ev)
+                except Exception:  # a consumer bug must not stop the sensors
+                    log.exception("weight event listener failed")
             if self.log:
                 self.log.event("/weight/events", ev.t_ns, ev.as_dict())
 
@@ -300,6 +308,21 @@ class SensorHub:
                 self.log.event("/link/health", time.monotonic_ns(), asdict(self.link.stats()))
             if self.log:
                 self.log.flush()
+
+    def add_event_listener(self, fn: Any) -> None:
+        """``fn(WeightEvent)`` on the MCU link's thread for every weight event."""
+        self._event_listeners.append(fn)
+
+    def cart_moving(self, now_ns: int | None = None, min_speed_mm_s: float = 200.0) -> bool:
+        """The cart moves: UWB positions over the last second travel faster than walking
+        pace allows for noise."""
+        now = now_ns if now_ns is not None else time.monotonic_ns()
+        pts = [p for p in list(self._uwb_track) if now - p[0] <= 1_500_000_000]
+        if len(pts) < 5:
+            return False
+        (t0, x0, y0), (t1, x1, y1) = pts[0], pts[-1]
+        dt = (t1 - t0) / 1e9
+        return dt > 0.5 and ((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5 / dt >= min_speed_mm_s
 
     # -- queries ------------------------------------------------------------------------------
     def signals(self, now_ns: int | None = None, window_s: float = 2.0) -> dict[str, bool]:

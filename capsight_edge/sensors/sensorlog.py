@@ -91,6 +91,41 @@ CHANNELS: dict[str, tuple[str, dict[str, Any], bool]] = {
         False,
     ),
     "/link/health": ("capsight.LinkHealth", {"type": "object"}, False),
+    "/triggers": (
+        "capsight.TriggerDecision",
+        {
+            "type": "object",
+            "properties": {
+                "kind": {"type": "string"},
+                "rule": {"type": "string"},
+                "priority": {"type": "integer"},
+                "t_ns": {"type": "integer"},
+                "signals": {"type": "object"},
+                "reason": {"type": "string"},
+                "clip_start_ns": {"type": "integer"},
+                "clip_end_ns": {"type": "integer"},
+            },
+        },
+        False,
+    ),
+    "/camera/motion": (
+        "capsight.Motion",
+        _batch({"moving_fraction": _NUM, "hand_activity": {"type": "boolean"}}),
+        True,
+    ),
+    "/camera/barcodes": (
+        "capsight.Barcode",
+        {
+            "type": "object",
+            "properties": {
+                "t_ns": {"type": "integer"},
+                "symbology": {"type": "string"},
+                "text": {"type": "string"},
+                "bbox": {"type": "array", "items": {"type": "integer"}},
+            },
+        },
+        False,
+    ),
 }
 
 

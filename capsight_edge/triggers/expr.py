@@ -1,14 +1,20 @@
 """The trigger rule language: boolean expressions over named signals.
 
     hand_motion & barcode          a scanned item went past the camera
-    weight_delta & !barcode        weight changed and nothing was scanned (an unscanned item)
+    weight_delta & !barcode[3s]    weight changed and nothing was scanned in the 3 s before
     (bump | unstable) & !weight_delta
 
 Grammar (``!`` binds tightest, then ``&``, then ``|``; parentheses group)::
 
     expr   := term ('|' term)*
     term   := factor ('&' factor)*
-    factor := '!' factor | '(' expr ')' | SIGNAL
+    factor := '!' factor | '(' expr ')' | SIGNAL window?
+    window := '[' NUMBER ('s' | 'ms') ']'
+
+A signal with a window is true when it was raised at any moment within that long before now.
+Without a window, an instantaneous signal (a barcode read, a weight event, a bump, a manual
+trigger) counts for :data:`DEFAULT_PULSE_S` after it was raised; a state (hand motion, unstable
+weight, cart moving) counts while it lasts.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 #: Every signal a rule may name, and what raises it.
 SIGNALS: dict[str, str] = {
@@ -27,9 +34,17 @@ SIGNALS: dict[str, str] = {
     "unstable": "the load cells are not settled",
     "bump": "the IMU saw a jolt (kerb, collision)",
     "cart_moving": "the cart is moving (IMU or position)",
+    "manual": "a person asked for a capture (`capsight trigger manual`)",
 }
+#: Signals that happen at an instant (the others are states that last).
+PULSES = frozenset({"barcode", "weight_delta", "weight_added", "weight_removed", "bump", "manual"})
+DEFAULT_PULSE_S = 1.0
+MAX_WINDOW_S = 600.0
 
-_TOKEN = re.compile(r"\s*(?:(?P<op>[&|!()])|(?P<name>[A-Za-z_][A-Za-z0-9_]*))")
+_TOKEN = re.compile(
+    r"\s*(?:(?P<op>[&|!()])|(?P<window>\[\s*\d+(?:\.\d+)?\s*(?:ms|s)\s*\])"
+    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*))"
+)
 
 
 class RuleSyntaxError(ValueError):
@@ -40,19 +55,29 @@ class RuleSyntaxError(ValueError):
         self.position = position
 
 
+class SignalView(Protocol):
+    def active(self, name: str, window_s: float | None) -> bool: ...
+
+
+Signals = Mapping[str, bool] | SignalView
+
+
 @dataclass(frozen=True)
 class Signal:
     name: str
+    window_s: float | None = None
 
-    def evaluate(self, signals: Mapping[str, bool]) -> bool:
-        return bool(signals.get(self.name, False))
+    def evaluate(self, signals: Signals) -> bool:
+        if isinstance(signals, Mapping):
+            return bool(signals.get(self.name, False))
+        return signals.active(self.name, self.window_s)
 
 
 @dataclass(frozen=True)
 class Not:
     operand: Node
 
-    def evaluate(self, signals: Mapping[str, bool]) -> bool:
+    def evaluate(self, signals: Signals) -> bool:
         return not self.operand.evaluate(signals)
 
 
@@ -60,7 +85,7 @@ class Not:
 class And:
     operands: tuple[Node, ...]
 
-    def evaluate(self, signals: Mapping[str, bool]) -> bool:
+    def evaluate(self, signals: Signals) -> bool:
         return all(o.evaluate(signals) for o in self.operands)
 
 
@@ -68,7 +93,7 @@ class And:
 class Or:
     operands: tuple[Node, ...]
 
-    def evaluate(self, signals: Mapping[str, bool]) -> bool:
+    def evaluate(self, signals: Signals) -> bool:
         return any(o.evaluate(signals) for o in self.operands)
 
 
@@ -85,8 +110,8 @@ def _tokenize(text: str) -> list[tuple[str, int]]:
         if not m:
             bad = pos + len(text[pos:]) - len(text[pos:].lstrip())
             raise RuleSyntaxError(f"unexpected {text[bad]!r}", bad)
-        start = m.start("op") if m.group("op") else m.start("name")
-        tokens.append((m.group("op") or m.group("name"), start))
+        kind = "op" if m.group("op") else "window" if m.group("window") else "name"
+        tokens.append((m.group(kind), m.start(kind)))
         pos = m.end()
     return tokens
 
@@ -136,14 +161,24 @@ class _Parser:
                 raise RuleSyntaxError("missing ')'", self.pos())
             self.take()
             return node
-        if tok in "&|)":
+        if tok in "&|)" or tok.startswith("["):
             raise RuleSyntaxError(f"unexpected {tok!r}", pos)
         if tok not in SIGNALS:
             raise RuleSyntaxError(
                 f"unknown signal {tok!r} (known: {', '.join(sorted(SIGNALS))})", pos
             )
         self.take()
-        return Signal(tok)
+        window = None
+        nxt = self.peek()
+        if nxt is not None and nxt.startswith("["):
+            wpos = self.pos()
+            text = self.take()[1:-1].replace(" ", "")
+            window = float(text[:-2]) / 1000 if text.endswith("ms") else float(text[:-1])
+            if not 0 < window <= MAX_WINDOW_S:
+                raise RuleSyntaxError(
+                    f"window {text} out of range (0 < window <= {MAX_WINDOW_S:g}s)", wpos
+                )
+        return Signal(tok, window)
 
 
 def parse_rule(text: str) -> Node:

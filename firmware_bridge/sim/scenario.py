@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -30,6 +31,10 @@ class ItemEvent:
     y: float = 0.5  # 0..1 along
     sku: str = ""
     ring_tau_s: float = 0.06
+    #: The shopper showed the barcode to the camera before placing (the scan takes ``scan_s``
+    #: before ``t_s``); False: the item went in unscanned, barcode away from the camera.
+    scanned: bool = True
+    scan_s: float = 1.2
 
     @property
     def release_s(self) -> float:
@@ -56,6 +61,14 @@ class Bump:
         return self.t_s + 5 * self.tau_s
 
 
+@dataclass(frozen=True)
+class HandWave:
+    """A hand moves over the basket holding nothing (no weight change, no barcode)."""
+
+    t_s: float
+    duration_s: float = 1.5
+
+
 @dataclass
 class Scenario:
     duration_s: float
@@ -63,6 +76,9 @@ class Scenario:
     bumps: list[Bump] = field(default_factory=list)
     #: (t_s, x_mm, y_mm) waypoints of the cart's walk; linear in between.
     path: list[tuple[float, float, float]] = field(default_factory=list)
+    waves: list[HandWave] = field(default_factory=list)
+    #: (t_s, gain): the store's lighting switches to ``gain`` at ``t_s`` (1.0 = normal).
+    light_steps: list[tuple[float, float]] = field(default_factory=list)
     seed: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -118,11 +134,17 @@ def generate(
     max_item_g: float = 2000.0,
     item_every_s: float = 8.0,
     bump_every_s: float = 20.0,
+    products: Sequence[tuple[str, float]] | None = None,
+    unscanned_rate: float = 0.2,
+    wave_rate: float = 0.15,
 ) -> Scenario:
     """A deterministic scenario.
 
     ``shopping``: items added (and sometimes taken out again) every ``item_every_s`` on average,
-    bumps in between; ``idle``: nothing happens; ``bumpy``: bumps and walking, no items.
+    about ``unscanned_rate`` of them unscanned, hands waving over the basket now and then, bumps in
+    between; ``idle``: nothing happens; ``bumpy``: bumps and walking, no items.
+    ``products``: (sku, grams) pairs to draw items from (a catalogue), so weights and pictures
+    agree; without it, weights are drawn log-uniformly between ``min_item_g`` and ``max_item_g``.
     """
     if kind not in ("shopping", "idle", "bumpy"):
         raise ValueError(f"unknown scenario {kind!r}")
@@ -137,24 +159,49 @@ def generate(
         return all(b < s - 0.5 or a > e + 0.5 for s, e in busy)
 
     if kind == "shopping":
-        t, inside = 2.0, list[float]()
+        t = 3.0
+        inside: list[ItemEvent] = []
         while t < duration_s - 4:
+            if rng.random() < wave_rate:
+                wave = HandWave(t_s=t, duration_s=rng.uniform(1.0, 2.0))
+                sc.waves.append(wave)
+                busy.append((wave.t_s, wave.t_s + wave.duration_s))
+                t += wave.duration_s + rng.uniform(1.0, 3.0)
+                continue
+            hand_s = rng.uniform(0.35, 0.9)
             if inside and rng.random() < 0.3:
-                grams = -inside.pop(rng.randrange(len(inside)))
+                put = inside.pop(rng.randrange(len(inside)))
+                ev = ItemEvent(
+                    t_s=t,
+                    grams=-put.grams,
+                    hand_s=hand_s,
+                    x=put.x,
+                    y=put.y,
+                    sku=put.sku,
+                    scanned=False,
+                    scan_s=0.0,
+                )
             else:
-                grams = math.exp(rng.uniform(math.log(min_item_g), math.log(max_item_g)))
-                grams = round(grams, 1)
-                inside.append(grams)
-            ev = ItemEvent(
-                t_s=t,
-                grams=grams,
-                hand_s=rng.uniform(0.35, 0.9),
-                x=rng.uniform(0.15, 0.85),
-                y=rng.uniform(0.15, 0.85),
-                sku=f"sku-{rng.randrange(10_000):04d}",
-            )
+                if products:
+                    sku, grams = products[rng.randrange(len(products))]
+                else:
+                    grams = math.exp(rng.uniform(math.log(min_item_g), math.log(max_item_g)))
+                    sku = f"sku-{rng.randrange(10_000):04d}"
+                scanned = rng.random() >= unscanned_rate
+                scan_s = rng.uniform(0.9, 1.6) if scanned else rng.uniform(0.4, 0.7)
+                ev = ItemEvent(
+                    t_s=t + scan_s,
+                    grams=round(grams, 1),
+                    hand_s=hand_s,
+                    x=rng.uniform(0.2, 0.8),
+                    y=rng.uniform(0.25, 0.8),
+                    sku=sku,
+                    scanned=scanned,
+                    scan_s=scan_s,
+                )
+                inside.append(ev)
             sc.items.append(ev)
-            busy.append((ev.t_s, ev.settle_s))
+            busy.append((ev.t_s - ev.scan_s, ev.settle_s))
             t = ev.settle_s + rng.expovariate(1 / item_every_s) + 1.0
     t = rng.uniform(1, bump_every_s)
     while t < duration_s - 2:

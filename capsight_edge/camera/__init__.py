@@ -1,0 +1,1 @@
+"""Camera: frame sources, the shared-memory frame bus, motion and barcode detection."""

@@ -1,0 +1,102 @@
+"""The Collector with real threads, the frame bus and the simulated cart, as a technician
+runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from capsight_edge.camera.sources import SyntheticSource
+from capsight_edge.collector import Collector, send_manual_trigger
+from capsight_edge.profile import load_profile
+from capsight_edge.scene.catalogue import Catalogue
+from capsight_edge.scene.render import SceneRenderer
+from capsight_edge.sensors.hub import SensorHub
+from capsight_edge.sensors.sensorlog import SensorLog, read_messages
+from tests.camera_helpers import scripted
+from tests.conftest import ROOT, SIM, wait_until
+
+
+def test_collector_fires_on_a_scanned_item_and_logs_it(tmp_path: Path) -> None:
+    profile = load_profile(SIM, data_dir=tmp_path)
+    cat = Catalogue(10, seed=1)
+    scenario = scripted("scanned", cat)
+    log = SensorLog(tmp_path / "s.mcap")
+    hub = SensorHub(profile, scenario=scenario, seed=1).start()
+    try:
+        source = SyntheticSource(
+            SceneRenderer(scenario, cat, clean=True), fps=15, clock=hub.sim.scenario_time
+        )
+        with Collector(profile, source, hub=hub, sensor_log=log, control_dir=tmp_path) as collector:
+            assert wait_until(lambda: collector.stats["decision_fire"] >= 1, timeout_s=20)
+            send_manual_trigger(tmp_path, "test")
+            assert wait_until(lambda: collector.stats["manual"] == 1, timeout_s=5)
+            assert wait_until(lambda: "manual" in collector.engine.active_rules, timeout_s=5)
+            fired = [d.rule for d in collector.engine.decisions if d.kind == "fire"]
+            assert fired[0] == "scanned_item" and "manual" in fired
+            assert collector.stats["frames"] > 20 and collector.stats["barcodes"] >= 1
+    finally:
+        hub.stop()
+        log.close()
+    topics = [m[0] for m in read_messages(tmp_path / "s.mcap")]
+    assert "/triggers" in topics and "/camera/barcodes" in topics and "/camera/motion" in topics
+
+
+def test_manual_trigger_without_a_collector_is_a_clear_error(tmp_path: Path) -> None:
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "capsight_edge.cli.main",
+            "trigger",
+            "manual",
+            "--data",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert res.returncode == 2 and "no collector is running" in res.stderr
+
+
+def test_cli_trigger_test_prints_decisions_live(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "capsight_edge.cli.main",
+            "trigger",
+            "test",
+            "--json",
+            "--duration",
+            "25",
+            "--data",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    sent = False
+    rows = []
+    deadline = time.monotonic() + 60
+    for line in proc.stdout:
+        row = json.loads(line)
+        rows.append(row)
+        if not sent and "kind" in row:
+            send_manual_trigger(tmp_path)
+            sent = True
+        if "summary" in row or time.monotonic() > deadline:
+            break
+    proc.wait(60)
+    kinds = [(r.get("kind"), r.get("rule")) for r in rows]
+    assert ("fire", "manual") in kinds
+    assert any(k == "fire" and r in ("scanned_item", "unscanned_item") for k, r in kinds)
+    summary = rows[-1]["summary"]
+    assert summary["frames"] > 100 and summary["manual"] == 1
