@@ -25,6 +25,14 @@ ensure_zbar() {
   DEBIAN_FRONTEND=noninteractive need_root apt-get install -y -qq libzbar0 >/dev/null
 }
 
+ensure_ffprobe() {
+  # The recorder's tests check every clip with ffprobe, as a user's player would see it.
+  if command -v ffprobe >/dev/null; then return 0; fi
+  log "installing Debian package ffmpeg (ffprobe, for the tests)"
+  need_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive need_root apt-get install -y -qq ffmpeg >/dev/null
+}
+
 pick_python() {
   # The pinned torch CPU wheel is built for CPython 3.11.
   for p in python3.11 python3; do
@@ -54,6 +62,6 @@ cmd="${1:-help}"; [ $# -gt 0 ] && shift
 case "$cmd" in
   setup) setup ;;
   demo) setup; exec "$venv/bin/capsight" demo "$@" ;;
-  test) setup; exec "$venv/bin/python" -m pytest "$@" ;;
+  test) setup; ensure_ffprobe; exec "$venv/bin/python" -m pytest "$@" ;;
   *) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

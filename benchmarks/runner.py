@@ -12,7 +12,12 @@ from typing import Any
 from benchmarks.machine import describe_machine
 from benchmarks.registry import BENCHMARKS, BenchContext, BenchResult
 
-MODULES = ("benchmarks.bench_profile", "benchmarks.bench_sensors", "benchmarks.bench_camera")
+MODULES = (
+    "benchmarks.bench_profile",
+    "benchmarks.bench_sensors",
+    "benchmarks.bench_camera",
+    "benchmarks.bench_recorder",
+)
 
 
 def _load() -> None:

@@ -53,8 +53,17 @@ class HumanFormatter(logging.Formatter):
         return text
 
 
+_current = ("human", "WARNING")
+
+
+def current() -> tuple[str, str]:
+    """The (format, level) last configured: child processes start with the same."""
+    return _current
+
+
 def configure(fmt: str = "human", level: str = "WARNING", stream: TextIO | None = None) -> None:
     """Install one handler on the ``capsight`` logger (idempotent: replaces an earlier one)."""
+    global _current
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {FORMATS}, not {fmt!r}")
     root = logging.getLogger(ROOT)
@@ -67,6 +76,7 @@ def configure(fmt: str = "human", level: str = "WARNING", stream: TextIO | None 
     root.addHandler(handler)
     root.setLevel(level.upper())
     root.propagate = False
+    _current = (fmt, level.upper())
 
 
 class OncePerKind:

@@ -25,8 +25,6 @@ _HEAD = struct.Struct("<IIIIIIdQ")  # magic, version, width, height, channels, s
 _SLOT = struct.Struct("<QQQ")  # begin seq, end seq, t_ns
 _HEAD_SIZE = 64
 _SLOT_HEAD = 32
-#: Buses created by this process (their readers here must not touch the resource tracker).
-_CREATED_HERE: set[str] = set()
 
 
 @dataclass
@@ -83,7 +81,6 @@ class FrameBus:
         self.shm = shared_memory.SharedMemory(
             self.name, create=True, size=_size(width, height, channels, slots)
         )
-        _CREATED_HERE.add(self.name)
         self._buf: Any = cast(Any, self.shm.buf)
         self._layout = _Layout(self.shm, width, height, channels, slots)
         self.slots = slots
@@ -118,7 +115,6 @@ class FrameBus:
         self.shm.close()
         with contextlib.suppress(FileNotFoundError):
             self.shm.unlink()
-        _CREATED_HERE.discard(self.name)
 
     def __enter__(self) -> FrameBus:
         return self
@@ -127,23 +123,29 @@ class FrameBus:
         self.close()
 
 
+def _attach(name: str) -> shared_memory.SharedMemory:
+    """Open an existing segment without registering it with this process tree's resource
+    tracker (Python < 3.13 would unlink the producer's memory when this consumer exits, or
+    complain when the producer, in the same tree, unlinks it)."""
+    from multiprocessing import resource_tracker
+
+    register = resource_tracker.register
+    resource_tracker.register = lambda *args, **kwargs: None  # type: ignore[assignment]
+    try:
+        return shared_memory.SharedMemory(name, create=False)
+    except FileNotFoundError as exc:
+        raise FrameError(f"no frame bus named {name!r}") from exc
+    finally:
+        resource_tracker.register = register  # type: ignore[assignment]
+
+
 class FrameBusReader:
     """A consumer: attach by name; ``next_frame`` gives the newest frame after the last one
     seen, as a zero-copy view, and counts the frames skipped in between."""
 
     def __init__(self, name: str) -> None:
-        try:
-            self.shm = shared_memory.SharedMemory(name, create=False)
-        except FileNotFoundError as exc:
-            raise FrameError(f"no frame bus named {name!r}") from exc
+        self.shm = _attach(name)
         self._buf: Any = cast(Any, self.shm.buf)
-        # Python < 3.13 registers an attached segment with the resource tracker, which would
-        # unlink the producer's memory when this consumer exits.
-        if name not in _CREATED_HERE:
-            with contextlib.suppress(Exception):
-                from multiprocessing import resource_tracker
-
-                resource_tracker.unregister(self.shm._name, "shared_memory")  # type: ignore[attr-defined]
         magic, _, w, h, c, slots, fps, _ = _HEAD.unpack_from(self._buf, 0)
         if magic != _MAGIC:
             raise FrameError(f"{name!r} is not a capsight frame bus")

@@ -4,9 +4,10 @@ What runs today: the doctor on the simulated cart, then the simulated cart for `
 a shopper scans (or does not scan) products and puts them in, takes some out, waves over the
 basket; the cart is bumped and walks the store. The MCU simulator sits on a pty behind the real
 link driver, the IMU on a simulated I2C bus, the camera is the synthetic scene on the same clock.
-The Collector (FrameBus, motion, barcodes, trigger engine) decides what to capture; item events
-and trigger decisions print as they happen; every channel goes to one MCAP sensor log. The demo
-grows as the recorder, journal, sink and uploader land.
+The Collector (FrameBus, motion, barcodes, trigger engine) decides what to capture and the
+Recorder (its own process, libx264 here) seals capture bundles. Item events, trigger decisions and
+sealed bundles print as they happen; every channel also goes to one MCAP sensor log. The demo grows
+as the journal, sink and uploader land.
 """
 
 from __future__ import annotations
@@ -32,9 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from capsight_edge.collector import Collector
+    from capsight_edge.cart import Cart
     from capsight_edge.sensors.sensorlog import SensorLog, read_messages
-    from capsight_edge.simcart import start_simulated_cart
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -51,14 +51,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     duration = max(10.0, args.minutes * 60)
     print(
         f"\n-- step 2: the simulated cart for {duration:.0f} s: a shopper scans (or does not) "
-        "and places products; sensors, camera and triggers run live"
+        "and places products; sensors, camera, triggers and recorder run live"
     )
     log_path = out / "sensors.mcap"
-    hub, source, scenario = start_simulated_cart(profile, args.seed, duration_s=duration + 30)
     log = SensorLog(log_path, metadata={"device_id": profile.device.id, "profile": profile.name})
-    hub.log = log
-    start = time.monotonic()
-    start_ns = time.monotonic_ns()
     lines: queue.Queue[str] = queue.Queue()
 
     def on_decision(d: Any) -> None:
@@ -71,49 +67,74 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
             lines.put(f"trigger {d.kind:<4} {d.rule:<15} p{d.priority}  {what}")
 
-    collector = Collector(
-        profile, source, hub=hub, sensor_log=log, control_dir=profile.storage.data_dir
+    def on_sealed(path: Any, manifest: Any) -> None:
+        v = manifest.video
+        lines.put(
+            f"bundle sealed {manifest.bundle_id} ({manifest.trigger.rule}, "
+            f"{v.duration_s if v else 0:.1f} s, {v.encoder if v else '-'}, "
+            f"{sum(f.bytes for f in manifest.files.values()) // 1024} KiB)"
+        )
+
+    cart = Cart(
+        profile,
+        seed=args.seed,
+        sensor_log=log,
+        on_sealed=on_sealed,
+        decision_listener=on_decision,
+        sim_duration_s=duration + 60,
     )
-    collector.add_listener(on_decision)
+    start = time.monotonic()
+    cart.start()
+    hub, collector, recorder = cart.hub, cart.collector, cart.recorder
+    assert collector is not None and recorder is not None
+    print(
+        f"  encoder {recorder.encoder_name}, pre-roll kept {recorder.mode}; bundles in "
+        f"{cart.data_dir / 'bundles'}"
+    )
+
+    def drain(elapsed: float) -> None:
+        while not lines.empty():
+            print(f"  {elapsed:6.1f} s  {lines.get()}", flush=True)
+
     try:
-        with collector:
-            last_status = 0.0
-            while (elapsed := time.monotonic() - start) < duration:
-                try:
-                    ev = hub.events.get(timeout=0.1)
-                except queue.Empty:
-                    ev = None
-                if ev is not None and ev.kind in ("item_added", "item_removed"):
-                    print(
-                        f"  {elapsed:6.1f} s  {ev.kind:<12}  {ev.delta_g:+8.1f} g   cart "
-                        f"{ev.weight_g:8.1f} g",
-                        flush=True,
-                    )
-                elif ev is not None and ev.kind == "unstable_end" and ev.bump:
-                    print(
-                        f"  {elapsed:6.1f} s  bump          peak {ev.peak_g:+7.1f} g, weight "
-                        "unchanged",
-                        flush=True,
-                    )
-                while not lines.empty():
-                    print(f"  {elapsed:6.1f} s  {lines.get()}", flush=True)
-                if elapsed - last_status >= 15:
-                    last_status = elapsed
-                    s = hub.snapshot()
-                    link = s["link"] or {}
-                    print(
-                        f"  {elapsed:6.1f} s  [status] weight {s['stable_weight_g']} g, "
-                        f"link {link.get('state')}, {link.get('frames')} frames, "
-                        f"camera {collector.stats['frames']} frames, "
-                        f"{collector.stats['barcodes']} barcode reads",
-                        flush=True,
-                    )
-            final = hub.snapshot()
-            sim_elapsed = hub.sim.scenario_time() if hub.sim else duration
+        last_status = 0.0
+        while (elapsed := time.monotonic() - start) < duration:
+            try:
+                ev = hub.events.get(timeout=0.1)
+            except queue.Empty:
+                ev = None
+            if ev is not None and ev.kind in ("item_added", "item_removed"):
+                print(
+                    f"  {elapsed:6.1f} s  {ev.kind:<12}  {ev.delta_g:+8.1f} g   cart "
+                    f"{ev.weight_g:8.1f} g",
+                    flush=True,
+                )
+            elif ev is not None and ev.kind == "unstable_end" and ev.bump:
+                print(
+                    f"  {elapsed:6.1f} s  bump          peak {ev.peak_g:+7.1f} g, weight unchanged",
+                    flush=True,
+                )
+            drain(elapsed)
+            if elapsed - last_status >= 15:
+                last_status = elapsed
+                s = hub.snapshot()
+                link = s["link"] or {}
+                print(
+                    f"  {elapsed:6.1f} s  [status] weight {s['stable_weight_g']} g, "
+                    f"link {link.get('state')}, {link.get('frames')} frames, "
+                    f"camera {collector.stats['frames']} frames, "
+                    f"{collector.stats['barcodes']} barcode reads, "
+                    f"{len(recorder.sealed)} bundles",
+                    flush=True,
+                )
+        final = hub.snapshot()
+        sim_elapsed = hub.sim.scenario_time() if hub.sim else duration
     finally:
-        hub.stop()
+        cart.stop()
         log.close()
-    truth = [e for e in scenario.items if e.settle_s <= sim_elapsed - 1.0]
+    drain(time.monotonic() - start)
+    scenario = cart.scenario
+    truth = [e for e in scenario.items if e.settle_s <= sim_elapsed - 1.0] if scenario else []
     detected = [e for e in hub.event_history if e.kind in ("item_added", "item_removed")]
     decisions = [d for d in collector.engine.decisions if d.kind == "fire"]
     messages = read_messages(log_path)
@@ -127,6 +148,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         },
         "camera_frames": collector.stats["frames"],
         "barcode_reads": collector.stats["barcodes"],
+        "bundles_sealed": [str(p) for p in recorder.sealed],
+        "bundles_failed": recorder.failed,
+        "seal_delay_s": [round(x, 3) for x in recorder.seal_delays_s],
         "stable_weight_g": final["stable_weight_g"],
         "true_weight_g": round(sum(e.grams for e in truth), 1),
         "link": final["link"],
@@ -136,7 +160,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "messages": len(messages),
             "channels": sorted({m[0] for m in messages}),
         },
-        "started_ns": start_ns,
     }
     (out / "demo-summary.json").write_text(json.dumps(summary, indent=2))
     print("\n-- summary")
@@ -147,6 +170,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(
         f"  triggers fired: {summary['triggers_fired']} "
         f"({summary['barcode_reads']} barcode reads in {summary['camera_frames']} frames)"
+    )
+    print(
+        f"  bundles sealed: {len(recorder.sealed)} in {cart.data_dir / 'bundles'} "
+        f"(clip.mp4 + sensors.mcap + manifest.json each), failed: {len(recorder.failed)}"
     )
     print(
         f"  cart weight: {summary['stable_weight_g']} g stable, {summary['true_weight_g']} g placed"
@@ -162,5 +189,5 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"{len(messages)} messages on {', '.join(summary['sensor_log']['channels'])})"
     )
     print(f"  written: {out / 'demo-summary.json'}")
-    print("  not yet in the demo: recorder (clips), journal, sink, uploader, training")
-    return EXIT_OK
+    print("  not yet in the demo: journal, sink, uploader, training")
+    return EXIT_OK if not recorder.failed else EXIT_FAIL

@@ -1,0 +1,1 @@
+"""Capture bundles: the manifest schema (shared with the cloud sink) and atomic sealing."""

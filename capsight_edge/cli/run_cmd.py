@@ -1,0 +1,122 @@
+"""`capsight run`: the Collector in the foreground, until SIGINT, SIGTERM or ``--duration``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+import time
+from typing import Any
+
+from capsight_edge.cli.common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    add_device_options,
+    print_json,
+    profile_from,
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run", help="run the collector (sensors, camera, triggers, recorder) in the foreground"
+    )
+    add_device_options(p)
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=0.0,
+        help="stop after this many seconds (0: until SIGINT/SIGTERM)",
+    )
+    p.add_argument("--sink", metavar="URL", help="sink to upload to (overrides upload.sink_url)")
+    p.add_argument("--token-file", metavar="FILE", help="bearer token file for the sink")
+    p.add_argument("--seed", type=int, default=0, help="scenario seed (simulated devices)")
+    p.add_argument(
+        "--preroll",
+        choices=("auto", "raw", "encoded"),
+        default="auto",
+        help="how the pre-roll is kept (auto: raw on CPU encoders, encoded on hardware ones)",
+    )
+    p.set_defaults(handler=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from capsight_edge.cart import Cart
+
+    profile = profile_from(args)
+    if args.sink or args.token_file:
+        upload = dataclasses.replace(
+            profile.upload,
+            sink_url=args.sink or profile.upload.sink_url,
+            token_file=args.token_file or profile.upload.token_file,
+        )
+        profile = dataclasses.replace(profile, upload=upload)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def sealed(path: Any, manifest: Any) -> None:
+        row = {
+            "sealed": manifest.bundle_id,
+            "rule": manifest.trigger.rule,
+            "seconds": manifest.video.duration_s if manifest.video else None,
+            "frames": manifest.video.frames if manifest.video else None,
+            "bytes": sum(f.bytes for f in manifest.files.values()),
+            "path": str(path),
+        }
+        if args.json:
+            print_json(row)
+        else:
+            print(
+                f"sealed {row['sealed']} ({row['rule']}, {row['seconds']} s, {row['bytes']} bytes)",
+                flush=True,
+            )
+
+    cart = Cart(profile, seed=args.seed, preroll_mode=args.preroll, on_sealed=sealed)
+    try:
+        cart.start()
+        assert cart.recorder is not None
+        if args.json:
+            print_json(
+                {
+                    "started": profile.name,
+                    "data": str(cart.data_dir),
+                    "encoder": cart.recorder.encoder_name,
+                    "preroll": cart.recorder.mode,
+                }
+            )
+        else:
+            print(
+                f"capsight run: profile {profile.name}, data {cart.data_dir}, encoder "
+                f"{cart.recorder.encoder_name or '?'} (pre-roll {cart.recorder.mode}); "
+                "Ctrl-C stops",
+                flush=True,
+            )
+        start = time.monotonic()
+        while not stop.is_set():
+            if args.duration and time.monotonic() - start >= args.duration:
+                break
+            stop.wait(0.2)
+    finally:
+        cart.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    rec = cart.recorder
+    summary: dict[str, Any] = {
+        "sealed": len(rec.sealed) if rec else 0,
+        "failed": rec.failed if rec else [],
+        "seal_delay_s": [round(x, 3) for x in rec.seal_delays_s] if rec else [],
+    }
+    if args.json:
+        print_json({"summary": summary})
+    else:
+        print(
+            f"stopped: {summary['sealed']} bundles sealed"
+            + (f", {len(summary['failed'])} failed" if summary["failed"] else "")
+        )
+    return EXIT_OK if not summary["failed"] else EXIT_FAIL

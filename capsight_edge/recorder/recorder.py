@@ -1,0 +1,354 @@
+"""The Recorder: trigger decisions in, sealed capture bundles out.
+
+It starts the encoder process (:mod:`.process`) on the Collector's FrameBus, opens a clip when a
+rule fires (from the rule's pre-roll), keeps it open while any rule is active, and closes it at
+the latest post-roll end. When the encoder process reports the clip written, the Recorder adds
+``sensors.mcap`` (the sensor channels of the clip's window) and ``manifest.json`` and seals the
+bundle atomically: everything is written and fsync'd in ``bundles/.partial/<id>/``, then the
+folder is renamed to ``bundles/<id>/``. A reader never sees half a bundle; a crash leaves only a
+``.partial`` folder, which the journal's recovery deals with.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from capsight_edge import __version__, logs
+from capsight_edge.bundle.manifest import (
+    CLIP,
+    MANIFEST,
+    SENSORS,
+    Manifest,
+    TriggerInfo,
+    VideoInfo,
+    sha256_file,
+)
+from capsight_edge.errors import CapsightError
+from capsight_edge.profile.schema import Profile
+from capsight_edge.recorder.process import EncoderConfig, run_recorder
+from capsight_edge.triggers.engine import Decision
+
+log = logging.getLogger("capsight.recorder")
+MAX_CLIP_S = 120.0
+
+
+def utc_of(t_ns: int, offset_ns: int) -> str:
+    t = (t_ns + offset_ns) / 1e9
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class OpenClip:
+    clip_id: str
+    start_ns: int
+    trigger: Decision
+    partial: Path
+    end_ns: int = 0
+    rules: set[str] = field(default_factory=set)
+    also: list[str] = field(default_factory=list)
+    close_sent: bool = False
+
+
+class Recorder:
+    """See the module docstring. ``on_sealed(path, manifest)`` is called for every sealed
+    bundle (the journal hooks in here); ``sensors`` is a SensorRing."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        *,
+        bus_name: str,
+        width: int,
+        height: int,
+        fps: float,
+        sensors: Any = None,
+        preroll_mode: str = "auto",
+        on_sealed: Callable[[Path, Manifest], None] | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.profile = profile
+        self.data_dir = Path(os.path.expanduser(data_dir or profile.storage.data_dir))
+        self.bundles = self.data_dir / "bundles"
+        self.partial = self.bundles / ".partial"
+        self.partial.mkdir(parents=True, exist_ok=True)
+        self.sensors = sensors
+        self.on_sealed = on_sealed
+        self.preroll_s = max((t.preroll_s for t in profile.triggers), default=3.0)
+        enc = profile.encoder
+        self.cfg = EncoderConfig(
+            list(enc.preference), enc.quality, enc.bitrate_kbps, enc.gop_s, fps, width, height
+        )
+        self.mode = preroll_mode
+        self._bus_name = bus_name
+        ctx = mp.get_context("spawn")
+        self._cmd_q: Any = ctx.Queue(maxsize=64)
+        self._result_q: Any = ctx.Queue()
+        self._proc: Any = None
+        self._ctx = ctx
+        self._clip: OpenClip | None = None
+        self._lock = threading.Lock()
+        self._utc_offset = time.time_ns() - time.monotonic_ns()
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.encoder_name = ""
+        self.encoder_fallbacks: list[tuple[str, str]] = []
+        self.sealed: list[Path] = []
+        self.failed: list[str] = []
+        self.stats: dict[str, Any] = {}
+        self.seal_delays_s: list[float] = []
+        self.dropped_commands = 0
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> Recorder:
+        if self.mode == "auto":
+            self.mode = self._choose_mode()
+        self._proc = self._ctx.Process(
+            target=run_recorder,
+            name="capsight-recorder",
+            daemon=True,
+            args=(
+                self._bus_name,
+                self.cfg,
+                self.preroll_s,
+                self.mode,
+                self._cmd_q,
+                self._result_q,
+                10,
+                logs.current(),
+            ),
+        )
+        self._proc.start()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                first = self._result_q.get(timeout=0.5)
+                break
+            except queue.Empty:
+                if not self._proc.is_alive() or time.monotonic() > deadline:
+                    raise CapsightError(
+                        f"the encoder process did not start (exit code {self._proc.exitcode})"
+                    ) from None
+        if first[0] == "crashed":
+            raise CapsightError(f"the encoder process failed to start:\n{first[1]}")
+        if first[0] == "encoder":  # then "ready"
+            self.encoder_name, self.encoder_fallbacks = first[1], first[2]
+        self._thread = threading.Thread(target=self._results, name="recorder-results", daemon=True)
+        self._thread.start()
+        return self
+
+    def _choose_mode(self) -> str:
+        """Hardware encoder: encode continuously (it costs the CPU nothing). CPU only: keep raw
+        frames and encode on a trigger (README "Recorder": the measurement behind this)."""
+        from capsight_edge.recorder.encoders import BACKENDS, open_encoder
+
+        try:
+            enc, _ = open_encoder(self.cfg.preference, 320, 240, self.cfg.fps)
+        except CapsightError:
+            return "raw"
+        return "encoded" if BACKENDS[enc.name][3] else "raw"
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """Finish an open clip (its post-roll, bounded by ``timeout_s``), seal it, stop."""
+        with self._lock:
+            clip = self._clip
+            if clip is not None and not clip.close_sent:
+                end = max(clip.end_ns, time.monotonic_ns())
+                self._close(clip, min(end, clip.start_ns + int(MAX_CLIP_S * 1e9)))
+        deadline = time.monotonic() + timeout_s
+        while self._clip is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._send(("stop",))
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=max(1.0, deadline - time.monotonic()))
+        if self._proc is not None:
+            self._proc.join(timeout=10)
+            if self._proc.is_alive():
+                self._proc.kill()
+
+    # -- decisions (called on the Collector's thread) -----------------------------------------
+    def on_decision(self, d: Decision) -> None:
+        with self._lock:
+            if d.kind == "fire":
+                self._fire(d)
+            elif d.kind == "end":
+                self._end(d)
+
+    def _fire(self, d: Decision) -> None:
+        clip = self._clip
+        if clip is not None and not clip.close_sent:
+            clip.rules.add(d.rule)
+            if d.rule != clip.trigger.rule and d.rule not in clip.also:
+                clip.also.append(d.rule)
+            return
+        self._seq += 1
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime((d.t_ns + self._utc_offset) / 1e9))
+        clip_id = f"{self.profile.device.id}-{stamp}-{self._seq:04d}-{secrets.token_hex(3)}"
+        partial = self.partial / clip_id
+        partial.mkdir(parents=True, exist_ok=True)
+        self._clip = OpenClip(clip_id, d.clip_start_ns, d, partial, rules={d.rule})
+        self._send(("open", clip_id, d.clip_start_ns, str(partial / CLIP)))
+        log.info("clip %s opened by %s", clip_id, d.rule)
+
+    def _end(self, d: Decision) -> None:
+        clip = self._clip
+        if clip is None or clip.close_sent:
+            return
+        clip.rules.discard(d.rule)
+        clip.end_ns = max(clip.end_ns, d.clip_end_ns)
+        if not clip.rules:
+            self._close(clip, min(clip.end_ns, clip.start_ns + int(MAX_CLIP_S * 1e9)))
+
+    def _close(self, clip: OpenClip, end_ns: int) -> None:
+        clip.end_ns = end_ns
+        clip.close_sent = True
+        self._send(("close", clip.clip_id, end_ns))
+
+    def _send(self, cmd: tuple[Any, ...]) -> None:
+        try:
+            self._cmd_q.put(cmd, timeout=0.5)
+        except queue.Full:
+            self.dropped_commands += 1
+            log.error("encoder process is not taking commands; dropped %s", cmd[0])
+
+    # -- results ------------------------------------------------------------------------------
+    def _results(self) -> None:
+        while not (self._stop.is_set() and self._result_q.empty()):
+            try:
+                msg = self._result_q.get(timeout=0.2)
+            except queue.Empty:
+                if self._proc is not None and not self._proc.is_alive() and not self._stop.is_set():
+                    log.error("the encoder process died")
+                    self._abandon("the encoder process died")
+                    return
+                continue
+            kind = msg[0]
+            if kind == "encoder":
+                self.encoder_name, self.encoder_fallbacks = msg[1], msg[2]
+                for name, reason in msg[2]:
+                    log.warning("encoder %s unavailable: %s; using %s", name, reason, msg[1])
+            elif kind == "clip":
+                self._sealing(msg[1])
+            elif kind == "stopped":
+                self.stats = msg[1]
+            elif kind == "crashed":
+                log.error("encoder process crashed:\n%s", msg[1])
+                self._abandon("the encoder process crashed")
+            elif kind == "encoder_lost":
+                log.error("no encoder opens any more: %s", msg[1])
+
+    def _abandon(self, reason: str) -> None:
+        with self._lock:
+            clip, self._clip = self._clip, None
+        if clip is not None:
+            self.failed.append(f"{clip.clip_id}: {reason}")
+            shutil.rmtree(clip.partial, ignore_errors=True)
+
+    def _sealing(self, info: dict[str, Any]) -> None:
+        with self._lock:
+            clip = self._clip
+            if clip is None or clip.clip_id != info["clip_id"]:
+                return
+            self._clip = None
+        try:
+            if "failed" in info:
+                raise CapsightError(info["failed"])
+            path, manifest = self._seal(clip, info)
+        except (CapsightError, OSError) as exc:
+            # Not sealed: the partial folder stays for the journal's recovery to judge.
+            self.failed.append(f"{clip.clip_id}: {exc}")
+            log.error("bundle %s not sealed: %s", clip.clip_id, exc)
+            return
+        self.seal_delays_s.append((time.monotonic_ns() - clip.end_ns) / 1e9)
+        self.sealed.append(path)
+        log.info("bundle %s sealed (%d frames)", manifest.bundle_id, info["frames"])
+        if self.on_sealed is not None:
+            try:
+                self.on_sealed(path, manifest)
+            except Exception:
+                log.exception("on_sealed hook failed for %s", path)
+
+    def _seal(self, clip: OpenClip, info: dict[str, Any]) -> tuple[Path, Manifest]:
+        p = self.profile
+        start, end = int(info["first_ns"]), max(int(info["last_ns"]), clip.end_ns)
+        files = {}
+        if self.sensors is not None:
+            self.sensors.write_mcap(
+                clip.partial / SENSORS,
+                start,
+                end,
+                metadata={
+                    "bundle_id": clip.clip_id,
+                    "device_id": p.device.id,
+                    "clock": "host CLOCK_MONOTONIC, ns",
+                },
+            )
+            files[SENSORS] = sha256_file(clip.partial / SENSORS)
+        with open(clip.partial / CLIP, "rb") as fh:
+            os.fsync(fh.fileno())
+        files[CLIP] = sha256_file(clip.partial / CLIP)
+        t = clip.trigger
+        manifest = Manifest(
+            bundle_id=clip.clip_id,
+            device_id=p.device.id,
+            store_id=p.device.store_id,
+            profile=p.name,
+            trigger=TriggerInfo(
+                t.rule, t.priority, t.t_ns, dict(t.signals), t.reason, list(clip.also)
+            ),
+            start_ns=start,
+            end_ns=end,
+            start_utc=utc_of(start, self._utc_offset),
+            end_utc=utc_of(end, self._utc_offset),
+            video=VideoInfo(
+                codec=info["codec"],
+                encoder=info["encoder"],
+                width=info["width"],
+                height=info["height"],
+                fps=info["fps"],
+                frames=info["frames"],
+                duration_s=round(info["duration_s"], 3),
+                dropped_frames=int(info.get("skipped", 0)),
+                complete=bool(info["complete"]),
+                note=info.get("note", ""),
+            ),
+            files=files,
+            created_utc=utc_of(time.monotonic_ns(), self._utc_offset),
+            software=f"capsight {__version__}",
+        )
+        tmp = clip.partial / (MANIFEST + ".tmp")
+        with open(tmp, "w") as fh:
+            fh.write(manifest.to_json())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, clip.partial / MANIFEST)
+        fsync_dir(clip.partial)
+        final = self.bundles / clip.clip_id
+        os.replace(clip.partial, final)
+        fsync_dir(self.bundles)
+        fsync_dir(self.partial)
+        return final, manifest
+
+    @property
+    def busy(self) -> bool:
+        return self._clip is not None

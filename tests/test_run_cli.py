@@ -1,0 +1,54 @@
+"""`capsight run` in the foreground, stopped by SIGTERM in the middle of a clip."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from capsight_edge.bundle.manifest import verify_bundle
+from capsight_edge.collector import send_manual_trigger
+from tests.conftest import ROOT
+
+
+def test_sigterm_finishes_and_seals_the_open_clip(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "capsight_edge.cli.main",
+            "--log-level",
+            "ERROR",
+            "run",
+            "--json",
+            "--data",
+            str(tmp_path),
+            "--seed",
+            "3",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    started = json.loads(proc.stdout.readline())  # everything runs, the recorder included
+    assert started["started"] == "sim" and started["encoder"] == "libx264"
+    send_manual_trigger(tmp_path, "test")
+    time.sleep(1.5)  # inside the manual clip (5 s pre-roll, 5 s post-roll)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    summary = rows[-1]["summary"]
+    assert summary["sealed"] >= 1 and summary["failed"] == []
+    sealed = [r for r in rows if "sealed" in r and "summary" not in r]
+    assert any(r["rule"] == "manual" for r in sealed)
+    bundles = [p for p in (tmp_path / "bundles").iterdir() if p.name != ".partial"]
+    assert len(bundles) == summary["sealed"]
+    for b in bundles:
+        verify_bundle(b)
+    assert list((tmp_path / "bundles" / ".partial").iterdir()) == []  # nothing half-written
