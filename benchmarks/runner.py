@@ -17,6 +17,7 @@ MODULES = (
     "benchmarks.bench_sensors",
     "benchmarks.bench_camera",
     "benchmarks.bench_recorder",
+    "benchmarks.bench_journal",
 )
 
 

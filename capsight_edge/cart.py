@@ -1,7 +1,7 @@
-"""Everything a cart runs, started and stopped together: sensors, camera, Collector, Recorder.
+"""Everything a cart runs, started and stopped together: journal (with crash recovery first),
+storage guard, sensors, camera, Collector, Recorder.
 
-``capsight run`` and ``capsight demo`` use this; the journal and the uploader hook in through
-``on_sealed``.
+``capsight run`` and ``capsight demo`` use this; the uploader will hook in through the journal.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from typing import Any
 
 from capsight_edge.bundle.manifest import Manifest
 from capsight_edge.collector import Collector
+from capsight_edge.journal.guard import StorageGuard
+from capsight_edge.journal.journal import Journal
+from capsight_edge.journal.recovery import RecoveryReport, recover
 from capsight_edge.profile.schema import Profile
 from capsight_edge.recorder.recorder import Recorder
 from capsight_edge.sensors.ring import SensorRing, Tee
@@ -57,9 +60,44 @@ class Cart:
         self.scenario: Any = None
         self.collector: Collector | None = None
         self.recorder: Recorder | None = None
+        self.journal: Journal | None = None
+        self.guard: StorageGuard | None = None
+        self.recovery: RecoveryReport | None = None
+
+    # -- journal hooks ------------------------------------------------------------------------
+    def _opened(self, clip_id: str, d: Any) -> None:
+        assert self.journal is not None
+        self.journal.add_recording(clip_id, priority=d.priority, rule=d.rule, created_ns=d.t_ns)
+
+    def _sealed(self, path: Path, manifest: Manifest) -> None:
+        from dataclasses import asdict
+
+        assert self.journal is not None
+        files = {k: asdict(v) for k, v in manifest.files.items()}
+        self.journal.mark_sealed(
+            manifest.bundle_id,
+            files,
+            duration_s=manifest.video.duration_s if manifest.video else 0.0,
+        )
+        if self.on_sealed is not None:
+            self.on_sealed(path, manifest)
+
+    def _failed(self, clip_id: str, reason: str) -> None:
+        assert self.journal is not None
+        row = self.journal.get(clip_id)
+        if row is not None and row.state == "recording":
+            self.journal.discard(clip_id, reason)
+
+    def _pause(self, reason: str | None) -> None:
+        if self.collector is not None:
+            self.collector.engine.pause(reason)
 
     def start(self) -> Cart:
         p = self.profile
+        self.journal = Journal(self.data_dir / "journal.db")
+        self.recovery = recover(self.journal, self.data_dir)
+        self.guard = StorageGuard.from_profile(self.journal, p, on_change=self._pause)
+        self.guard.start()
         if p.mcu.transport == "sim" and p.camera.source == "synthetic":
             from capsight_edge.simcart import start_simulated_cart
 
@@ -78,6 +116,7 @@ class Cart:
         )
         if self.decision_listener is not None:
             self.collector.add_listener(self.decision_listener)
+        self._pause(self.guard.paused_reason)
         self.collector.start()
         bus = self.collector.bus
         assert bus is not None
@@ -90,7 +129,9 @@ class Cart:
             fps=self.source.fps,
             sensors=self.ring,
             preroll_mode=self.preroll_mode,
-            on_sealed=self.on_sealed,
+            on_sealed=self._sealed,
+            on_opened=self._opened,
+            on_failed=self._failed,
         )
         self.recorder.start()
         self.collector.add_listener(self.recorder.on_decision)
@@ -104,6 +145,10 @@ class Cart:
             self.collector.stop()
         if self.hub is not None:
             self.hub.stop()
+        if self.guard is not None:
+            self.guard.stop()
+        if self.journal is not None:
+            self.journal.close()
 
     def __enter__(self) -> Cart:
         return self.start()

@@ -29,8 +29,9 @@ def test_calibrate_rejects_nonpositive_weight(tmp_path: Path) -> None:
 
 
 def test_watch_json_reports_readings(tmp_path: Path) -> None:
-    res = run_cli("sensors", "watch", "--json", "--duration", "5", "--interval", "1",
-                  "--data", str(tmp_path))
+    res = run_cli(
+        "sensors", "watch", "--json", "--duration", "5", "--interval", "1", "--data", str(tmp_path)
+    )
     assert res.returncode == 0, res.stderr
     snaps = [json.loads(line) for line in res.stdout.splitlines()]
     assert len(snaps) >= 2

@@ -27,13 +27,13 @@ from typing import Any
 from capsight_edge import __version__, logs
 from capsight_edge.bundle.manifest import (
     CLIP,
-    MANIFEST,
     SENSORS,
     Manifest,
     TriggerInfo,
     VideoInfo,
     sha256_file,
 )
+from capsight_edge.bundle.seal import seal
 from capsight_edge.errors import CapsightError
 from capsight_edge.profile.schema import Profile
 from capsight_edge.recorder.process import EncoderConfig, run_recorder
@@ -46,14 +46,6 @@ MAX_CLIP_S = 120.0
 def utc_of(t_ns: int, offset_ns: int) -> str:
     t = (t_ns + offset_ns) / 1e9
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -83,6 +75,8 @@ class Recorder:
         sensors: Any = None,
         preroll_mode: str = "auto",
         on_sealed: Callable[[Path, Manifest], None] | None = None,
+        on_opened: Callable[[str, Decision], None] | None = None,
+        on_failed: Callable[[str, str], None] | None = None,
         data_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.profile = profile
@@ -92,6 +86,8 @@ class Recorder:
         self.partial.mkdir(parents=True, exist_ok=True)
         self.sensors = sensors
         self.on_sealed = on_sealed
+        self.on_opened = on_opened
+        self.on_failed = on_failed
         self.preroll_s = max((t.preroll_s for t in profile.triggers), default=3.0)
         enc = profile.encoder
         self.cfg = EncoderConfig(
@@ -207,6 +203,11 @@ class Recorder:
         partial = self.partial / clip_id
         partial.mkdir(parents=True, exist_ok=True)
         self._clip = OpenClip(clip_id, d.clip_start_ns, d, partial, rules={d.rule})
+        if self.on_opened is not None:
+            try:
+                self.on_opened(clip_id, d)
+            except Exception:
+                log.exception("on_opened hook failed for %s", clip_id)
         self._send(("open", clip_id, d.clip_start_ns, str(partial / CLIP)))
         log.info("clip %s opened by %s", clip_id, d.rule)
 
@@ -263,6 +264,14 @@ class Recorder:
         if clip is not None:
             self.failed.append(f"{clip.clip_id}: {reason}")
             shutil.rmtree(clip.partial, ignore_errors=True)
+            self._failed_hook(clip.clip_id, reason)
+
+    def _failed_hook(self, clip_id: str, reason: str) -> None:
+        if self.on_failed is not None:
+            try:
+                self.on_failed(clip_id, reason)
+            except Exception:
+                log.exception("on_failed hook failed for %s", clip_id)
 
     def _sealing(self, info: dict[str, Any]) -> None:
         with self._lock:
@@ -275,9 +284,11 @@ class Recorder:
                 raise CapsightError(info["failed"])
             path, manifest = self._seal(clip, info)
         except (CapsightError, OSError) as exc:
-            # Not sealed: the partial folder stays for the journal's recovery to judge.
+            # Not sealed: nothing of it may look complete.
             self.failed.append(f"{clip.clip_id}: {exc}")
             log.error("bundle %s not sealed: %s", clip.clip_id, exc)
+            shutil.rmtree(clip.partial, ignore_errors=True)
+            self._failed_hook(clip.clip_id, str(exc))
             return
         self.seal_delays_s.append((time.monotonic_ns() - clip.end_ns) / 1e9)
         self.sealed.append(path)
@@ -304,8 +315,6 @@ class Recorder:
                 },
             )
             files[SENSORS] = sha256_file(clip.partial / SENSORS)
-        with open(clip.partial / CLIP, "rb") as fh:
-            os.fsync(fh.fileno())
         files[CLIP] = sha256_file(clip.partial / CLIP)
         t = clip.trigger
         manifest = Manifest(
@@ -336,17 +345,7 @@ class Recorder:
             created_utc=utc_of(time.monotonic_ns(), self._utc_offset),
             software=f"capsight {__version__}",
         )
-        tmp = clip.partial / (MANIFEST + ".tmp")
-        with open(tmp, "w") as fh:
-            fh.write(manifest.to_json())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, clip.partial / MANIFEST)
-        fsync_dir(clip.partial)
-        final = self.bundles / clip.clip_id
-        os.replace(clip.partial, final)
-        fsync_dir(self.bundles)
-        fsync_dir(self.partial)
+        final = seal(clip.partial, self.bundles, manifest)
         return final, manifest
 
     @property

@@ -140,11 +140,18 @@ class TriggerEngine:
                 )
             )
         self._listeners: list[Callable[[Decision], None]] = []
+        self.paused: str | None = None
         self._lock = threading.Lock()
         self.decisions: deque[Decision] = deque(maxlen=1000)
 
     def add_listener(self, fn: Callable[[Decision], None]) -> None:
         self._listeners.append(fn)
+
+    def pause(self, reason: str | None) -> None:
+        """While paused (the storage guard says the disk is nearly full), rules that would fire
+        are suppressed with this reason; ``None`` resumes."""
+        with self._lock:
+            self.paused = reason
 
     @property
     def active_rules(self) -> list[str]:
@@ -194,6 +201,20 @@ class TriggerEngine:
                     )
                 r.state = "idle"
                 r.suppressed_logged = False
+                continue
+            if self.paused is not None and r.state != "active":
+                if not r.suppressed_logged:
+                    r.suppressed_logged = True
+                    out.append(
+                        Decision(
+                            "suppressed",
+                            r.name,
+                            r.priority,
+                            now,
+                            self._snapshot(r),
+                            f"capture paused: {self.paused}",
+                        )
+                    )
                 continue
             if now < r.cooldown_until_ns:
                 if not r.suppressed_logged:

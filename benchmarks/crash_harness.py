@@ -1,0 +1,169 @@
+"""Crash test: a worker seals, uploads and evicts bundles through the real journal and sealing
+code as fast as it can, and gets SIGKILLed at random moments; after each kill, recovery runs and
+the invariants are checked:
+
+- no sealed bundle lost: every bundle the worker saw sealed (its ledger, fsync'd after the journal
+  committed) and did not evict is in the journal and on disk, and verifies;
+- none duplicated, nothing half-written left: ``.partial`` is empty after recovery;
+- journal and disk agree: every live row has its folder and every folder its live row;
+- the SQLite file passes ``PRAGMA integrity_check``.
+
+Run ``python -m benchmarks.crash_harness worker DIR`` for the worker alone.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+LIVE = ("sealed", "uploading", "uploaded")
+
+
+def _ledger(data: Path, line: str) -> None:
+    with open(data / "ledger.txt", "a") as fh:
+        fh.write(line + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def worker(data: Path) -> None:
+    from capsight_edge.bundle.manifest import (
+        CLIP,
+        SENSORS,
+        Manifest,
+        TriggerInfo,
+        VideoInfo,
+        sha256_file,
+    )
+    from capsight_edge.bundle.seal import seal
+    from capsight_edge.journal.journal import Journal
+    from capsight_edge.journal.recovery import recover
+
+    journal = Journal(data / "journal.db")
+    recover(journal, data)
+    bundles, partial = data / "bundles", data / "bundles" / ".partial"
+    rng = random.Random(os.getpid())
+    i = 0
+    while True:
+        i += 1
+        bid = f"b{os.getpid()}-{i}"
+        prio = rng.randint(0, 3)
+        journal.add_recording(bid, priority=prio, rule="crash")
+        d = partial / bid
+        d.mkdir(parents=True)
+        with open(d / CLIP, "wb") as fh:
+            for _ in range(rng.randint(1, 8)):
+                fh.write(os.urandom(16 * 1024))
+        (d / SENSORS).write_bytes(os.urandom(rng.randint(100, 5000)))
+        files = {CLIP: sha256_file(d / CLIP), SENSORS: sha256_file(d / SENSORS)}
+        m = Manifest(
+            bid,
+            "crash-cart",
+            "s",
+            "crash",
+            TriggerInfo("crash", prio, 0, {}),
+            0,
+            1,
+            "",
+            "",
+            VideoInfo("h264", "none", 1, 1, 1.0, 1, 1.0),
+            files,
+            "",
+            "test",
+        )
+        seal(d, bundles, m)
+        journal.mark_sealed(bid, {k: asdict(v) for k, v in files.items()}, duration_s=1.0)
+        _ledger(data, f"sealed {bid}")
+        live = journal.bundles(("sealed",))
+        if live and rng.random() < 0.5:
+            b = rng.choice(live)
+            journal.start_upload(b.id, f"http://sink.invalid/files/{b.id}")
+            for off in range(0, b.bytes, max(1, b.bytes // 3)):
+                journal.set_offset(b.id, off)
+            if rng.random() < 0.8:
+                journal.mark_uploaded(b.id)
+        done = journal.bundles(("uploaded",))
+        if len(done) > 5:
+            victim = min(done, key=lambda r: r.created_ns)
+            journal.mark_evicted(victim.id, "crash test eviction")
+            _ledger(data, f"evicted {victim.id}")
+            import shutil
+
+            shutil.rmtree(bundles / victim.id, ignore_errors=True)
+
+
+def check(data: Path) -> dict[str, Any]:
+    """Recover, then check every invariant; returns counts, raises AssertionError if broken."""
+    from capsight_edge.bundle.manifest import verify_bundle
+    from capsight_edge.journal.journal import Journal
+    from capsight_edge.journal.recovery import recover
+
+    journal = Journal(data / "journal.db")
+    report = recover(journal, data)
+    bundles, partial = data / "bundles", data / "bundles" / ".partial"
+    ledger = (data / "ledger.txt").read_text().split() if (data / "ledger.txt").exists() else []
+    sealed = {ledger[i + 1] for i in range(0, len(ledger), 2) if ledger[i] == "sealed"}
+    evicted = {ledger[i + 1] for i in range(0, len(ledger), 2) if ledger[i] == "evicted"}
+    rows = {r.id: r for r in journal.bundles()}
+    live_rows = {i for i, r in rows.items() if r.state in LIVE}
+    folders = {p.name for p in bundles.iterdir() if p.name != ".partial"}
+    lost = sorted(b for b in sealed - evicted if b not in live_rows or b not in folders)
+    assert not lost, f"sealed bundles lost: {lost[:5]}"
+    assert live_rows == folders, (
+        f"journal and disk disagree: rows only {live_rows - folders}, "
+        f"folders only {folders - live_rows}"
+    )
+    assert not list(partial.iterdir()), "half-written bundles left in .partial"
+    for b in folders:
+        verify_bundle(bundles / b)
+    with sqlite3.connect(data / "journal.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    journal.close()
+    return {
+        "sealed": len(sealed),
+        "evicted": len(evicted),
+        "live": len(live_rows),
+        "resealed": len(report.resealed),
+        "removed_partial": len(report.removed_partial),
+        "adopted": len(report.adopted),
+        "discarded": len(report.discarded),
+    }
+
+
+def crash_loop(data: Path, kills: int, seed: int = 0, max_wait_s: float = 0.8) -> dict[str, Any]:
+    rng = random.Random(seed)
+    data.mkdir(parents=True, exist_ok=True)
+    totals: dict[str, Any] = {"kills": 0}
+    root = Path(__file__).resolve().parent.parent
+    for _ in range(kills):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.crash_harness", "worker", str(data)],
+            cwd=root,
+            stdout=subprocess.DEVNULL,
+        )
+        time.sleep(0.35 + rng.uniform(0, max_wait_s))  # past start-up, into the work
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        totals["kills"] += 1
+        result = check(data)
+        for k, v in result.items():
+            if k in ("resealed", "removed_partial", "adopted", "discarded"):
+                totals[k] = totals.get(k, 0) + v
+            else:
+                totals[k] = v
+    return totals
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "worker":
+        worker(Path(sys.argv[2]))
+    else:
+        print(crash_loop(Path(sys.argv[1]), int(sys.argv[2])))

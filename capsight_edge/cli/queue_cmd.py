@@ -1,0 +1,193 @@
+"""`capsight status` and `capsight queue ls|retry|purge`: what the cart holds and why."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from capsight_edge.cli.common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_device_options,
+    print_json,
+    profile_from,
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser(
+        "status", help="queue by state and priority, bytes, oldest, disk, pause state, last error"
+    )
+    add_device_options(s)
+    s.set_defaults(handler=cmd_status)
+
+    q = sub.add_parser("queue", help="the capture bundles the cart holds")
+    qsub = q.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
+    ls = qsub.add_parser("ls", help="one line (or JSON object) per bundle")
+    add_device_options(ls)
+    ls.add_argument("--state", action="append", help="only these states (repeatable)")
+    ls.set_defaults(handler=cmd_ls)
+    r = qsub.add_parser("retry", help="send quarantined bundles back to the upload queue")
+    add_device_options(r)
+    r.add_argument("ids", nargs="*", metavar="ID", help="bundle ids (default: all quarantined)")
+    r.set_defaults(handler=cmd_retry)
+    p = qsub.add_parser("purge", help="delete bundles now (uploaded ones by default)")
+    add_device_options(p)
+    p.add_argument("ids", nargs="*", metavar="ID", help="bundle ids")
+    p.add_argument(
+        "--state",
+        action="append",
+        default=None,
+        help="purge every bundle in this state (default: uploaded)",
+    )
+    p.add_argument(
+        "--yes", action="store_true", help="required to purge bundles that were never uploaded"
+    )
+    p.set_defaults(handler=cmd_purge)
+
+
+def _journal(args: argparse.Namespace) -> tuple[Any, Path]:
+    from capsight_edge.journal.journal import Journal
+
+    profile = profile_from(args)
+    data = Path(os.path.expanduser(profile.storage.data_dir))
+    return Journal(data / "journal.db"), data
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from capsight_edge.journal.guard import PAUSE_KEY, StorageGuard
+
+    journal, data = _journal(args)
+    profile = profile_from(args)
+    guard = StorageGuard.from_profile(journal, profile)
+    disk = guard.disk()
+    counts = journal.counts()
+    paused = journal.kv_get(PAUSE_KEY)
+    last = journal.last_error()
+    out = {
+        "data_dir": str(data),
+        "queue": counts,
+        "disk": {
+            "total_bytes": disk.total,
+            "free_bytes": disk.free,
+            "used_pct": round(disk.used_pct, 1),
+            "recording_bytes_per_min": round(disk.bytes_per_min),
+            "headroom_min": round(disk.headroom_min, 1),
+            "high_watermark_pct": guard.high,
+            "low_watermark_pct": guard.low,
+        },
+        "capture_paused": paused,
+        "last_error": {"bundle": last[0], "error": last[1]} if last else None,
+    }
+    journal.close()
+    if args.json:
+        print_json(out)
+        return EXIT_OK
+    print(f"data: {data}")
+    print(
+        f"disk: {disk.used_pct:.1f}% used, {disk.free / 2**30:.2f} GiB free, about "
+        f"{disk.headroom_min:.0f} min of recording at {disk.bytes_per_min / 2**20:.1f} MiB/min "
+        f"(pause at {guard.high:g}%, resume at {guard.low:g}%)"
+    )
+    print(f"capture: {'PAUSED: ' + paused if paused else 'running'}")
+    if not counts:
+        print("queue: empty")
+    for state, c in counts.items():
+        prios = ", ".join(f"p{p}: {n}" for p, n in c["by_priority"].items())
+        print(
+            f"  {state:<12} {c['count']:5d} bundles  {c['bytes'] / 2**20:9.1f} MiB  "
+            f"oldest {c['oldest_utc']}  ({prios})"
+        )
+    if last:
+        print(f"last error: {last[0]}: {last[1]}")
+    return EXIT_OK
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    journal, _ = _journal(args)
+    rows = journal.bundles(tuple(args.state) if args.state else None)
+    journal.close()
+    for r in rows:
+        if args.json:
+            print_json(
+                {
+                    "id": r.id,
+                    "state": r.state,
+                    "priority": r.priority,
+                    "rule": r.rule,
+                    "bytes": r.bytes,
+                    "attempts": r.attempts,
+                    "created_utc": r.created_utc,
+                    "upload_offset": r.upload_offset,
+                    "upload_url": r.upload_url,
+                    "last_error": r.last_error,
+                    "reason": r.reason,
+                }
+            )
+        else:
+            print(
+                f"{r.id}  {r.state:<11} p{r.priority} {r.rule:<15} {r.bytes / 2**20:8.2f} MiB"
+                f"  attempts {r.attempts}"
+                + (f"  ({r.reason or r.last_error})" if r.reason or r.last_error else "")
+            )
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from capsight_edge.errors import JournalError
+
+    journal, data = _journal(args)
+    ids = args.ids or [r.id for r in journal.bundles(("quarantined",))]
+    status = EXIT_OK
+    for bundle_id in ids:
+        try:
+            if not (data / "bundles" / bundle_id).is_dir():
+                raise JournalError(
+                    f"{bundle_id}: its files are gone (quarantine/ holds what "
+                    "could not be verified)"
+                )
+            journal.retry(bundle_id)
+            print(f"{bundle_id}: back in the upload queue")
+        except JournalError as exc:
+            print(f"capsight: error: {exc}", file=sys.stderr)
+            status = EXIT_FAIL
+    journal.close()
+    return status
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    from capsight_edge.errors import JournalError
+
+    journal, data = _journal(args)
+    states = tuple(args.state or ["uploaded"])
+    rows = [journal.get(i) for i in args.ids] if args.ids else journal.bundles(states)
+    status = EXIT_OK
+    for row in rows:
+        if row is None:
+            print("capsight: error: no such bundle", file=sys.stderr)
+            status = EXIT_USAGE
+            continue
+        if row.state in ("sealed", "quarantined") and not args.yes:
+            print(
+                f"capsight: error: {row.id} was never uploaded; add --yes to delete it",
+                file=sys.stderr,
+            )
+            status = EXIT_USAGE
+            continue
+        try:
+            if row.state == "quarantined":
+                journal.retry(row.id)
+            journal.mark_evicted(row.id, "purged by a technician")
+        except JournalError as exc:
+            print(f"capsight: error: {exc}", file=sys.stderr)
+            status = EXIT_FAIL
+            continue
+        shutil.rmtree(data / "bundles" / row.id, ignore_errors=True)
+        print(f"{row.id}: purged")
+    journal.close()
+    return status

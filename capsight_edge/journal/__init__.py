@@ -1,0 +1,1 @@
+"""The capture journal (SQLite), crash recovery and the storage guard."""
