@@ -34,7 +34,10 @@ def _ledger(data: Path, line: str) -> None:
         os.fsync(fh.fileno())
 
 
-def worker(data: Path) -> None:
+def make_bundle(
+    data: Path, bid: str, *, priority: int = 1, size: int = 10_000, sealed: bool = True
+) -> Any:
+    """A bundle of random bytes, written into ``bundles/.partial/<bid>`` and sealed (or not)."""
     from capsight_edge.bundle.manifest import (
         CLIP,
         SENSORS,
@@ -44,12 +47,39 @@ def worker(data: Path) -> None:
         sha256_file,
     )
     from capsight_edge.bundle.seal import seal
+
+    partial = data / "bundles" / ".partial" / bid
+    partial.mkdir(parents=True)
+    (partial / CLIP).write_bytes(os.urandom(size))
+    (partial / SENSORS).write_bytes(os.urandom(200))
+    files = {CLIP: sha256_file(partial / CLIP), SENSORS: sha256_file(partial / SENSORS)}
+    m = Manifest(
+        bid,
+        "cart",
+        "store",
+        "sim",
+        TriggerInfo("r", priority, 0, {}),
+        0,
+        1,
+        "",
+        "",
+        VideoInfo("h264", "libx264", 2, 2, 15.0, 1, 2.0),
+        files,
+        "",
+        "test",
+    )
+    if sealed:
+        seal(partial, data / "bundles", m)
+    return m
+
+
+def worker(data: Path) -> None:
     from capsight_edge.journal.journal import Journal
     from capsight_edge.journal.recovery import recover
 
     journal = Journal(data / "journal.db")
     recover(journal, data)
-    bundles, partial = data / "bundles", data / "bundles" / ".partial"
+    bundles = data / "bundles"
     rng = random.Random(os.getpid())
     i = 0
     while True:
@@ -57,30 +87,8 @@ def worker(data: Path) -> None:
         bid = f"b{os.getpid()}-{i}"
         prio = rng.randint(0, 3)
         journal.add_recording(bid, priority=prio, rule="crash")
-        d = partial / bid
-        d.mkdir(parents=True)
-        with open(d / CLIP, "wb") as fh:
-            for _ in range(rng.randint(1, 8)):
-                fh.write(os.urandom(16 * 1024))
-        (d / SENSORS).write_bytes(os.urandom(rng.randint(100, 5000)))
-        files = {CLIP: sha256_file(d / CLIP), SENSORS: sha256_file(d / SENSORS)}
-        m = Manifest(
-            bid,
-            "crash-cart",
-            "s",
-            "crash",
-            TriggerInfo("crash", prio, 0, {}),
-            0,
-            1,
-            "",
-            "",
-            VideoInfo("h264", "none", 1, 1, 1.0, 1, 1.0),
-            files,
-            "",
-            "test",
-        )
-        seal(d, bundles, m)
-        journal.mark_sealed(bid, {k: asdict(v) for k, v in files.items()}, duration_s=1.0)
+        m = make_bundle(data, bid, priority=prio, size=16 * 1024 * rng.randint(1, 8))
+        journal.mark_sealed(bid, {k: asdict(v) for k, v in m.files.items()}, duration_s=1.0)
         _ledger(data, f"sealed {bid}")
         live = journal.bundles(("sealed",))
         if live and rng.random() < 0.5:
@@ -93,15 +101,17 @@ def worker(data: Path) -> None:
         done = journal.bundles(("uploaded",))
         if len(done) > 5:
             victim = min(done, key=lambda r: r.created_ns)
+            _ledger(data, f"evicted {victim.id}")  # the intent, before the journal commits
             journal.mark_evicted(victim.id, "crash test eviction")
-            _ledger(data, f"evicted {victim.id}")
             import shutil
 
             shutil.rmtree(bundles / victim.id, ignore_errors=True)
 
 
 def check(data: Path) -> dict[str, Any]:
-    """Recover, then check every invariant; returns counts, raises AssertionError if broken."""
+    """Recover, then check every invariant; returns counts, raises AssertionError if broken.
+    The ledger's "evicted" lines are written before the eviction commits (an intent), so a
+    bundle killed mid-eviction may be either gone or still live, never lost unannounced."""
     from capsight_edge.bundle.manifest import verify_bundle
     from capsight_edge.journal.journal import Journal
     from capsight_edge.journal.recovery import recover
@@ -116,7 +126,9 @@ def check(data: Path) -> dict[str, Any]:
     live_rows = {i for i, r in rows.items() if r.state in LIVE}
     folders = {p.name for p in bundles.iterdir() if p.name != ".partial"}
     lost = sorted(b for b in sealed - evicted if b not in live_rows or b not in folders)
-    assert not lost, f"sealed bundles lost: {lost[:5]}"
+    assert not lost, (
+        f"sealed bundles lost: {[(b, rows[b].state if b in rows else None, b in folders) for b in lost[:5]]}"
+    )
     assert live_rows == folders, (
         f"journal and disk disagree: rows only {live_rows - folders}, "
         f"folders only {folders - live_rows}"

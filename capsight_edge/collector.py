@@ -68,7 +68,11 @@ class Collector:
         self.log = sensor_log
         self.engine = TriggerEngine(profile.triggers)
         self.motion = MotionDetector()
-        self.barcodes = BarcodeDetector(barcode_backend, max_rate_hz=barcode_rate_hz)
+        configured = profile.camera.barcode_backend
+        self.barcodes = BarcodeDetector(
+            barcode_backend or (None if configured == "auto" else configured),
+            max_rate_hz=barcode_rate_hz,
+        )
         self.bus: FrameBus | None = None
         self.stats: Counter[str] = Counter()
         self.last_codes: list[Barcode] = []

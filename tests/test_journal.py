@@ -14,49 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.crash_harness import crash_loop
+from benchmarks.crash_harness import crash_loop, make_bundle
 from capsight_edge.bundle.manifest import (
     CLIP,
-    SENSORS,
     Manifest,
-    TriggerInfo,
-    VideoInfo,
-    sha256_file,
 )
-from capsight_edge.bundle.seal import seal
 from capsight_edge.errors import JournalError
 from capsight_edge.journal.guard import StorageGuard
 from capsight_edge.journal.journal import MIGRATIONS, Journal
 from capsight_edge.journal.recovery import recover
 from tests.conftest import ROOT
-
-
-def make_bundle(
-    data: Path, bid: str, *, priority: int = 1, size: int = 10_000, sealed: bool = True
-) -> Manifest:
-    partial = data / "bundles" / ".partial" / bid
-    partial.mkdir(parents=True)
-    (partial / CLIP).write_bytes(os.urandom(size))
-    (partial / SENSORS).write_bytes(b"mcap" * 10)
-    files = {CLIP: sha256_file(partial / CLIP), SENSORS: sha256_file(partial / SENSORS)}
-    m = Manifest(
-        bid,
-        "cart",
-        "store",
-        "sim",
-        TriggerInfo("r", priority, 0, {}),
-        0,
-        1,
-        "",
-        "",
-        VideoInfo("h264", "libx264", 2, 2, 15.0, 1, 2.0),
-        files,
-        "",
-        "test",
-    )
-    if sealed:
-        seal(partial, data / "bundles", m)
-    return m
 
 
 def files_of(m: Manifest) -> dict[str, dict[str, object]]:

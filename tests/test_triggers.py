@@ -199,3 +199,12 @@ def test_recorded_clip_of_a_scan_fires_through_the_real_detectors(tmp_path) -> N
     assert i == 180
     assert collector.stats["barcodes"] >= 1
     assert [d.rule for d in collector.engine.decisions if d.kind == "fire"] == ["scanned_item"]
+
+
+def test_profile_chooses_the_barcode_backend(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from capsight_edge.collector import Collector
+
+    path = tmp_path / "z.toml"
+    path.write_text(f"extends = '{SIM}'\n[camera]\nbarcode_backend = 'zxing-cpp'\n")
+    assert Collector(load_profile(path), None).barcodes.backend.name == "zxing-cpp"
+    assert Collector(load_profile(SIM), None).barcodes.backend.name == "pyzbar"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from capsight_edge.bundle.manifest import MANIFEST, Manifest, ManifestError, verify_bundle
 from capsight_edge.bundle.seal import fsync_dir
-from capsight_edge.journal.journal import Journal
+from capsight_edge.journal.journal import BundleRow, Journal
 
 log = logging.getLogger("capsight.journal.recovery")
 
@@ -47,8 +47,21 @@ class RecoveryReport:
         return any(v for k, v in asdict(self).items() if k != "resumable_uploads")
 
 
-def _duration(manifest: Manifest) -> float:
-    return manifest.video.duration_s if manifest.video else 0.0
+def _seal_row(journal: Journal, row: BundleRow | None, manifest: Manifest) -> None:
+    """Record a bundle found sealed on disk: adopt it (no row) or finish its row (recording)."""
+    files = {k: asdict(v) for k, v in manifest.files.items()}
+    duration = manifest.video.duration_s if manifest.video else 0.0
+    if row is None:
+        journal.mark_sealed(
+            manifest.bundle_id,
+            files,
+            priority=manifest.trigger.priority,
+            rule=manifest.trigger.rule,
+            duration_s=duration,
+            adopt=True,
+        )
+    elif row.state == "recording":
+        journal.mark_sealed(manifest.bundle_id, files, duration_s=duration)
 
 
 def _quarantine(path: Path, root: Path, reason: str, report: RecoveryReport) -> None:
@@ -97,18 +110,7 @@ def recover(journal: Journal, data_dir: str | os.PathLike[str]) -> RecoveryRepor
             continue
         os.replace(d, target)
         fsync_dir(bundles)
-        files = {k: asdict(v) for k, v in manifest.files.items()}
-        if row is None:
-            journal.mark_sealed(
-                d.name,
-                files,
-                priority=manifest.trigger.priority,
-                rule=manifest.trigger.rule,
-                duration_s=_duration(manifest),
-                adopt=True,
-            )
-        elif row.state == "recording":
-            journal.mark_sealed(d.name, files, duration_s=_duration(manifest))
+        _seal_row(journal, row, manifest)
         report.resealed.append(d.name)
     fsync_dir(partial)
 
@@ -135,20 +137,9 @@ def recover(journal: Journal, data_dir: str | os.PathLike[str]) -> RecoveryRepor
                 ) if row.state != "uploaded" else journal.mark_evicted(d.name, str(exc))
             _quarantine(d, quarantine, f"does not verify: {exc}", report)
             continue
-        files = {k: asdict(v) for k, v in manifest.files.items()}
-        if row is None:
-            journal.mark_sealed(
-                d.name,
-                files,
-                priority=manifest.trigger.priority,
-                rule=manifest.trigger.rule,
-                duration_s=_duration(manifest),
-                adopt=True,
-            )
-            report.adopted.append(d.name)
-        elif row.state == "recording":
-            journal.mark_sealed(d.name, files, duration_s=_duration(manifest))
-            report.resealed.append(d.name)
+        if row is None or row.state == "recording":
+            _seal_row(journal, row, manifest)
+            (report.adopted if row is None else report.resealed).append(d.name)
 
     # 3. Journal rows against the folders.
     for row in journal.bundles(("recording", "sealed", "uploading", "uploaded")):

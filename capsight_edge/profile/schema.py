@@ -69,6 +69,11 @@ class CameraSection:
         True, "replay paced at the file's frame rate (else as fast as possible)"
     )
     required: bool = setting(True, "doctor fails (non-zero exit) when the camera does not deliver")
+    barcode_backend: str = setting(
+        "auto",
+        "barcode decoder: auto (pyzbar, else zxing-cpp), pyzbar or zxing-cpp",
+        choices=("auto", "pyzbar", "zxing-cpp"),
+    )
 
 
 @dataclass(frozen=True)
