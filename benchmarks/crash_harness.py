@@ -126,9 +126,8 @@ def check(data: Path) -> dict[str, Any]:
     live_rows = {i for i, r in rows.items() if r.state in LIVE}
     folders = {p.name for p in bundles.iterdir() if p.name != ".partial"}
     lost = sorted(b for b in sealed - evicted if b not in live_rows or b not in folders)
-    assert not lost, (
-        f"sealed bundles lost: {[(b, rows[b].state if b in rows else None, b in folders) for b in lost[:5]]}"
-    )
+    detail = [(b, rows[b].state if b in rows else None, b in folders) for b in lost[:5]]
+    assert not lost, f"sealed bundles lost (id, journal state, folder present): {detail}"
     assert live_rows == folders, (
         f"journal and disk disagree: rows only {live_rows - folders}, "
         f"folders only {folders - live_rows}"

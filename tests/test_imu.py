@@ -134,3 +134,24 @@ def test_fifo_reader_survives_naks() -> None:
     finally:
         reader.stop()
     assert all(0.8 < s.accel_magnitude_g < 1.2 for s in got)  # never a misaligned sample
+
+
+def test_cart_motion_from_the_imu() -> None:
+    from capsight_edge.sensors.imu import CartMotionDetector
+    from firmware_bridge.sim.scenario import generate
+
+    sc = generate("bumpy", 120, seed=4)
+    moving_t = next(
+        t / 10 for t in range(10, 1000) if sc.is_moving(t / 10 - 0.6) and sc.is_moving(t / 10)
+    )
+    still = Scenario(duration_s=60)
+    for scenario, t_end, expect in ((sc, moving_t, True), (still, 5.0, False)):
+        clock = ManualClock()
+        sim = Mpu6050Sim(scenario_motion(scenario), clock=clock)
+        imu = Mpu6050(bus=SimulatedSMBus({0x68: sim}), clock_ns=lambda c=clock: int(c.t * 1e9))
+        imu.configure(100)
+        det = CartMotionDetector()
+        for i in range(100):
+            clock.t = t_end - 1.0 + i / 100
+            det.push(imu.read())
+        assert det.moving(int(t_end * 1e9)) is expect

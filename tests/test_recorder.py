@@ -255,3 +255,45 @@ def test_tampered_bundle_fails_verification(tmp_path: Path) -> None:
     (path / MANIFEST).write_text("{}")
     with pytest.raises(ManifestError):
         verify_bundle(path)
+
+
+def test_encoder_dying_mid_clip_closes_the_clip_and_falls_back(tmp_path: Path) -> None:
+    """Fault injection at the last inch: the codec context vanishes while a clip is open."""
+    import queue
+
+    from capsight_edge.camera.framebus import FrameBus
+    from capsight_edge.recorder.process import EncoderConfig, _Recorder
+
+    cfg = EncoderConfig(["libx264"], "balanced", 0, 1.0, 15.0, 320, 240)
+    cmd_q: queue.Queue[Any] = queue.Queue()
+    result_q: queue.Queue[Any] = queue.Queue()
+    with FrameBus(320, 240, fps=15.0) as bus:
+        rec = _Recorder(bus.name, cfg, 1.0, "encoded", cmd_q, result_q)
+        t = 0
+
+        def step() -> None:
+            nonlocal t
+            t += 66_666_667
+            bus.publish(moving(t // 66_666_667), t)
+            rec._commands()
+            frame = rec.reader.next_frame(0.5)
+            assert frame is not None
+            rec._frame(frame)
+            rec._maybe_finish()
+
+        for _ in range(20):
+            step()
+        cmd_q.put(("open", "c1", t - 500_000_000, str(tmp_path / "c1.mp4")))
+        for _ in range(10):
+            step()
+        rec.encoder._ctx = None  # the hardware encoder died
+        step()
+        msgs = [result_q.get_nowait() for _ in range(result_q.qsize())]
+        clip = next(m[1] for m in msgs if m[0] == "clip")
+        assert clip["complete"] is False and "failed mid-clip" in clip["note"]
+        assert rec.encoder is not None and rec.stats["encode_errors"] == 1  # reopened
+        for _ in range(5):
+            step()  # and it keeps encoding
+        rec.reader.close()
+    frames, _ = decode(tmp_path / "c1.mp4")
+    assert frames == clip["frames"] >= 10  # what was written before the failure plays

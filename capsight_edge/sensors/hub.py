@@ -22,7 +22,13 @@ from typing import Any
 from capsight_edge.errors import CalibrationError, DeviceError, LinkError
 from capsight_edge.profile.schema import Profile
 from capsight_edge.sensors.calibration import Calibration
-from capsight_edge.sensors.imu import BumpDetector, ImuReader, ImuSample, Mpu6050
+from capsight_edge.sensors.imu import (
+    BumpDetector,
+    CartMotionDetector,
+    ImuReader,
+    ImuSample,
+    Mpu6050,
+)
 from capsight_edge.sensors.nmea import GnssFix, LineFramer, NmeaParser
 from capsight_edge.sensors.sensorlog import SensorLog
 from capsight_edge.sensors.weight import RawSample, WeightEvent, WeightPipeline
@@ -114,6 +120,7 @@ class SensorHub:
         self.auto_tare = (profile.mcu.transport == "sim") if auto_tare is None else auto_tare
         self.pipeline = self._new_pipeline()
         self.bump = BumpDetector()
+        self.motion = CartMotionDetector()
         self.events: queue.Queue[WeightEvent] = queue.Queue()
         self.event_history: deque[WeightEvent] = deque(maxlen=1000)
         self.last_imu: ImuSample | None = None
@@ -288,6 +295,7 @@ class SensorHub:
     def _on_imu(self, sample: ImuSample) -> None:
         self.last_imu = sample
         self.bump.push(sample)
+        self.motion.push(sample)
         if self.log:
             self.log.add(
                 "/imu",
@@ -314,9 +322,11 @@ class SensorHub:
         self._event_listeners.append(fn)
 
     def cart_moving(self, now_ns: int | None = None, min_speed_mm_s: float = 200.0) -> bool:
-        """The cart moves: UWB positions over the last second travel faster than walking
-        pace allows for noise."""
+        """The cart moves: the IMU feels it being pushed, or UWB positions over the last second
+        travel faster than their noise allows."""
         now = now_ns if now_ns is not None else time.monotonic_ns()
+        if self.motion.moving(now):
+            return True
         pts = [p for p in list(self._uwb_track) if now - p[0] <= 1_500_000_000]
         if len(pts) < 5:
             return False

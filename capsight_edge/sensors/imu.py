@@ -14,7 +14,7 @@ import math
 import struct
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -214,6 +214,28 @@ class BumpDetector:
 
     def active(self, now_ns: int) -> bool:
         return self._last_jolt_ns is not None and now_ns - self._last_jolt_ns <= self.hold_ns
+
+
+class CartMotionDetector:
+    """The cart is being pushed: the horizontal acceleration varies (steps, wheels on tiles)
+    more than a parked cart's noise over the last ``window_s``."""
+
+    def __init__(self, threshold_g: float = 0.02, window_s: float = 1.0) -> None:
+        self.threshold_g = threshold_g
+        self.window_ns = int(window_s * 1e9)
+        self._samples: deque[tuple[int, float]] = deque()
+
+    def push(self, sample: ImuSample) -> None:
+        self._samples.append((sample.t_ns, sample.accel_g[0]))
+        while self._samples and self._samples[0][0] < sample.t_ns - self.window_ns:
+            self._samples.popleft()
+
+    def moving(self, now_ns: int) -> bool:
+        xs = [x for t, x in self._samples if now_ns - t <= self.window_ns]
+        if len(xs) < 10:
+            return False
+        mean = sum(xs) / len(xs)
+        return math.sqrt(sum((x - mean) ** 2 for x in xs) / len(xs)) >= self.threshold_g
 
 
 class ImuReader:
