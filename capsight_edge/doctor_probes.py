@@ -247,42 +247,68 @@ def probe_disk(profile: Profile) -> list[Check]:
 
 @check("sink")
 def probe_sink(profile: Profile) -> list[Check]:
+    """The sink answers its tus endpoint, and (with a token file) accepts this device's token."""
     up = profile.upload
     if not up.sink_url:
         return [Check("sink", PASS, "no sink configured: captures stay on the cart")]
-    checks = []
-    if up.token_file and not Path(os.path.expanduser(up.token_file)).is_file():
-        checks.append(
-            Check(
-                "sink token",
-                FAIL,
-                f"token file {up.token_file} not found",
-                "run `capsight-sink device add NAME` and store the token there",
-            )
-        )
+    token = ""
+    if up.token_file:
+        path = Path(os.path.expanduser(up.token_file))
+        if not path.is_file():
+            return [
+                Check(
+                    "sink token",
+                    FAIL,
+                    f"token file {up.token_file} not found",
+                    "run `capsight-sink device add NAME` and store the token there",
+                )
+            ]
+        token = path.read_text().strip()
     try:
         import httpx
     except ImportError as exc:
-        return [*checks, Check("sink", FAIL, f"httpx missing: {exc}", "install capsight[edge]")]
+        return [Check("sink", FAIL, f"httpx missing: {exc}", "install capsight[edge]")]
     start = time.perf_counter()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        resp = httpx.options(up.sink_url.rstrip("/") + "/files/", timeout=3.0)
-        checks.append(
-            Check(
-                "sink",
-                PASS if resp.status_code < 500 else WARN,
-                f"{up.sink_url} answered HTTP {resp.status_code} in "
-                f"{1000 * (time.perf_counter() - start):.0f} ms",
-                "" if resp.status_code < 500 else "the sink reports an error",
-            )
-        )
+        resp = httpx.options(up.sink_url.rstrip("/") + "/files/", headers=headers, timeout=3.0)
     except httpx.HTTPError as exc:
-        checks.append(
+        return [
             Check(
                 "sink",
                 WARN,
                 f"{up.sink_url} unreachable: {exc}",
                 "check the network; captures queue on the cart meanwhile",
+            )
+        ]
+    ms = 1000 * (time.perf_counter() - start)
+    version = resp.headers.get("Tus-Version", "")
+    if resp.status_code >= 500:
+        return [
+            Check(
+                "sink",
+                WARN,
+                f"{up.sink_url} answered HTTP {resp.status_code}",
+                "the sink reports an error",
+            )
+        ]
+    checks = [
+        Check(
+            "sink",
+            PASS,
+            f"{up.sink_url} answered in {ms:.0f} ms" + (f" (tus {version})" if version else ""),
+        )
+    ]
+    if token:
+        accepted = resp.status_code == 204 and bool(version)
+        checks.append(
+            Check(
+                "sink token",
+                PASS if accepted else FAIL,
+                "token accepted" if accepted else f"token refused (HTTP {resp.status_code})",
+                ""
+                if accepted
+                else "ask for a new token: `capsight-sink device add NAME` on the sink",
             )
         )
     return checks

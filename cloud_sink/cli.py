@@ -1,27 +1,104 @@
-"""`capsight-sink`: the cloud sink's command line (its commands arrive with the sink issue)."""
+"""`capsight-sink`: run the sink and manage the devices allowed to upload."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from cloud_sink import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="capsight-sink",
-        description="capsight cloud sink (not built yet: only --version works in this release)",
+        prog="capsight-sink", description="capsight cloud sink: a tus 1.0 upload endpoint"
     )
     parser.add_argument("--version", action="version", version=f"capsight-sink {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    s = sub.add_parser("serve", help="serve the tus endpoint at /files/")
+    s.add_argument("--data", required=True, metavar="DIR", help="blobs and sink.db live here")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--max-size", type=int, default=10 * 2**30, help="Tus-Max-Size in bytes")
+    s.add_argument(
+        "--expire-hours", type=float, default=24.0, help="incomplete uploads expire after this long"
+    )
+    s.set_defaults(handler=cmd_serve)
+    d = sub.add_parser("device", help="devices and their tokens")
+    dsub = d.add_subparsers(dest="device_command", metavar="ACTION", required=True)
+    a = dsub.add_parser("add", help="add a device; prints its token once")
+    a.add_argument("name")
+    a.add_argument("--data", required=True, metavar="DIR")
+    a.add_argument("--admin", action="store_true", help="an admin token (API and UI)")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(handler=cmd_add)
+    ls = dsub.add_parser("list", help="the devices (never their tokens)")
+    ls.add_argument("--data", required=True, metavar="DIR")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(handler=cmd_list)
+    r = dsub.add_parser("revoke", help="revoke a device's token")
+    r.add_argument("name")
+    r.add_argument("--data", required=True, metavar="DIR")
+    r.set_defaults(handler=cmd_revoke)
     return parser
 
 
+def _db(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from cloud_sink.db import SinkDB
+
+    return SinkDB(Path(args.data).expanduser() / "sink.db")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from cloud_sink.tus import make_app
+
+    app = make_app(args.data, max_size=args.max_size, expire_s=args.expire_hours * 3600)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    token = _db(args).add_device(args.name, admin=args.admin)
+    if args.json:
+        print(json.dumps({"device": args.name, "token": token}))
+    else:
+        print(f"device {args.name} added; its token (shown only now):\n{token}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rows = [{k: v for k, v in d.items() if k != "token_sha256"} for d in _db(args).devices()]
+    for row in rows:
+        if args.json:
+            print(json.dumps(row))
+        else:
+            print(
+                f"{row['name']:<24} {'admin ' if row['admin'] else ''}created "
+                f"{row['created_utc']}"
+                + (f", revoked {row['revoked_utc']}" if row["revoked_utc"] else "")
+            )
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    _db(args).revoke(args.name)
+    print(f"device {args.name}: token revoked")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    print("capsight-sink: no commands yet; the tus sink is a later release", file=sys.stderr)
-    return 2
+    from cloud_sink.db import SinkError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except SinkError as exc:
+        print(f"capsight-sink: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

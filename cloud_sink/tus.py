@@ -1,0 +1,362 @@
+"""The tus 1.0 upload endpoint (core + creation, creation-with-upload, creation-defer-length,
+expiration, checksum, termination), as an ASGI app.
+
+Safety rules, after tusd:
+- the offset reported is the size of the upload's data file, fsync'd after every write: a killed
+  server reports what is really stored, and a resent chunk never lands twice;
+- a chunk with an ``Upload-Checksum`` is written aside and appended only when it verifies (460
+  otherwise, nothing applied); without a checksum, whatever arrived before a disconnect is kept;
+- one writer per upload at a time (an exclusive ``flock`` on the data file; 423 when busy);
+- bodies are streamed: memory does not grow with the upload's size;
+- a device sees only its own uploads: another device's URL answers 404 like an unknown one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from cloud_sink.db import SinkDB, Upload
+
+log = logging.getLogger("capsight.sink.tus")
+TUS_VERSION = "1.0.0"
+EXTENSIONS = "creation,creation-with-upload,creation-defer-length,expiration,checksum,termination"
+CHECKSUMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "md5": hashlib.md5}
+OFFSET_TYPE = "application/offset+octet-stream"
+UPLOAD_ID = re.compile(r"^[A-Za-z0-9_-]{32}$")
+META_KEY = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+MAX_META_VALUE = 1024
+
+
+class TusError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def parse_metadata(header: str | None) -> dict[str, str]:
+    """``key base64,key2 base64`` -> dict; sanitised: no control characters (no header
+    injection), file names reduced to their last path component (no traversal)."""
+    out: dict[str, str] = {}
+    if not header:
+        return out
+    for pair in header.split(","):
+        parts = pair.strip().split(" ")
+        if not parts[0] or len(parts) > 2 or not META_KEY.match(parts[0]):
+            raise TusError(400, f"malformed Upload-Metadata pair {pair.strip()[:40]!r}")
+        value = ""
+        if len(parts) == 2:
+            try:
+                value = base64.b64decode(parts[1], validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError) as exc:
+                raise TusError(400, f"Upload-Metadata {parts[0]}: not base64 UTF-8") from exc
+        if len(value) > MAX_META_VALUE:
+            raise TusError(400, f"Upload-Metadata {parts[0]}: longer than {MAX_META_VALUE}")
+        value = "".join(c for c in value if c.isprintable())
+        if parts[0] in ("filename", "name"):
+            value = value.replace("\\", "/").rsplit("/", 1)[-1].lstrip(".") or "unnamed"
+        out[parts[0]] = value
+    return out
+
+
+def _int_header(request: Request, name: str) -> int | None:
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise TusError(400, f"{name} must be a non-negative integer")
+    return int(raw)
+
+
+class TusApp:
+    """Build with :func:`make_app`. ``on_complete(upload, path)`` runs once per completed
+    upload (ingest hooks in here)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        db: SinkDB,
+        *,
+        max_size: int,
+        expire_s: float,
+        on_complete: Callable[[Upload, Path], None] | None = None,
+    ) -> None:
+        self.dir = data_dir / "blobs" / "uploads"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.db = db
+        self.max_size = max_size
+        self.expire_s = expire_s
+        self.on_complete = on_complete
+        self.rejected: dict[int, int] = {}
+
+    # -- helpers ---------------------------------------------------------------------------
+    def path(self, upload_id: str) -> Path:
+        return self.dir / upload_id
+
+    def offset(self, upload_id: str) -> int:
+        try:
+            return self.path(upload_id).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        return {"Tus-Resumable": TUS_VERSION, **extra}
+
+    def auth(self, request: Request) -> str:
+        value = request.headers.get("authorization", "")
+        if not value.lower().startswith("bearer "):
+            raise TusError(401, "Authorization: Bearer <token> is required")
+        who = self.db.authenticate(value[7:].strip())
+        if who is None:
+            raise TusError(401, "unknown or revoked token")
+        return who[0]
+
+    def own_upload(self, upload_id: str, device: str) -> Upload:
+        up = self.db.get_upload(upload_id) if UPLOAD_ID.match(upload_id) else None
+        if up is None or up.device != device or up.terminated:
+            raise TusError(404, "no such upload")  # another device's upload does not exist
+        if up.completed_utc is None and up.expires_ts < time.time():
+            raise TusError(410, "the upload expired")
+        return up
+
+    def expires_header(self, up: Upload) -> dict[str, str]:
+        if up.completed_utc is not None:
+            return {}
+        return {
+            "Upload-Expires": time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(up.expires_ts))
+        }
+
+    # -- the endpoint ----------------------------------------------------------------------
+    async def dispatch(self, request: Request) -> Response:
+        method = request.method
+        override = request.headers.get("x-http-method-override")
+        if method == "POST" and override:
+            method = override.upper()
+        upload_id = request.path_params.get("upload_id")
+        try:
+            if method == "OPTIONS":
+                self.auth(request)
+                return Response(
+                    status_code=204,
+                    headers=self.headers(
+                        **{
+                            "Tus-Version": TUS_VERSION,
+                            "Tus-Extension": EXTENSIONS,
+                            "Tus-Max-Size": str(self.max_size),
+                            "Tus-Checksum-Algorithm": ",".join(CHECKSUMS),
+                        }
+                    ),
+                )
+            device = self.auth(request)
+            if request.headers.get("tus-resumable") != TUS_VERSION:
+                raise TusError(412, "Tus-Resumable must be 1.0.0")
+            if upload_id is None:
+                if method != "POST":
+                    raise TusError(405, f"{method} is not allowed on the collection")
+                return await self.create(request, device)
+            if method == "HEAD":
+                return self.head(upload_id, device)
+            if method == "PATCH":
+                return await self.patch(request, upload_id, device)
+            if method == "DELETE":
+                return self.delete(upload_id, device)
+            raise TusError(405, f"{method} is not allowed on an upload")
+        except TusError as exc:
+            self.rejected[exc.status] = self.rejected.get(exc.status, 0) + 1
+            log.info("%s %s -> %d: %s", method, request.url.path, exc.status, exc)
+            headers = self.headers()
+            if exc.status == 412:
+                headers["Tus-Version"] = TUS_VERSION
+            if exc.status == 401:
+                headers["WWW-Authenticate"] = "Bearer"
+            return Response(
+                str(exc) + "\n", status_code=exc.status, headers=headers, media_type="text/plain"
+            )
+
+    async def create(self, request: Request, device: str) -> Response:
+        length = _int_header(request, "upload-length")
+        defer = request.headers.get("upload-defer-length")
+        if length is None and defer != "1":
+            raise TusError(400, "Upload-Length or Upload-Defer-Length: 1 is required")
+        if length is not None and defer is not None:
+            raise TusError(400, "Upload-Length and Upload-Defer-Length together")
+        if length is not None and length > self.max_size:
+            raise TusError(413, f"Upload-Length {length} exceeds Tus-Max-Size {self.max_size}")
+        metadata = parse_metadata(request.headers.get("upload-metadata"))
+        upload_id = secrets.token_urlsafe(24)
+        expires = time.time() + self.expire_s
+        self.path(upload_id).touch()
+        self.db.create_upload(upload_id, device, length, metadata, expires)
+        up = self.own_upload(upload_id, device)
+        location = str(request.url_for("upload", upload_id=upload_id))
+        headers = self.headers(Location=location, **self.expires_header(up))
+        if request.headers.get("content-type") == OFFSET_TYPE:  # creation-with-upload
+            offset, up = await self.write(request, up, 0)
+            headers["Upload-Offset"] = str(offset)
+        return Response(status_code=201, headers=headers)
+
+    def head(self, upload_id: str, device: str) -> Response:
+        up = self.own_upload(upload_id, device)
+        headers = self.headers(
+            **{"Upload-Offset": str(self.offset(upload_id)), "Cache-Control": "no-store"},
+            **self.expires_header(up),
+        )
+        if up.length is None:
+            headers["Upload-Defer-Length"] = "1"
+        else:
+            headers["Upload-Length"] = str(up.length)
+        if up.metadata:
+            headers["Upload-Metadata"] = ",".join(
+                f"{k} {base64.b64encode(v.encode()).decode()}" if v else k
+                for k, v in up.metadata.items()
+            )
+        return Response(status_code=200, headers=headers)
+
+    async def patch(self, request: Request, upload_id: str, device: str) -> Response:
+        up = self.own_upload(upload_id, device)
+        if request.headers.get("content-type") != OFFSET_TYPE:
+            raise TusError(415, f"Content-Type must be {OFFSET_TYPE}")
+        offset = _int_header(request, "upload-offset")
+        if offset is None:
+            raise TusError(400, "Upload-Offset is required")
+        new_length = _int_header(request, "upload-length")
+        if new_length is not None:
+            if up.length is not None and new_length != up.length:
+                raise TusError(400, "Upload-Length cannot change")
+            if new_length > self.max_size:
+                raise TusError(413, f"Upload-Length exceeds Tus-Max-Size {self.max_size}")
+            if up.length is None:
+                self.db.set_length(upload_id, new_length)
+                up = self.own_upload(upload_id, device)
+        new_offset, up = await self.write(request, up, offset)
+        return Response(
+            status_code=204,
+            headers=self.headers(**{"Upload-Offset": str(new_offset)}, **self.expires_header(up)),
+        )
+
+    def delete(self, upload_id: str, device: str) -> Response:
+        up = self.own_upload(upload_id, device)
+        with self._locked(up.id):
+            self.db.terminate(upload_id)
+            with contextlib.suppress(FileNotFoundError):
+                self.path(upload_id).unlink()
+        return Response(status_code=204, headers=self.headers())
+
+    # -- writing ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self, upload_id: str) -> Any:
+        fd = os.open(self.path(upload_id), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise TusError(423, "another request is writing this upload") from exc
+            yield fd
+        finally:
+            os.close(fd)
+
+    async def write(self, request: Request, up: Upload, offset: int) -> tuple[int, Upload]:
+        checksum = request.headers.get("upload-checksum")
+        digest = None
+        if checksum:
+            algo, _, value = checksum.partition(" ")
+            if algo not in CHECKSUMS:
+                raise TusError(400, f"checksum algorithm {algo!r} is not supported")
+            try:
+                expected = base64.b64decode(value, validate=True)
+            except binascii.Error as exc:
+                raise TusError(400, "Upload-Checksum value is not base64") from exc
+            digest = CHECKSUMS[algo]()
+        with self._locked(up.id) as fd:
+            current = os.fstat(fd).st_size
+            if offset != current:
+                raise TusError(409, f"Upload-Offset {offset} != stored {current}")
+            room = (up.length - current) if up.length is not None else self.max_size - current
+            declared = _int_header(request, "content-length")
+            if declared is not None and declared > room:
+                raise TusError(413, f"{declared} bytes would pass the upload's length")
+            aside = self.path(up.id).with_suffix(".chunk") if digest else None
+            target = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) if aside else fd
+            written = 0
+            too_big = False
+            try:
+                os.lseek(target, 0 if aside else current, os.SEEK_SET)
+                try:
+                    async for chunk in request.stream():
+                        if written + len(chunk) > room:
+                            too_big = True
+                            break
+                        os.write(target, chunk)
+                        written += len(chunk)
+                        if digest is not None:
+                            digest.update(chunk)
+                except ClientDisconnect:
+                    if aside:  # an unverifiable chunk is never applied
+                        raise TusError(400, "the client went away mid-chunk") from None
+                if too_big:
+                    os.ftruncate(fd, current)
+                    raise TusError(413, "the body passes the upload's length")
+                if digest is not None and aside is not None:
+                    if digest.digest() != expected:
+                        raise TusError(460, "checksum mismatch: the chunk was not applied")
+                    os.fsync(target)
+                    with open(aside, "rb") as src:
+                        os.lseek(fd, current, os.SEEK_SET)
+                        for block in iter(lambda: src.read(1 << 20), b""):
+                            os.write(fd, block)
+                os.fsync(fd)
+            finally:
+                if aside:
+                    os.close(target)
+                    with contextlib.suppress(FileNotFoundError):
+                        aside.unlink()
+            new_offset = os.fstat(fd).st_size
+        if up.length is not None and new_offset == up.length and self.db.complete(up.id):
+            up = self.db.get_upload(up.id) or up
+            log.info("upload %s from %s complete (%d bytes)", up.id, up.device, new_offset)
+            if self.on_complete is not None:
+                self.on_complete(up, self.path(up.id))
+        return new_offset, up
+
+
+def make_app(
+    data_dir: str | os.PathLike[str],
+    *,
+    max_size: int = 10 * 2**30,
+    expire_s: float = 24 * 3600,
+    on_complete: Callable[[Upload, Path], None] | None = None,
+) -> Starlette:
+    data = Path(os.path.expanduser(data_dir))
+    db = SinkDB(data / "sink.db")
+    tus = TusApp(data, db, max_size=max_size, expire_s=expire_s, on_complete=on_complete)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"ok": True, "tus": TUS_VERSION})
+
+    methods = ["POST", "HEAD", "PATCH", "DELETE", "OPTIONS"]
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/files/", tus.dispatch, methods=methods, name="files"),
+            Route("/files/{upload_id}", tus.dispatch, methods=methods, name="upload"),
+        ]
+    )
+    app.state.tus = tus
+    app.state.db = db
+    return app
