@@ -18,6 +18,7 @@ MODULES = (
     "benchmarks.bench_camera",
     "benchmarks.bench_recorder",
     "benchmarks.bench_journal",
+    "benchmarks.bench_sink",
 )
 
 

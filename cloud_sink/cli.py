@@ -25,6 +25,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--expire-hours", type=float, default=24.0, help="incomplete uploads expire after this long"
     )
+    s.add_argument(
+        "--s3-bucket",
+        help="keep ingested bundles in this S3-compatible bucket "
+        "(credentials from the usual AWS environment)",
+    )
+    s.add_argument("--s3-endpoint", help="endpoint URL of an S3-compatible store")
+    s.add_argument("--s3-prefix", default="", help="key prefix inside the bucket")
     s.set_defaults(handler=cmd_serve)
     d = sub.add_parser("device", help="devices and their tokens")
     dsub = d.add_subparsers(dest="device_command", metavar="ACTION", required=True)
@@ -56,7 +63,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from cloud_sink.tus import make_app
 
-    app = make_app(args.data, max_size=args.max_size, expire_s=args.expire_hours * 3600)
+    blobs = None
+    if args.s3_bucket:
+        from cloud_sink.blobs import S3BlobStore
+
+        blobs = S3BlobStore(args.s3_bucket, endpoint_url=args.s3_endpoint, prefix=args.s3_prefix)
+    app = make_app(
+        args.data, max_size=args.max_size, expire_s=args.expire_hours * 3600, blobs=blobs
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

@@ -13,6 +13,7 @@ Safety rules, after tusd:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -42,6 +43,14 @@ OFFSET_TYPE = "application/offset+octet-stream"
 UPLOAD_ID = re.compile(r"^[A-Za-z0-9_-]{32}$")
 META_KEY = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MAX_META_VALUE = 1024
+WRITE_BLOCK = 1 << 20
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> int:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    return len(data)
 
 
 class TusError(Exception):
@@ -297,21 +306,41 @@ class TusApp:
             too_big = False
             try:
                 os.lseek(target, 0 if aside else current, os.SEEK_SET)
+                # Double-buffered: the disk write of one block runs in a thread while the next
+                # block arrives; one write in flight at a time keeps memory bounded.
+                loop = asyncio.get_running_loop()
+                pending = bytearray()
+                in_flight: asyncio.Future[int] | None = None
+                in_flight_size = 0
                 try:
                     async for chunk in request.stream():
-                        if written + len(chunk) > room:
+                        if written + in_flight_size + len(pending) + len(chunk) > room:
                             too_big = True
                             break
-                        os.write(target, chunk)
-                        written += len(chunk)
+                        pending += chunk
                         if digest is not None:
                             digest.update(chunk)
+                        if len(pending) >= WRITE_BLOCK:
+                            if in_flight is not None:
+                                written += await in_flight
+                            in_flight = loop.run_in_executor(
+                                None, _write_all, target, bytes(pending)
+                            )
+                            in_flight_size = len(pending)
+                            pending = bytearray()
                 except ClientDisconnect:
                     if aside:  # an unverifiable chunk is never applied
+                        if in_flight is not None:
+                            await in_flight
                         raise TusError(400, "the client went away mid-chunk") from None
+                if in_flight is not None:
+                    written += await in_flight
+                    in_flight = None
                 if too_big:
                     os.ftruncate(fd, current)
                     raise TusError(413, "the body passes the upload's length")
+                if pending:
+                    written += _write_all(target, pending)
                 if digest is not None and aside is not None:
                     if digest.digest() != expected:
                         raise TusError(460, "checksum mismatch: the chunk was not applied")
@@ -340,23 +369,30 @@ def make_app(
     *,
     max_size: int = 10 * 2**30,
     expire_s: float = 24 * 3600,
-    on_complete: Callable[[Upload, Path], None] | None = None,
+    blobs: Any = None,
 ) -> Starlette:
+    """The sink: the tus endpoint at ``/files/``, ingest into ``blobs`` (default: a local folder
+    under ``data_dir``) and the index, and the JSON API under ``/api/``."""
+    from cloud_sink.api import add_api
+    from cloud_sink.blobs import LocalBlobStore
+    from cloud_sink.index import Index
+    from cloud_sink.ingest import Ingest
+
     data = Path(os.path.expanduser(data_dir))
     db = SinkDB(data / "sink.db")
-    tus = TusApp(data, db, max_size=max_size, expire_s=expire_s, on_complete=on_complete)
+    index = Index(data / "index.db")
+    ingest = Ingest(db, blobs or LocalBlobStore(data / "blobs" / "store"), index)
+    tus = TusApp(data, db, max_size=max_size, expire_s=expire_s, on_complete=ingest.on_complete)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"ok": True, "tus": TUS_VERSION})
 
     methods = ["POST", "HEAD", "PATCH", "DELETE", "OPTIONS"]
-    app = Starlette(
-        routes=[
-            Route("/healthz", healthz),
-            Route("/files/", tus.dispatch, methods=methods, name="files"),
-            Route("/files/{upload_id}", tus.dispatch, methods=methods, name="upload"),
-        ]
-    )
-    app.state.tus = tus
-    app.state.db = db
+    routes = [
+        Route("/healthz", healthz),
+        Route("/files/", tus.dispatch, methods=methods, name="files"),
+        Route("/files/{upload_id}", tus.dispatch, methods=methods, name="upload"),
+    ]
+    app = Starlette(routes=add_api(routes, db, index))
+    app.state.tus, app.state.db, app.state.index, app.state.ingest = tus, db, index, ingest
     return app

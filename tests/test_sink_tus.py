@@ -341,8 +341,9 @@ def test_tuspy_uploads_resumes_after_restart_and_completes(tmp_path: Path) -> No
         s.stop()
 
 
-def test_device_doctor_checks_the_sink_and_token(sink: tuple[Sink, str, str],
-                                                 tmp_path: Path) -> None:
+def test_device_doctor_checks_the_sink_and_token(
+    sink: tuple[Sink, str, str], tmp_path: Path
+) -> None:
     from capsight_edge.doctor import run_doctor
     from capsight_edge.profile import load_profile
     from tests.conftest import SIM
@@ -352,8 +353,10 @@ def test_device_doctor_checks_the_sink_and_token(sink: tuple[Sink, str, str],
     (tmp_path / "bad").write_text("nope\n")
     for token_file, expected in (("token", "pass"), ("bad", "fail")):
         prof = tmp_path / f"{token_file}.toml"
-        prof.write_text(f"extends = '{SIM}'\n[upload]\nsink_url = '{s.url}'\n"
-                        f"token_file = '{tmp_path / token_file}'\n")
+        prof.write_text(
+            f"extends = '{SIM}'\n[upload]\nsink_url = '{s.url}'\n"
+            f"token_file = '{tmp_path / token_file}'\n"
+        )
         checks = {c.name: c for c in run_doctor(load_profile(prof), only={"sink"})}
         assert checks["sink"].status == "pass"
         assert checks["sink token"].status == expected

@@ -1,0 +1,119 @@
+"""The sink's JSON API: query the index (admin tokens), device heartbeats and the fleet view.
+
+- ``GET /api/bundles?store=&device=&rule=&since=&until=&barcode=&label_status=&status=&q=&limit=``
+  (admin): bundles, newest first; ``q`` is a full-text query.
+- ``POST /api/heartbeat`` (device): ``{"queue_depth", "disk_used_pct", "last_upload_utc",
+  "model_version"}``.
+- ``GET /api/fleet`` (admin): per device its last heartbeat.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from cloud_sink.db import SinkDB
+from cloud_sink.index import Index
+
+HEARTBEAT_FIELDS = {
+    "queue_depth": int,
+    "disk_used_pct": float,
+    "last_upload_utc": str,
+    "model_version": str,
+}
+
+
+def _who(request: Request, db: SinkDB) -> tuple[str, bool] | None:
+    value = request.headers.get("authorization", "")
+    if not value.lower().startswith("bearer "):
+        return None
+    return db.authenticate(value[7:].strip())
+
+
+def add_api(routes: list[Route], db: SinkDB, index: Index) -> list[Route]:
+    db._exec(
+        "CREATE TABLE IF NOT EXISTS heartbeats (device TEXT PRIMARY KEY, received_utc TEXT "
+        "NOT NULL, body TEXT NOT NULL)"
+    )
+
+    def denied(admin_needed: bool, who: tuple[str, bool] | None) -> JSONResponse | None:
+        if who is None:
+            return JSONResponse(
+                {"error": "a Bearer token is required"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if admin_needed and not who[1]:
+            return JSONResponse({"error": "an admin token is required"}, status_code=403)
+        return None
+
+    async def bundles(request: Request) -> JSONResponse:
+        who = _who(request, db)
+        if (resp := denied(True, who)) is not None:
+            return resp
+        p = request.query_params
+        try:
+            limit = int(p.get("limit", "100"))
+        except ValueError:
+            return JSONResponse({"error": "limit must be an integer"}, status_code=400)
+        try:
+            rows = index.query(
+                store=p.get("store"),
+                device=p.get("device"),
+                rule=p.get("rule"),
+                since=p.get("since"),
+                until=p.get("until"),
+                barcode=p.get("barcode"),
+                label_status=p.get("label_status"),
+                status=p.get("status"),
+                q=p.get("q"),
+                limit=limit,
+            )
+        except Exception as exc:  # a malformed full-text query
+            return JSONResponse({"error": f"bad query: {exc}"}, status_code=400)
+        return JSONResponse({"bundles": rows})
+
+    async def heartbeat(request: Request) -> JSONResponse:
+        who = _who(request, db)
+        if (resp := denied(False, who)) is not None:
+            return resp
+        assert who is not None
+        try:
+            body = json.loads(await request.body())
+            clean: dict[str, Any] = {
+                k: t(body[k])
+                for k, t in HEARTBEAT_FIELDS.items()
+                if k in body and body[k] is not None
+            }
+        except (ValueError, TypeError, AttributeError) as exc:
+            return JSONResponse({"error": f"malformed heartbeat: {exc}"}, status_code=400)
+        db._exec(
+            "INSERT INTO heartbeats VALUES (?, ?, ?) ON CONFLICT(device) DO UPDATE SET "
+            "received_utc = excluded.received_utc, body = excluded.body",
+            (who[0], time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), json.dumps(clean)),
+        )
+        return JSONResponse({"ok": True})
+
+    async def fleet(request: Request) -> JSONResponse:
+        if (resp := denied(True, _who(request, db))) is not None:
+            return resp
+        rows = db._exec("SELECT device, received_utc, body FROM heartbeats ORDER BY device")
+        return JSONResponse(
+            {
+                "devices": [
+                    {"device": r[0], "last_heartbeat_utc": r[1], **json.loads(r[2])} for r in rows
+                ]
+            }
+        )
+
+    return [
+        *routes,
+        Route("/api/bundles", bundles),
+        Route("/api/heartbeat", heartbeat, methods=["POST"]),
+        Route("/api/fleet", fleet),
+    ]

@@ -1,0 +1,165 @@
+"""The bundle index: SQLite through sqlite-utils, with full-text search.
+
+The schema is plain SQL types so it moves to PostgreSQL unchanged when a fleet outgrows SQLite.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from capsight_edge.bundle.manifest import Manifest
+
+COLUMNS = {
+    "id": str,
+    "device_id": str,
+    "store_id": str,
+    "rule": str,
+    "priority": int,
+    "start_utc": str,
+    "end_utc": str,
+    "duration_s": float,
+    "frames": int,
+    "codec": str,
+    "encoder": str,
+    "bytes": int,
+    "status": str,
+    "reason": str,
+    "barcodes": str,
+    "label_status": str,
+    "sensors": str,
+    "indexed_utc": str,
+}
+
+
+class Index:
+    def __init__(self, path: str | Path) -> None:
+        import sqlite_utils
+
+        self.db = sqlite_utils.Database(str(path))
+        self._lock = threading.Lock()
+        table = self.db.table("bundles")
+        if not table.exists():
+            table.create(COLUMNS, pk=("device_id", "id"))
+            table.enable_fts(
+                ["rule", "device_id", "store_id", "barcodes", "reason"], create_triggers=True
+            )
+            table.create_index(["store_id", "start_utc"])
+            table.create_index(["rule"])
+
+    def get(self, bundle_id: str, device: str) -> dict[str, Any] | None:
+        rows = list(
+            self.db.query(
+                "SELECT * FROM bundles WHERE id = ? AND device_id = ?", [bundle_id, device]
+            )
+        )
+        return rows[0] if rows else None
+
+    def _upsert(self, row: dict[str, Any]) -> None:
+        with self._lock:
+            self.db.table("bundles").upsert(row, pk=("device_id", "id"))
+
+    def add(
+        self,
+        m: Manifest,
+        device: str,
+        status: str,
+        reason: str,
+        clip: dict[str, Any],
+        sensors: dict[str, Any],
+    ) -> None:
+        self._upsert(
+            {
+                "id": m.bundle_id,
+                "device_id": device,
+                "store_id": m.store_id,
+                "rule": m.trigger.rule,
+                "priority": m.trigger.priority,
+                "start_utc": m.start_utc,
+                "end_utc": m.end_utc,
+                "duration_s": clip.get("duration_s", 0.0),
+                "frames": clip.get("frames", 0),
+                "codec": clip.get("codec", ""),
+                "encoder": m.video.encoder if m.video else "",
+                "bytes": sum(f.bytes for f in m.files.values()),
+                "status": status,
+                "reason": reason,
+                "barcodes": " ".join(sensors.get("barcodes", [])),
+                "label_status": "unlabelled",
+                "sensors": json.dumps(sensors),
+                "indexed_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
+
+    def add_corrupt(self, bundle_id: str, device: str, m: Manifest | None, reason: str) -> None:
+        self._upsert(
+            {
+                "id": bundle_id,
+                "device_id": device,
+                "store_id": m.store_id if m else "",
+                "rule": m.trigger.rule if m else "",
+                "priority": m.trigger.priority if m else 0,
+                "start_utc": m.start_utc if m else "",
+                "end_utc": m.end_utc if m else "",
+                "duration_s": 0.0,
+                "frames": 0,
+                "codec": "",
+                "encoder": "",
+                "bytes": 0,
+                "status": "corrupt",
+                "reason": reason,
+                "barcodes": "",
+                "label_status": "unlabelled",
+                "sensors": "{}",
+                "indexed_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
+
+    def query(
+        self,
+        *,
+        store: str | None = None,
+        device: str | None = None,
+        rule: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        barcode: str | None = None,
+        label_status: str | None = None,
+        status: str | None = None,
+        q: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        where: list[str] = []
+        args: list[Any] = []
+        for col, value in (
+            ("store_id", store),
+            ("device_id", device),
+            ("rule", rule),
+            ("label_status", label_status),
+            ("status", status),
+        ):
+            if value:
+                where.append(f"{col} = ?")
+                args.append(value)
+        if since:
+            where.append("start_utc >= ?")
+            args.append(since)
+        if until:
+            where.append("start_utc <= ?")
+            args.append(until)
+        if barcode:
+            where.append("(' ' || barcodes || ' ') LIKE ?")
+            args.append(f"% {barcode} %")
+        if q:
+            where.append("rowid IN (SELECT rowid FROM bundles_fts WHERE bundles_fts MATCH ?)")
+            args.append(q)
+        sql = "SELECT * FROM bundles" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY start_utc DESC LIMIT ?"
+        args.append(max(1, min(limit, 1000)))
+        rows = list(self.db.query(sql, args))
+        for r in rows:
+            r["sensors"] = json.loads(r["sensors"] or "{}")
+        return rows

@@ -1,0 +1,164 @@
+"""Ingest: when every file of a bundle has arrived, check it against its manifest and index it.
+
+Each file of a bundle is one tus upload whose ``Upload-Metadata`` names ``bundle_id`` and
+``filename`` (``manifest.json``, ``clip.mp4``, ``sensors.mcap``). Ingest runs once per completed
+upload (the tus layer guarantees it) and is idempotent per bundle: a bundle already indexed is left
+alone. A bundle whose files do not match its manifest, whose manifest names another device, or
+whose clip is not a video is indexed as ``corrupt`` with the reason, and its files are kept aside.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from capsight_edge.bundle.manifest import (
+    CLIP,
+    MANIFEST,
+    SENSORS,
+    Manifest,
+    ManifestError,
+    sha256_file,
+)
+from cloud_sink.blobs import BlobStore
+from cloud_sink.db import SinkDB, Upload
+from cloud_sink.index import Index
+
+log = logging.getLogger("capsight.sink.ingest")
+FILES = (MANIFEST, CLIP, SENSORS)
+
+
+def probe_clip(path: Path) -> dict[str, Any]:
+    """Codec, size, frames and duration of a video; ValueError if it is not one."""
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                raise ValueError("no video stream")
+            s = c.streams.video[0]
+            frames = sum(1 for _ in c.decode(s))
+            duration = (
+                float(s.duration * s.time_base)
+                if s.duration and s.time_base
+                else float(c.duration or 0) / 1e6
+            )
+            return {
+                "codec": s.codec_context.name,
+                "width": s.codec_context.width,
+                "height": s.codec_context.height,
+                "frames": frames,
+                "duration_s": round(duration, 3),
+            }
+    except av.FFmpegError as exc:
+        raise ValueError(f"not a playable video: {exc}") from exc
+
+
+def summarise_sensors(path: Path) -> dict[str, Any]:
+    from capsight_edge.sensors.sensorlog import read_messages
+
+    channels: dict[str, int] = {}
+    events: list[dict[str, Any]] = []
+    barcodes: set[str] = set()
+    for topic, _, obj in read_messages(path):
+        n = len(obj["t_ns"]) if isinstance(obj.get("t_ns"), list) else 1
+        channels[topic] = channels.get(topic, 0) + n
+        if topic == "/weight/events" and obj.get("kind") in ("item_added", "item_removed"):
+            events.append({"kind": obj["kind"], "delta_g": round(obj.get("delta_g", 0.0), 1)})
+        if topic == "/camera/barcodes" and obj.get("text"):
+            barcodes.add(str(obj["text"]))
+    return {"channels": channels, "weight_events": events, "barcodes": sorted(barcodes)}
+
+
+class Ingest:
+    def __init__(self, db: SinkDB, blobs: BlobStore, index: Index) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.index = index
+        self._lock = threading.Lock()
+        with self._lock:
+            self.db._exec(
+                "CREATE TABLE IF NOT EXISTS bundle_files (device TEXT NOT NULL, "
+                "bundle_id TEXT NOT NULL, filename TEXT NOT NULL, upload_id TEXT NOT "
+                "NULL, path TEXT NOT NULL, PRIMARY KEY (device, bundle_id, filename))"
+            )
+
+    def on_complete(self, upload: Upload, path: Path) -> None:
+        bundle_id = upload.metadata.get("bundle_id", "")
+        filename = upload.metadata.get("filename", "")
+        if not bundle_id or filename not in FILES:
+            log.warning(
+                "upload %s from %s names no bundle file (bundle_id=%r filename=%r): "
+                "kept, not ingested",
+                upload.id,
+                upload.device,
+                bundle_id,
+                filename,
+            )
+            return
+        try:
+            self.db._exec(
+                "INSERT INTO bundle_files VALUES (?, ?, ?, ?, ?)",
+                (upload.device, bundle_id, filename, upload.id, str(path)),
+            )
+        except Exception:  # the same file arrived again under a new upload: keep the first
+            log.info("bundle %s: %s arrived again; keeping the first", bundle_id, filename)
+        self.try_assemble(upload.device, bundle_id)
+
+    def arrived(self, device: str, bundle_id: str) -> dict[str, Path]:
+        rows = self.db._exec(
+            "SELECT filename, path FROM bundle_files WHERE device = ? AND bundle_id = ?",
+            (device, bundle_id),
+        ).fetchall()
+        return {r[0]: Path(r[1]) for r in rows}
+
+    def try_assemble(self, device: str, bundle_id: str) -> str | None:
+        """Index the bundle if it is complete; returns its status, or None while waiting."""
+        with self._lock:
+            if self.index.get(bundle_id, device) is not None:
+                return None  # idempotent: already ingested
+            files = self.arrived(device, bundle_id)
+            if MANIFEST not in files:
+                return None
+            try:
+                manifest = Manifest.from_json(files[MANIFEST].read_bytes())
+            except (ManifestError, OSError) as exc:
+                return self._corrupt(device, bundle_id, None, f"manifest: {exc}")
+            if manifest.bundle_id != bundle_id:
+                return self._corrupt(
+                    device, bundle_id, manifest, f"manifest names bundle {manifest.bundle_id}"
+                )
+            if manifest.device_id != device:
+                return self._corrupt(
+                    device,
+                    bundle_id,
+                    manifest,
+                    f"manifest names device {manifest.device_id}, the uploader is {device}",
+                )
+            if any(name not in files for name in manifest.files):
+                return None  # waiting for the rest
+            for name, info in manifest.files.items():
+                got = sha256_file(files[name])
+                if (got.sha256, got.bytes) != (info.sha256, info.bytes):
+                    return self._corrupt(
+                        device, bundle_id, manifest, f"{name}: sha256/size differ from the manifest"
+                    )
+            clip: dict[str, Any] = {}
+            if CLIP in files:
+                try:
+                    clip = probe_clip(files[CLIP])
+                except ValueError as exc:
+                    return self._corrupt(device, bundle_id, manifest, f"{CLIP}: {exc}")
+            sensors = summarise_sensors(files[SENSORS]) if SENSORS in files else {}
+            for name, path in files.items():
+                self.blobs.put_file(f"bundles/{device}/{bundle_id}/{name}", path)
+            self.index.add(manifest, device, "ok", "", clip, sensors)
+            log.info("bundle %s from %s ingested", bundle_id, device)
+            return "ok"
+
+    def _corrupt(self, device: str, bundle_id: str, manifest: Manifest | None, reason: str) -> str:
+        log.warning("bundle %s from %s is corrupt: %s", bundle_id, device, reason)
+        self.index.add_corrupt(bundle_id, device, manifest, reason)
+        return "corrupt"

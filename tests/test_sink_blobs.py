@@ -1,0 +1,75 @@
+"""Both blob stores through one contract: a local folder, and S3 (moto's server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cloud_sink.blobs import LocalBlobStore, S3BlobStore
+from cloud_sink.db import SinkError
+from tests.sink_helpers import free_port
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    port = free_port()
+    bindir = Path(sys.executable).parent
+    proc = subprocess.Popen(
+        [str(bindir / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(url, timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def s3_store(url: str) -> S3BlobStore:
+    kw: dict[str, Any] = {
+        "aws_access_key_id": "test",
+        "aws_secret_access_key": "test",
+        "region_name": "us-east-1",
+    }
+    store = S3BlobStore("capsight-test", endpoint_url=url, prefix="sink", **kw)
+    store.s3.create_bucket(Bucket="capsight-test")
+    return store
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_blob_store_contract(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    store: Any = (
+        LocalBlobStore(tmp_path / "blobs")
+        if kind == "local"
+        else s3_store(request.getfixturevalue("moto_url"))
+    )
+    src = tmp_path / "clip.mp4"
+    src.write_bytes(b"\x00video" * 1000)
+    key = "bundles/cart-a/b-1/clip.mp4"
+    assert not store.exists(key)
+    store.put_file(key, src)
+    assert store.exists(key) and store.get_bytes(key) == src.read_bytes()
+    assert store.keys("bundles/cart-a/") == [key]
+    store.delete(key)
+    assert not store.exists(key)
+    with pytest.raises(SinkError, match="no blob"):
+        store.get_bytes(key)
+    for bad in ("../x", "a//b", "/abs", "a/./b", ""):
+        with pytest.raises(SinkError, match="safe"):
+            store.put_file(bad, src)

@@ -1,0 +1,195 @@
+"""Ingest and the index API: real bundles uploaded over tus to a real sink."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from capsight_edge.bundle.manifest import (
+    CLIP,
+    MANIFEST,
+    SENSORS,
+    Manifest,
+    TriggerInfo,
+    VideoInfo,
+    sha256_file,
+)
+from capsight_edge.recorder.encoders import VideoEncoder
+from capsight_edge.recorder.outputs import Mp4Output
+from capsight_edge.sensors.sensorlog import SensorLog
+from tests.sink_helpers import Sink, sink_cli, tus_headers
+
+OCTETS = {"Content-Type": "application/offset+octet-stream"}
+
+
+@pytest.fixture(scope="module")
+def sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sink, str, str, str]]:
+    data = tmp_path_factory.mktemp("sink")
+    s = Sink(data)
+    a, b = s.add_device("cart-a"), s.add_device("cart-b")
+    res = sink_cli("device", "add", "ops", "--admin", "--json", "--data", str(data))
+    admin = json.loads(res.stdout)["token"]
+    s.start()
+    yield s, a, b, admin
+    s.stop()
+
+
+def make_bundle(
+    folder: Path,
+    bundle_id: str,
+    device: str = "cart-a",
+    *,
+    lie: bool = False,
+    not_video: bool = False,
+) -> Path:
+    folder.mkdir(parents=True)
+    if not_video:
+        (folder / CLIP).write_bytes(b"this is not a video" * 100)
+    else:
+        enc = VideoEncoder("libx264", 160, 120, 15.0)
+        out = Mp4Output(folder / CLIP, "h264", 15.0)
+        for i in range(20):
+            img = np.full((120, 160, 3), 40 + i * 5, np.uint8)
+            out.write(enc.encode(img, int(i / 15 * 1e9)))
+        out.write(enc.flush())
+        out.close()
+    with SensorLog(folder / SENSORS) as log:
+        for i in range(40):
+            log.add("/weight/fused", 10**9 + i * 12_500_000, grams=float(i), stable=True)
+        log.event("/weight/events", 10**9 + 10**8, {"kind": "item_added", "delta_g": 412.0})
+        log.event(
+            "/camera/barcodes",
+            10**9 + 2 * 10**8,
+            {"t_ns": 10**9, "symbology": "EAN-13", "text": "4006381333931"},
+        )
+    files = {CLIP: sha256_file(folder / CLIP), SENSORS: sha256_file(folder / SENSORS)}
+    if lie:
+        files[CLIP].bytes += 1
+    m = Manifest(
+        bundle_id,
+        device,
+        "store-7",
+        "sim",
+        TriggerInfo("unscanned_item", 3, 0, {}),
+        0,
+        10**9,
+        "2026-11-26T08:00:00.000Z",
+        "2026-11-26T08:00:06.000Z",
+        VideoInfo("h264", "libx264", 160, 120, 15.0, 20, 1.33),
+        files,
+        "2026-11-26T08:00:07.000Z",
+        "test",
+    )
+    (folder / MANIFEST).write_text(m.to_json())
+    return folder
+
+
+def upload(s: Sink, token: str, path: Path, bundle_id: str) -> None:
+    data = path.read_bytes()
+    meta = ",".join(
+        f"{k} {base64.b64encode(v.encode()).decode()}"
+        for k, v in (("bundle_id", bundle_id), ("filename", path.name))
+    )
+    r = httpx.post(
+        s.url + "/files/",
+        headers=tus_headers(
+            token, **OCTETS, **{"Upload-Length": str(len(data)), "Upload-Metadata": meta}
+        ),
+        content=data,
+    )
+    assert r.status_code == 201 and r.headers["Upload-Offset"] == str(len(data)), r.text
+
+
+def query(s: Sink, admin: str, **params: str) -> list[dict[str, object]]:
+    r = httpx.get(
+        s.url + "/api/bundles", params=params, headers={"Authorization": f"Bearer {admin}"}
+    )
+    assert r.status_code == 200, r.text
+    return list(r.json()["bundles"])
+
+
+def test_a_bundle_is_verified_probed_summarised_and_indexed(
+    sink: tuple[Sink, str, str, str], tmp_path: Path
+) -> None:
+    s, a, _, admin = sink
+    folder = make_bundle(tmp_path / "b1", "b-1")
+    for name in (CLIP, SENSORS):  # the manifest last: nothing happens before it
+        upload(s, a, folder / name, "b-1")
+    assert query(s, admin, device="cart-a") == []
+    upload(s, a, folder / MANIFEST, "b-1")
+    (row,) = query(s, admin, device="cart-a")
+    assert row["status"] == "ok" and row["frames"] == 20 and row["codec"] == "h264"
+    assert row["rule"] == "unscanned_item" and row["store_id"] == "store-7"
+    sensors = row["sensors"]
+    assert isinstance(sensors, dict) and sensors["weight_events"][0]["delta_g"] == 412.0
+    assert sensors["channels"]["/weight/fused"] == 40
+    assert query(s, admin, barcode="4006381333931")[0]["id"] == "b-1"
+    assert query(s, admin, q="unscanned_item")[0]["id"] == "b-1"
+    assert query(s, admin, rule="scanned_item") == []
+    stored = s.data / "blobs" / "store" / "bundles" / "cart-a" / "b-1" / CLIP
+    assert stored.read_bytes() == (folder / CLIP).read_bytes()
+    upload(s, a, folder / MANIFEST, "b-1")  # handled twice: nothing changes
+    assert len(query(s, admin, device="cart-a")) == 1
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("lie", "differ from the manifest"),
+        ("not_video", "not a playable video"),
+        ("other_device", "names device cart-b"),
+    ],
+)
+def test_bad_bundles_are_marked_corrupt(
+    sink: tuple[Sink, str, str, str], tmp_path: Path, case: str, reason: str
+) -> None:
+    s, a, _, admin = sink
+    bid = f"bad-{case}"
+    folder = make_bundle(
+        tmp_path / bid,
+        bid,
+        "cart-b" if case == "other_device" else "cart-a",
+        lie=case == "lie",
+        not_video=case == "not_video",
+    )
+    for name in (CLIP, SENSORS, MANIFEST):
+        upload(s, a, folder / name, bid)
+    (row,) = [r for r in query(s, admin, status="corrupt") if r["id"] == bid]
+    assert reason in str(row["reason"])
+    assert not (s.data / "blobs" / "store" / "bundles" / "cart-a" / bid).exists()
+
+
+def test_api_needs_an_admin_and_heartbeats_feed_the_fleet(sink: tuple[Sink, str, str, str]) -> None:
+    s, a, b, admin = sink
+    assert httpx.get(s.url + "/api/bundles").status_code == 401
+    assert (
+        httpx.get(s.url + "/api/bundles", headers={"Authorization": f"Bearer {a}"}).status_code
+        == 403
+    )
+    beat = {
+        "queue_depth": 4,
+        "disk_used_pct": 61.5,
+        "last_upload_utc": "2026-11-26T08:01:00Z",
+        "model_version": "v3",
+    }
+    r = httpx.post(s.url + "/api/heartbeat", json=beat, headers={"Authorization": f"Bearer {b}"})
+    assert r.status_code == 200
+    bad = httpx.post(
+        s.url + "/api/heartbeat", content=b"{not json", headers={"Authorization": f"Bearer {b}"}
+    )
+    assert bad.status_code == 400
+    fleet = httpx.get(s.url + "/api/fleet", headers={"Authorization": f"Bearer {admin}"}).json()
+    (dev,) = [d for d in fleet["devices"] if d["device"] == "cart-b"]
+    assert dev["queue_depth"] == 4 and dev["model_version"] == "v3"
+    assert (
+        httpx.get(
+            s.url + "/api/bundles", params={"q": '"'}, headers={"Authorization": f"Bearer {admin}"}
+        ).status_code
+        == 400
+    )
