@@ -71,6 +71,7 @@ def add_api(routes: list[Route], db: SinkDB, index: Index) -> list[Route]:
                 barcode=p.get("barcode"),
                 label_status=p.get("label_status"),
                 status=p.get("status"),
+                empty_background={"1": True, "0": False}.get(p.get("empty_background", "")),
                 q=p.get("q"),
                 limit=limit,
             )

@@ -31,6 +31,8 @@ COLUMNS = {
     "barcodes": str,
     "label_status": str,
     "sensors": str,
+    "keyframes": int,
+    "empty_background": int,
     "indexed_utc": str,
 }
 
@@ -89,6 +91,8 @@ class Index:
                 "reason": reason,
                 "barcodes": " ".join(sensors.get("barcodes", [])),
                 "label_status": "unlabelled",
+                "keyframes": clip.get("keyframes", 0),
+                "empty_background": int(clip.get("background", {}).get("all_empty", False)),
                 "sensors": json.dumps(sensors),
                 "indexed_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
@@ -129,6 +133,7 @@ class Index:
         barcode: str | None = None,
         label_status: str | None = None,
         status: str | None = None,
+        empty_background: bool | None = None,
         q: str | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
@@ -144,6 +149,9 @@ class Index:
             if value:
                 where.append(f"{col} = ?")
                 args.append(value)
+        if empty_background is not None:
+            where.append("empty_background = ?")
+            args.append(int(empty_background))
         if since:
             where.append("start_utc >= ?")
             args.append(since)

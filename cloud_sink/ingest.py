@@ -56,6 +56,55 @@ def probe_clip(path: Path) -> dict[str, Any]:
         raise ValueError(f"not a playable video: {exc}") from exc
 
 
+def keyframes_and_background(
+    path: Path, every_s: float = 0.5, thumb_w: int = 320, empty_mad: float = 4.0
+) -> tuple[list[bytes], dict[str, Any]]:
+    """JPEG thumbnails of the clip's keyframes, and which sampled frames show only the empty
+    background: a frame within ``empty_mad`` grey levels (mean absolute difference, at 64 px)
+    of the clip's median frame shows nothing that moves."""
+    import av
+    import cv2
+    import numpy as np
+
+    thumbs: list[bytes] = []
+    samples: list[Any] = []
+    next_t = 0.0
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        for frame in c.decode(s):
+            t = float(frame.time or 0.0)
+            if frame.key_frame and len(thumbs) < 32:
+                img = frame.to_ndarray(format="bgr24")
+                h = int(img.shape[0] * thumb_w / img.shape[1])
+                ok, jpg = cv2.imencode(
+                    ".jpg",
+                    cv2.resize(img, (thumb_w, h), interpolation=cv2.INTER_AREA),
+                    [cv2.IMWRITE_JPEG_QUALITY, 80],
+                )
+                if ok:
+                    thumbs.append(jpg.tobytes())
+            if t >= next_t:
+                next_t = t + every_s
+                grey = frame.to_ndarray(format="gray")
+                samples.append(
+                    cv2.resize(
+                        grey,
+                        (64, 64 * grey.shape[0] // grey.shape[1]),
+                        interpolation=cv2.INTER_AREA,
+                    ).astype(np.float32)
+                )
+    if not samples:
+        return thumbs, {"sampled_frames": 0, "empty_frames": 0, "all_empty": False}
+    background = np.median(np.stack(samples), axis=0)
+    empty = sum(1 for f in samples if float(np.mean(np.abs(f - background))) < empty_mad)
+    # A clip that never changes at all is only background.
+    return thumbs, {
+        "sampled_frames": len(samples),
+        "empty_frames": empty,
+        "all_empty": empty == len(samples),
+    }
+
+
 def summarise_sensors(path: Path) -> dict[str, Any]:
     from capsight_edge.sensors.sensorlog import read_messages
 
@@ -146,14 +195,23 @@ class Ingest:
                         device, bundle_id, manifest, f"{name}: sha256/size differ from the manifest"
                     )
             clip: dict[str, Any] = {}
+            thumbs: list[bytes] = []
             if CLIP in files:
                 try:
                     clip = probe_clip(files[CLIP])
+                    thumbs, clip["background"] = keyframes_and_background(files[CLIP])
                 except ValueError as exc:
                     return self._corrupt(device, bundle_id, manifest, f"{CLIP}: {exc}")
             sensors = summarise_sensors(files[SENSORS]) if SENSORS in files else {}
+            prefix = f"bundles/{device}/{bundle_id}"
             for name, path in files.items():
-                self.blobs.put_file(f"bundles/{device}/{bundle_id}/{name}", path)
+                self.blobs.put_file(f"{prefix}/{name}", path)
+            for i, jpg in enumerate(thumbs):
+                tmp = files[CLIP].with_suffix(f".thumb{i}.jpg")
+                tmp.write_bytes(jpg)
+                self.blobs.put_file(f"{prefix}/keyframes/{i:03d}.jpg", tmp)
+                tmp.unlink()
+            clip["keyframes"] = len(thumbs)
             self.index.add(manifest, device, "ok", "", clip, sensors)
             log.info("bundle %s from %s ingested", bundle_id, device)
             return "ok"

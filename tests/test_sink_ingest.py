@@ -47,6 +47,7 @@ def make_bundle(
     *,
     lie: bool = False,
     not_video: bool = False,
+    still: bool = False,
 ) -> Path:
     folder.mkdir(parents=True)
     if not_video:
@@ -55,7 +56,7 @@ def make_bundle(
         enc = VideoEncoder("libx264", 160, 120, 15.0)
         out = Mp4Output(folder / CLIP, "h264", 15.0)
         for i in range(20):
-            img = np.full((120, 160, 3), 40 + i * 5, np.uint8)
+            img = np.full((120, 160, 3), 90 if still else 40 + i * 5, np.uint8)
             out.write(enc.encode(img, int(i / 15 * 1e9)))
         out.write(enc.flush())
         out.close()
@@ -134,6 +135,9 @@ def test_a_bundle_is_verified_probed_summarised_and_indexed(
     assert query(s, admin, rule="scanned_item") == []
     stored = s.data / "blobs" / "store" / "bundles" / "cart-a" / "b-1" / CLIP
     assert stored.read_bytes() == (folder / CLIP).read_bytes()
+    assert row["keyframes"] >= 1 and row["empty_background"] == 0
+    thumb = stored.parent / "keyframes" / "000.jpg"
+    assert thumb.read_bytes()[:2] == b"\xff\xd8"  # a JPEG
     upload(s, a, folder / MANIFEST, "b-1")  # handled twice: nothing changes
     assert len(query(s, admin, device="cart-a")) == 1
 
@@ -193,3 +197,15 @@ def test_api_needs_an_admin_and_heartbeats_feed_the_fleet(sink: tuple[Sink, str,
         ).status_code
         == 400
     )
+
+
+def test_a_clip_of_the_empty_basket_is_flagged(
+    sink: tuple[Sink, str, str, str], tmp_path: Path
+) -> None:
+    s, a, _, admin = sink
+    folder = make_bundle(tmp_path / "still", "still-1", still=True)
+    for name in (CLIP, SENSORS, MANIFEST):
+        upload(s, a, folder / name, "still-1")
+    (row,) = [r for r in query(s, admin, empty_background="1") if r["id"] == "still-1"]
+    assert row["status"] == "ok"
+    assert "b-1" not in [r["id"] for r in query(s, admin, empty_background="1")]
