@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import os
@@ -101,32 +102,37 @@ def _sink(data: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     return proc, url, token
 
 
+def _upload_once(url: str, auth: dict[str, str], total: int) -> float:
+    r = httpx.post(url + "/files/", headers={**auth, "Upload-Length": str(total)})
+    loc = r.headers["Location"]
+    start = time.perf_counter()
+    r = httpx.patch(
+        loc,
+        headers={**auth, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"},
+        content=_body(total),
+        timeout=600,
+    )
+    spent = time.perf_counter() - start
+    assert r.status_code == 204 and int(r.headers["Upload-Offset"]) == total
+    httpx.delete(loc, headers=auth)  # free the disk for the next trial
+    return spent
+
+
+def _ceiling_once(port: int, total: int) -> float:
+    start = time.perf_counter()
+    httpx.patch(f"http://127.0.0.1:{port}/x", content=_body(total), timeout=600)
+    return time.perf_counter() - start
+
+
 @benchmark("sink_upload")
 def bench_sink_upload(ctx: BenchContext) -> BenchResult:
+    import statistics
+
     total = (64 if ctx.quick else 1024) * 2**20
+    trials = 1 if ctx.quick else 3
     data = Path(tempfile.mkdtemp(prefix="capsight-sink-"))
     proc, url, token = _sink(data)
     auth = {"Authorization": f"Bearer {token}", "Tus-Resumable": "1.0.0"}
-    try:
-        r = httpx.post(url + "/files/", headers={**auth, "Upload-Length": str(total)})
-        loc = r.headers["Location"]
-        start = time.perf_counter()
-        r = httpx.patch(
-            loc,
-            headers={
-                **auth,
-                "Upload-Offset": "0",
-                "Content-Type": "application/offset+octet-stream",
-            },
-            content=_body(total),
-            timeout=600,
-        )
-        spent = time.perf_counter() - start
-        assert r.status_code == 204 and int(r.headers["Upload-Offset"]) == total
-        rss = _peak_rss_mb(proc.pid)
-    finally:
-        proc.terminate()
-        proc.wait(10)
     port = _port()
     ceiling = subprocess.Popen(
         [
@@ -141,47 +147,61 @@ def bench_sink_upload(ctx: BenchContext) -> BenchResult:
         ],
         cwd=ROOT,
     )
+    sink_s, base_s, disk_s = [], [], []
+    block = os.urandom(CHUNK)
     try:
         _wait(f"http://127.0.0.1:{port}/")
-        start = time.perf_counter()
-        httpx.patch(f"http://127.0.0.1:{port}/x", content=_body(total), timeout=600)
-        base = time.perf_counter() - start
+        for _ in range(trials):  # interleaved, so both see the same machine
+            sink_s.append(_upload_once(url, auth, total))
+            base_s.append(_ceiling_once(port, total))
+            start = time.perf_counter()  # the disk's own ceiling: write + fsync, no network
+            with open(data / "disk-ceiling.bin", "wb") as fh:
+                for _ in range(total // CHUNK):
+                    fh.write(block)
+                fh.flush()
+                os.fsync(fh.fileno())
+            disk_s.append(time.perf_counter() - start)
+            (data / "disk-ceiling.bin").unlink()
+        rss = _peak_rss_mb(proc.pid)
     finally:
+        proc.terminate()
+        proc.wait(10)
         ceiling.terminate()
         ceiling.wait(10)
-    # The disk's own ceiling for the same bytes, written and fsync'd like the sink does.
-    block = os.urandom(CHUNK)
-    start = time.perf_counter()
-    with open(data / "disk-ceiling.bin", "wb") as fh:
-        for _ in range(total // CHUNK):
-            fh.write(block)
-        fh.flush()
-        os.fsync(fh.fileno())
-    disk = time.perf_counter() - start
-    (data / "disk-ceiling.bin").unlink()
     mb = total / 2**20
+    ours, base, disk = (mb / statistics.median(x) for x in (sink_s, base_s, disk_s))
     res = BenchResult(
-        "sink_upload", f"one {mb:.0f} MiB upload in one PATCH over loopback, stored with fsync"
+        "sink_upload",
+        f"one {mb:.0f} MiB upload in one PATCH over loopback, "
+        f"stored with fsync; median of {trials} interleaved trials",
     )
     res.metrics += [
         Metric(
             "throughput",
-            mb / spent,
+            ours,
             "MiB/s",
-            mb / base,
+            base,
             "read-and-discard ASGI handler",
             ">= 0.7x",
-            (mb / spent) >= 0.7 * (mb / base),
+            ours >= 0.7 * base,
         ),
         Metric(
             "throughput vs writing the same bytes straight to this disk",
-            mb / spent,
+            ours,
             "MiB/s",
-            mb / disk,
+            disk,
             "write + fsync, no network",
         ),
         Metric("sink peak RSS", rss, "MiB", target="< 150", met=rss < 150),
     ]
+    res.notes.append(
+        "trials (s): sink "
+        + ", ".join(f"{x:.2f}" for x in sink_s)
+        + "; ceiling "
+        + ", ".join(f"{x:.2f}" for x in base_s)
+        + "; disk "
+        + ", ".join(f"{x:.2f}" for x in disk_s)
+    )
     return res
 
 
@@ -243,3 +263,105 @@ def bench_sink_fleet(ctx: BenchContext) -> BenchResult:
         Metric("aggregate throughput", devices * size / 2**20 / spent, "MiB/s"),
     ]
     return res
+
+
+@benchmark("sink_kill_resume")
+def bench_sink_kill_resume(ctx: BenchContext) -> BenchResult:
+    import signal
+    import threading
+
+    total = (32 if ctx.quick else 256) * 2**20
+    rounds = 2 if ctx.quick else 5
+    data = Path(tempfile.mkdtemp(prefix="capsight-sink-"))
+    proc, url, token = _sink(data)
+    auth = {"Authorization": f"Bearer {token}", "Tus-Resumable": "1.0.0"}
+    source = os.urandom(total)
+    loc = httpx.post(url + "/files/", headers={**auth, "Upload-Length": str(total)}).headers[
+        "Location"
+    ]
+    kills, identical_prefix = 0, True
+
+    def slow(offset: int) -> Iterator[bytes]:
+        for i in range(offset, total, CHUNK):
+            time.sleep(0.01)
+            yield source[i : i + CHUNK]
+
+    try:
+        for _ in range(rounds):
+            offset = int(httpx.head(loc, headers=auth).headers["Upload-Offset"])
+            t = threading.Thread(target=lambda o=offset: _quiet_patch(loc, auth, o, slow(o)))
+            t.start()
+            time.sleep(0.4)
+            os.kill(proc.pid, signal.SIGKILL)  # mid-body
+            proc.wait()
+            kills += 1
+            t.join(30)
+            stored = (data / "blobs" / "uploads" / loc.rsplit("/", 1)[1]).read_bytes()
+            identical_prefix &= stored == source[: len(stored)]
+            port = int(url.rsplit(":", 1)[1])
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "cloud_sink.cli",
+                    "serve",
+                    "--data",
+                    str(data),
+                    "--port",
+                    str(port),
+                    "--max-size",
+                    str(4 * 2**30),
+                ],
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            _wait(url + "/healthz")
+        offset = int(httpx.head(loc, headers=auth).headers["Upload-Offset"])
+        httpx.patch(
+            loc,
+            headers={
+                **auth,
+                "Upload-Offset": str(offset),
+                "Content-Type": "application/offset+octet-stream",
+            },
+            content=source[offset:],
+            timeout=120,
+        )
+        final = (data / "blobs" / "uploads" / loc.rsplit("/", 1)[1]).read_bytes()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    same = final == source
+    res = BenchResult(
+        "sink_kill_resume",
+        f"a {total / 2**20:.0f} MiB upload, the sink "
+        f"SIGKILLed mid-body {rounds} times, restarted, resumed from HEAD",
+    )
+    res.metrics += [
+        Metric("kills", kills, "kills"),
+        Metric(
+            "stored bytes always a prefix of the source",
+            int(identical_prefix),
+            "yes=1",
+            target="1",
+            met=identical_prefix,
+        ),
+        Metric("final file byte-identical", int(same), "yes=1", target="1", met=same),
+    ]
+    return res
+
+
+def _quiet_patch(loc: str, auth: dict[str, str], offset: int, body: Iterator[bytes]) -> None:
+    # The sink is killed under this request: that is the point.
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.patch(
+            loc,
+            headers={
+                **auth,
+                "Upload-Offset": str(offset),
+                "Content-Type": "application/offset+octet-stream",
+            },
+            content=body,
+            timeout=60,
+        )

@@ -106,18 +106,29 @@ def keyframes_and_background(
 
 
 def summarise_sensors(path: Path) -> dict[str, Any]:
+    """Per channel its sample count and rate; the weight events; the barcodes read."""
     from capsight_edge.sensors.sensorlog import read_messages
 
-    channels: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    span: dict[str, list[int]] = {}
     events: list[dict[str, Any]] = []
     barcodes: set[str] = set()
-    for topic, _, obj in read_messages(path):
-        n = len(obj["t_ns"]) if isinstance(obj.get("t_ns"), list) else 1
-        channels[topic] = channels.get(topic, 0) + n
+    for topic, log_time, obj in read_messages(path):
+        times = obj["t_ns"] if isinstance(obj.get("t_ns"), list) else [log_time]
+        counts[topic] = counts.get(topic, 0) + len(times)
+        lo_hi = span.setdefault(topic, [min(times), max(times)])
+        lo_hi[0], lo_hi[1] = min(lo_hi[0], min(times)), max(lo_hi[1], max(times))
         if topic == "/weight/events" and obj.get("kind") in ("item_added", "item_removed"):
             events.append({"kind": obj["kind"], "delta_g": round(obj.get("delta_g", 0.0), 1)})
         if topic == "/camera/barcodes" and obj.get("text"):
             barcodes.add(str(obj["text"]))
+    channels = {}
+    for topic, n in counts.items():
+        seconds = (span[topic][1] - span[topic][0]) / 1e9
+        channels[topic] = {
+            "samples": n,
+            "rate_hz": round((n - 1) / seconds, 2) if seconds > 0 else None,
+        }
     return {"channels": channels, "weight_events": events, "barcodes": sorted(barcodes)}
 
 

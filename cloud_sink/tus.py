@@ -43,7 +43,7 @@ OFFSET_TYPE = "application/offset+octet-stream"
 UPLOAD_ID = re.compile(r"^[A-Za-z0-9_-]{32}$")
 META_KEY = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MAX_META_VALUE = 1024
-WRITE_BLOCK = 1 << 20
+WRITE_BLOCK = 4 << 20
 
 
 def _write_all(fd: int, data: bytes | bytearray) -> int:
@@ -323,9 +323,7 @@ class TusApp:
                         if len(pending) >= WRITE_BLOCK:
                             if in_flight is not None:
                                 written += await in_flight
-                            in_flight = loop.run_in_executor(
-                                None, _write_all, target, bytes(pending)
-                            )
+                            in_flight = loop.run_in_executor(None, _write_all, target, pending)
                             in_flight_size = len(pending)
                             pending = bytearray()
                 except ClientDisconnect:

@@ -129,7 +129,7 @@ def test_a_bundle_is_verified_probed_summarised_and_indexed(
     assert row["rule"] == "unscanned_item" and row["store_id"] == "store-7"
     sensors = row["sensors"]
     assert isinstance(sensors, dict) and sensors["weight_events"][0]["delta_g"] == 412.0
-    assert sensors["channels"]["/weight/fused"] == 40
+    assert sensors["channels"]["/weight/fused"] == {"samples": 40, "rate_hz": 80.0}
     assert query(s, admin, barcode="4006381333931")[0]["id"] == "b-1"
     assert query(s, admin, q="unscanned_item")[0]["id"] == "b-1"
     assert query(s, admin, rule="scanned_item") == []
