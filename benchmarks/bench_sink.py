@@ -60,6 +60,26 @@ def _body(total: int) -> Iterator[bytes]:
         sent += n
 
 
+def _serve(data: Path, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cloud_sink.cli",
+            "serve",
+            "--data",
+            str(data),
+            "--port",
+            str(port),
+            "--max-size",
+            str(4 * 2**30),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def _sink(data: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     res = subprocess.run(
         [
@@ -80,23 +100,7 @@ def _sink(data: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     )
     token = json.loads(res.stdout)["token"]
     port = _port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cloud_sink.cli",
-            "serve",
-            "--data",
-            str(data),
-            "--port",
-            str(port),
-            "--max-size",
-            str(4 * 2**30),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = _serve(data, port)
     url = f"http://127.0.0.1:{port}"
     _wait(url + "/healthz")
     return proc, url, token
@@ -299,23 +303,7 @@ def bench_sink_kill_resume(ctx: BenchContext) -> BenchResult:
             stored = (data / "blobs" / "uploads" / loc.rsplit("/", 1)[1]).read_bytes()
             identical_prefix &= stored == source[: len(stored)]
             port = int(url.rsplit(":", 1)[1])
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "cloud_sink.cli",
-                    "serve",
-                    "--data",
-                    str(data),
-                    "--port",
-                    str(port),
-                    "--max-size",
-                    str(4 * 2**30),
-                ],
-                cwd=ROOT,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            proc = _serve(data, port)
             _wait(url + "/healthz")
         offset = int(httpx.head(loc, headers=auth).headers["Upload-Offset"])
         httpx.patch(
