@@ -189,5 +189,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"{len(messages)} messages on {', '.join(summary['sensor_log']['channels'])})"
     )
     print(f"  written: {out / 'demo-summary.json'}")
-    print("  not yet in the demo: journal, sink, uploader, training")
+    print(
+        f"  journal: {cart.data_dir / 'journal.db'} (see `capsight status --data {cart.data_dir}`)"
+    )
+    print(
+        "  not yet in the demo: uploading to the sink (the uploader is the next issue), "
+        "pre-labelling, training"
+    )
     return EXIT_OK if not recorder.failed else EXIT_FAIL
