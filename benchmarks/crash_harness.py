@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -103,8 +104,6 @@ def worker(data: Path) -> None:
             victim = min(done, key=lambda r: r.created_ns)
             _ledger(data, f"evicted {victim.id}")  # the intent, before the journal commits
             journal.mark_evicted(victim.id, "crash test eviction")
-            import shutil
-
             shutil.rmtree(bundles / victim.id, ignore_errors=True)
 
 

@@ -64,6 +64,13 @@ def _seal_row(journal: Journal, row: BundleRow | None, manifest: Manifest) -> No
         journal.mark_sealed(manifest.bundle_id, files, duration_s=duration)
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def _quarantine(path: Path, root: Path, reason: str, report: RecoveryReport) -> None:
     root.mkdir(parents=True, exist_ok=True)
     target = root / path.name
@@ -97,7 +104,7 @@ def recover(journal: Journal, data_dir: str | os.PathLike[str]) -> RecoveryRepor
             if manifest.bundle_id != d.name:
                 raise ManifestError(f"manifest names {manifest.bundle_id}")
         except ManifestError as exc:
-            shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
+            _remove(d)
             report.removed_partial.append(d.name)
             if row is not None and row.state == "recording":
                 journal.discard(d.name, f"incomplete at recovery: {exc}")
@@ -120,7 +127,7 @@ def recover(journal: Journal, data_dir: str | os.PathLike[str]) -> RecoveryRepor
             continue
         row = journal.get(d.name)
         if row is not None and row.state in ("evicted", "discarded"):
-            shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
+            _remove(d)
             report.finished_evictions.append(d.name)
             continue
         if not d.is_dir():
@@ -131,10 +138,10 @@ def recover(journal: Journal, data_dir: str | os.PathLike[str]) -> RecoveryRepor
             if manifest.bundle_id != d.name:
                 raise ManifestError(f"manifest names {manifest.bundle_id}, folder {d.name}")
         except ManifestError as exc:
-            if row is not None and row.state in ("sealed", "uploading", "uploaded"):
-                journal.quarantine(
-                    d.name, f"does not verify at recovery: {exc}"
-                ) if row.state != "uploaded" else journal.mark_evicted(d.name, str(exc))
+            if row is not None and row.state in ("sealed", "uploading"):
+                journal.quarantine(d.name, f"does not verify at recovery: {exc}")
+            elif row is not None and row.state == "uploaded":
+                journal.mark_evicted(d.name, f"does not verify at recovery: {exc}")
             _quarantine(d, quarantine, f"does not verify: {exc}", report)
             continue
         if row is None or row.state == "recording":
@@ -148,10 +155,10 @@ def recover(journal: Journal, data_dir: str | os.PathLike[str]) -> RecoveryRepor
             journal.discard(row.id, "the clip never completed")
             report.discarded.append(row.id)
         elif row.state in ("sealed", "uploading", "uploaded") and not exists:
-            journal.mark_evicted(row.id, "files missing at recovery") if row.state in (
-                "sealed",
-                "uploaded",
-            ) else None
+            if row.state != "uploading":
+                journal.mark_evicted(row.id, "files missing at recovery")
+            # An upload in flight stays as it is: the uploader's next attempt fails on the
+            # missing files and the journal quarantines it with that reason.
             report.missing.append(row.id)
         elif row.state == "uploading":
             report.resumable_uploads.append(row.id)

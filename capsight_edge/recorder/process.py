@@ -153,7 +153,7 @@ class _Recorder:
                 self.clip.end_ns = cmd[2]
 
     def _open_clip(self, clip_id: str, start_ns: int, path: Path) -> None:
-        from capsight_edge.recorder.outputs import Mp4Output, OutputError
+        from capsight_edge.recorder.outputs import Mp4Output, OutputError, i420_to_bgr
 
         if self.clip is not None:  # one clip at a time: close the old one where it is
             self.clip.end_ns = self.last_t_ns
@@ -168,8 +168,6 @@ class _Recorder:
                 clip.output.write(self.packets.since(start_ns))
             else:
                 for t_ns, i420 in self.raw.since(start_ns):
-                    from capsight_edge.recorder.outputs import i420_to_bgr
-
                     clip.output.write(self.encoder.encode(i420_to_bgr(i420), t_ns))
         except (OutputError, EncoderUnavailable) as exc:
             clip.failed = str(exc)
