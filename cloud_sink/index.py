@@ -6,6 +6,7 @@ The schema is plain SQL types so it moves to PostgreSQL unchanged when a fleet o
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -41,8 +42,9 @@ class Index:
     def __init__(self, path: str | Path) -> None:
         import sqlite_utils
 
-        self.db = sqlite_utils.Database(str(path))
-        self._lock = threading.Lock()
+        # One connection shared by the server's threads, serialised by the lock.
+        self.db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False))
+        self._lock = threading.RLock()
         table = self.db.table("bundles")
         if not table.exists():
             table.create(COLUMNS, pk=("device_id", "id"))
@@ -53,11 +55,12 @@ class Index:
             table.create_index(["rule"])
 
     def get(self, bundle_id: str, device: str) -> dict[str, Any] | None:
-        rows = list(
-            self.db.query(
-                "SELECT * FROM bundles WHERE id = ? AND device_id = ?", [bundle_id, device]
+        with self._lock:
+            rows = list(
+                self.db.query(
+                    "SELECT * FROM bundles WHERE id = ? AND device_id = ?", [bundle_id, device]
+                )
             )
-        )
         return rows[0] if rows else None
 
     def _upsert(self, row: dict[str, Any]) -> None:
@@ -167,7 +170,8 @@ class Index:
         sql = "SELECT * FROM bundles" + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY start_utc DESC LIMIT ?"
         args.append(max(1, min(limit, 1000)))
-        rows = list(self.db.query(sql, args))
+        with self._lock:
+            rows = list(self.db.query(sql, args))
         for r in rows:
             r["sensors"] = json.loads(r["sensors"] or "{}")
         return rows

@@ -132,6 +132,33 @@ def summarise_sensors(path: Path) -> dict[str, Any]:
     return {"channels": channels, "weight_events": events, "barcodes": sorted(barcodes)}
 
 
+def decode(path: Path, encoding: str, max_bytes: int = 16 << 30) -> Path:
+    """The file as the device had it: ``zstd`` uploads are decompressed beside the upload
+    (streamed, bounded by ``max_bytes`` against decompression bombs). ValueError when the
+    encoding is unknown or the data does not decode."""
+    if encoding != "zstd":
+        raise ValueError(f"unknown encoding {encoding!r}")
+    import zstandard
+
+    out = path.with_name(path.name + ".decoded")
+    written = 0
+    try:
+        with open(path, "rb") as fin, open(out, "wb") as fout:
+            reader = zstandard.ZstdDecompressor().stream_reader(fin)
+            while block := reader.read(1 << 20):
+                written += len(block)
+                if written > max_bytes:
+                    raise ValueError(f"decompresses to more than {max_bytes} bytes")
+                fout.write(block)
+    except zstandard.ZstdError as exc:
+        out.unlink(missing_ok=True)
+        raise ValueError(f"not valid zstd data: {exc}") from exc
+    except ValueError:
+        out.unlink(missing_ok=True)
+        raise
+    return out
+
+
 class Ingest:
     def __init__(self, db: SinkDB, blobs: BlobStore, index: Index) -> None:
         self.db = db
@@ -158,6 +185,14 @@ class Ingest:
                 filename,
             )
             return
+        encoding = upload.metadata.get("encoding", "")
+        if encoding:
+            try:
+                path = decode(path, encoding)
+            except ValueError as exc:
+                log.warning("upload %s (%s/%s): %s", upload.id, bundle_id, filename, exc)
+                self.index.add_corrupt(bundle_id, upload.device, None, f"{filename}: {exc}")
+                return
         try:
             self.db._exec(
                 "INSERT INTO bundle_files VALUES (?, ?, ?, ?, ?)",

@@ -8,21 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
 from capsight_edge.bundle.manifest import (
     CLIP,
     MANIFEST,
     SENSORS,
-    Manifest,
-    TriggerInfo,
-    VideoInfo,
-    sha256_file,
 )
-from capsight_edge.recorder.encoders import VideoEncoder
-from capsight_edge.recorder.outputs import Mp4Output
-from capsight_edge.sensors.sensorlog import SensorLog
+from tests.bundle_helpers import make_bundle
 from tests.sink_helpers import Sink, sink_cli, tus_headers
 
 OCTETS = {"Content-Type": "application/offset+octet-stream"}
@@ -38,57 +31,6 @@ def sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sink, str, 
     s.start()
     yield s, a, b, admin
     s.stop()
-
-
-def make_bundle(
-    folder: Path,
-    bundle_id: str,
-    device: str = "cart-a",
-    *,
-    lie: bool = False,
-    not_video: bool = False,
-    still: bool = False,
-) -> Path:
-    folder.mkdir(parents=True)
-    if not_video:
-        (folder / CLIP).write_bytes(b"this is not a video" * 100)
-    else:
-        enc = VideoEncoder("libx264", 160, 120, 15.0)
-        out = Mp4Output(folder / CLIP, "h264", 15.0)
-        for i in range(20):
-            img = np.full((120, 160, 3), 90 if still else 40 + i * 5, np.uint8)
-            out.write(enc.encode(img, int(i / 15 * 1e9)))
-        out.write(enc.flush())
-        out.close()
-    with SensorLog(folder / SENSORS) as log:
-        for i in range(40):
-            log.add("/weight/fused", 10**9 + i * 12_500_000, grams=float(i), stable=True)
-        log.event("/weight/events", 10**9 + 10**8, {"kind": "item_added", "delta_g": 412.0})
-        log.event(
-            "/camera/barcodes",
-            10**9 + 2 * 10**8,
-            {"t_ns": 10**9, "symbology": "EAN-13", "text": "4006381333931"},
-        )
-    files = {CLIP: sha256_file(folder / CLIP), SENSORS: sha256_file(folder / SENSORS)}
-    if lie:
-        files[CLIP].bytes += 1
-    m = Manifest(
-        bundle_id,
-        device,
-        "store-7",
-        "sim",
-        TriggerInfo("unscanned_item", 3, 0, {}),
-        0,
-        10**9,
-        "2026-11-26T08:00:00.000Z",
-        "2026-11-26T08:00:06.000Z",
-        VideoInfo("h264", "libx264", 160, 120, 15.0, 20, 1.33),
-        files,
-        "2026-11-26T08:00:07.000Z",
-        "test",
-    )
-    (folder / MANIFEST).write_text(m.to_json())
-    return folder
 
 
 def upload(s: Sink, token: str, path: Path, bundle_id: str) -> None:

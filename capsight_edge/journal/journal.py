@@ -75,12 +75,38 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE bundles ADD COLUMN duration_s REAL NOT NULL DEFAULT 0;
     """,
+    # 3: one tus upload per file of a bundle: what is sent (encoding, bytes), where, how far
+    """
+    CREATE TABLE upload_files (
+        bundle_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        encoding TEXT NOT NULL DEFAULT '',
+        wire_bytes INTEGER NOT NULL,
+        url TEXT NOT NULL DEFAULT '',
+        offset INTEGER NOT NULL DEFAULT 0,
+        done INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (bundle_id, name)
+    );
+    """,
 ]
 
 
 def utc_now() -> str:
     t = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
+
+
+@dataclass(frozen=True)
+class UploadFileRow:
+    """One file's tus upload: ``offset`` is what the server confirmed of ``wire_bytes``."""
+
+    bundle_id: str
+    name: str
+    encoding: str
+    wire_bytes: int
+    url: str
+    offset: int
+    done: bool
 
 
 @dataclass(frozen=True)
@@ -269,6 +295,59 @@ class Journal:
             )
             if cur.rowcount != 1:
                 raise JournalError(f"bundle {bundle_id} is not uploading")
+
+    def plan_upload(self, bundle_id: str, files: list[tuple[str, str, int]]) -> None:
+        """Record what will be sent for each file: ``(name, encoding, wire_bytes)``. A file's
+        earlier plan (and its upload URL) is replaced only when what is sent changed."""
+        with self.transaction() as db:
+            for name, encoding, wire_bytes in files:
+                db.execute(
+                    "INSERT INTO upload_files (bundle_id, name, encoding, wire_bytes) VALUES "
+                    "(?, ?, ?, ?) ON CONFLICT(bundle_id, name) DO UPDATE SET "
+                    "encoding = excluded.encoding, wire_bytes = excluded.wire_bytes, url = '', "
+                    "offset = 0, done = 0 WHERE encoding != excluded.encoding OR "
+                    "wire_bytes != excluded.wire_bytes",
+                    (bundle_id, name, encoding, wire_bytes),
+                )
+
+    def upload_plan(self, bundle_id: str) -> list[UploadFileRow]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM upload_files WHERE bundle_id = ? ORDER BY name", (bundle_id,)
+            ).fetchall()
+        return [UploadFileRow(**{**dict(r), "done": bool(r["done"])}) for r in rows]
+
+    def file_progress(
+        self, bundle_id: str, name: str, *, url: str, offset: int, done: bool = False
+    ) -> None:
+        """One file's confirmed offset; the bundle's ``upload_offset`` becomes the sum over its
+        files (bytes the sink holds), in the same transaction."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE upload_files SET url = ?, offset = ?, done = ? WHERE bundle_id = ? "
+                "AND name = ?",
+                (url, offset, int(done), bundle_id, name),
+            )
+            if cur.rowcount != 1:
+                raise JournalError(f"bundle {bundle_id}: no upload planned for {name}")
+            total = db.execute(
+                "SELECT SUM(offset) FROM upload_files WHERE bundle_id = ?", (bundle_id,)
+            ).fetchone()[0]
+            self.set_offset(bundle_id, int(total or 0), url)
+
+    def abandoned_uploads(self) -> list[UploadFileRow]:
+        """Unfinished uploads of bundles that will not be sent any more (evicted,
+        quarantined): the uploader terminates them on the server."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT u.* FROM upload_files u JOIN bundles b ON b.id = u.bundle_id WHERE "
+                "b.state NOT IN ('sealed', 'uploading') AND u.done = 0 AND u.url != ''"
+            ).fetchall()
+        return [UploadFileRow(**{**dict(r), "done": bool(r["done"])}) for r in rows]
+
+    def forget_upload_plan(self, bundle_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM upload_files WHERE bundle_id = ?", (bundle_id,))
 
     def upload_failed(
         self, bundle_id: str, error: str, *, permanent: bool, quarantine_after: int = 3

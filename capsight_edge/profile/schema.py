@@ -198,6 +198,19 @@ class UploadSection:
         2_000_000, "bit/s cap for all uploads together outside the windows", min=0
     )
     concurrency: int = setting(2, "uploads in flight at once", min=1, max=16)
+    chunk_bytes: int = setting(
+        0,
+        "bytes per PATCH; 0 = about 4 s at the current rate (256 KiB to 8 MiB); an interrupted "
+        "chunk is what gets sent again",
+        min=0,
+        max=256 * 1024 * 1024,
+    )
+    timeout_s: float = setting(
+        30.0, "timeout of every request to the sink: connect, each read, each write", min=1
+    )
+    heartbeat_s: float = setting(
+        60.0, "seconds between heartbeats to the sink's fleet view; 0 = none", min=0
+    )
     windows: list[UploadWindow] = setting(
         [], "schedule of [[upload.windows]]; the first matching window sets the rate"
     )

@@ -1,0 +1,719 @@
+"""The upload driver: the journal's queue, sent with the tus state machine over one httpx client.
+
+Order: higher priority first, oldest first within a priority (the journal's queue order), at most
+``concurrency`` bundles at once, every byte through one shared :class:`TokenBucket`. A bundle's
+files go one after another, the manifest last. Everything the sink confirms is committed to the
+journal (URL and offset per file) before the next chunk is read, so a restart resumes from HEAD on
+the stored URL and re-sends at most the chunk that was in flight.
+
+Failures, and what they do to the bundle:
+- transport errors, timeouts, 5xx, 423, 429: retried in place (the first at once, then backoff
+  with jitter); after a few in a row the bundle goes back to ``sealed`` and waits its backoff. A
+  sink that refuses connections holds every upload back (one shared backoff, up to 2 minutes);
+- 409: re-sync from HEAD; 404/410: the upload is gone, start that file over; 460: send the chunk
+  again (the sink did not apply it);
+- 401/403: nothing more is sent until the token file changes; ``status()`` says so;
+- other 4xx: permanent; the journal quarantines the bundle after repeated permanent errors;
+- a file missing on disk or no longer matching the manifest: quarantined at once (a corrupt file
+  is never sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from capsight_edge.bundle.manifest import MANIFEST, Manifest, ManifestError
+from capsight_edge.errors import UploadError
+from capsight_edge.journal.journal import BundleRow, Journal, utc_now
+from capsight_edge.uploader import wire
+from capsight_edge.uploader.shaping import Backoff, TokenBucket, UploadSchedule
+from capsight_edge.uploader.tus import (
+    COMPLETE,
+    PERMANENT,
+    PROGRESS,
+    RESEND,
+    RESTART,
+    RETRY,
+    UNAUTHORIZED,
+    Outcome,
+    ServerCaps,
+    TusRequest,
+    TusUpload,
+)
+
+log = logging.getLogger("capsight.uploader")
+STATUS_KEY = "uploader"
+MIN_CHUNK, MAX_CHUNK = 256 << 10, 8 << 20
+INLINE_RETRIES = 4  # failures in a row on one file before the bundle waits its backoff
+SAME_FAILURE_LIMIT = 3  # restarts or checksum re-sends in a row before giving the bundle a rest
+
+
+class RetryLater(Exception):
+    def __init__(self, detail: str, *, sink_down: bool = False, after_s: float | None = None):
+        super().__init__(detail)
+        self.sink_down = sink_down
+        self.after_s = after_s
+
+
+class TokenRefused(Exception):
+    pass
+
+
+class LocalFileProblem(Exception):
+    """A bundle's file is missing or no longer what the manifest says: never sent."""
+
+
+@dataclass
+class UploadStats:
+    bytes_sent: int = 0  # request bodies put on the wire, re-sends included
+    bytes_confirmed: int = 0  # what the sink confirmed holding
+    bundles_uploaded: int = 0
+    bundles_quarantined: int = 0
+    files_uploaded: int = 0
+    retries: int = 0  # failed requests that were retried
+    interruptions: int = 0  # requests that got no answer
+    restarts: int = 0  # uploads created again (404/410)
+    checksum_resends: int = 0  # chunks re-sent after 460
+    heartbeats: int = 0
+    heartbeat_failures: int = 0
+    wire_saved_bytes: int = 0  # bytes zstd kept off the wire
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class BundleProgress:
+    bundle_id: str
+    priority: int
+    total: int
+    confirmed: int = 0
+    started: float = field(default_factory=time.monotonic)
+    rate_Bps: float = 0.0
+    _t: float = field(default_factory=time.monotonic)
+    _b: int = 0
+
+    def update(self, confirmed: int) -> None:
+        now = time.monotonic()
+        if now - self._t >= 0.5 or confirmed >= self.total:
+            inst = (confirmed - self._b) / max(1e-3, now - self._t)
+            self.rate_Bps = inst if self.rate_Bps == 0 else 0.6 * self.rate_Bps + 0.4 * inst
+            self._t, self._b = now, confirmed
+        self.confirmed = confirmed
+
+    def as_dict(self) -> dict[str, Any]:
+        left = max(0, self.total - self.confirmed)
+        return {
+            "id": self.bundle_id,
+            "priority": self.priority,
+            "bytes_total": self.total,
+            "bytes_confirmed": self.confirmed,
+            "rate_bps": round(self.rate_Bps * 8),
+            "eta_s": round(left / self.rate_Bps, 1) if self.rate_Bps > 0 else None,
+        }
+
+
+def read_range(path: Path, offset: int, length: int, checksum: bool) -> tuple[bytes, str]:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read(length)
+    if len(data) != length:
+        raise LocalFileProblem(f"{path.name}: shorter than when the upload was planned")
+    digest = base64.b64encode(hashlib.sha256(data).digest()).decode() if checksum else ""
+    return data, digest
+
+
+class Uploader:
+    """Uploads a journal's sealed bundles to a tus endpoint.
+
+    ``max_upload_bps=None`` in the schedule's place means uncapped. ``flush=True`` (``capsight
+    upload now``) ignores the windows and uses ``schedule.default_bps`` (or uncapped when 0).
+    ``client`` may be any ``httpx.AsyncClient`` (an ``ASGITransport`` one in tests); by default one
+    is built with ``timeout_s`` on connect, every read and every write.
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        data_dir: str | os.PathLike[str],
+        *,
+        sink_url: str,
+        token: str = "",
+        token_file: str = "",
+        schedule: UploadSchedule | None = None,
+        uncapped: bool = False,
+        concurrency: int = 2,
+        chunk_bytes: int = 0,
+        timeout_s: float = 30.0,
+        heartbeat_s: float = 30.0,
+        tus_path: str = "/files/",
+        backoff: Backoff | None = None,
+        client: httpx.AsyncClient | None = None,
+        model_version: Callable[[], str] | None = None,
+        now: Callable[[], dt.datetime] = dt.datetime.now,
+    ) -> None:
+        self.journal = journal
+        self.data_dir = Path(os.path.expanduser(data_dir))
+        self.base = sink_url.rstrip("/")
+        self.endpoint = self.base + tus_path
+        self.token_file = token_file
+        self.token = token or self._read_token()
+        self.schedule = schedule or UploadSchedule(0)
+        self.uncapped = uncapped
+        self.concurrency = max(1, concurrency)
+        self.chunk_bytes = chunk_bytes
+        self.timeout_s = timeout_s
+        self.heartbeat_s = heartbeat_s
+        self.backoff = backoff or Backoff()
+        self._client = client
+        self.model_version = model_version or (lambda: journal.kv_get("model_version") or "")
+        self.now = now
+        self.caps: ServerCaps | None = None
+        self.stats = UploadStats()
+        self.progress: dict[str, BundleProgress] = {}
+        self.state = "starting"
+        self.last_error = ""
+        self.last_upload_utc = ""
+        self._paused: str | None = None
+        self._not_before: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+        self._sink_down_until = 0.0
+        self._sink_failures = 0
+        self._token_refused_at = 0.0
+        self._bucket: TokenBucket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tidy_due = False
+        self._stop_requested = False
+        self.ticks = 0  # turns of the run loop, for tests that wait on it
+
+    # -- control from any thread ------------------------------------------------------------
+    def _call(self, fn: Callable[[], None]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            fn()
+        else:
+            loop.call_soon_threadsafe(fn)
+
+    def pause(self, reason: str = "paused by the integrator") -> None:
+        """Stop sending at once (requests in flight are cancelled; what the sink confirmed is
+        kept) until :meth:`resume`. Safe to call from any thread."""
+
+        def do() -> None:
+            self._paused = reason
+            for task in self._tasks.values():
+                task.cancel()
+            if self._wake:
+                self._wake.set()
+
+        self._call(do)
+
+    def resume(self) -> None:
+        def do() -> None:
+            self._paused = None
+            if self._wake:
+                self._wake.set()
+
+        self._call(do)
+
+    def stop(self) -> None:
+        """Finish: requests in flight are cancelled (their bundles resume next time)."""
+        self._stop_requested = True
+
+        def do() -> None:
+            if self._stop:
+                self._stop.set()
+            if self._wake:
+                self._wake.set()
+
+        self._call(do)
+
+    def _read_token(self) -> str:
+        if not self.token_file:
+            return ""
+        try:
+            return Path(os.path.expanduser(self.token_file)).read_text().strip()
+        except OSError as exc:
+            raise UploadError(f"{self.token_file}: cannot read the token: {exc}") from exc
+
+    # -- rate --------------------------------------------------------------------------------
+    def current_rate_bps(self) -> int | None:
+        """None: uncapped; 0: no uploads now."""
+        if self.uncapped:
+            return None
+        return self.schedule.rate_at(self.now())
+
+    def _chunk_size(self) -> int:
+        if self.chunk_bytes:
+            return self.chunk_bytes
+        rate = self._bucket.bytes_per_s if self._bucket else None
+        if not rate:
+            return MAX_CHUNK
+        return int(min(MAX_CHUNK, max(MIN_CHUNK, rate * 4)))  # about 4 s of the rate
+
+    # -- status ------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        rate = self._bucket.rate_bps if self._bucket else self.current_rate_bps()
+        return {
+            "utc": utc_now(),
+            "state": self.state,
+            "sink": self.base,
+            "rate_cap_bps": rate,
+            "last_error": self.last_error,
+            "last_upload_utc": self.last_upload_utc,
+            "in_flight": [p.as_dict() for p in self.progress.values()],
+            "stats": self.stats.as_dict(),
+        }
+
+    def _publish(self) -> None:
+        self.journal.kv_set(STATUS_KEY, json.dumps(self.status()))
+
+    def _set_state(self) -> None:
+        now = time.monotonic()
+        rate = self.current_rate_bps()
+        if self._token_refused_at:
+            self.state = "stopped: the sink refuses this device's token (check --token-file)"
+        elif self._paused:
+            self.state = f"paused: {self._paused}"
+        elif rate == 0:
+            self.state = "off: the upload schedule allows nothing now"
+        elif self._sink_down_until > now:
+            self.state = (
+                f"waiting: sink unreachable, next try in {self._sink_down_until - now:.0f} s"
+            )
+        else:
+            self.state = "uploading" if self._tasks else "idle"
+
+    # -- the loop ----------------------------------------------------------------------------
+    async def run(self, *, until_idle: bool = False, max_attempts: int = 4) -> UploadStats:
+        """Upload until :meth:`stop`; with ``until_idle``, return once the queue is empty or
+        nothing more can go (every bundle left failed ``max_attempts`` times in this run, or the
+        token is refused)."""
+        self._loop = asyncio.get_running_loop()
+        self._stop, self._wake = asyncio.Event(), asyncio.Event()
+        if self._stop_requested:
+            self._stop.set()
+        self._bucket = TokenBucket(self.current_rate_bps())
+        owned = self._client is None
+        client = self._client or httpx.AsyncClient(
+            timeout=httpx.Timeout(self.timeout_s),
+            limits=httpx.Limits(max_connections=self.concurrency + 2),
+        )
+        attempts: dict[str, int] = {}
+        heartbeat: asyncio.Task[None] | None = None
+        next_tidy = next_publish = next_heartbeat = 0.0
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                rate = self.current_rate_bps()
+                self._bucket.set_rate(rate)
+                if (self._paused or rate == 0) and self._tasks:
+                    for task in self._tasks.values():
+                        task.cancel()
+                if now >= next_tidy or self._tidy_due:
+                    next_tidy, self._tidy_due = now + 60, False
+                    await self._tidy(client)
+                if self.heartbeat_s and now >= next_heartbeat and not heartbeat:
+                    next_heartbeat = now + self.heartbeat_s
+                    heartbeat = asyncio.create_task(self._heartbeat(client))
+                if heartbeat is not None and heartbeat.done():
+                    heartbeat = None
+                self._maybe_retry_token()
+                self._set_state()
+                waiting = self._start_uploads(client, attempts, max_attempts if until_idle else 0)
+                if now >= next_publish:
+                    next_publish = now + 1.0
+                    self._publish()
+                if (
+                    until_idle
+                    and not self._tasks
+                    and (not waiting or self._token_refused_at or rate == 0)
+                ):
+                    break
+                self.ticks += 1
+                self._wake.clear()
+                waits: list[Any] = [*self._tasks.values(), asyncio.ensure_future(self._wake.wait())]
+                await asyncio.wait(waits, timeout=1.0, return_when="FIRST_COMPLETED")
+                waits[-1].cancel()
+                for bundle_id, task in list(self._tasks.items()):
+                    if task.done():
+                        del self._tasks[bundle_id]
+                        self.progress.pop(bundle_id, None)
+        finally:
+            for task in self._tasks.values():
+                task.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            self._tasks.clear()
+            self.progress.clear()
+            if heartbeat is not None:
+                heartbeat.cancel()
+            if self.heartbeat_s and not self._token_refused_at:
+                with contextlib.suppress(Exception):  # the last word to the fleet view
+                    await asyncio.wait_for(self._heartbeat(client), 5.0)
+            self._set_state()
+            if self.state in ("idle", "uploading"):  # otherwise the reason it stopped stays
+                self.state = "stopped"
+            self._publish()
+            if owned:
+                await client.aclose()
+            self._loop = None
+            self._stop_requested = False
+        return self.stats
+
+    def _start_uploads(
+        self, client: httpx.AsyncClient, attempts: dict[str, int], max_attempts: int
+    ) -> int:
+        """Start what may go now; returns how many bundles still wait (in flight excluded)."""
+        now = time.monotonic()
+        queue = [
+            r
+            for r in self.journal.upload_queue()
+            if r.id not in self._tasks
+            and (not max_attempts or attempts.get(r.id, 0) < max_attempts)
+        ]
+        blocked = (
+            self._paused
+            or self._token_refused_at
+            or self.current_rate_bps() == 0
+            or self._sink_down_until > now
+        )
+        for row in queue:
+            if blocked or len(self._tasks) >= self.concurrency:
+                break
+            if self._not_before.get(row.id, 0.0) > now:
+                continue
+            attempts[row.id] = attempts.get(row.id, 0) + 1
+            self._tasks[row.id] = asyncio.create_task(self._bundle(client, row))
+        return len(queue) - sum(1 for r in queue if r.id in self._tasks)
+
+    def _maybe_retry_token(self) -> None:
+        if not self._token_refused_at:
+            return
+        waited = time.monotonic() - self._token_refused_at
+        try:
+            fresh = self._read_token()
+        except UploadError:
+            fresh = self.token
+        if fresh != self.token or waited > 300:
+            self.token = fresh
+            self._token_refused_at = 0.0
+
+    # -- one bundle --------------------------------------------------------------------------
+    async def _bundle(self, client: httpx.AsyncClient, row: BundleRow) -> None:
+        bundle_id = row.id
+        try:
+            self.journal.start_upload(bundle_id)
+            if self.caps is None:
+                self.caps = await self._discover(client)
+            files = await asyncio.to_thread(self._plan, row)
+            plan = {p.name: p for p in self.journal.upload_plan(bundle_id)}
+            progress = BundleProgress(bundle_id, row.priority, sum(f.bytes for f in files))
+            self.progress[bundle_id] = progress
+            done_before = sum(plan[f.name].offset for f in files)
+            progress.update(done_before)
+            for f in files:
+                if plan[f.name].done:
+                    continue
+                if f.name == MANIFEST:  # last: the sink assembles the bundle when it arrives
+                    await asyncio.to_thread(self._reverify, bundle_id)
+                await self._file(client, bundle_id, f, plan[f.name].url, progress)
+            self.journal.mark_uploaded(bundle_id)
+            self.journal.forget_upload_plan(bundle_id)
+            wire.remove(self.data_dir, bundle_id)
+            self.stats.bundles_uploaded += 1
+            self.last_upload_utc = utc_now()
+            self._failures.pop(bundle_id, None)
+            self._not_before.pop(bundle_id, None)
+            self._sink_failures = 0
+            log.info("bundle %s uploaded", bundle_id)
+        except asyncio.CancelledError:
+            raise  # paused or stopping: the bundle stays "uploading" with its offsets
+        except LocalFileProblem as exc:
+            self._give_up(bundle_id, f"local files: {exc}", quarantine_after=1)
+        except UploadError as exc:
+            self._give_up(bundle_id, str(exc), quarantine_after=3)
+        except TokenRefused as exc:
+            self.last_error = str(exc)
+            self._token_refused_at = time.monotonic()
+            self.journal.upload_failed(bundle_id, str(exc), permanent=False)
+            log.error("%s", exc)
+        except RetryLater as exc:
+            self._retry_later(bundle_id, exc)
+
+    def _give_up(self, bundle_id: str, error: str, *, quarantine_after: int) -> None:
+        self.last_error = f"{bundle_id}: {error}"
+        state = self.journal.upload_failed(
+            bundle_id, error, permanent=True, quarantine_after=quarantine_after
+        )
+        if state == "quarantined":
+            self.stats.bundles_quarantined += 1
+            self._tidy_due = True
+            log.error("bundle %s quarantined: %s", bundle_id, error)
+            if self._wake:
+                self._wake.set()
+        else:
+            self._retry_later(bundle_id, RetryLater(error))
+
+    def _retry_later(self, bundle_id: str, exc: RetryLater) -> None:
+        self.last_error = f"{bundle_id}: {exc}"
+        row = self.journal.get(bundle_id)
+        if row is not None and row.state == "uploading":
+            self.journal.upload_failed(bundle_id, str(exc), permanent=False)
+        n = self._failures.get(bundle_id, 0) + 1
+        self._failures[bundle_id] = n
+        now = time.monotonic()
+        self._not_before[bundle_id] = now + max(exc.after_s or 0.0, self.backoff.delay(n - 1))
+        if exc.sink_down:
+            self._sink_failures += 1
+            self._sink_down_until = max(
+                self._sink_down_until, now + self.backoff.delay(self._sink_failures - 1)
+            )
+        log.warning("bundle %s: %s (attempt %d; retrying later)", bundle_id, exc, n)
+
+    def _plan(self, row: BundleRow) -> list[wire.WireFile]:
+        """The files to send, checked against the manifest first (runs in a thread)."""
+        folder = self.data_dir / "bundles" / row.id
+        try:
+            manifest = Manifest.from_json((folder / MANIFEST).read_bytes())
+        except (OSError, ManifestError) as exc:
+            raise LocalFileProblem(f"{MANIFEST}: {exc}") from exc
+        if manifest.bundle_id != row.id:
+            raise LocalFileProblem(f"{MANIFEST} names bundle {manifest.bundle_id}")
+        files: list[wire.WireFile] = []
+        for name in sorted([*manifest.files, MANIFEST], key=lambda n: wire.ORDER.get(n, 5)):
+            path = folder / name
+            try:
+                if name == MANIFEST:
+                    digest = ""
+                else:
+                    digest, size = wire.sha256_of(path)
+                    info = manifest.files[name]
+                    if (digest, size) != (info.sha256, info.bytes):
+                        raise LocalFileProblem(
+                            f"{name} no longer matches its sha256 in the manifest"
+                        )
+                files.append(wire.prepare(self.data_dir, row.id, name, digest))
+            except OSError as exc:
+                raise LocalFileProblem(f"{name}: {exc.strerror or exc}") from exc
+        self.journal.plan_upload(row.id, [(f.name, f.encoding, f.bytes) for f in files])
+        self.stats.wire_saved_bytes += sum(f.raw_bytes - f.bytes for f in files if f.encoding)
+        return files
+
+    def _reverify(self, bundle_id: str) -> None:
+        """Before the manifest goes: the files sent are still those the manifest describes
+        (a file rewritten in place during its upload would reach the sink corrupt)."""
+        folder = self.data_dir / "bundles" / bundle_id
+        try:
+            manifest = Manifest.from_json((folder / MANIFEST).read_bytes())
+            for name, info in manifest.files.items():
+                if wire.sha256_of(folder / name) != (info.sha256, info.bytes):
+                    raise LocalFileProblem(f"{name} changed on disk during its upload")
+        except (OSError, ManifestError) as exc:
+            raise LocalFileProblem(str(exc)) from exc
+
+    # -- one file ----------------------------------------------------------------------------
+    async def _file(
+        self,
+        client: httpx.AsyncClient,
+        bundle_id: str,
+        f: wire.WireFile,
+        url: str,
+        progress: BundleProgress,
+    ) -> None:
+        metadata = {"bundle_id": bundle_id, "filename": f.name}
+        if f.encoding:
+            metadata["encoding"] = f.encoding
+        plan = {p.name: p for p in self.journal.upload_plan(bundle_id)}
+        assert self.caps is not None
+        up = TusUpload(
+            self.endpoint,
+            f.bytes,
+            metadata,
+            token=self.token,
+            url=url,
+            offset=plan[f.name].offset if url else 0,
+            caps=self.caps,
+        )
+        others = sum(p.offset for n, p in plan.items() if n != f.name)
+        fails = 0
+        while not up.done:
+            up.chunk_bytes = self._chunk_size()
+            up.token = self.token
+            req = up.next_request()
+            assert req is not None
+            before_url, before_offset = up.url, up.offset
+            try:
+                outcome = await self._exchange(client, up, req, f.path)
+            except httpx.ConnectError as exc:
+                raise RetryLater(f"sink unreachable: {exc}", sink_down=True) from exc
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                self.stats.interruptions += 1
+                outcome = up.interrupted(f"{req.method} interrupted: {exc!r}")
+            if up.url != before_url or up.offset != before_offset or up.done:
+                self.journal.file_progress(
+                    bundle_id, f.name, url=up.url, offset=up.offset, done=up.done
+                )
+                base = before_offset if up.url == before_url else 0
+                self.stats.bytes_confirmed += max(0, up.offset - base)
+                progress.update(others + up.offset)
+            if outcome.kind in (PROGRESS, COMPLETE):
+                fails = 0
+                continue
+            fails = await self._after_failure(up, outcome, fails, f.name)
+        self.stats.files_uploaded += 1
+
+    async def _after_failure(self, up: TusUpload, outcome: Outcome, fails: int, name: str) -> int:
+        """Decide what a failed exchange leads to; returns the new count of failures in a row."""
+        detail = f"{name}: {outcome.detail}"
+        if outcome.kind == UNAUTHORIZED:
+            raise TokenRefused(detail)
+        if outcome.kind == PERMANENT:
+            raise UploadError(detail, permanent=True)
+        if outcome.kind == RESTART:
+            self.stats.restarts += 1
+            if up.restarts > SAME_FAILURE_LIMIT:
+                raise RetryLater(detail)
+            return fails
+        if outcome.kind == RESEND:
+            self.stats.checksum_resends += 1
+            if up.resends > SAME_FAILURE_LIMIT:
+                raise RetryLater(detail)
+            return fails
+        if outcome.kind != RETRY:
+            return fails  # a re-sync: HEAD comes next
+        self.stats.retries += 1
+        fails += 1
+        if fails > INLINE_RETRIES:
+            raise RetryLater(detail, after_s=outcome.retry_after_s)
+        if fails > 1 or outcome.retry_after_s:
+            await asyncio.sleep(max(outcome.retry_after_s or 0.0, self.backoff.delay(fails - 2)))
+        return fails
+
+    async def _exchange(
+        self, client: httpx.AsyncClient, up: TusUpload, req: TusRequest, path: Path
+    ) -> Outcome:
+        headers = dict(req.headers)
+        content: AsyncIterator[bytes] | None = None
+        if req.body is not None:
+            offset, length = req.body
+            try:
+                st = path.stat()
+            except OSError as exc:
+                raise LocalFileProblem(f"{path.name}: {exc.strerror or exc}") from exc
+            if st.st_size != up.length:
+                raise LocalFileProblem(f"{path.name} changed size during its upload")
+            data, digest = await asyncio.to_thread(read_range, path, offset, length, req.checksum)
+            if digest:
+                headers["Upload-Checksum"] = f"sha256 {digest}"
+            headers["Content-Length"] = str(length)
+            content = self._paced(data)
+        elif req.method in ("POST", "PATCH"):
+            headers["Content-Length"] = "0"
+        resp = await client.request(req.method, req.url, headers=headers, content=content)
+        return up.receive(req.method, resp.status_code, resp.headers)
+
+    async def _paced(self, data: bytes) -> AsyncIterator[bytes]:
+        bucket = self._bucket
+        assert bucket is not None
+        if bucket.rate_bps is None:
+            await bucket.take(len(data))
+            self.stats.bytes_sent += len(data)
+            yield data
+            return
+        view = memoryview(data)
+        while view:
+            piece = view[: bucket.piece_bytes()]
+            await bucket.take(len(piece))
+            self.stats.bytes_sent += len(piece)
+            yield bytes(piece)
+            view = view[len(piece) :]
+
+    # -- around the uploads --------------------------------------------------------------------
+    async def _discover(self, client: httpx.AsyncClient) -> ServerCaps:
+        headers = {"Tus-Resumable": "1.0.0"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            resp = await client.options(self.endpoint, headers=headers)
+        except httpx.ConnectError as exc:
+            raise RetryLater(f"sink unreachable: {exc}", sink_down=True) from exc
+        except httpx.TransportError as exc:
+            raise RetryLater(f"OPTIONS failed: {exc!r}") from exc
+        if resp.status_code in (401, 403):
+            raise TokenRefused(f"OPTIONS answered {resp.status_code}: the token is refused")
+        if resp.status_code >= 500:
+            raise RetryLater(f"OPTIONS answered {resp.status_code}", sink_down=True)
+        caps = ServerCaps.parse(resp.headers)
+        log.info(
+            "sink %s: tus extensions %s, checksums %s",
+            self.endpoint,
+            ",".join(sorted(caps.extensions)) or "-",
+            ",".join(sorted(caps.checksum_algorithms)) or "-",
+        )
+        return caps
+
+    async def _tidy(self, client: httpx.AsyncClient) -> None:
+        """Terminate the sink-side uploads of bundles that will never be finished, and drop
+        compressed copies that nothing will send."""
+        for row in self.journal.abandoned_uploads():
+            up = TusUpload(self.endpoint, row.wire_bytes, {}, token=self.token, url=row.url)
+            req = up.termination_request()
+            if req is None:
+                continue
+            try:
+                resp = await client.request(req.method, req.url, headers=req.headers)
+            except httpx.TransportError:
+                return  # next time
+            if up.receive("DELETE", resp.status_code, resp.headers).ok:
+                self.journal.forget_upload_plan(row.bundle_id)
+                log.info("terminated the abandoned upload of %s/%s", row.bundle_id, row.name)
+        root = self.data_dir / "wire"
+        if root.is_dir():
+            live = {r.id for r in self.journal.upload_queue()}
+            for d in root.iterdir():
+                if d.name not in live:
+                    shutil.rmtree(d, ignore_errors=True)
+
+    async def _heartbeat(self, client: httpx.AsyncClient) -> None:
+        queue = self.journal.upload_queue()
+        used_pct = 0.0
+        with contextlib.suppress(OSError, ZeroDivisionError):
+            disk = shutil.disk_usage(self.data_dir)
+            used_pct = round(100.0 * disk.used / disk.total, 1)
+        body = {
+            "queue_depth": len(queue),
+            "disk_used_pct": used_pct,
+            "last_upload_utc": self.last_upload_utc,
+            "model_version": self.model_version(),
+        }
+        try:
+            resp = await client.post(
+                self.base + "/api/heartbeat",
+                json=body,
+                headers={"Authorization": f"Bearer {self.token}"},
+            )
+            ok = resp.status_code == 200
+        except httpx.TransportError:
+            ok = False
+        if ok:
+            self.stats.heartbeats += 1
+        else:
+            self.stats.heartbeat_failures += 1

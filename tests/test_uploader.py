@@ -1,0 +1,363 @@
+"""The real uploader against the real sink on 127.0.0.1, through the faults the issue names:
+the sink down, 5xx, 409, vanished uploads (404/410), checksum failures (460), a revoked token,
+files changed or missing on disk, connections cut every few hundred KB, a restart mid-upload, the
+pause hook and the schedule; and against a tus server that is not ours (tuspyserver)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import zstandard
+
+from benchmarks.faultnet import CuttingProxy, Fault, FaultInjector, ServerThread, free_port
+from capsight_edge.journal.journal import Journal
+from capsight_edge.profile.schema import UploadWindow
+from capsight_edge.uploader.service import UploaderThread
+from capsight_edge.uploader.shaping import Backoff, UploadSchedule
+from capsight_edge.uploader.uploader import STATUS_KEY, Uploader
+from cloud_sink.tus import make_app
+from tests.bundle_helpers import seal_bundle
+from tests.conftest import wait_until
+
+FAST = Backoff(base_s=0.05, max_s=0.4)
+
+
+class SinkUnderTest:
+    """The real sink app behind a fault injector, served by uvicorn on 127.0.0.1."""
+
+    def __init__(self, data: Path, port: int = 0) -> None:
+        self.data = data
+        self.app = make_app(data)
+        self.faults = FaultInjector(self.app)
+        self.db, self.index = self.app.state.db, self.app.state.index
+        self.token = self.db.add_device("cart-a")
+        self.server = ServerThread(self.faults, port)
+        self.url = self.server.url
+
+    def start(self) -> SinkUnderTest:
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def stored(self, bundle_id: str, name: str) -> bytes:
+        return (
+            self.data / "blobs" / "store" / "bundles" / "cart-a" / bundle_id / name
+        ).read_bytes()
+
+    def status(self, bundle_id: str) -> str | None:
+        row = self.index.get(bundle_id, "cart-a")
+        return None if row is None else str(row["status"])
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[SinkUnderTest]:
+    s = SinkUnderTest(tmp_path / "sink").start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def cart(tmp_path: Path) -> Iterator[tuple[Journal, Path]]:
+    data = tmp_path / "cart"
+    journal = Journal(data / "journal.db")
+    yield journal, data
+    journal.close()
+
+
+def uploader(journal: Journal, data: Path, url: str, token: str, **kw: object) -> Uploader:
+    opts: dict[str, object] = {"uncapped": True, "heartbeat_s": 0, "backoff": FAST}
+    opts.update(kw)
+    return Uploader(journal, data, sink_url=url, token=token, **opts)  # type: ignore[arg-type]
+
+
+def assert_identical(sink: SinkUnderTest, data: Path, bundle_id: str) -> None:
+    assert sink.status(bundle_id) == "ok"
+    folder = data / "bundles" / bundle_id
+    for f in folder.iterdir():
+        assert sink.stored(bundle_id, f.name) == f.read_bytes(), f.name
+
+
+def test_bundles_go_in_priority_order_compressed_where_it_pays_and_verified(
+    sink: SinkUnderTest, cart: tuple[Journal, Path]
+) -> None:
+    journal, data = cart
+    for i, prio in enumerate((1, 3, 3, 5)):
+        seal_bundle(journal, data, f"b{i}", priority=prio, created_ns=1000 + i)
+    up = uploader(journal, data, sink.url, sink.token, concurrency=1, heartbeat_s=30)
+    stats = asyncio.run(up.run(until_idle=True))
+    assert stats.bundles_uploaded == 4 and stats.retries == 0
+    order = [
+        r[0]
+        for r in journal._db.execute(
+            "SELECT bundle_id FROM transitions WHERE to_state = 'uploaded' ORDER BY seq"
+        )
+    ]
+    assert order == ["b3", "b1", "b2", "b0"]  # priority first, then oldest
+    for i in range(4):
+        assert_identical(sink, data, f"b{i}")
+        assert journal.get(f"b{i}").state == "uploaded"  # type: ignore[union-attr]
+    assert stats.wire_saved_bytes > 0  # the manifests went compressed
+    creations = [m for m, path, st in sink.faults.seen if m == "POST" and path == "/files/"]
+    assert len(creations) == 12
+    assert not (data / "wire").exists() or not any((data / "wire").iterdir())
+    fleet = sink.db._exec("SELECT body FROM heartbeats WHERE device = 'cart-a'").fetchone()
+    assert json.loads(fleet[0])["queue_depth"] == 0  # the last heartbeat saw the queue drained
+    status = json.loads(journal.kv_get(STATUS_KEY) or "{}")
+    assert status["stats"]["bundles_uploaded"] == 4 and status["state"] == "stopped"
+
+
+def test_server_errors_conflicts_and_checksum_failures_are_survived(
+    sink: SinkUnderTest, cart: tuple[Journal, Path]
+) -> None:
+    journal, data = cart
+    seal_bundle(journal, data, "big", noise_frames=40)  # about 1.6 MB of clip
+    sink.faults.add(Fault("PATCH", 503, times=2, headers={"Retry-After": "0"}))
+    sink.faults.add(Fault("PATCH", 409))
+    sink.faults.add(Fault("PATCH", corrupt=True, times=2))  # the real sink answers 460
+    sink.faults.add(Fault("HEAD", 500))
+    up = uploader(journal, data, sink.url, sink.token, chunk_bytes=256 * 1024)
+    stats = asyncio.run(up.run(until_idle=True))
+    assert stats.bundles_uploaded == 1
+    assert stats.checksum_resends == 2 and stats.retries >= 3
+    statuses = [st for m, _, st in sink.faults.seen]
+    assert statuses.count(460) == 2 and statuses.count(409) == 1 and statuses.count(503) == 2
+    assert_identical(sink, data, "big")
+
+
+def test_a_vanished_upload_starts_over(sink: SinkUnderTest, cart: tuple[Journal, Path]) -> None:
+    journal, data = cart
+    seal_bundle(journal, data, "v", noise_frames=20)
+    sink.faults.add(Fault("PATCH", 410))
+    sink.faults.add(Fault("PATCH", 404))
+    stats = asyncio.run(
+        uploader(journal, data, sink.url, sink.token, chunk_bytes=128 * 1024).run(until_idle=True)
+    )
+    assert stats.restarts == 2 and stats.bundles_uploaded == 1
+    assert_identical(sink, data, "v")
+
+
+def test_the_sink_down_for_a_while_holds_uploads_back_then_they_complete(
+    tmp_path: Path, cart: tuple[Journal, Path]
+) -> None:
+    journal, data = cart
+    seal_bundle(journal, data, "d1")
+    seal_bundle(journal, data, "d2")
+    port = free_port()
+    later = SinkUnderTest(tmp_path / "sink", port)
+    up = uploader(journal, data, later.url, later.token, backoff=Backoff(0.05, 0.3))
+    runner = UploaderThread(up).start()
+    try:
+        assert wait_until(lambda: up.state.startswith("waiting: sink unreachable"), 20)
+        assert journal.get("d1").state == "sealed"  # type: ignore[union-attr]
+        later.start()
+        assert wait_until(lambda: up.stats.bundles_uploaded == 2, 60), up.status()
+    finally:
+        runner.stop()
+        later.stop()
+    assert runner.error is None
+    assert_identical(later, data, "d1")
+    assert_identical(later, data, "d2")
+
+
+def test_a_revoked_token_stops_uploads_and_says_so(
+    sink: SinkUnderTest, cart: tuple[Journal, Path]
+) -> None:
+    journal, data = cart
+    seal_bundle(journal, data, "r1")
+    sink.db.revoke("cart-a")
+    up = uploader(journal, data, sink.url, sink.token)
+    stats = asyncio.run(up.run(until_idle=True))
+    assert stats.bundles_uploaded == 0
+    assert "refuses this device's token" in up.state
+    assert "refuses this device's token" in json.loads(journal.kv_get(STATUS_KEY) or "{}")["state"]
+    assert journal.get("r1").state == "sealed"  # type: ignore[union-attr]  # not lost, not quarantined
+
+
+def test_changed_or_missing_files_are_quarantined_never_sent(
+    sink: SinkUnderTest, cart: tuple[Journal, Path]
+) -> None:
+    journal, data = cart
+    changed = seal_bundle(journal, data, "changed")
+    missing = seal_bundle(journal, data, "missing")
+    seal_bundle(journal, data, "fine")
+    clip = changed / "clip.mp4"
+    clip.write_bytes(clip.read_bytes()[:-1] + b"\x00")
+    (missing / "sensors.mcap").unlink()
+    stats = asyncio.run(uploader(journal, data, sink.url, sink.token).run(until_idle=True))
+    assert stats.bundles_uploaded == 1 and stats.bundles_quarantined == 2
+    for bad, why in (("changed", "sha256"), ("missing", "sensors.mcap")):
+        row = journal.get(bad)
+        assert row is not None and row.state == "quarantined" and why in row.reason
+        assert sink.status(bad) is None  # nothing of it was ingested
+    assert_identical(sink, data, "fine")
+
+
+def test_connections_cut_every_300kb_resend_at_most_one_chunk_each(
+    sink: SinkUnderTest, cart: tuple[Journal, Path]
+) -> None:
+    journal, data = cart
+    folder = seal_bundle(journal, data, "cut", noise_frames=60)  # about 2.4 MB
+    total = sum(f.stat().st_size for f in folder.iterdir())
+    proxy = CuttingProxy(sink.server.port, cut_every=300_000).start()
+    chunk = 128 * 1024
+    try:
+        up = uploader(
+            journal, data, f"http://127.0.0.1:{proxy.port}", sink.token, chunk_bytes=chunk
+        )
+        stats = asyncio.run(up.run(until_idle=True))
+    finally:
+        proxy.stop()
+    assert stats.bundles_uploaded == 1 and proxy.cuts >= 5
+    assert_identical(sink, data, "cut")
+    resent = stats.bytes_sent - (total - stats.wire_saved_bytes)
+    assert 0 <= resent <= proxy.cuts * chunk, (resent, proxy.cuts)
+
+
+def test_a_restart_mid_upload_resumes_from_the_journal(
+    sink: SinkUnderTest, cart: tuple[Journal, Path]
+) -> None:
+    journal, data = cart
+    folder = seal_bundle(journal, data, "resume", noise_frames=40)
+    clip_bytes = (folder / "clip.mp4").stat().st_size
+    chunk = 128 * 1024
+    first = uploader(journal, data, sink.url, sink.token, chunk_bytes=chunk)
+    first.schedule = UploadSchedule(4_000_000)  # 0.5 MB/s: slow enough to stop half-way
+    first.uncapped = False
+    runner = UploaderThread(first).start()
+    assert wait_until(lambda: (journal.get("resume").upload_offset or 0) > 3 * chunk, 30)  # type: ignore[union-attr]
+    runner.stop()
+    row = journal.get("resume")
+    assert row is not None and row.state == "uploading" and row.upload_url
+    held = row.upload_offset
+    assert 0 < held < clip_bytes
+    second = uploader(journal, data, sink.url, sink.token, chunk_bytes=chunk)
+    stats = asyncio.run(second.run(until_idle=True))
+    assert stats.bundles_uploaded == 1
+    total = sum(f.stat().st_size for f in folder.iterdir())
+    assert stats.bytes_sent <= total - held  # nothing the sink held was sent again
+    assert [m for m, _, _ in sink.faults.seen].count("HEAD") >= 1
+    assert_identical(sink, data, "resume")
+
+
+def test_the_pause_hook_stops_sending_at_once_and_resume_finishes(
+    sink: SinkUnderTest, cart: tuple[Journal, Path]
+) -> None:
+    journal, data = cart
+    seal_bundle(journal, data, "p", noise_frames=40)
+    up = uploader(journal, data, sink.url, sink.token, chunk_bytes=64 * 1024, uncapped=False)
+    up.schedule = UploadSchedule(2_000_000)
+    runner = UploaderThread(up).start()
+    try:
+        assert wait_until(lambda: up.stats.bytes_sent > 100_000, 30)
+        up.pause("cart not docked")
+        assert wait_until(lambda: up.state == "paused: cart not docked" and not up.progress, 10)
+        sent = up.stats.bytes_sent
+        ticks = up.ticks
+        assert wait_until(lambda: up.ticks >= ticks + 2, 10)
+        assert up.stats.bytes_sent == sent  # nothing went while paused
+        assert json.loads(journal.kv_get(STATUS_KEY) or "{}")["state"] == "paused: cart not docked"
+        up.resume()
+        assert wait_until(lambda: up.stats.bundles_uploaded == 1, 60)
+    finally:
+        runner.stop()
+    assert_identical(sink, data, "p")
+
+
+def test_a_window_that_is_off_sends_nothing_and_a_flush_ignores_windows(
+    sink: SinkUnderTest, cart: tuple[Journal, Path]
+) -> None:
+    journal, data = cart
+    seal_bundle(journal, data, "w")
+    off = UploadSchedule(0, (UploadWindow("00:00", "24:00", 0),))
+    up = uploader(journal, data, sink.url, sink.token, schedule=off, uncapped=False)
+    stats = asyncio.run(up.run(until_idle=True))
+    assert stats.bytes_sent == 0 and up.state.startswith("off")
+    flush = uploader(journal, data, sink.url, sink.token, schedule=off, uncapped=True)
+    assert asyncio.run(flush.run(until_idle=True)).bundles_uploaded == 1
+    assert_identical(sink, data, "w")
+
+
+def test_abandoned_uploads_are_terminated_on_the_sink(
+    sink: SinkUnderTest, cart: tuple[Journal, Path]
+) -> None:
+    journal, data = cart
+    seal_bundle(journal, data, "gone", noise_frames=20)
+    first = uploader(journal, data, sink.url, sink.token, chunk_bytes=64 * 1024, uncapped=False)
+    first.schedule = UploadSchedule(1_000_000)
+    runner = UploaderThread(first).start()
+    assert wait_until(lambda: (journal.get("gone").upload_offset or 0) > 0, 30)  # type: ignore[union-attr]
+    runner.stop()
+    url = next(p.url for p in journal.upload_plan("gone") if p.url)
+    journal.quarantine("gone", "a technician pulled it")
+    asyncio.run(uploader(journal, data, sink.url, sink.token).run(until_idle=True))
+    head = httpx.head(
+        url, headers={"Authorization": f"Bearer {sink.token}", "Tus-Resumable": "1.0.0"}
+    )
+    assert head.status_code == 404  # terminated
+    assert journal.upload_plan("gone") == []
+
+
+def test_uploads_to_a_tus_server_that_is_not_ours(
+    tmp_path: Path, cart: tuple[Journal, Path]
+) -> None:
+    from fastapi import FastAPI
+    from tuspyserver import create_tus_router
+
+    journal, data = cart
+    folder = seal_bundle(journal, data, "other", noise_frames=20)
+    received: dict[str, bytes] = {}
+
+    def on_complete(path: str, metadata: dict[str, str]) -> None:
+        received[metadata["filename"]] = Path(path).read_bytes()
+        if metadata.get("encoding") == "zstd":
+            received[metadata["filename"]] = zstandard.ZstdDecompressor().decompress(
+                received[metadata["filename"]], max_output_size=1 << 24
+            )
+
+    app = FastAPI()
+    app.include_router(
+        create_tus_router(files_dir=str(tmp_path / "tuspy"), on_upload_complete=on_complete)
+    )
+    server = ServerThread(app).start()
+    try:
+        up = uploader(journal, data, server.url, "", tus_path="/files", chunk_bytes=256 * 1024)
+        stats = asyncio.run(up.run(until_idle=True))
+    finally:
+        server.stop()
+    assert stats.bundles_uploaded == 1, up.status()
+    for f in folder.iterdir():
+        assert received[f.name] == f.read_bytes(), f.name
+
+
+def test_status_shows_progress_while_uploading(
+    sink: SinkUnderTest, cart: tuple[Journal, Path]
+) -> None:
+    journal, data = cart
+    seal_bundle(journal, data, "slow", noise_frames=20)
+    up = uploader(journal, data, sink.url, sink.token, uncapped=False, chunk_bytes=64 * 1024)
+    up.schedule = UploadSchedule(1_000_000)
+    runner = UploaderThread(up).start()
+    try:
+
+        def shows_progress() -> bool:
+            status = json.loads(journal.kv_get(STATUS_KEY) or "{}")
+            flight = status.get("in_flight") or [{}]
+            return bool(flight[0].get("bytes_confirmed")) and bool(flight[0].get("eta_s"))
+
+        assert wait_until(shows_progress, 30)
+        flight = json.loads(journal.kv_get(STATUS_KEY) or "{}")["in_flight"][0]
+        assert flight["id"] == "slow" and 0 < flight["bytes_confirmed"] < flight["bytes_total"]
+        assert 0 < flight["rate_bps"] < 2_000_000 and status_rate_is_capped(journal)
+    finally:
+        runner.stop()
+
+
+def status_rate_is_capped(journal: Journal) -> bool:
+    return json.loads(journal.kv_get(STATUS_KEY) or "{}")["rate_cap_bps"] == 1_000_000
