@@ -1,7 +1,10 @@
 """Everything a cart runs, started and stopped together: journal (with crash recovery first),
-storage guard, sensors, camera, Collector, Recorder.
+storage guard, sensors, camera, Collector, Recorder, and the uploader when the profile names a
+sink.
 
-``capsight run`` and ``capsight demo`` use this; the uploader will hook in through the journal.
+``capsight run`` and ``capsight demo`` use this. The uploader shares the journal: a bundle is in
+its queue the moment it is sealed. ``cart.uploader.pause(reason)`` is the integrator's hook to
+hold uploads at once (cart not docked, store network busy).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ class Cart:
         on_sealed: Callable[[Path, Manifest], None] | None = None,
         decision_listener: Callable[[Any], None] | None = None,
         sim_duration_s: float = 24 * 3600,
+        uploads: bool = True,
+        uploader_options: dict[str, Any] | None = None,
     ) -> None:
         self.profile = profile
         self.seed = seed
@@ -63,6 +68,10 @@ class Cart:
         self.journal: Journal | None = None
         self.guard: StorageGuard | None = None
         self.recovery: RecoveryReport | None = None
+        self.uploads = uploads and bool(profile.upload.sink_url)
+        self.uploader_options = uploader_options or {}
+        self.uploader: Any = None
+        self._uploader_thread: Any = None
 
     # -- journal hooks ------------------------------------------------------------------------
     def _opened(self, clip_id: str, d: Any) -> None:
@@ -135,6 +144,11 @@ class Cart:
         )
         self.recorder.start()
         self.collector.add_listener(self.recorder.on_decision)
+        if self.uploads:
+            from capsight_edge.uploader.service import UploaderThread, uploader_from_profile
+
+            self.uploader = uploader_from_profile(p, self.journal, **self.uploader_options)
+            self._uploader_thread = UploaderThread(self.uploader).start()
         return self
 
     def stop(self, timeout_s: float = 15.0) -> None:
@@ -147,6 +161,8 @@ class Cart:
             self.hub.stop()
         if self.guard is not None:
             self.guard.stop()
+        if self._uploader_thread is not None:
+            self._uploader_thread.stop()
         if self.journal is not None:
             self.journal.close()
 

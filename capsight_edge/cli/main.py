@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "capsight_edge.cli.camera_cmd",
     "capsight_edge.cli.run_cmd",
     "capsight_edge.cli.queue_cmd",
+    "capsight_edge.cli.upload_cmd",
     "capsight_edge.cli.demo_cmd",
 )
 

@@ -26,8 +26,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device_options(s)
     s.set_defaults(handler=cmd_status)
 
-    q = sub.add_parser("queue", help="the capture bundles the cart holds")
-    qsub = q.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
+    q = sub.add_parser(
+        "queue",
+        help="upload progress per bundle (bytes sent, rate, ETA); ls|retry|purge act on bundles",
+    )
+    add_device_options(q)
+    q.add_argument(
+        "--watch", action="store_true", help="refresh every second until the queue is empty"
+    )
+    q.set_defaults(handler=cmd_progress)
+    qsub = q.add_subparsers(dest="queue_command", metavar="ACTION", required=False)
     ls = qsub.add_parser("ls", help="one line (or JSON object) per bundle")
     add_device_options(ls)
     ls.add_argument("--state", action="append", help="only these states (repeatable)")
@@ -69,6 +77,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     counts = journal.counts()
     paused = journal.kv_get(PAUSE_KEY)
     last = journal.last_error()
+    progress = queue_progress(journal)
     out = {
         "data_dir": str(data),
         "queue": counts,
@@ -83,6 +92,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         },
         "capture_paused": paused,
         "last_error": {"bundle": last[0], "error": last[1]} if last else None,
+        "upload": {**progress["uploader"], "held": progress["paused"]},
     }
     journal.close()
     if args.json:
@@ -95,6 +105,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"(pause at {guard.high:g}%, resume at {guard.low:g}%)"
     )
     print(f"capture: {'PAUSED: ' + paused if paused else 'running'}")
+    u = progress["uploader"]
+    print(
+        f"uploads: {u['state']}{'' if u['running'] else ' (uploader not running)'}"
+        + (f"; held: {progress['paused']}" if progress["paused"] else "")
+        + (f"; {len(progress['bundles'])} bundles, {progress['bytes_left'] / 2**20:.1f} MiB to go")
+    )
     if not counts:
         print("queue: empty")
     for state, c in counts.items():
@@ -105,6 +121,119 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     if last:
         print(f"last error: {last[0]}: {last[1]}")
+    return EXIT_OK
+
+
+def queue_progress(journal: Any) -> dict[str, Any]:
+    """What waits to go, with how far each bundle got, and what the running uploader says
+    (rate and ETA of the bundles in flight; its status is at most a few seconds old)."""
+    import calendar
+    import json
+    import time
+
+    from capsight_edge.uploader.uploader import PAUSE_KEY, STATUS_KEY
+
+    raw = journal.kv_get(STATUS_KEY)
+    up = json.loads(raw) if raw else {}
+    age = None
+    if up.get("utc"):
+        t = calendar.timegm(time.strptime(up["utc"][:19], "%Y-%m-%dT%H:%M:%S"))
+        age = max(0.0, time.time() - t)
+    live = age is not None and age < 10 and up.get("state") != "stopped"
+    flying = {p["id"]: p for p in up.get("in_flight", [])} if live else {}
+    rows = []
+    for r in journal.upload_queue():
+        plan = journal.upload_plan(r.id)
+        total = sum(p.wire_bytes for p in plan) if plan else r.bytes
+        f = flying.get(r.id, {})
+        sent = f.get("bytes_confirmed", r.upload_offset if plan else 0)
+        rows.append(
+            {
+                "id": r.id,
+                "state": r.state,
+                "priority": r.priority,
+                "rule": r.rule,
+                "bytes_total": total,
+                "bytes_sent": sent,
+                "rate_bps": f.get("rate_bps"),
+                "eta_s": f.get("eta_s"),
+                "attempts": r.attempts,
+                "last_error": r.last_error,
+            }
+        )
+    left = sum(r["bytes_total"] - r["bytes_sent"] for r in rows)
+    cap = up.get("rate_cap_bps") if live else None
+    return {
+        "uploader": {
+            "running": live,
+            "state": up.get("state", "never ran") if raw else "never ran",
+            "status_age_s": round(age, 1) if age is not None else None,
+            "rate_cap_bps": cap,
+            "stats": up.get("stats", {}),
+            "last_error": up.get("last_error", ""),
+        },
+        "paused": journal.kv_get(PAUSE_KEY),
+        "bundles": rows,
+        "bytes_left": left,
+        "eta_s": round(left * 8 / cap, 1) if cap else None,
+    }
+
+
+def _bar(done: int, total: int, width: int = 20) -> str:
+    frac = min(1.0, done / total) if total else 0.0
+    full = int(frac * width)
+    return "[" + "#" * full + "." * (width - full) + f"] {100 * frac:5.1f}%"
+
+
+def format_progress(p: dict[str, Any]) -> str:
+    u = p["uploader"]
+    head = (
+        f"uploader: {u['state']}"
+        + (f" (cap {u['rate_cap_bps'] / 1e6:g} Mbit/s)" if u["rate_cap_bps"] else "")
+        + ("" if u["running"] else " - not running")
+    )
+    if p["paused"]:
+        head += f"; held by `upload pause`: {p['paused']}"
+    lines = [head]
+    for r in p["bundles"]:
+        rate = f"{r['rate_bps'] / 1e6:6.2f} Mbit/s" if r["rate_bps"] else " " * 13
+        eta = f"ETA {r['eta_s']:5.0f} s" if r["eta_s"] is not None else ""
+        lines.append(
+            f"  {r['id']:<28} p{r['priority']} {r['state']:<9} "
+            f"{_bar(r['bytes_sent'], r['bytes_total'])} "
+            f"{r['bytes_sent'] / 2**20:7.2f}/{r['bytes_total'] / 2**20:.2f} MiB {rate} {eta}"
+        )
+    if not p["bundles"]:
+        lines.append("  the upload queue is empty")
+    else:
+        lines.append(
+            f"  {len(p['bundles'])} bundles, {p['bytes_left'] / 2**20:.1f} MiB left"
+            + (f", about {p['eta_s']:.0f} s at the cap" if p["eta_s"] else "")
+        )
+    if u["last_error"]:
+        lines.append(f"  last error: {u['last_error']}")
+    return "\n".join(lines)
+
+
+def cmd_progress(args: argparse.Namespace) -> int:
+    import time
+
+    journal, _ = _journal(args)
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            progress = queue_progress(journal)
+            if args.json:
+                print_json(progress)
+            else:
+                if tty and args.watch:
+                    sys.stdout.write("\x1b[H\x1b[J")
+                print(format_progress(progress), flush=True)
+            if not args.watch or not progress["bundles"]:
+                break
+            time.sleep(1.0)
+    finally:
+        journal.close()
     return EXIT_OK
 
 

@@ -15,6 +15,7 @@ from capsight_edge.cli.common import (
     print_json,
     profile_from,
 )
+from capsight_edge.cli.upload_cmd import add_sink_options, with_sink
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,8 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0.0,
         help="stop after this many seconds (0: until SIGINT/SIGTERM)",
     )
-    p.add_argument("--sink", metavar="URL", help="sink to upload to (overrides upload.sink_url)")
-    p.add_argument("--token-file", metavar="FILE", help="bearer token file for the sink")
+    add_sink_options(p)
     p.add_argument("--seed", type=int, default=0, help="scenario seed (simulated devices)")
     p.add_argument(
         "--preroll",
@@ -41,18 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from capsight_edge.cart import Cart
 
-    profile = profile_from(args)
-    if args.sink or args.token_file:
-        upload = dataclasses.replace(
-            profile.upload,
-            sink_url=args.sink or profile.upload.sink_url,
-            token_file=args.token_file or profile.upload.token_file,
-        )
-        profile = dataclasses.replace(profile, upload=upload)
+    profile = with_sink(profile_from(args), args)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -88,12 +79,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                     "data": str(cart.data_dir),
                     "encoder": cart.recorder.encoder_name,
                     "preroll": cart.recorder.mode,
+                    "sink": profile.upload.sink_url or None,
                 }
             )
         else:
             print(
                 f"capsight run: profile {profile.name}, data {cart.data_dir}, encoder "
-                f"{cart.recorder.encoder_name or '?'} (pre-roll {cart.recorder.mode}); "
+                f"{cart.recorder.encoder_name or '?'} (pre-roll {cart.recorder.mode}), "
+                f"uploads {'to ' + profile.upload.sink_url if cart.uploads else 'off'}; "
                 "Ctrl-C stops",
                 flush=True,
             )
@@ -111,6 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "sealed": len(rec.sealed) if rec else 0,
         "failed": rec.failed if rec else [],
         "seal_delay_s": [round(x, 3) for x in rec.seal_delays_s] if rec else [],
+        "upload": cart.uploader.status() if cart.uploader else None,
     }
     if args.json:
         print_json({"summary": summary})
@@ -118,5 +112,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(
             f"stopped: {summary['sealed']} bundles sealed"
             + (f", {len(summary['failed'])} failed" if summary["failed"] else "")
+            + (
+                f"; {cart.uploader.stats.bundles_uploaded} uploaded ({cart.uploader.state})"
+                if cart.uploader
+                else ""
+            )
         )
     return EXIT_OK if not summary["failed"] else EXIT_FAIL

@@ -58,6 +58,7 @@ from capsight_edge.uploader.tus import (
 
 log = logging.getLogger("capsight.uploader")
 STATUS_KEY = "uploader"
+PAUSE_KEY = "upload_paused"  # set by `capsight upload pause` (or any process) to hold uploads
 MIN_CHUNK, MAX_CHUNK = 256 << 10, 8 << 20
 INLINE_RETRIES = 4  # failures in a row on one file before the bundle waits its backoff
 SAME_FAILURE_LIMIT = 3  # restarts or checksum re-sends in a row before giving the bundle a rest
@@ -92,9 +93,15 @@ class UploadStats:
     heartbeats: int = 0
     heartbeat_failures: int = 0
     wire_saved_bytes: int = 0  # bytes zstd kept off the wire
+    busy_s: float = 0.0  # time with at least one upload in flight
 
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+    @property
+    def rate_bps(self) -> float:
+        """Mean rate on the wire while uploads were in flight."""
+        return self.bytes_sent * 8 / self.busy_s if self.busy_s > 0 else 0.0
 
 
 @dataclass
@@ -202,6 +209,9 @@ class Uploader:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._tidy_due = False
         self._stop_requested = False
+        self._paused_by_key = False
+        self._in_flight = 0
+        self._busy_since = 0.0
         self.ticks = 0  # turns of the run loop, for tests that wait on it
 
     # -- control from any thread ------------------------------------------------------------
@@ -216,22 +226,18 @@ class Uploader:
         """Stop sending at once (requests in flight are cancelled; what the sink confirmed is
         kept) until :meth:`resume`. Safe to call from any thread."""
 
-        def do() -> None:
-            self._paused = reason
+        self._call(lambda: self._apply_pause(reason))
+
+    def _apply_pause(self, reason: str | None) -> None:
+        self._paused = reason
+        if reason is not None:
             for task in self._tasks.values():
                 task.cancel()
-            if self._wake:
-                self._wake.set()
-
-        self._call(do)
+        if self._wake:
+            self._wake.set()
 
     def resume(self) -> None:
-        def do() -> None:
-            self._paused = None
-            if self._wake:
-                self._wake.set()
-
-        self._call(do)
+        self._call(lambda: self._apply_pause(None))
 
     def stop(self) -> None:
         """Finish: requests in flight are cancelled (their bundles resume next time)."""
@@ -244,6 +250,15 @@ class Uploader:
                 self._wake.set()
 
         self._call(do)
+
+    def _follow_pause_key(self) -> None:
+        """Another process (the CLI, an integrator's daemon) pauses through the journal."""
+        held = self.journal.kv_get(PAUSE_KEY)
+        if held and self._paused != held:
+            self._apply_pause(held)
+        elif not held and self._paused is not None and self._paused_by_key:
+            self._apply_pause(None)
+        self._paused_by_key = bool(held)
 
     def _read_token(self) -> str:
         if not self.token_file:
@@ -324,6 +339,7 @@ class Uploader:
                 now = time.monotonic()
                 rate = self.current_rate_bps()
                 self._bucket.set_rate(rate)
+                self._follow_pause_key()
                 if (self._paused or rate == 0) and self._tasks:
                     for task in self._tasks.values():
                         task.cancel()
@@ -418,6 +434,17 @@ class Uploader:
 
     # -- one bundle --------------------------------------------------------------------------
     async def _bundle(self, client: httpx.AsyncClient, row: BundleRow) -> None:
+        if self._in_flight == 0:
+            self._busy_since = time.monotonic()
+        self._in_flight += 1
+        try:
+            await self._bundle_inner(client, row)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self.stats.busy_s += time.monotonic() - self._busy_since
+
+    async def _bundle_inner(self, client: httpx.AsyncClient, row: BundleRow) -> None:
         bundle_id = row.id
         try:
             self.journal.start_upload(bundle_id)
