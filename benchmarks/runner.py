@@ -19,6 +19,7 @@ MODULES = (
     "benchmarks.bench_recorder",
     "benchmarks.bench_journal",
     "benchmarks.bench_sink",
+    "benchmarks.bench_upload",
 )
 
 

@@ -4,8 +4,11 @@ expiration, checksum, termination), as an ASGI app.
 Safety rules, after tusd:
 - the offset reported is the size of the upload's data file, fsync'd after every write: a killed
   server reports what is really stored, and a resent chunk never lands twice;
-- a chunk with an ``Upload-Checksum`` is written aside and appended only when it verifies (460
-  otherwise, nothing applied); without a checksum, whatever arrived before a disconnect is kept;
+- a chunk with an ``Upload-Checksum`` is written in place behind a durable ``.pending`` marker
+  that holds the verified size: the offset reported is the marker's while it exists, a chunk that
+  fails its checksum (460) or is cut off is truncated away, and a marker left by a crash is
+  rolled back before anything else touches the upload; without a checksum, whatever arrived
+  before a disconnect is kept;
 - one writer per upload at a time (an exclusive ``flock`` on the data file; 423 when busy);
 - bodies are streamed: memory does not grow with the upload's size;
 - a device sees only its own uploads: another device's URL answers 404 like an unknown one.
@@ -51,6 +54,22 @@ def _write_all(fd: int, data: bytes | bytearray) -> int:
     while view:
         view = view[os.write(fd, view) :]
     return len(data)
+
+
+def _durable_marker(marker: Path, size: int) -> None:
+    """Record the verified size before any unverified byte is written: the marker and its
+    directory entry reach the disk first, so a crash can always be rolled back."""
+    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        _write_all(fd, str(size).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    dfd = os.open(marker.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 class TusError(Exception):
@@ -118,11 +137,35 @@ class TusApp:
     def path(self, upload_id: str) -> Path:
         return self.dir / upload_id
 
+    def pending(self, upload_id: str) -> Path:
+        return self.path(upload_id).with_suffix(".pending")
+
     def offset(self, upload_id: str) -> int:
+        """Verified bytes: the marker's size while a checksummed chunk is being written (or
+        after a crash left one), else the data file's size."""
+        try:
+            return int(self.pending(upload_id).read_text())
+        except (FileNotFoundError, ValueError):
+            pass
         try:
             return self.path(upload_id).stat().st_size
         except FileNotFoundError:
             return 0
+
+    def _roll_back(self, upload_id: str, fd: int) -> None:
+        """Undo an unverified chunk that a crash left behind (called under the upload's lock)."""
+        marker = self.pending(upload_id)
+        try:
+            size = int(marker.read_text())
+        except FileNotFoundError:
+            return
+        except ValueError:  # the marker itself was cut short: nothing was written after it
+            marker.unlink()
+            return
+        os.ftruncate(fd, min(size, os.fstat(fd).st_size))
+        os.fsync(fd)
+        marker.unlink()
+        log.warning("upload %s: rolled back an unverified chunk to %d bytes", upload_id, size)
 
     def headers(self, **extra: str) -> dict[str, str]:
         return {"Tus-Resumable": TUS_VERSION, **extra}
@@ -276,6 +319,7 @@ class TusApp:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as exc:
                 raise TusError(423, "another request is writing this upload") from exc
+            self._roll_back(upload_id, fd)
             yield fd
         finally:
             os.close(fd)
@@ -300,12 +344,14 @@ class TusApp:
             declared = _int_header(request, "content-length")
             if declared is not None and declared > room:
                 raise TusError(413, f"{declared} bytes would pass the upload's length")
-            aside = self.path(up.id).with_suffix(".chunk") if digest else None
-            target = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) if aside else fd
+            marker = self.pending(up.id) if digest is not None else None
+            if marker is not None:
+                # fsyncs run in a thread: the event loop keeps serving other devices meanwhile
+                await asyncio.to_thread(_durable_marker, marker, current)
             written = 0
-            too_big = False
+            too_big = applied = False
             try:
-                os.lseek(target, 0 if aside else current, os.SEEK_SET)
+                os.lseek(fd, current, os.SEEK_SET)
                 # Double-buffered: the disk write of one block runs in a thread while the next
                 # block arrives; one write in flight at a time keeps memory bounded.
                 loop = asyncio.get_running_loop()
@@ -323,11 +369,11 @@ class TusApp:
                         if len(pending) >= WRITE_BLOCK:
                             if in_flight is not None:
                                 written += await in_flight
-                            in_flight = loop.run_in_executor(None, _write_all, target, pending)
+                            in_flight = loop.run_in_executor(None, _write_all, fd, pending)
                             in_flight_size = len(pending)
                             pending = bytearray()
                 except ClientDisconnect:
-                    if aside:  # an unverifiable chunk is never applied
+                    if marker is not None:  # an unverifiable chunk is never applied
                         if in_flight is not None:
                             await in_flight
                         raise TusError(400, "the client went away mid-chunk") from None
@@ -335,30 +381,26 @@ class TusApp:
                     written += await in_flight
                     in_flight = None
                 if too_big:
-                    os.ftruncate(fd, current)
                     raise TusError(413, "the body passes the upload's length")
                 if pending:
-                    written += _write_all(target, pending)
-                if digest is not None and aside is not None:
-                    if digest.digest() != expected:
-                        raise TusError(460, "checksum mismatch: the chunk was not applied")
-                    os.fsync(target)
-                    with open(aside, "rb") as src:
-                        os.lseek(fd, current, os.SEEK_SET)
-                        for block in iter(lambda: src.read(1 << 20), b""):
-                            os.write(fd, block)
-                os.fsync(fd)
+                    written += _write_all(fd, pending)
+                if digest is not None and digest.digest() != expected:
+                    raise TusError(460, "checksum mismatch: the chunk was not applied")
+                await asyncio.to_thread(os.fsync, fd)
+                applied = True
             finally:
-                if aside:
-                    os.close(target)
-                    with contextlib.suppress(FileNotFoundError):
-                        aside.unlink()
+                if not applied and (marker is not None or too_big):
+                    os.ftruncate(fd, current)
+                    os.fsync(fd)
+                if marker is not None:
+                    marker.unlink(missing_ok=True)
             new_offset = os.fstat(fd).st_size
         if up.length is not None and new_offset == up.length and self.db.complete(up.id):
             up = self.db.get_upload(up.id) or up
             log.info("upload %s from %s complete (%d bytes)", up.id, up.device, new_offset)
             if self.on_complete is not None:
-                self.on_complete(up, self.path(up.id))
+                # Ingest reads and hashes whole files: in a thread, so uploads go on meanwhile.
+                await asyncio.to_thread(self.on_complete, up, self.path(up.id))
         return new_offset, up
 
 

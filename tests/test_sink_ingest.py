@@ -10,12 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.bundles import make_bundle
 from capsight_edge.bundle.manifest import (
     CLIP,
     MANIFEST,
     SENSORS,
 )
-from tests.bundle_helpers import make_bundle
 from tests.sink_helpers import Sink, sink_cli, tus_headers
 
 OCTETS = {"Content-Type": "application/offset+octet-stream"}
@@ -151,3 +151,40 @@ def test_a_clip_of_the_empty_basket_is_flagged(
     (row,) = [r for r in query(s, admin, empty_background="1") if r["id"] == "still-1"]
     assert row["status"] == "ok"
     assert "b-1" not in [r["id"] for r in query(s, admin, empty_background="1")]
+
+
+def test_zstd_uploads_are_decoded_and_bad_ones_marked_corrupt(
+    sink: tuple[Sink, str, str, str], tmp_path: Path
+) -> None:
+    import zstandard
+
+    s, a, _, admin = sink
+    folder = make_bundle(tmp_path / "z1", "z1")
+
+    def send(name: str, data: bytes, bid: str, encoding: str) -> None:
+        meta = ",".join(
+            f"{k} {base64.b64encode(v.encode()).decode()}"
+            for k, v in (("bundle_id", bid), ("filename", name), ("encoding", encoding))
+        )
+        r = httpx.post(
+            s.url + "/files/",
+            headers=tus_headers(
+                a, **OCTETS, **{"Upload-Length": str(len(data)), "Upload-Metadata": meta}
+            ),
+            content=data,
+        )
+        assert r.status_code == 201, r.text
+
+    upload(s, a, folder / CLIP, "z1")
+    squeeze = zstandard.ZstdCompressor().compress
+    send(SENSORS, squeeze((folder / SENSORS).read_bytes()), "z1", "zstd")
+    send(MANIFEST, squeeze((folder / MANIFEST).read_bytes()), "z1", "zstd")
+    assert [r["id"] for r in query(s, admin, status="ok") if r["id"] == "z1"] == ["z1"]
+    stored = s.data / "blobs" / "store" / "bundles" / "cart-a" / "z1"
+    assert (stored / MANIFEST).read_bytes() == (folder / MANIFEST).read_bytes()
+    send(MANIFEST, b"not zstd at all", "z2", "zstd")
+    (bad,) = [r for r in query(s, admin, status="corrupt") if r["id"] == "z2"]
+    assert "not valid zstd" in str(bad["reason"])
+    send(MANIFEST, b"{}", "z3", "gzip")
+    (odd,) = [r for r in query(s, admin, status="corrupt") if r["id"] == "z3"]
+    assert "unknown encoding" in str(odd["reason"])

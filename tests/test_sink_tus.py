@@ -361,3 +361,35 @@ def test_device_doctor_checks_the_sink_and_token(
         assert checks["sink"].status == "pass"
         assert checks["sink token"].status == expected
         assert ("tus 1.0.0" in checks["sink"].detail) is (expected == "pass")
+
+
+def test_a_chunk_left_unverified_by_a_crash_is_rolled_back(tmp_path: Path) -> None:
+    """A crash while a checksummed chunk is being written leaves the ``.pending`` marker: the
+    sink reports the verified size, and the next writer truncates the unverified bytes."""
+    data = tmp_path / "sink"
+    s = Sink(data)
+    token = s.add_device("cart-a")
+    s.start()
+    try:
+        url = create(s, token, 20)
+        digest = base64.b64encode(hashlib.sha256(b"0123456789").digest()).decode()
+        h = tus_headers(token, **OCTETS, **{"Upload-Checksum": f"sha256 {digest}"})
+        r = httpx.patch(url, headers={**h, "Upload-Offset": "0"}, content=b"0123456789")
+        assert r.status_code == 204 and r.headers["Upload-Offset"] == "10"
+        s.kill()
+        # What a crash mid-chunk leaves: the marker with the verified size, bytes behind it.
+        stored = data / "blobs" / "uploads" / url.rsplit("/", 1)[1]
+        stored.with_suffix(".pending").write_text("10")
+        with open(stored, "ab") as fh:
+            fh.write(b"garbage")
+        s.start()
+        head = httpx.head(url, headers=tus_headers(token))
+        assert head.headers["Upload-Offset"] == "10"  # only what was verified
+        digest = base64.b64encode(hashlib.sha256(b"abcdefghij").digest()).decode()
+        h = tus_headers(token, **OCTETS, **{"Upload-Checksum": f"sha256 {digest}"})
+        r = httpx.patch(url, headers={**h, "Upload-Offset": "10"}, content=b"abcdefghij")
+        assert r.status_code == 204 and r.headers["Upload-Offset"] == "20"
+        assert stored.read_bytes() == b"0123456789abcdefghij"
+        assert not stored.with_suffix(".pending").exists()
+    finally:
+        s.stop()

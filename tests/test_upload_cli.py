@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.bundles import seal_bundle
 from capsight_edge.journal.journal import Journal
 from capsight_edge.uploader.service import UploaderThread
 from capsight_edge.uploader.shaping import UploadSchedule
 from capsight_edge.uploader.uploader import Uploader
-from tests.bundle_helpers import seal_bundle
 from tests.conftest import run_cli, wait_until
 from tests.sink_helpers import Sink
 

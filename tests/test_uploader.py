@@ -14,6 +14,7 @@ import httpx
 import pytest
 import zstandard
 
+from benchmarks.bundles import seal_bundle
 from benchmarks.faultnet import CuttingProxy, Fault, FaultInjector, ServerThread, free_port
 from capsight_edge.journal.journal import Journal
 from capsight_edge.profile.schema import UploadWindow
@@ -21,7 +22,6 @@ from capsight_edge.uploader.service import UploaderThread
 from capsight_edge.uploader.shaping import Backoff, UploadSchedule
 from capsight_edge.uploader.uploader import STATUS_KEY, Uploader
 from cloud_sink.tus import make_app
-from tests.bundle_helpers import seal_bundle
 from tests.conftest import wait_until
 
 FAST = Backoff(base_s=0.05, max_s=0.4)
@@ -217,7 +217,8 @@ def test_connections_cut_every_300kb_resend_at_most_one_chunk_each(
     assert stats.bundles_uploaded == 1 and proxy.cuts >= 5
     assert_identical(sink, data, "cut")
     resent = stats.bytes_sent - (total - stats.wire_saved_bytes)
-    assert 0 <= resent <= proxy.cuts * chunk, (resent, proxy.cuts)
+    assert resent == stats.lost_bytes and 0 < stats.lost_bytes_max <= chunk
+    assert resent <= proxy.cuts * chunk, (resent, proxy.cuts)
 
 
 def test_a_restart_mid_upload_resumes_from_the_journal(

@@ -21,10 +21,8 @@ Failures, and what they do to the bundle:
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -41,6 +39,7 @@ from capsight_edge.bundle.manifest import MANIFEST, Manifest, ManifestError
 from capsight_edge.errors import UploadError
 from capsight_edge.journal.journal import BundleRow, Journal, utc_now
 from capsight_edge.uploader import wire
+from capsight_edge.uploader.reader import ChunkReader, LocalFileProblem
 from capsight_edge.uploader.shaping import Backoff, TokenBucket, UploadSchedule
 from capsight_edge.uploader.tus import (
     COMPLETE,
@@ -60,6 +59,7 @@ log = logging.getLogger("capsight.uploader")
 STATUS_KEY = "uploader"
 PAUSE_KEY = "upload_paused"  # set by `capsight upload pause` (or any process) to hold uploads
 MIN_CHUNK, MAX_CHUNK = 256 << 10, 8 << 20
+UNCAPPED_CHUNK = 16 << 20  # fewer round trips (and fsyncs at the sink) when nothing paces us
 INLINE_RETRIES = 4  # failures in a row on one file before the bundle waits its backoff
 SAME_FAILURE_LIMIT = 3  # restarts or checksum re-sends in a row before giving the bundle a rest
 
@@ -73,10 +73,6 @@ class RetryLater(Exception):
 
 class TokenRefused(Exception):
     pass
-
-
-class LocalFileProblem(Exception):
-    """A bundle's file is missing or no longer what the manifest says: never sent."""
 
 
 @dataclass
@@ -93,6 +89,8 @@ class UploadStats:
     heartbeats: int = 0
     heartbeat_failures: int = 0
     wire_saved_bytes: int = 0  # bytes zstd kept off the wire
+    lost_bytes: int = 0  # body bytes of requests that failed: what had to be sent again
+    lost_bytes_max: int = 0  # the most lost to one failed request (at most one chunk)
     busy_s: float = 0.0  # time with at least one upload in flight
 
     def as_dict(self) -> dict[str, float]:
@@ -133,16 +131,6 @@ class BundleProgress:
             "rate_bps": round(self.rate_Bps * 8),
             "eta_s": round(left / self.rate_Bps, 1) if self.rate_Bps > 0 else None,
         }
-
-
-def read_range(path: Path, offset: int, length: int, checksum: bool) -> tuple[bytes, str]:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        data = f.read(length)
-    if len(data) != length:
-        raise LocalFileProblem(f"{path.name}: shorter than when the upload was planned")
-    digest = base64.b64encode(hashlib.sha256(data).digest()).decode() if checksum else ""
-    return data, digest
 
 
 class Uploader:
@@ -280,7 +268,7 @@ class Uploader:
             return self.chunk_bytes
         rate = self._bucket.bytes_per_s if self._bucket else None
         if not rate:
-            return MAX_CHUNK
+            return UNCAPPED_CHUNK
         return int(min(MAX_CHUNK, max(MIN_CHUNK, rate * 4)))  # about 4 s of the rate
 
     # -- status ------------------------------------------------------------------------------
@@ -459,8 +447,6 @@ class Uploader:
             for f in files:
                 if plan[f.name].done:
                     continue
-                if f.name == MANIFEST:  # last: the sink assembles the bundle when it arrives
-                    await asyncio.to_thread(self._reverify, bundle_id)
                 await self._file(client, bundle_id, f, plan[f.name].url, progress)
             self.journal.mark_uploaded(bundle_id)
             self.journal.forget_upload_plan(bundle_id)
@@ -528,33 +514,20 @@ class Uploader:
         for name in sorted([*manifest.files, MANIFEST], key=lambda n: wire.ORDER.get(n, 5)):
             path = folder / name
             try:
-                if name == MANIFEST:
-                    digest = ""
-                else:
-                    digest, size = wire.sha256_of(path)
-                    info = manifest.files[name]
-                    if (digest, size) != (info.sha256, info.bytes):
-                        raise LocalFileProblem(
-                            f"{name} no longer matches its sha256 in the manifest"
-                        )
-                files.append(wire.prepare(self.data_dir, row.id, name, digest))
+                # Sizes now; contents as they are read for sending (ChunkReader), or here for
+                # the small files that are compressed.
+                info = manifest.files.get(name)
+                if info is not None and path.stat().st_size != info.bytes:
+                    raise LocalFileProblem(f"{name} no longer has the size in the manifest")
+                f = wire.prepare(self.data_dir, row.id, name, info.sha256 if info else "")
+                if f.encoding and info is not None and wire.sha256_of(path)[0] != info.sha256:
+                    raise LocalFileProblem(f"{name} no longer matches its sha256 in the manifest")
+                files.append(f)
             except OSError as exc:
                 raise LocalFileProblem(f"{name}: {exc.strerror or exc}") from exc
         self.journal.plan_upload(row.id, [(f.name, f.encoding, f.bytes) for f in files])
         self.stats.wire_saved_bytes += sum(f.raw_bytes - f.bytes for f in files if f.encoding)
         return files
-
-    def _reverify(self, bundle_id: str) -> None:
-        """Before the manifest goes: the files sent are still those the manifest describes
-        (a file rewritten in place during its upload would reach the sink corrupt)."""
-        folder = self.data_dir / "bundles" / bundle_id
-        try:
-            manifest = Manifest.from_json((folder / MANIFEST).read_bytes())
-            for name, info in manifest.files.items():
-                if wire.sha256_of(folder / name) != (info.sha256, info.bytes):
-                    raise LocalFileProblem(f"{name} changed on disk during its upload")
-        except (OSError, ManifestError) as exc:
-            raise LocalFileProblem(str(exc)) from exc
 
     # -- one file ----------------------------------------------------------------------------
     async def _file(
@@ -580,6 +553,23 @@ class Uploader:
             caps=self.caps,
         )
         others = sum(p.offset for n, p in plan.items() if n != f.name)
+        reader = ChunkReader(f.path, f.bytes, checksum=self.caps.sha256)
+        try:
+            await self._file_loop(client, bundle_id, f, up, reader, others, progress)
+        finally:
+            await reader.close()
+        self.stats.files_uploaded += 1
+
+    async def _file_loop(
+        self,
+        client: httpx.AsyncClient,
+        bundle_id: str,
+        f: wire.WireFile,
+        up: TusUpload,
+        reader: ChunkReader,
+        others: int,
+        progress: BundleProgress,
+    ) -> None:
         fails = 0
         while not up.done:
             up.chunk_bytes = self._chunk_size()
@@ -587,13 +577,27 @@ class Uploader:
             req = up.next_request()
             assert req is not None
             before_url, before_offset = up.url, up.offset
+            sent = [0]  # body bytes of this request that went out
             try:
-                outcome = await self._exchange(client, up, req, f.path)
+                outcome = await self._exchange(client, up, req, reader, sent)
             except httpx.ConnectError as exc:
                 raise RetryLater(f"sink unreachable: {exc}", sink_down=True) from exc
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 self.stats.interruptions += 1
                 outcome = up.interrupted(f"{req.method} interrupted: {exc!r}")
+            if not outcome.ok:
+                self.stats.lost_bytes += sent[0]
+                self.stats.lost_bytes_max = max(self.stats.lost_bytes_max, sent[0])
+            # Every byte is at the sink; it is only "done" if it is what the manifest says.
+            if (
+                up.done
+                and not f.encoding
+                and f.raw_sha256
+                and (await reader.sha256() != f.raw_sha256)
+            ):
+                raise LocalFileProblem(
+                    f"{f.name} no longer matches its sha256 in the manifest (changed on disk)"
+                )
             if up.url != before_url or up.offset != before_offset or up.done:
                 self.journal.file_progress(
                     bundle_id, f.name, url=up.url, offset=up.offset, done=up.done
@@ -605,7 +609,6 @@ class Uploader:
                 fails = 0
                 continue
             fails = await self._after_failure(up, outcome, fails, f.name)
-        self.stats.files_uploaded += 1
 
     async def _after_failure(self, up: TusUpload, outcome: Outcome, fails: int, name: str) -> int:
         """Decide what a failed exchange leads to; returns the new count of failures in a row."""
@@ -635,34 +638,41 @@ class Uploader:
         return fails
 
     async def _exchange(
-        self, client: httpx.AsyncClient, up: TusUpload, req: TusRequest, path: Path
+        self,
+        client: httpx.AsyncClient,
+        up: TusUpload,
+        req: TusRequest,
+        reader: ChunkReader,
+        sent: list[int],
     ) -> Outcome:
         headers = dict(req.headers)
         content: AsyncIterator[bytes] | None = None
         if req.body is not None:
             offset, length = req.body
+            path = reader.path
             try:
                 st = path.stat()
             except OSError as exc:
                 raise LocalFileProblem(f"{path.name}: {exc.strerror or exc}") from exc
             if st.st_size != up.length:
                 raise LocalFileProblem(f"{path.name} changed size during its upload")
-            data, digest = await asyncio.to_thread(read_range, path, offset, length, req.checksum)
+            data, digest = await reader.read(offset, length, self._chunk_size())
             if digest:
                 headers["Upload-Checksum"] = f"sha256 {digest}"
             headers["Content-Length"] = str(length)
-            content = self._paced(data)
+            content = self._paced(data, sent)
         elif req.method in ("POST", "PATCH"):
             headers["Content-Length"] = "0"
         resp = await client.request(req.method, req.url, headers=headers, content=content)
         return up.receive(req.method, resp.status_code, resp.headers)
 
-    async def _paced(self, data: bytes) -> AsyncIterator[bytes]:
+    async def _paced(self, data: bytes, sent: list[int]) -> AsyncIterator[bytes]:
         bucket = self._bucket
         assert bucket is not None
         if bucket.rate_bps is None:
             await bucket.take(len(data))
             self.stats.bytes_sent += len(data)
+            sent[0] += len(data)
             yield data
             return
         view = memoryview(data)
@@ -670,6 +680,7 @@ class Uploader:
             piece = view[: bucket.piece_bytes()]
             await bucket.take(len(piece))
             self.stats.bytes_sent += len(piece)
+            sent[0] += len(piece)
             yield bytes(piece)
             view = view[len(piece) :]
 

@@ -1,4 +1,5 @@
-"""Real capture bundles for the sink and uploader tests, and sealing them into a journal."""
+"""Real capture bundles for the sink and uploader tests and benchmarks, and sealing them into a
+journal."""
 
 from __future__ import annotations
 
