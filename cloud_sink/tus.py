@@ -47,6 +47,7 @@ UPLOAD_ID = re.compile(r"^[A-Za-z0-9_-]{32}$")
 META_KEY = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MAX_META_VALUE = 1024
 WRITE_BLOCK = 4 << 20
+LOCK_WAIT_S = 3.0
 
 
 def _write_all(fd: int, data: bytes | bytearray) -> int:
@@ -54,6 +55,14 @@ def _write_all(fd: int, data: bytes | bytearray) -> int:
     while view:
         view = view[os.write(fd, view) :]
     return len(data)
+
+
+def _hash_and_write(fd: int, data: bytearray, digest: Any) -> int:
+    """One block, in a worker thread: hashing releases the GIL, so the event loop goes on
+    parsing the next block meanwhile. Blocks are handed over one at a time, in order."""
+    if digest is not None:
+        digest.update(data)
+    return _write_all(fd, data)
 
 
 def _durable_marker(marker: Path, size: int) -> None:
@@ -227,7 +236,7 @@ class TusApp:
             if method == "PATCH":
                 return await self.patch(request, upload_id, device)
             if method == "DELETE":
-                return self.delete(upload_id, device)
+                return await self.delete(upload_id, device)
             raise TusError(405, f"{method} is not allowed on an upload")
         except TusError as exc:
             self.rejected[exc.status] = self.rejected.get(exc.status, 0) + 1
@@ -302,23 +311,31 @@ class TusApp:
             headers=self.headers(**{"Upload-Offset": str(new_offset)}, **self.expires_header(up)),
         )
 
-    def delete(self, upload_id: str, device: str) -> Response:
+    async def delete(self, upload_id: str, device: str) -> Response:
         up = self.own_upload(upload_id, device)
-        with self._locked(up.id):
+        async with self._locked(up.id):
             self.db.terminate(upload_id)
             with contextlib.suppress(FileNotFoundError):
                 self.path(upload_id).unlink()
         return Response(status_code=204, headers=self.headers())
 
     # -- writing ---------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _locked(self, upload_id: str) -> Any:
+    @contextlib.asynccontextmanager
+    async def _locked(self, upload_id: str) -> Any:
+        """The upload's exclusive lock. A client that reconnects after a cut usually finds its
+        dead request still holding it until the server notices the disconnect, so the lock is
+        awaited for up to ``LOCK_WAIT_S`` before answering 423."""
         fd = os.open(self.path(upload_id), os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                raise TusError(423, "another request is writing this upload") from exc
+            deadline = time.monotonic() + LOCK_WAIT_S
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError as exc:
+                    if time.monotonic() >= deadline:
+                        raise TusError(423, "another request is writing this upload") from exc
+                    await asyncio.sleep(0.05)
             self._roll_back(upload_id, fd)
             yield fd
         finally:
@@ -336,7 +353,7 @@ class TusApp:
             except binascii.Error as exc:
                 raise TusError(400, "Upload-Checksum value is not base64") from exc
             digest = CHECKSUMS[algo]()
-        with self._locked(up.id) as fd:
+        async with self._locked(up.id) as fd:
             current = os.fstat(fd).st_size
             if offset != current:
                 raise TusError(409, f"Upload-Offset {offset} != stored {current}")
@@ -364,12 +381,12 @@ class TusApp:
                             too_big = True
                             break
                         pending += chunk
-                        if digest is not None:
-                            digest.update(chunk)
                         if len(pending) >= WRITE_BLOCK:
                             if in_flight is not None:
                                 written += await in_flight
-                            in_flight = loop.run_in_executor(None, _write_all, fd, pending)
+                            in_flight = loop.run_in_executor(
+                                None, _hash_and_write, fd, pending, digest
+                            )
                             in_flight_size = len(pending)
                             pending = bytearray()
                 except ClientDisconnect:
@@ -383,7 +400,7 @@ class TusApp:
                 if too_big:
                     raise TusError(413, "the body passes the upload's length")
                 if pending:
-                    written += _write_all(fd, pending)
+                    written += _hash_and_write(fd, pending, digest)
                 if digest is not None and digest.digest() != expected:
                     raise TusError(460, "checksum mismatch: the chunk was not applied")
                 await asyncio.to_thread(os.fsync, fd)

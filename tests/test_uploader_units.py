@@ -241,3 +241,35 @@ def test_wire_compresses_manifests_and_leaves_clips_alone(tmp_path: Path) -> Non
     assert not (tmp_path / "wire" / "b1" / "sensors.mcap.zst").exists()
     wire.remove(tmp_path, "b1")
     assert not (tmp_path / "wire" / "b1").exists()
+
+
+def test_chunk_reader_hashes_the_whole_file_once_in_order(tmp_path: Path) -> None:
+    import hashlib
+
+    from capsight_edge.uploader.reader import ChunkReader, LocalFileProblem
+
+    data = random.Random(3).randbytes(10_000)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    whole = hashlib.sha256(data).hexdigest()
+
+    async def go() -> None:
+        r = ChunkReader(path, len(data), checksum=True)
+        got, digest = await r.read(0, 4000, 4000)
+        assert got == data[:4000]
+        assert base64.b64decode(digest) == hashlib.sha256(data[:4000]).digest()
+        assert (await r.read(4000, 4000, 4000))[0] == data[4000:8000]  # prefetched
+        assert (await r.read(4000, 4000, 4000))[0] == data[4000:8000]  # a re-send
+        assert await r.sha256() == whole  # the rest is read from disk
+        resumed = ChunkReader(path, len(data), checksum=False)
+        await resumed.read(6000, 4000, 4000)  # resumed past a gap: the gap is hashed too
+        assert await resumed.sha256() == whole
+        single = ChunkReader(path, len(data), checksum=True)
+        await single.read(0, len(data), 0)
+        assert await single.sha256() == whole
+        path.write_bytes(data[:5000])
+        short = ChunkReader(path, len(data), checksum=True)
+        with pytest.raises(LocalFileProblem, match="shorter"):
+            await short.read(4000, 4000, 0)
+
+    asyncio.run(go())

@@ -29,7 +29,6 @@ import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from capsight_edge.bundle.manifest import MANIFEST, Manifest, ManifestError
 from capsight_edge.errors import UploadError
 from capsight_edge.journal.journal import BundleRow, Journal, utc_now
 from capsight_edge.uploader import wire
+from capsight_edge.uploader.progress import BundleProgress, RetryLater, TokenRefused, UploadStats
 from capsight_edge.uploader.reader import ChunkReader, LocalFileProblem
 from capsight_edge.uploader.shaping import Backoff, TokenBucket, UploadSchedule
 from capsight_edge.uploader.tus import (
@@ -62,75 +62,6 @@ MIN_CHUNK, MAX_CHUNK = 256 << 10, 8 << 20
 UNCAPPED_CHUNK = 16 << 20  # fewer round trips (and fsyncs at the sink) when nothing paces us
 INLINE_RETRIES = 4  # failures in a row on one file before the bundle waits its backoff
 SAME_FAILURE_LIMIT = 3  # restarts or checksum re-sends in a row before giving the bundle a rest
-
-
-class RetryLater(Exception):
-    def __init__(self, detail: str, *, sink_down: bool = False, after_s: float | None = None):
-        super().__init__(detail)
-        self.sink_down = sink_down
-        self.after_s = after_s
-
-
-class TokenRefused(Exception):
-    pass
-
-
-@dataclass
-class UploadStats:
-    bytes_sent: int = 0  # request bodies put on the wire, re-sends included
-    bytes_confirmed: int = 0  # what the sink confirmed holding
-    bundles_uploaded: int = 0
-    bundles_quarantined: int = 0
-    files_uploaded: int = 0
-    retries: int = 0  # failed requests that were retried
-    interruptions: int = 0  # requests that got no answer
-    restarts: int = 0  # uploads created again (404/410)
-    checksum_resends: int = 0  # chunks re-sent after 460
-    heartbeats: int = 0
-    heartbeat_failures: int = 0
-    wire_saved_bytes: int = 0  # bytes zstd kept off the wire
-    lost_bytes: int = 0  # body bytes of requests that failed: what had to be sent again
-    lost_bytes_max: int = 0  # the most lost to one failed request (at most one chunk)
-    busy_s: float = 0.0  # time with at least one upload in flight
-
-    def as_dict(self) -> dict[str, float]:
-        return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
-
-    @property
-    def rate_bps(self) -> float:
-        """Mean rate on the wire while uploads were in flight."""
-        return self.bytes_sent * 8 / self.busy_s if self.busy_s > 0 else 0.0
-
-
-@dataclass
-class BundleProgress:
-    bundle_id: str
-    priority: int
-    total: int
-    confirmed: int = 0
-    started: float = field(default_factory=time.monotonic)
-    rate_Bps: float = 0.0
-    _t: float = field(default_factory=time.monotonic)
-    _b: int = 0
-
-    def update(self, confirmed: int) -> None:
-        now = time.monotonic()
-        if now - self._t >= 0.5 or confirmed >= self.total:
-            inst = (confirmed - self._b) / max(1e-3, now - self._t)
-            self.rate_Bps = inst if self.rate_Bps == 0 else 0.6 * self.rate_Bps + 0.4 * inst
-            self._t, self._b = now, confirmed
-        self.confirmed = confirmed
-
-    def as_dict(self) -> dict[str, Any]:
-        left = max(0, self.total - self.confirmed)
-        return {
-            "id": self.bundle_id,
-            "priority": self.priority,
-            "bytes_total": self.total,
-            "bytes_confirmed": self.confirmed,
-            "rate_bps": round(self.rate_Bps * 8),
-            "eta_s": round(left / self.rate_Bps, 1) if self.rate_Bps > 0 else None,
-        }
 
 
 class Uploader:
