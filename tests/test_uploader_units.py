@@ -243,7 +243,9 @@ def test_wire_compresses_manifests_and_leaves_clips_alone(tmp_path: Path) -> Non
     assert not (tmp_path / "wire" / "b1").exists()
 
 
-def test_chunk_reader_hashes_the_whole_file_once_in_order(tmp_path: Path) -> None:
+def test_chunk_reader_checksums_streams_and_hashes_the_whole_file_in_order(
+    tmp_path: Path,
+) -> None:
     import hashlib
 
     from capsight_edge.uploader.reader import ChunkReader, LocalFileProblem
@@ -253,23 +255,33 @@ def test_chunk_reader_hashes_the_whole_file_once_in_order(tmp_path: Path) -> Non
     path.write_bytes(data)
     whole = hashlib.sha256(data).hexdigest()
 
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(hashlib.sha256(raw).digest()).decode()
+
+    async def body(r: ChunkReader, offset: int, length: int) -> bytes:
+        return b"".join([b async for b in r.blocks(offset, length)])
+
     async def go() -> None:
         r = ChunkReader(path, len(data), checksum=True)
-        got, digest = await r.read(0, 4000, 4000)
-        assert got == data[:4000]
-        assert base64.b64decode(digest) == hashlib.sha256(data[:4000]).digest()
-        assert (await r.read(4000, 4000, 4000))[0] == data[4000:8000]  # prefetched
-        assert (await r.read(4000, 4000, 4000))[0] == data[4000:8000]  # a re-send
+        assert await r.checksum_of(0, 4000, 4000) == b64(data[:4000])
+        assert await body(r, 0, 4000) == data[:4000]
+        assert await r.checksum_of(4000, 4000, 4000) == b64(data[4000:8000])  # prefetched
+        assert await r.checksum_of(4000, 4000, 4000) == b64(data[4000:8000])  # a re-send
         assert await r.sha256() == whole  # the rest is read from disk
-        resumed = ChunkReader(path, len(data), checksum=False)
-        await resumed.read(6000, 4000, 4000)  # resumed past a gap: the gap is hashed too
+        resumed = ChunkReader(path, len(data), checksum=True)
+        await resumed.checksum_of(6000, 4000, 4000)  # resumed past a gap: the gap is hashed
         assert await resumed.sha256() == whole
-        single = ChunkReader(path, len(data), checksum=True)
-        await single.read(0, len(data), 0)
-        assert await single.sha256() == whole
+        known = ChunkReader(path, len(data), checksum=True, known_sha256=whole)
+        assert known.whole_file(0, len(data)) and not known.whole_file(0, 10)
+        assert await known.checksum_of(0, len(data), 0) == b64(data)  # from the manifest
+        known.sink_verified()
+        assert await known.sha256() == whole
         path.write_bytes(data[:5000])
         short = ChunkReader(path, len(data), checksum=True)
         with pytest.raises(LocalFileProblem, match="shorter"):
-            await short.read(4000, 4000, 0)
+            await short.checksum_of(4000, 4000, 0)
+        with pytest.raises(LocalFileProblem, match="shorter"):
+            await body(short, 4000, 4000)
+        assert await short.sha256_from_disk() == hashlib.sha256(data[:5000]).hexdigest()
 
     asyncio.run(go())

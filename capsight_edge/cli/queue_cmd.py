@@ -139,7 +139,8 @@ def queue_progress(journal: Any) -> dict[str, Any]:
     if up.get("utc"):
         t = calendar.timegm(time.strptime(up["utc"][:19], "%Y-%m-%dT%H:%M:%S"))
         age = max(0.0, time.time() - t)
-    live = age is not None and age < 10 and up.get("state") != "stopped"
+    # A running uploader writes at least every 30 s (every second while anything changes).
+    live = age is not None and age < 45 and up.get("state") != "stopped"
     flying = {p["id"]: p for p in up.get("in_flight", [])} if live else {}
     rows = []
     for r in journal.upload_queue():

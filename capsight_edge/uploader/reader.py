@@ -1,10 +1,12 @@
-"""Reading a file's chunks for sending: one chunk ahead in a thread, each chunk's sha256 for the
-``Upload-Checksum`` header, and the whole file's sha256 as the chunks go by.
+"""Reading a file for sending: each chunk's sha256 (for ``Upload-Checksum``) computed one chunk
+ahead in a thread, the body streamed from disk in 1 MiB blocks (memory does not grow with the
+chunk size), and the whole file's sha256 as the chunks go by.
 
 The whole-file digest is what makes "never deliver a corrupt file" cheap: the bytes are hashed in
-file order as they are read for sending (a gap, after a resume, is read from disk once), so a
+file order as their chunks are checksummed (a gap, after a resume, is read from disk once), so a
 file that no longer matches its manifest is caught when its last chunk is confirmed, before the
-bundle's manifest goes, without reading every file twice more before and after.
+bundle's manifest goes. A chunk that is the whole file needs no hashing at all: its checksum is the
+manifest's digest, and the sink's check of it is the end-to-end check of the file.
 """
 
 from __future__ import annotations
@@ -13,97 +15,142 @@ import asyncio
 import base64
 import hashlib
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
+
+BLOCK = 1 << 20
 
 
 class LocalFileProblem(Exception):
     """A bundle's file is missing or no longer what the manifest says: never sent."""
 
 
+def _open(path: Path) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise LocalFileProblem(f"{path.name}: {exc.strerror or exc}") from exc
+
+
 class ChunkReader:
-    def __init__(self, path: Path, length: int, *, checksum: bool) -> None:
+    """``checksum``: the server verifies sha256 checksums. ``known_sha256``: the file's digest
+    from the manifest (raw files only)."""
+
+    def __init__(self, path: Path, length: int, *, checksum: bool, known_sha256: str = "") -> None:
         self.path = path
         self.length = length
         self.checksum = checksum
+        self.known_sha256 = known_sha256
         self._whole = hashlib.sha256()
         self._hashed_to = 0
-        self._lock = threading.Lock()
-        self._ahead: tuple[int, int, asyncio.Future[tuple[bytes, str]]] | None = None
         self._final = ""
+        self._lock = threading.Lock()
+        self._ahead: tuple[int, int, asyncio.Future[str]] | None = None
 
+    # -- checksums ---------------------------------------------------------------------------
     def _absorb_to(self, offset: int, f: BinaryIO) -> None:
         """Hash the file from where the whole-file digest stands up to ``offset``."""
         f.seek(self._hashed_to)
         while self._hashed_to < offset:
-            block = f.read(min(1 << 20, offset - self._hashed_to))
+            block = f.read(min(BLOCK, offset - self._hashed_to))
             if not block:
                 raise LocalFileProblem(f"{self.path.name}: shorter than planned")
             self._whole.update(block)
             self._hashed_to += len(block)
 
-    def _read(self, offset: int, length: int) -> tuple[bytes, str]:
-        try:
-            with open(self.path, "rb") as f:
-                with self._lock:
-                    if offset > self._hashed_to:
-                        self._absorb_to(offset, f)
-                f.seek(offset)
-                data = f.read(length)
-        except OSError as exc:
-            raise LocalFileProblem(f"{self.path.name}: {exc.strerror or exc}") from exc
-        if len(data) != length:
-            raise LocalFileProblem(f"{self.path.name}: shorter than when its upload was planned")
-        if offset == 0 and length == self.length and self.checksum:
-            # The whole file in one chunk: its checksum is the whole-file digest; hash once.
-            h = hashlib.sha256(data)
-            with self._lock:
-                self._final = h.hexdigest()
-            return data, base64.b64encode(h.digest()).decode()
-        with self._lock:
-            if offset == self._hashed_to:
-                self._whole.update(data)
-                self._hashed_to += length
-        digest = ""
-        if self.checksum:
-            digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
-        return data, digest
+    def _digest(self, offset: int, length: int) -> str:
+        """The chunk's sha256 (base64), feeding the whole-file digest when in order."""
+        chunk = hashlib.sha256()
+        with _open(self.path) as f, self._lock:
+            if offset > self._hashed_to:
+                self._absorb_to(offset, f)
+            f.seek(offset)
+            in_order = offset == self._hashed_to
+            left = length
+            while left > 0:
+                block = f.read(min(BLOCK, left))
+                if not block:
+                    raise LocalFileProblem(
+                        f"{self.path.name}: shorter than when its upload was planned"
+                    )
+                chunk.update(block)
+                if in_order:
+                    self._whole.update(block)
+                    self._hashed_to += len(block)
+                left -= len(block)
+        return base64.b64encode(chunk.digest()).decode()
 
-    async def read(self, offset: int, length: int, next_length: int) -> tuple[bytes, str]:
-        """The chunk at ``offset`` (and its base64 sha256 when ``checksum``); the next chunk
-        of ``next_length`` starts reading in a thread while this one is sent."""
+    def whole_file(self, offset: int, length: int) -> bool:
+        return bool(self.known_sha256) and (offset, length) == (0, self.length)
+
+    async def checksum_of(self, offset: int, length: int, next_length: int) -> str:
+        """``Upload-Checksum`` value (base64 sha256) for the chunk at ``offset``; the next
+        chunk's is computed in a thread meanwhile."""
+        if self.whole_file(offset, length):
+            return base64.b64encode(bytes.fromhex(self.known_sha256)).decode()
         ahead, self._ahead = self._ahead, None
         if ahead is not None and ahead[:2] == (offset, length):
-            data, digest = await ahead[2]
+            digest = await ahead[2]
         else:
             if ahead is not None:
                 await asyncio.gather(ahead[2], return_exceptions=True)
-            data, digest = await asyncio.to_thread(self._read, offset, length)
+            digest = await asyncio.to_thread(self._digest, offset, length)
         nxt = offset + length
         if nxt < self.length and next_length > 0:
             n = min(next_length, self.length - nxt)
-            self._ahead = (nxt, n, asyncio.ensure_future(asyncio.to_thread(self._read, nxt, n)))
-        return data, digest
+            self._ahead = (nxt, n, asyncio.ensure_future(asyncio.to_thread(self._digest, nxt, n)))
+        return digest
 
+    def sink_verified(self) -> None:
+        """The sink accepted the whole file under the manifest's digest."""
+        self._final = self.known_sha256
+
+    # -- the body ----------------------------------------------------------------------------
+    async def blocks(self, offset: int, length: int) -> AsyncIterator[bytes]:
+        """The chunk, read from disk in blocks as it is sent."""
+        f = await asyncio.to_thread(_open, self.path)
+        try:
+            await asyncio.to_thread(f.seek, offset)
+            left = length
+            while left > 0:
+                data = await asyncio.to_thread(f.read, min(BLOCK, left))
+                if not data:
+                    raise LocalFileProblem(f"{self.path.name}: shorter than planned")
+                left -= len(data)
+                yield data
+        finally:
+            f.close()
+
+    # -- the whole file ----------------------------------------------------------------------
     async def close(self) -> None:
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
             await asyncio.gather(ahead[2], return_exceptions=True)
 
     async def sha256(self) -> str:
-        """The whole file's sha256 (reads what was not read for sending)."""
+        """The whole file's sha256 (reads what was not hashed on the way)."""
         await self.close()
         if self._final:
             return self._final
 
         def rest() -> str:
-            try:
-                with open(self.path, "rb") as f, self._lock:
-                    self._absorb_to(self.length, f)
-                    if f.read(1):
-                        raise LocalFileProblem(f"{self.path.name}: longer than planned")
-            except OSError as exc:
-                raise LocalFileProblem(f"{self.path.name}: {exc.strerror or exc}") from exc
+            with _open(self.path) as f, self._lock:
+                self._absorb_to(self.length, f)
+                if f.read(1):
+                    raise LocalFileProblem(f"{self.path.name}: longer than planned")
             return self._whole.hexdigest()
 
         return await asyncio.to_thread(rest)
+
+    async def sha256_from_disk(self) -> str:
+        """A fresh digest of the file as it is now."""
+
+        def run() -> str:
+            h = hashlib.sha256()
+            with _open(self.path) as f:
+                while block := f.read(BLOCK):
+                    h.update(block)
+            return h.hexdigest()
+
+        return await asyncio.to_thread(run)

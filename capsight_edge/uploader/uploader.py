@@ -57,9 +57,10 @@ from capsight_edge.uploader.tus import (
 
 log = logging.getLogger("capsight.uploader")
 STATUS_KEY = "uploader"
+PUBLISH_IDLE_S = 30.0
 PAUSE_KEY = "upload_paused"  # set by `capsight upload pause` (or any process) to hold uploads
 MIN_CHUNK, MAX_CHUNK = 256 << 10, 8 << 20
-UNCAPPED_CHUNK = 16 << 20  # fewer round trips (and fsyncs at the sink) when nothing paces us
+UNCAPPED_CHUNK = 64 << 20  # fewer round trips and fsyncs when nothing paces us; streamed
 INLINE_RETRIES = 4  # failures in a row on one file before the bundle waits its backoff
 SAME_FAILURE_LIMIT = 3  # restarts or checksum re-sends in a row before giving the bundle a rest
 
@@ -130,6 +131,8 @@ class Uploader:
         self._stop_requested = False
         self._paused_by_key = False
         self._in_flight = 0
+        self._published: dict[str, Any] = {}
+        self._published_at = 0.0
         self._busy_since = 0.0
         self.ticks = 0  # turns of the run loop, for tests that wait on it
 
@@ -216,8 +219,16 @@ class Uploader:
             "stats": self.stats.as_dict(),
         }
 
-    def _publish(self) -> None:
-        self.journal.kv_set(STATUS_KEY, json.dumps(self.status()))
+    def _publish(self, force: bool = False) -> None:
+        """Write the status to the journal: every second while something changes, every
+        ``PUBLISH_IDLE_S`` otherwise (each write is an fsync; flash storage wears)."""
+        status = self.status()
+        same = {k: v for k, v in status.items() if k != "utc"} == self._published
+        now = time.monotonic()
+        if force or not same or now - self._published_at >= PUBLISH_IDLE_S:
+            self.journal.kv_set(STATUS_KEY, json.dumps(status))
+            self._published = {k: v for k, v in status.items() if k != "utc"}
+            self._published_at = now
 
     def _set_state(self) -> None:
         now = time.monotonic()
@@ -306,7 +317,7 @@ class Uploader:
             self._set_state()
             if self.state in ("idle", "uploading"):  # otherwise the reason it stopped stays
                 self.state = "stopped"
-            self._publish()
+            self._publish(force=True)
             if owned:
                 await client.aclose()
             self._loop = None
@@ -484,7 +495,12 @@ class Uploader:
             caps=self.caps,
         )
         others = sum(p.offset for n, p in plan.items() if n != f.name)
-        reader = ChunkReader(f.path, f.bytes, checksum=self.caps.sha256)
+        reader = ChunkReader(
+            f.path,
+            f.bytes,
+            checksum=self.caps.sha256,
+            known_sha256="" if f.encoding else f.raw_sha256,
+        )
         try:
             await self._file_loop(client, bundle_id, f, up, reader, others, progress)
         finally:
@@ -587,33 +603,43 @@ class Uploader:
                 raise LocalFileProblem(f"{path.name}: {exc.strerror or exc}") from exc
             if st.st_size != up.length:
                 raise LocalFileProblem(f"{path.name} changed size during its upload")
-            data, digest = await reader.read(offset, length, self._chunk_size())
-            if digest:
-                headers["Upload-Checksum"] = f"sha256 {digest}"
             headers["Content-Length"] = str(length)
-            content = self._paced(data, sent)
+            if req.checksum:
+                digest = await reader.checksum_of(offset, length, self._chunk_size())
+                headers["Upload-Checksum"] = f"sha256 {digest}"
+            content = self._paced(reader.blocks(offset, length), sent)
         elif req.method in ("POST", "PATCH"):
             headers["Content-Length"] = "0"
         resp = await client.request(req.method, req.url, headers=headers, content=content)
-        return up.receive(req.method, resp.status_code, resp.headers)
+        outcome = up.receive(req.method, resp.status_code, resp.headers)
+        if req.body is not None and req.checksum and reader.whole_file(*req.body):
+            if outcome.kind == COMPLETE:
+                reader.sink_verified()
+            elif outcome.kind == RESEND and await reader.sha256_from_disk() != reader.known_sha256:
+                raise LocalFileProblem(
+                    f"{reader.path.name} no longer matches its sha256 in the manifest"
+                )
+        return outcome
 
-    async def _paced(self, data: bytes, sent: list[int]) -> AsyncIterator[bytes]:
+    async def _paced(self, blocks: AsyncIterator[bytes], sent: list[int]) -> AsyncIterator[bytes]:
+        """The body, through the shared bucket, in pieces of about 50 ms of the rate."""
         bucket = self._bucket
         assert bucket is not None
-        if bucket.rate_bps is None:
-            await bucket.take(len(data))
-            self.stats.bytes_sent += len(data)
-            sent[0] += len(data)
-            yield data
-            return
-        view = memoryview(data)
-        while view:
-            piece = view[: bucket.piece_bytes()]
-            await bucket.take(len(piece))
-            self.stats.bytes_sent += len(piece)
-            sent[0] += len(piece)
-            yield bytes(piece)
-            view = view[len(piece) :]
+        async for data in blocks:
+            if bucket.rate_bps is None:
+                await bucket.take(len(data))
+                self.stats.bytes_sent += len(data)
+                sent[0] += len(data)
+                yield data
+                continue
+            view = memoryview(data)
+            while view:
+                piece = view[: bucket.piece_bytes()]
+                await bucket.take(len(piece))
+                self.stats.bytes_sent += len(piece)
+                sent[0] += len(piece)
+                yield bytes(piece)
+                view = view[len(piece) :]
 
     # -- around the uploads --------------------------------------------------------------------
     async def _discover(self, client: httpx.AsyncClient) -> ServerCaps:
