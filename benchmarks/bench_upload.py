@@ -276,9 +276,10 @@ def bench_upload(ctx: BenchContext) -> BenchResult:
         ]
         res.notes.append(
             f"throughput: {n} bundles of {size >> 20} MiB per trial, median of {trials} "
-            "interleaved trials; ours sends 16 MiB chunks when uncapped, each with a sha256 the "
-            "sink verifies before applying it, and checks each file's sha256 against its "
-            "manifest as it goes; tuspy sends each file in one request without checksums"
+            "interleaved trials; ours streams each file (up to 64 MiB per request uncapped) "
+            "with a sha256 checksum the sink verifies before applying it (for a whole file, the "
+            "manifest's digest: the end-to-end check); tuspy sends each file in one request, "
+            "without checksums unless asked"
         )
     finally:
         proc.terminate()

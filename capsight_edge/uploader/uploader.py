@@ -302,6 +302,8 @@ class Uploader:
                     if task.done():
                         del self._tasks[bundle_id]
                         self.progress.pop(bundle_id, None)
+                        if not task.cancelled() and task.exception() is not None:
+                            self._unexpected(bundle_id, task.exception())
         finally:
             for task in self._tasks.values():
                 task.cancel()
@@ -412,6 +414,15 @@ class Uploader:
             log.error("%s", exc)
         except RetryLater as exc:
             self._retry_later(bundle_id, exc)
+
+    def _unexpected(self, bundle_id: str, exc: BaseException | None) -> None:
+        """A failure nobody planned for (a journal error, a bug): logged with its traceback,
+        and the bundle waits its backoff instead of being retried in a tight loop."""
+        log.error("bundle %s: unexpected failure", bundle_id, exc_info=exc)
+        self.last_error = f"{bundle_id}: {exc!r}"
+        n = self._failures.get(bundle_id, 0) + 1
+        self._failures[bundle_id] = n
+        self._not_before[bundle_id] = time.monotonic() + self.backoff.delay(n - 1)
 
     def _give_up(self, bundle_id: str, error: str, *, quarantine_after: int) -> None:
         self.last_error = f"{bundle_id}: {error}"
