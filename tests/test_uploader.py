@@ -30,9 +30,9 @@ FAST = Backoff(base_s=0.05, max_s=0.4)
 class SinkUnderTest:
     """The real sink app behind a fault injector, served by uvicorn on 127.0.0.1."""
 
-    def __init__(self, data: Path, port: int = 0) -> None:
+    def __init__(self, data: Path, port: int = 0, **app_options: int) -> None:
         self.data = data
-        self.app = make_app(data)
+        self.app = make_app(data, **app_options)
         self.faults = FaultInjector(self.app)
         self.db, self.index = self.app.state.db, self.app.state.index
         self.token = self.db.add_device("cart-a")
@@ -362,3 +362,19 @@ def test_status_shows_progress_while_uploading(
 
 def status_rate_is_capped(journal: Journal) -> bool:
     return json.loads(journal.kv_get(STATUS_KEY) or "{}")["rate_cap_bps"] == 1_000_000
+
+
+def test_a_file_larger_than_the_sink_accepts_is_quarantined_not_retried_forever(
+    tmp_path: Path, cart: tuple[Journal, Path]
+) -> None:
+    journal, data = cart
+    seal_bundle(journal, data, "huge", noise_frames=20)  # a clip of about 0.8 MB
+    small = SinkUnderTest(tmp_path / "sink", max_size=100_000).start()
+    try:
+        up = uploader(journal, data, small.url, small.token)
+        stats = asyncio.run(up.run(until_idle=True))
+    finally:
+        small.stop()
+    row = journal.get("huge")
+    assert row is not None and row.state == "quarantined" and "Tus-Max-Size" in row.reason
+    assert stats.bytes_sent == 0 and stats.bundles_quarantined == 1

@@ -496,15 +496,18 @@ class Uploader:
             metadata["encoding"] = f.encoding
         plan = {p.name: p for p in self.journal.upload_plan(bundle_id)}
         assert self.caps is not None
-        up = TusUpload(
-            self.endpoint,
-            f.bytes,
-            metadata,
-            token=self.token,
-            url=url,
-            offset=plan[f.name].offset if url else 0,
-            caps=self.caps,
-        )
+        try:
+            up = TusUpload(
+                self.endpoint,
+                f.bytes,
+                metadata,
+                token=self.token,
+                url=url,
+                offset=plan[f.name].offset if url else 0,
+                caps=self.caps,
+            )
+        except ValueError as exc:  # larger than the sink accepts: retrying cannot help
+            raise UploadError(f"{f.name}: {exc}", permanent=True) from exc
         others = sum(p.offset for n, p in plan.items() if n != f.name)
         reader = ChunkReader(
             f.path,
