@@ -249,3 +249,29 @@ def test_headroom_uses_the_measured_bitrate(tmp_path: Path) -> None:
     guard.headroom_min = d.headroom_min * 2  # more minutes than the disk holds at this rate
     guard.check()
     assert guard.paused and "min of recording fit" in str(guard.paused_reason)
+
+
+def test_upload_plan_per_file(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.db")
+    j.add_recording("b", priority=2, rule="r")
+    j.mark_sealed("b", {CLIP: {"sha256": "0" * 64, "bytes": 100}})
+    j.start_upload("b")
+    j.plan_upload("b", [(CLIP, "", 100), ("manifest.json", "zstd", 40)])
+    j.file_progress("b", CLIP, url="http://s/files/1", offset=60)
+    j.file_progress("b", "manifest.json", url="http://s/files/2", offset=40, done=True)
+    row = j.get("b")
+    assert row is not None and row.upload_offset == 100 and row.upload_url == "http://s/files/2"
+    # Planning again keeps what did not change (and its URL), resets what did.
+    j.plan_upload("b", [(CLIP, "", 100), ("manifest.json", "zstd", 41)])
+    plan = {p.name: p for p in j.upload_plan("b")}
+    assert (plan[CLIP].url, plan[CLIP].offset) == ("http://s/files/1", 60)
+    assert (plan["manifest.json"].url, plan["manifest.json"].done) == ("", False)
+    with pytest.raises(JournalError, match="no upload planned"):
+        j.file_progress("b", "other", url="", offset=0)
+    assert j.abandoned_uploads() == []  # still uploading
+    j.quarantine("b", "pulled")
+    (gone,) = j.abandoned_uploads()
+    assert gone.name == CLIP and gone.url == "http://s/files/1"
+    j.forget_upload_plan("b", CLIP)  # its never-started sibling goes with it
+    assert j.upload_plan("b") == []
+    j.close()

@@ -345,9 +345,18 @@ class Journal:
             ).fetchall()
         return [UploadFileRow(**{**dict(r), "done": bool(r["done"])}) for r in rows]
 
-    def forget_upload_plan(self, bundle_id: str) -> None:
+    def forget_upload_plan(self, bundle_id: str, name: str | None = None) -> None:
+        """Drop the bundle's upload rows; with ``name``, that file's row and the rows of files
+        whose upload never started (a finished file's row stays: the sink holds it)."""
         with self.transaction() as db:
-            db.execute("DELETE FROM upload_files WHERE bundle_id = ?", (bundle_id,))
+            if name is None:
+                db.execute("DELETE FROM upload_files WHERE bundle_id = ?", (bundle_id,))
+            else:
+                db.execute(
+                    "DELETE FROM upload_files WHERE bundle_id = ? AND (name = ? OR "
+                    "(url = '' AND done = 0))",
+                    (bundle_id, name),
+                )
 
     def upload_failed(
         self, bundle_id: str, error: str, *, permanent: bool, quarantine_after: int = 3

@@ -26,7 +26,6 @@ import datetime as dt
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -37,7 +36,7 @@ import httpx
 from capsight_edge.bundle.manifest import MANIFEST, Manifest, ManifestError
 from capsight_edge.errors import UploadError
 from capsight_edge.journal.journal import BundleRow, Journal, utc_now
-from capsight_edge.uploader import wire
+from capsight_edge.uploader import sinkside, wire
 from capsight_edge.uploader.progress import BundleProgress, RetryLater, TokenRefused, UploadStats
 from capsight_edge.uploader.reader import ChunkReader, LocalFileProblem
 from capsight_edge.uploader.shaping import Backoff, TokenBucket, UploadSchedule
@@ -657,72 +656,17 @@ class Uploader:
 
     # -- around the uploads --------------------------------------------------------------------
     async def _discover(self, client: httpx.AsyncClient) -> ServerCaps:
-        headers = {"Tus-Resumable": "1.0.0"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        try:
-            resp = await client.options(self.endpoint, headers=headers)
-        except httpx.ConnectError as exc:
-            raise RetryLater(f"sink unreachable: {exc}", sink_down=True) from exc
-        except httpx.TransportError as exc:
-            raise RetryLater(f"OPTIONS failed: {exc!r}") from exc
-        if resp.status_code in (401, 403):
-            raise TokenRefused(f"OPTIONS answered {resp.status_code}: the token is refused")
-        if resp.status_code >= 500:
-            raise RetryLater(f"OPTIONS answered {resp.status_code}", sink_down=True)
-        caps = ServerCaps.parse(resp.headers)
-        log.info(
-            "sink %s: tus extensions %s, checksums %s",
-            self.endpoint,
-            ",".join(sorted(caps.extensions)) or "-",
-            ",".join(sorted(caps.checksum_algorithms)) or "-",
-        )
-        return caps
+        return await sinkside.discover(client, self.endpoint, self.token)
 
     async def _tidy(self, client: httpx.AsyncClient) -> None:
-        """Terminate the sink-side uploads of bundles that will never be finished, and drop
-        compressed copies that nothing will send."""
-        for row in self.journal.abandoned_uploads():
-            up = TusUpload(self.endpoint, row.wire_bytes, {}, token=self.token, url=row.url)
-            req = up.termination_request()
-            if req is None:
-                continue
-            try:
-                resp = await client.request(req.method, req.url, headers=req.headers)
-            except httpx.TransportError:
-                return  # next time
-            if up.receive("DELETE", resp.status_code, resp.headers).ok:
-                self.journal.forget_upload_plan(row.bundle_id)
-                log.info("terminated the abandoned upload of %s/%s", row.bundle_id, row.name)
-        root = self.data_dir / "wire"
-        if root.is_dir():
-            live = {r.id for r in self.journal.upload_queue()}
-            for d in root.iterdir():
-                if d.name not in live:
-                    shutil.rmtree(d, ignore_errors=True)
+        await sinkside.terminate_abandoned(client, self.journal, self.endpoint, self.token)
+        sinkside.drop_stale_wire(self.journal, self.data_dir)
 
     async def _heartbeat(self, client: httpx.AsyncClient) -> None:
-        queue = self.journal.upload_queue()
-        used_pct = 0.0
-        with contextlib.suppress(OSError, ZeroDivisionError):
-            disk = shutil.disk_usage(self.data_dir)
-            used_pct = round(100.0 * disk.used / disk.total, 1)
-        body = {
-            "queue_depth": len(queue),
-            "disk_used_pct": used_pct,
-            "last_upload_utc": self.last_upload_utc,
-            "model_version": self.model_version(),
-        }
-        try:
-            resp = await client.post(
-                self.base + "/api/heartbeat",
-                json=body,
-                headers={"Authorization": f"Bearer {self.token}"},
-            )
-            ok = resp.status_code == 200
-        except httpx.TransportError:
-            ok = False
-        if ok:
+        body = sinkside.heartbeat_body(
+            self.journal, self.data_dir, self.last_upload_utc, self.model_version()
+        )
+        if await sinkside.heartbeat(client, self.base, self.token, body):
             self.stats.heartbeats += 1
         else:
             self.stats.heartbeat_failures += 1
