@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -86,13 +89,26 @@ def main(argv: list[str] | None = None) -> int:
     ctx = BenchContext(quick=args.quick, profile_path=args.profile, out_dir=str(out))
     machine = describe_machine()
     results: list[BenchResult] = []
-    for name in args.only or sorted(BENCHMARKS):
-        start = time.perf_counter()
-        result = BENCHMARKS[name](ctx)
-        result.notes.append(
-            f"ran in {time.perf_counter() - start:.1f} s" + (" (--quick)" if args.quick else "")
-        )
-        results.append(result)
+    # Every temporary folder of the run (sinks holding GiBs, journals, clips), in this process
+    # and its children, lives under one folder that goes when the run ends.
+    scratch = tempfile.mkdtemp(prefix="capsight-benchrun-")
+    saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir = os.environ["TMPDIR"] = scratch
+    try:
+        for name in args.only or sorted(BENCHMARKS):
+            start = time.perf_counter()
+            result = BENCHMARKS[name](ctx)
+            result.notes.append(
+                f"ran in {time.perf_counter() - start:.1f} s" + (" (--quick)" if args.quick else "")
+            )
+            results.append(result)
+    finally:
+        tempfile.tempdir = saved[0]
+        if saved[1] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[1]
+        shutil.rmtree(scratch, ignore_errors=True)
     report = {
         "machine": machine,
         "quick": args.quick,

@@ -19,3 +19,20 @@ def test_quick_run_writes_json_and_markdown(tmp_path: Path) -> None:
     load = next(m for m in bench["metrics"] if m["name"].startswith("profile load"))
     assert load["baseline"] > 0 and load["ratio"] > 0
     assert "| profile load (median) |" in (tmp_path / "report.md").read_text()
+
+
+def test_a_run_leaves_no_temporary_folders_behind(tmp_path: Path) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    res = run_cli(
+        "--quick",
+        "--only",
+        "journal",
+        "--out",
+        str(tmp_path / "out"),
+        prog="benchmarks",
+        timeout=300,
+        env={"TMPDIR": str(scratch)},
+    )
+    assert res.returncode == 0, res.stderr
+    assert list(scratch.iterdir()) == []
