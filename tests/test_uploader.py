@@ -378,3 +378,19 @@ def test_a_file_larger_than_the_sink_accepts_is_quarantined_not_retried_forever(
     row = journal.get("huge")
     assert row is not None and row.state == "quarantined" and "Tus-Max-Size" in row.reason
     assert stats.bytes_sent == 0 and stats.bundles_quarantined == 1
+
+
+def test_a_sink_that_keeps_answering_409_is_given_a_rest_not_a_busy_loop(
+    sink: SinkUnderTest, cart: tuple[Journal, Path]
+) -> None:
+    journal, data = cart
+    seal_bundle(journal, data, "c409", noise_frames=10)
+    endless = sink.faults.add(Fault("PATCH", 409, times=10_000))
+    up = uploader(journal, data, sink.url, sink.token, chunk_bytes=64 * 1024)
+    stats = asyncio.run(up.run(until_idle=True, max_attempts=2))
+    row = journal.get("c409")
+    assert row is not None and row.state == "sealed" and "409" in row.last_error
+    assert stats.bundles_uploaded == 0 and endless.hits <= 2 * 5  # 5 tries per attempt
+    endless.times = 0
+    assert asyncio.run(up.run(until_idle=True)).bundles_uploaded == 1
+    assert_identical(sink, data, "c409")

@@ -46,7 +46,7 @@ from capsight_edge.uploader.tus import (
     PROGRESS,
     RESEND,
     RESTART,
-    RETRY,
+    RESYNC,
     UNAUTHORIZED,
     Outcome,
     ServerCaps,
@@ -395,6 +395,7 @@ class Uploader:
             self.journal.forget_upload_plan(bundle_id)
             wire.remove(self.data_dir, bundle_id)
             self.stats.bundles_uploaded += 1
+            self.stats.wire_saved_bytes += sum(f.raw_bytes - f.bytes for f in files if f.encoding)
             self.last_upload_utc = utc_now()
             self._failures.pop(bundle_id, None)
             self._not_before.pop(bundle_id, None)
@@ -478,7 +479,6 @@ class Uploader:
             except OSError as exc:
                 raise LocalFileProblem(f"{name}: {exc.strerror or exc}") from exc
         self.journal.plan_upload(row.id, [(f.name, f.encoding, f.bytes) for f in files])
-        self.stats.wire_saved_bytes += sum(f.raw_bytes - f.bytes for f in files if f.encoding)
         return files
 
     # -- one file ----------------------------------------------------------------------------
@@ -566,7 +566,8 @@ class Uploader:
                 self.stats.bytes_confirmed += max(0, up.offset - base)
                 progress.update(others + up.offset)
             if outcome.kind in (PROGRESS, COMPLETE):
-                fails = 0
+                if up.done or up.offset > before_offset:
+                    fails = 0  # only bytes stored count as getting somewhere
                 continue
             fails = await self._after_failure(up, outcome, fails, f.name)
 
@@ -587,8 +588,10 @@ class Uploader:
             if up.resends > SAME_FAILURE_LIMIT:
                 raise RetryLater(detail)
             return fails
-        if outcome.kind != RETRY:
-            return fails  # a re-sync: HEAD comes next
+        if outcome.kind == RESYNC:  # HEAD comes next; a server that keeps answering 409 rests
+            if fails + 1 > INLINE_RETRIES:
+                raise RetryLater(detail)
+            return fails + 1
         self.stats.retries += 1
         fails += 1
         if fails > INLINE_RETRIES:
