@@ -394,3 +394,22 @@ def test_a_sink_that_keeps_answering_409_is_given_a_rest_not_a_busy_loop(
     endless.times = 0
     assert asyncio.run(up.run(until_idle=True)).bundles_uploaded == 1
     assert_identical(sink, data, "c409")
+
+
+def test_an_upload_whose_bytes_changed_is_terminated_and_started_anew(
+    sink: SinkUnderTest, cart: tuple[Journal, Path]
+) -> None:
+    journal, data = cart
+    seal_bundle(journal, data, "re")
+    auth = {"Authorization": f"Bearer {sink.token}", "Tus-Resumable": "1.0.0"}
+    old = httpx.post(sink.url + "/files/", headers={**auth, "Upload-Length": "123"})
+    old_url = old.headers["Location"]
+    # What an earlier attempt left: the clip planned with other bytes, its upload begun.
+    journal.start_upload("re")
+    journal.plan_upload("re", [("clip.mp4", "zstd", 123)])
+    journal.file_progress("re", "clip.mp4", url=old_url, offset=0)
+    journal.upload_failed("re", "interrupted", permanent=False)
+    stats = asyncio.run(uploader(journal, data, sink.url, sink.token).run(until_idle=True))
+    assert stats.bundles_uploaded == 1
+    assert httpx.head(old_url, headers=auth).status_code == 404  # terminated, not left to expire
+    assert_identical(sink, data, "re")

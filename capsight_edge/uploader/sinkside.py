@@ -53,19 +53,27 @@ async def terminate_abandoned(
     many went. A transport error leaves the rest for the next time."""
     done = 0
     for row in journal.abandoned_uploads():
-        up = TusUpload(endpoint, row.wire_bytes, {}, token=token, url=row.url)
-        req = up.termination_request()
-        if req is None:
-            continue
-        try:
-            resp = await client.request(req.method, req.url, headers=req.headers)
-        except httpx.TransportError:
+        if not await terminate(client, endpoint, token, row.url, row.wire_bytes):
             break
-        if up.receive("DELETE", resp.status_code, resp.headers).ok:
-            journal.forget_upload_plan(row.bundle_id, row.name)
-            log.info("terminated the abandoned upload of %s/%s", row.bundle_id, row.name)
-            done += 1
+        journal.forget_upload_plan(row.bundle_id, row.name)
+        log.info("terminated the abandoned upload of %s/%s", row.bundle_id, row.name)
+        done += 1
     return done
+
+
+async def terminate(
+    client: httpx.AsyncClient, endpoint: str, token: str, url: str, length: int
+) -> bool:
+    """DELETE one upload; True when it is gone (or was already)."""
+    up = TusUpload(endpoint, length, {}, token=token, url=url)
+    req = up.termination_request()
+    if req is None:
+        return True
+    try:
+        resp = await client.request(req.method, req.url, headers=req.headers)
+    except httpx.TransportError:
+        return False
+    return up.receive("DELETE", resp.status_code, resp.headers).ok
 
 
 def drop_stale_wire(journal: Journal, data_dir: Path) -> None:

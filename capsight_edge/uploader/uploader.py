@@ -381,7 +381,9 @@ class Uploader:
             self.journal.start_upload(bundle_id)
             if self.caps is None:
                 self.caps = await self._discover(client)
+            before = {p.name: p for p in self.journal.upload_plan(bundle_id)}
             files = await asyncio.to_thread(self._plan, row)
+            await self._terminate_replaced(client, before, files)
             plan = {p.name: p for p in self.journal.upload_plan(bundle_id)}
             progress = BundleProgress(bundle_id, row.priority, sum(f.bytes for f in files))
             self.progress[bundle_id] = progress
@@ -414,6 +416,19 @@ class Uploader:
             log.error("%s", exc)
         except RetryLater as exc:
             self._retry_later(bundle_id, exc)
+
+    async def _terminate_replaced(
+        self, client: httpx.AsyncClient, before: dict[str, Any], files: list[wire.WireFile]
+    ) -> None:
+        """A file whose bytes on the wire changed since its upload began (its compressed copy
+        was made anew) starts a new upload; the old one is terminated, not left to expire."""
+        for f in files:
+            old = before.get(f.name)
+            if old is None or not old.url or old.done:
+                continue
+            if (old.encoding, old.wire_bytes) == (f.encoding, f.bytes):
+                continue
+            await sinkside.terminate(client, self.endpoint, self.token, old.url, old.wire_bytes)
 
     def _unexpected(self, bundle_id: str, exc: BaseException | None) -> None:
         """A failure nobody planned for (a journal error, a bug): logged with its traceback,
