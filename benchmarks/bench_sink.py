@@ -7,7 +7,6 @@ import base64
 import concurrent.futures
 import contextlib
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -19,28 +18,10 @@ from pathlib import Path
 import httpx
 
 from benchmarks.registry import BenchContext, BenchResult, Metric, benchmark
+from capsight_edge.localsink import LocalSink, free_port, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 CHUNK = 1 << 20
-
-
-def _port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(url: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -60,50 +41,11 @@ def _body(total: int) -> Iterator[bytes]:
         sent += n
 
 
-def _serve(data: Path, port: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cloud_sink.cli",
-            "serve",
-            "--data",
-            str(data),
-            "--port",
-            str(port),
-            "--max-size",
-            str(4 * 2**30),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def _sink(data: Path) -> tuple[subprocess.Popen[bytes], str, str]:
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cloud_sink.cli",
-            "device",
-            "add",
-            "bench",
-            "--data",
-            str(data),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=True,
-    )
-    token = json.loads(res.stdout)["token"]
-    port = _port()
-    proc = _serve(data, port)
-    url = f"http://127.0.0.1:{port}"
-    _wait(url + "/healthz")
-    return proc, url, token
+def _sink(data: Path) -> tuple[LocalSink, str]:
+    """Our sink for a benchmark, with one device token."""
+    sink = LocalSink(data, "--max-size", str(4 * 2**30))
+    token = sink.add_device("bench")
+    return sink.start(), token
 
 
 def _upload_once(url: str, auth: dict[str, str], total: int) -> float:
@@ -135,9 +77,10 @@ def bench_sink_upload(ctx: BenchContext) -> BenchResult:
     total = (64 if ctx.quick else 1024) * 2**20
     trials = 1 if ctx.quick else 3
     data = Path(tempfile.mkdtemp(prefix="capsight-sink-"))
-    proc, url, token = _sink(data)
+    sink, token = _sink(data)
+    url = sink.url
     auth = {"Authorization": f"Bearer {token}", "Tus-Resumable": "1.0.0"}
-    port = _port()
+    port = free_port()
     ceiling = subprocess.Popen(
         [
             sys.executable,
@@ -154,7 +97,7 @@ def bench_sink_upload(ctx: BenchContext) -> BenchResult:
     sink_s, base_s, disk_s = [], [], []
     block = os.urandom(CHUNK)
     try:
-        _wait(f"http://127.0.0.1:{port}/")
+        wait_http(f"http://127.0.0.1:{port}/", 30)
         for _ in range(trials):  # interleaved, so both see the same machine
             sink_s.append(_upload_once(url, auth, total))
             base_s.append(_ceiling_once(port, total))
@@ -166,10 +109,9 @@ def bench_sink_upload(ctx: BenchContext) -> BenchResult:
                 os.fsync(fh.fileno())
             disk_s.append(time.perf_counter() - start)
             (data / "disk-ceiling.bin").unlink()
-        rss = _peak_rss_mb(proc.pid)
+        rss = _peak_rss_mb(sink.pid)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        sink.stop()
         ceiling.terminate()
         ceiling.wait(10)
     mb = total / 2**20
@@ -213,7 +155,8 @@ def bench_sink_upload(ctx: BenchContext) -> BenchResult:
 def bench_sink_fleet(ctx: BenchContext) -> BenchResult:
     devices, size = (20, 1 * 2**20) if ctx.quick else (100, 5 * 2**20)
     data = Path(tempfile.mkdtemp(prefix="capsight-sink-"))
-    proc, url, token = _sink(data)
+    sink, token = _sink(data)
+    url = sink.url
     payloads = [os.urandom(size) for _ in range(4)]
 
     def one(i: int) -> bool:
@@ -248,8 +191,7 @@ def bench_sink_fleet(ctx: BenchContext) -> BenchResult:
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(devices, 32)) as pool:
             ok = list(pool.map(one, range(devices)))
     finally:
-        proc.terminate()
-        proc.wait(10)
+        sink.stop()
     spent = time.perf_counter() - start
     res = BenchResult(
         "sink_fleet",
@@ -271,13 +213,13 @@ def bench_sink_fleet(ctx: BenchContext) -> BenchResult:
 
 @benchmark("sink_kill_resume")
 def bench_sink_kill_resume(ctx: BenchContext) -> BenchResult:
-    import signal
     import threading
 
     total = (32 if ctx.quick else 256) * 2**20
     rounds = 2 if ctx.quick else 5
     data = Path(tempfile.mkdtemp(prefix="capsight-sink-"))
-    proc, url, token = _sink(data)
+    sink, token = _sink(data)
+    url = sink.url
     auth = {"Authorization": f"Bearer {token}", "Tus-Resumable": "1.0.0"}
     source = os.urandom(total)
     loc = httpx.post(url + "/files/", headers={**auth, "Upload-Length": str(total)}).headers[
@@ -296,15 +238,12 @@ def bench_sink_kill_resume(ctx: BenchContext) -> BenchResult:
             t = threading.Thread(target=lambda o=offset: _quiet_patch(loc, auth, o, slow(o)))
             t.start()
             time.sleep(0.4)
-            os.kill(proc.pid, signal.SIGKILL)  # mid-body
-            proc.wait()
+            sink.kill()  # SIGKILL, mid-body
             kills += 1
             t.join(30)
             stored = (data / "blobs" / "uploads" / loc.rsplit("/", 1)[1]).read_bytes()
             identical_prefix &= stored == source[: len(stored)]
-            port = int(url.rsplit(":", 1)[1])
-            proc = _serve(data, port)
-            _wait(url + "/healthz")
+            sink.start()  # the same port
         offset = int(httpx.head(loc, headers=auth).headers["Upload-Offset"])
         httpx.patch(
             loc,
@@ -318,8 +257,7 @@ def bench_sink_kill_resume(ctx: BenchContext) -> BenchResult:
         )
         final = (data / "blobs" / "uploads" / loc.rsplit("/", 1)[1]).read_bytes()
     finally:
-        proc.terminate()
-        proc.wait(10)
+        sink.stop()
     same = final == source
     res = BenchResult(
         "sink_kill_resume",

@@ -11,8 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import os
 import shutil
 import statistics
 import tempfile
@@ -22,9 +20,10 @@ from pathlib import Path
 
 from benchmarks.bench_sink import _sink
 from benchmarks.bundles import seal_bundle
+from benchmarks.crash_harness import make_bundle
 from benchmarks.faultnet import CuttingProxy
 from benchmarks.registry import BenchContext, BenchResult, Metric, benchmark
-from capsight_edge.bundle.manifest import CLIP, MANIFEST, SENSORS, Manifest, TriggerInfo
+from capsight_edge.bundle.manifest import CLIP, MANIFEST, SENSORS, sha256_file
 from capsight_edge.journal.journal import Journal
 from capsight_edge.uploader.service import UploaderThread
 from capsight_edge.uploader.shaping import UploadSchedule
@@ -34,38 +33,16 @@ MB = 1_000_000
 
 
 def payload_bundles(journal: Journal, data: Path, prefix: str, n: int, clip_bytes: int) -> int:
-    """``n`` bundles whose clip is ``clip_bytes`` of random bytes (fast to make; the sink marks
-    them corrupt as videos after checking their sha256, which is all these runs need).
+    """``n`` sealed bundles whose clip is ``clip_bytes`` of random bytes (fast to make; the sink
+    marks them corrupt as videos after checking their sha256, which is all these runs need).
     Returns the bytes on disk."""
     total = 0
     for i in range(n):
         bundle_id = f"{prefix}-{i:03d}"
-        folder = data / "bundles" / bundle_id
-        folder.mkdir(parents=True)
-        (folder / CLIP).write_bytes(os.urandom(clip_bytes))
-        (folder / SENSORS).write_bytes(os.urandom(4096))
-        from capsight_edge.bundle.manifest import sha256_file
-
-        files = {CLIP: sha256_file(folder / CLIP), SENSORS: sha256_file(folder / SENSORS)}
-        m = Manifest(
-            bundle_id,
-            "bench",
-            "bench-store",
-            "bench",
-            TriggerInfo("manual", 5, 0, {}),
-            0,
-            10**9,
-            "2026-11-26T08:00:00.000Z",
-            "2026-11-26T08:00:01.000Z",
-            None,
-            files,
-            "2026-11-26T08:00:01.000Z",
-            "bench",
-        )
-        (folder / MANIFEST).write_text(m.to_json())
-        journal.add_recording(bundle_id, priority=5, rule="manual")
-        journal.mark_sealed(bundle_id, {k: asdict(v) for k, v in files.items()})
-        total += sum(p.stat().st_size for p in folder.iterdir())
+        m = make_bundle(data, bundle_id, priority=5, size=clip_bytes, device="bench")
+        journal.add_recording(bundle_id, priority=5, rule=m.trigger.rule)
+        journal.mark_sealed(bundle_id, {k: asdict(v) for k, v in m.files.items()})
+        total += sum(p.stat().st_size for p in (data / "bundles" / bundle_id).iterdir())
     return total
 
 
@@ -125,7 +102,7 @@ def _interrupted(url: str, port: int, token: str, quick: bool, data_dir: Path) -
         for f in (work / "bundles" / f"cut-{i}").iterdir():
             stored = data_dir / "blobs" / "store" / "bundles" / "bench" / f"cut-{i}" / f.name
             checked += 1
-            if stored.exists() and _digest(stored) == _digest(f):
+            if stored.exists() and sha256_file(stored) == sha256_file(f):
                 identical += 1
     journal.close()
     shutil.rmtree(work, ignore_errors=True)
@@ -140,10 +117,6 @@ def _interrupted(url: str, port: int, token: str, quick: bool, data_dir: Path) -
         "lost_mean": stats.lost_bytes / max(1, proxy.cuts),
         "chunk": chunk,
     }
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _ours_once(url: str, token: str, prefix: str, n: int, size: int, concurrency: int) -> float:
@@ -176,7 +149,7 @@ def _tuspy_once(url: str, token: str, prefix: str, n: int, size: int, checksum: 
     total = payload_bundles(journal, work, prefix, n, size)
     c = tus.TusClient(url + "/files/", headers={"Authorization": f"Bearer {token}"})
     start = time.perf_counter()
-    for folder in sorted((work / "bundles").iterdir()):
+    for folder in sorted(p for p in (work / "bundles").iterdir() if p.name != ".partial"):
         for name in (CLIP, SENSORS, MANIFEST):
             c.uploader(
                 file_path=str(folder / name),
@@ -193,8 +166,8 @@ def _tuspy_once(url: str, token: str, prefix: str, n: int, size: int, checksum: 
 def bench_upload(ctx: BenchContext) -> BenchResult:
     window = 5.0 if ctx.quick else 30.0
     data = Path(tempfile.mkdtemp(prefix="capsight-upsink-"))
-    proc, url, token = _sink(data)
-    port = int(url.rsplit(":", 1)[1])
+    sink, token = _sink(data)
+    url, port = sink.url, sink.port
     res = BenchResult(
         "upload",
         "the uploader against our sink on 127.0.0.1: rate caps, interruptions, uncapped "
@@ -282,7 +255,6 @@ def bench_upload(ctx: BenchContext) -> BenchResult:
             "without checksums unless asked"
         )
     finally:
-        proc.terminate()
-        proc.wait(10)
+        sink.stop()
         shutil.rmtree(data, ignore_errors=True)
     return res

@@ -36,7 +36,13 @@ def _ledger(data: Path, line: str) -> None:
 
 
 def make_bundle(
-    data: Path, bid: str, *, priority: int = 1, size: int = 10_000, sealed: bool = True
+    data: Path,
+    bid: str,
+    *,
+    priority: int = 1,
+    size: int = 10_000,
+    sealed: bool = True,
+    device: str = "cart",
 ) -> Any:
     """A bundle of random bytes, written into ``bundles/.partial/<bid>`` and sealed (or not)."""
     from capsight_edge.bundle.manifest import (
@@ -56,7 +62,7 @@ def make_bundle(
     files = {CLIP: sha256_file(partial / CLIP), SENSORS: sha256_file(partial / SENSORS)}
     m = Manifest(
         bid,
-        "cart",
+        device,
         "store",
         "sim",
         TriggerInfo("r", priority, 0, {}),

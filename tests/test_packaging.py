@@ -64,3 +64,27 @@ def test_ci_runs_the_readme_test_command() -> None:
     ]
     assert ci == ["./dev.sh test"]
     assert "./dev.sh test" in readme and "./dev.sh demo" in readme
+
+
+def test_packages_keep_to_their_import_rules() -> None:
+    """ARCHITECTURE.md: who must not import whom (the edge and the sink speak only over HTTP)."""
+    import ast
+
+    forbidden = {
+        "firmware_bridge": {"capsight_edge", "cloud_sink", "trainer"},
+        "capsight_edge": {"cloud_sink", "trainer"},
+        "cloud_sink": {"trainer"},
+    }
+    broken = []
+    for package, banned in forbidden.items():
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    names = [node.module]
+                broken += [
+                    f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in banned
+                ]
+    assert broken == []

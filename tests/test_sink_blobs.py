@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from cloud_sink.blobs import LocalBlobStore, S3BlobStore
 from cloud_sink.db import SinkError
-from tests.sink_helpers import free_port
+from tests.sink_helpers import free_port, wait_http
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +26,7 @@ def moto_url() -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(url, timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_http(url, 30)
         yield url
     finally:
         proc.terminate()

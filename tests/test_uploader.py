@@ -15,8 +15,9 @@ import pytest
 import zstandard
 
 from benchmarks.bundles import seal_bundle
-from benchmarks.faultnet import CuttingProxy, Fault, FaultInjector, ServerThread, free_port
+from benchmarks.faultnet import CuttingProxy, Fault, FaultInjector, ServerThread
 from capsight_edge.journal.journal import Journal
+from capsight_edge.localsink import free_port
 from capsight_edge.profile.schema import UploadWindow
 from capsight_edge.uploader.service import UploaderThread
 from capsight_edge.uploader.shaping import Backoff, UploadSchedule
@@ -71,8 +72,13 @@ def cart(tmp_path: Path) -> Iterator[tuple[Journal, Path]]:
     journal.close()
 
 
-def uploader(journal: Journal, data: Path, url: str, token: str, **kw: object) -> Uploader:
-    opts: dict[str, object] = {"uncapped": True, "heartbeat_s": 0, "backoff": FAST}
+def uploader(
+    journal: Journal, data: Path, url: str, token: str, rate_bps: int = 0, **kw: object
+) -> Uploader:
+    """Uncapped unless ``rate_bps`` is given."""
+    opts: dict[str, object] = {"uncapped": not rate_bps, "heartbeat_s": 0, "backoff": FAST}
+    if rate_bps:
+        opts["schedule"] = UploadSchedule(rate_bps)
     opts.update(kw)
     return Uploader(journal, data, sink_url=url, token=token, **opts)  # type: ignore[arg-type]
 
@@ -228,9 +234,8 @@ def test_a_restart_mid_upload_resumes_from_the_journal(
     folder = seal_bundle(journal, data, "resume", noise_frames=40)
     clip_bytes = (folder / "clip.mp4").stat().st_size
     chunk = 128 * 1024
-    first = uploader(journal, data, sink.url, sink.token, chunk_bytes=chunk)
-    first.schedule = UploadSchedule(4_000_000)  # 0.5 MB/s: slow enough to stop half-way
-    first.uncapped = False
+    # 0.5 MB/s: slow enough to stop half-way
+    first = uploader(journal, data, sink.url, sink.token, 4_000_000, chunk_bytes=chunk)
     runner = UploaderThread(first).start()
     assert wait_until(lambda: (journal.get("resume").upload_offset or 0) > 3 * chunk, 30)  # type: ignore[union-attr]
     runner.stop()
@@ -252,8 +257,7 @@ def test_the_pause_hook_stops_sending_at_once_and_resume_finishes(
 ) -> None:
     journal, data = cart
     seal_bundle(journal, data, "p", noise_frames=40)
-    up = uploader(journal, data, sink.url, sink.token, chunk_bytes=64 * 1024, uncapped=False)
-    up.schedule = UploadSchedule(2_000_000)
+    up = uploader(journal, data, sink.url, sink.token, 2_000_000, chunk_bytes=64 * 1024)
     runner = UploaderThread(up).start()
     try:
         assert wait_until(lambda: up.stats.bytes_sent > 100_000, 30)
@@ -290,8 +294,7 @@ def test_abandoned_uploads_are_terminated_on_the_sink(
 ) -> None:
     journal, data = cart
     seal_bundle(journal, data, "gone", noise_frames=20)
-    first = uploader(journal, data, sink.url, sink.token, chunk_bytes=64 * 1024, uncapped=False)
-    first.schedule = UploadSchedule(1_000_000)
+    first = uploader(journal, data, sink.url, sink.token, 1_000_000, chunk_bytes=64 * 1024)
     runner = UploaderThread(first).start()
     assert wait_until(lambda: (journal.get("gone").upload_offset or 0) > 0, 30)  # type: ignore[union-attr]
     runner.stop()
@@ -342,8 +345,7 @@ def test_status_shows_progress_while_uploading(
 ) -> None:
     journal, data = cart
     seal_bundle(journal, data, "slow", noise_frames=20)
-    up = uploader(journal, data, sink.url, sink.token, uncapped=False, chunk_bytes=64 * 1024)
-    up.schedule = UploadSchedule(1_000_000)
+    up = uploader(journal, data, sink.url, sink.token, 1_000_000, chunk_bytes=64 * 1024)
     runner = UploaderThread(up).start()
     try:
 

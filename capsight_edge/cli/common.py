@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from capsight_edge.errors import CapsightError, ProfileError
@@ -26,6 +28,14 @@ def add_device_options(parser: argparse.ArgumentParser, *, json_output: bool = T
 
 def profile_from(args: argparse.Namespace) -> Profile:
     return load_profile(args.profile, data_dir=args.data)
+
+
+def open_journal(profile: Profile) -> tuple[Any, Path]:
+    """The profile's journal (``DATA/journal.db``) and its data folder."""
+    from capsight_edge.journal.journal import Journal
+
+    data = Path(os.path.expanduser(profile.storage.data_dir))
+    return Journal(data / "journal.db"), data
 
 
 def print_json(obj: Any) -> None:

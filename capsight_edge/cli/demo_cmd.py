@@ -28,9 +28,9 @@ from typing import Any
 
 from capsight_edge.cli.common import EXIT_FAIL, EXIT_OK, profile_from
 from capsight_edge.doctor import doctor_ok, format_table, run_doctor
+from capsight_edge.localsink import LocalSink
 
 CAPSIGHT = (sys.executable, "-m", "capsight_edge.cli.main", "--log-level", "ERROR")
-SINK = (sys.executable, "-m", "cloud_sink.cli")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,47 +45,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_demo)
 
 
-def _free_port() -> int:
-    import socket
+class DemoSink(LocalSink):
+    """The local sink with a token per cart and one for the admin, and the admin's queries."""
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class DemoSink:
-    """``capsight-sink serve`` as a child process, with a token per cart and one for the admin."""
-
-    def __init__(self, data: Path) -> None:
-        self.data = data
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.admin = ""
-
-    def start(self, devices: list[str]) -> dict[str, str]:
-        import httpx
-
-        from cloud_sink.db import SinkDB
-
-        db = SinkDB(self.data / "sink.db")
-        tokens = {d: db.add_device(d) for d in devices}
-        self.admin = db.add_device("demo-admin", admin=True)
-        db.close()
-        log = open(self.data / "sink.log", "wb")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen(
-            [*SINK, "serve", "--data", str(self.data), "--port", str(self.port)],
-            stdout=log,
-            stderr=log,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return tokens
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise RuntimeError(f"the sink did not start; see {self.data / 'sink.log'}")
+    def start_with(self, devices: list[str]) -> dict[str, str]:
+        tokens = {d: self.add_device(d) for d in devices}
+        self.admin = self.add_device("demo-admin", admin=True)
+        self.start()
+        return tokens
 
     def bundles(self, device: str) -> list[dict[str, Any]]:
         import httpx
@@ -105,11 +72,6 @@ class DemoSink:
             self.url + "/api/fleet", headers={"Authorization": f"Bearer {self.admin}"}, timeout=30
         )
         return {d["device"]: d for d in r.json()["devices"]} if r.status_code == 200 else {}
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(30)
 
 
 class DemoCart:
@@ -132,8 +94,24 @@ class DemoCart:
         self.flush: dict[str, Any] = {}
         self.journal: Any = None
 
-    def start(self, seconds: float, seed: int, events: queue.Queue[tuple[str, dict[str, Any]]]):  # type: ignore[no-untyped-def]
-        self.proc = subprocess.Popen(
+    def start(
+        self, seconds: float, seed: int, events: queue.Queue[tuple[str, dict[str, Any]]]
+    ) -> None:
+        with open(self.dir / "run.log", "w") as log:  # the child keeps its own copy
+            self.proc = self._spawn(seconds, seed, log)
+
+        def read() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for line in self.proc.stdout:
+                try:
+                    events.put((self.name, json.loads(line)))
+                except ValueError:
+                    continue
+
+        threading.Thread(target=read, daemon=True).start()
+
+    def _spawn(self, seconds: float, seed: int, log: Any) -> subprocess.Popen[str]:
+        return subprocess.Popen(
             [
                 *CAPSIGHT,
                 "run",
@@ -148,19 +126,9 @@ class DemoCart:
                 str(seed),
             ],
             stdout=subprocess.PIPE,
-            stderr=open(self.dir / "run.log", "w"),  # noqa: SIM115
+            stderr=log,
             text=True,
         )
-
-        def read() -> None:
-            assert self.proc is not None and self.proc.stdout is not None
-            for line in self.proc.stdout:
-                try:
-                    events.put((self.name, json.loads(line)))
-                except ValueError:
-                    continue
-
-        threading.Thread(target=read, daemon=True).start()
 
     def progress(self) -> str:
         from capsight_edge.cli.queue_cmd import queue_progress
@@ -211,9 +179,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return EXIT_FAIL
 
     (out / "sink").mkdir(parents=True)
-    sink = DemoSink(out / "sink")
+    sink = DemoSink(out / "sink", log=out / "sink" / "sink.log")
     names = [f"demo-cart-{i + 1}" for i in range(n_carts)]
-    tokens = sink.start(names)
+    tokens = sink.start_with(names)
     print(
         f"\n-- step 2: cloud sink on {sink.url} (data in {out / 'sink'}), {n_carts} device tokens"
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from capsight_edge.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
     add_device_options,
+    open_journal,
     print_json,
     profile_from,
 )
@@ -60,11 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _journal(args: argparse.Namespace) -> tuple[Any, Path]:
-    from capsight_edge.journal.journal import Journal
-
-    profile = profile_from(args)
-    data = Path(os.path.expanduser(profile.storage.data_dir))
-    return Journal(data / "journal.db"), data
+    return open_journal(profile_from(args))
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -11,15 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import os
 import threading
-from pathlib import Path
 from typing import Any
 
 from capsight_edge.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
     add_device_options,
+    open_journal,
     print_json,
     profile_from,
 )
@@ -69,13 +68,11 @@ def with_sink(profile: Any, args: argparse.Namespace) -> Any:
 
 
 def cmd_now(args: argparse.Namespace) -> int:
-    from capsight_edge.journal.journal import Journal
     from capsight_edge.uploader.service import uploader_from_profile
     from capsight_edge.uploader.uploader import PAUSE_KEY
 
     profile = with_sink(profile_from(args), args)
-    data = Path(os.path.expanduser(profile.storage.data_dir))
-    journal = Journal(data / "journal.db")
+    journal, _ = open_journal(profile)
     held = journal.kv_get(PAUSE_KEY)
     if held:
         journal.close()
@@ -144,25 +141,21 @@ def _report(up: Any, done: threading.Event, as_json: bool) -> None:
                 print(line, flush=True)
 
 
-def cmd_pause(args: argparse.Namespace) -> int:
-    from capsight_edge.journal.journal import Journal
+def _hold(args: argparse.Namespace, reason: str | None) -> None:
     from capsight_edge.uploader.uploader import PAUSE_KEY
 
-    profile = profile_from(args)
-    journal = Journal(Path(os.path.expanduser(profile.storage.data_dir)) / "journal.db")
-    journal.kv_set(PAUSE_KEY, args.reason)
+    journal, _ = open_journal(profile_from(args))
+    journal.kv_set(PAUSE_KEY, reason)
     journal.close()
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    _hold(args, args.reason)
     print(f"uploads paused: {args.reason}")
     return EXIT_OK
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from capsight_edge.journal.journal import Journal
-    from capsight_edge.uploader.uploader import PAUSE_KEY
-
-    profile = profile_from(args)
-    journal = Journal(Path(os.path.expanduser(profile.storage.data_dir)) / "journal.db")
-    journal.kv_set(PAUSE_KEY, None)
-    journal.close()
+    _hold(args, None)
     print("uploads resumed")
     return EXIT_OK

@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
+from capsight_edge.bundle.manifest import sha256_file
+
 BLOCK = 1 << 20
 
 
@@ -147,10 +149,9 @@ class ChunkReader:
         """A fresh digest of the file as it is now."""
 
         def run() -> str:
-            h = hashlib.sha256()
-            with _open(self.path) as f:
-                while block := f.read(BLOCK):
-                    h.update(block)
-            return h.hexdigest()
+            try:
+                return sha256_file(self.path).sha256
+            except OSError as exc:
+                raise LocalFileProblem(f"{self.path.name}: {exc.strerror or exc}") from exc
 
         return await asyncio.to_thread(run)

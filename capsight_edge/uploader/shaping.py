@@ -38,7 +38,7 @@ class TokenBucket:
         self.rate_bps: int | None = None
         self.tokens = 0.0
         self._t = clock()
-        self.taken = 0  # bytes granted, for the rate readout
+        self.taken = 0  # bytes granted so far
         self.set_rate(rate_bps)
 
     @property

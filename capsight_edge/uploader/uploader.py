@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from capsight_edge.bundle.manifest import MANIFEST, Manifest, ManifestError
+from capsight_edge.bundle.manifest import MANIFEST, Manifest, ManifestError, sha256_file
 from capsight_edge.errors import UploadError
 from capsight_edge.journal.journal import BundleRow, Journal, utc_now
 from capsight_edge.uploader import sinkside, wire
@@ -328,20 +328,24 @@ class Uploader:
     def _start_uploads(
         self, client: httpx.AsyncClient, attempts: dict[str, int], max_attempts: int
     ) -> int:
-        """Start what may go now; returns how many bundles still wait (in flight excluded)."""
+        """Start what may go now; returns how many bundles still wait (in flight excluded).
+        ``max_attempts`` is 0 outside ``until_idle``, where nobody needs that count: then the
+        queue is not even read while nothing could start (the loop turns every second)."""
         now = time.monotonic()
-        queue = [
-            r
-            for r in self.journal.upload_queue()
-            if r.id not in self._tasks
-            and (not max_attempts or attempts.get(r.id, 0) < max_attempts)
-        ]
         blocked = (
             self._paused
             or self._token_refused_at
             or self.current_rate_bps() == 0
             or self._sink_down_until > now
         )
+        if not max_attempts and (blocked or len(self._tasks) >= self.concurrency):
+            return 0
+        queue = [
+            r
+            for r in self.journal.upload_queue()
+            if r.id not in self._tasks
+            and (not max_attempts or attempts.get(r.id, 0) < max_attempts)
+        ]
         for row in queue:
             if blocked or len(self._tasks) >= self.concurrency:
                 break
@@ -488,7 +492,7 @@ class Uploader:
                 if info is not None and path.stat().st_size != info.bytes:
                     raise LocalFileProblem(f"{name} no longer has the size in the manifest")
                 f = wire.prepare(self.data_dir, row.id, name, info.sha256 if info else "")
-                if f.encoding and info is not None and wire.sha256_of(path)[0] != info.sha256:
+                if f.encoding and info is not None and sha256_file(path).sha256 != info.sha256:
                     raise LocalFileProblem(f"{name} no longer matches its sha256 in the manifest")
                 files.append(f)
             except OSError as exc:

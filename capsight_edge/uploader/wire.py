@@ -10,7 +10,6 @@ so that a resumed upload sends the very same bytes; the sink decompresses it (up
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -36,16 +35,6 @@ class WireFile:
     encoding: str
     raw_sha256: str
     raw_bytes: int
-
-
-def sha256_of(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-            size += len(block)
-    return h.hexdigest(), size
 
 
 def wire_dir(data_dir: Path, bundle_id: str) -> Path:

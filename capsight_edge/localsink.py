@@ -1,0 +1,102 @@
+"""A sink on this machine: ``capsight-sink serve`` as a child process on 127.0.0.1.
+
+What ``capsight demo`` starts, and what the tests and benchmarks run against. It drives the sink
+only through its CLI and HTTP, as any operator would: the edge never imports the sink.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+SINK_CLI = (sys.executable, "-m", "cloud_sink.cli")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout_s: float = 60.0) -> bool:
+    """True once ``url`` answers at all (any status) within ``timeout_s``."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return True
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    return False
+
+
+class LocalSink:
+    """``serve_args`` go to ``capsight-sink serve`` (``--max-size``, ``--expire-hours``, ...);
+    the port stays the same across restarts; ``log`` takes the sink's output (default: none)."""
+
+    def __init__(self, data: Path, *serve_args: str, port: int = 0, log: Path | None = None):
+        self.data = Path(data)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.serve_args = serve_args
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def add_device(self, name: str, *, admin: bool = False) -> str:
+        """A device (or admin) token, from ``capsight-sink device add``."""
+        res = subprocess.run(
+            [*SINK_CLI, "device", "add", name, "--data", str(self.data), "--json"]
+            + (["--admin"] if admin else []),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"capsight-sink device add {name}: {res.stderr.strip()}")
+        return str(json.loads(res.stdout)["token"])
+
+    def start(self, timeout_s: float = 60.0) -> LocalSink:
+        self.data.mkdir(parents=True, exist_ok=True)
+        out: IO[bytes] | int = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            serve = ("serve", "--data", str(self.data), "--port", str(self.port))
+            self.proc = subprocess.Popen(
+                [*SINK_CLI, *serve, *self.serve_args],
+                stdout=out,
+                stderr=out,
+            )
+        finally:
+            if not isinstance(out, int):
+                out.close()  # the child holds its own copy
+        if not wait_http(self.url + "/healthz", timeout_s):
+            self.stop()
+            where = f"; see {self.log}" if self.log else ""
+            raise RuntimeError(f"the sink did not start on {self.url}{where}")
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc is not None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(30)
+            self.proc = None
