@@ -28,8 +28,8 @@ def _cpu() -> float:
 
 
 def _frames(kind: str, n: int) -> list[Any]:
+    from capsight_edge.devices.render import SceneRenderer
     from capsight_edge.scene.catalogue import Catalogue
-    from capsight_edge.scene.render import SceneRenderer
     from firmware_bridge.sim.scenario import HandWave, ItemEvent, Scenario
 
     cat = Catalogue(40, seed=2)
@@ -99,7 +99,7 @@ def _measure(kind: str, seconds: float, what: str) -> tuple[float, dict[str, int
             reader.close()
             stats = {"frames": n}
         else:
-            collector = Collector(load_profile("hw_profiles/sim.toml"), None)
+            collector = Collector(load_profile("hw_profiles/sim.toml"))
             collector.start(bus_name=name)
             time.sleep(1.0)
             f0 = collector.stats["frames"]
@@ -165,7 +165,7 @@ def _held_product(background: Any, sprite: Any, angle: float, blur: float, cx: i
     import cv2
     import numpy as np
 
-    from capsight_edge.scene.render import SKIN_BGR
+    from capsight_edge.devices.render import SKIN_BGR
 
     h, w = sprite.shape[:2]
     diag = int(math.hypot(w, h)) + 4
@@ -194,8 +194,8 @@ def _roi_scenes(quick: bool) -> list[tuple[str, list[Any], str]]:
     up (at one size, angle and blur level per clip), then taken away."""
     import cv2
 
+    from capsight_edge.devices.render import SceneRenderer
     from capsight_edge.scene.catalogue import Catalogue
-    from capsight_edge.scene.render import SceneRenderer
     from firmware_bridge.sim.scenario import Scenario
 
     cat = Catalogue(80, seed=11)

@@ -141,13 +141,13 @@ def bench_weight_events(ctx: BenchContext) -> BenchResult:
     return res
 
 
-def _sim_process(link_dir: str, ready: Any, stop: Any) -> None:
-    from firmware_bridge.sim.mcu import McuSimulator
+def _sim_process(profile_path: str, port_q: Any, stop: Any) -> None:
+    """The simulated cart's MCU in a process of its own (its CPU is not the bridge's)."""
+    from capsight_edge.devices import SimFactory
+    from capsight_edge.profile import load_profile
 
-    with McuSimulator(
-        generate("shopping", 3600, seed=4), link_dir=link_dir, crystal_ppm=50, uwb_hz=10.0
-    ):
-        ready.set()
+    with SimFactory(load_profile(profile_path), seed=4, duration_s=3600) as factory:
+        port_q.put(factory.mcu_transport().name)
         stop.wait()
 
 
@@ -170,13 +170,16 @@ def _measure_read_only(port: str, seconds: float) -> float:
     return cpu / (time.monotonic() - w0)
 
 
-def _measure_bridge(port: str, seconds: float, log_path: Path) -> tuple[float, dict[str, Any]]:
+def _measure_bridge(
+    port: str, seconds: float, log_path: Path, profile_path: str
+) -> tuple[float, dict[str, Any]]:
+    from capsight_edge.devices import SimFactory
+    from capsight_edge.profile import load_profile
     from capsight_edge.sensors.calibration import Calibration
     from capsight_edge.sensors.imu import ImuReader, Mpu6050
     from capsight_edge.sensors.sensorlog import SensorLog
     from firmware_bridge.link import McuLink
     from firmware_bridge.messages import UwbPosition, WeightSample
-    from firmware_bridge.sim.smbus import simulated_cart_bus
     from firmware_bridge.transport import SerialTransport
 
     log = SensorLog(log_path)
@@ -203,17 +206,18 @@ def _measure_bridge(port: str, seconds: float, log_path: Path) -> tuple[float, d
 
     link = McuLink(SerialTransport(port))
     link.add_listener(on_frame)
-    imu = ImuReader(Mpu6050(bus=simulated_cart_bus(generate("idle", 60))), 100.0, on_imu)
-    link.start()
-    imu.start()
-    time.sleep(1.0)  # connect and settle before measuring
-    for k in counts:
-        counts[k] = 0
-    c0, w0 = _cpu(), time.monotonic()
-    time.sleep(seconds)
-    cpu, wall = _cpu() - c0, time.monotonic() - w0
-    imu.stop()
-    link.stop()
+    with SimFactory(load_profile(profile_path), scenario_kind="idle", duration_s=600) as factory:
+        imu = ImuReader(Mpu6050(bus=factory.i2c_bus()), 100.0, on_imu)
+        link.start()
+        imu.start()
+        time.sleep(1.0)  # connect and settle before measuring
+        for k in counts:
+            counts[k] = 0
+        c0, w0 = _cpu(), time.monotonic()
+        time.sleep(seconds)
+        cpu, wall = _cpu() - c0, time.monotonic() - w0
+        imu.stop()
+        link.stop()
     log.close()
     return cpu / wall, {k: v / wall for k, v in counts.items()}
 
@@ -229,15 +233,15 @@ def bench_bridge_cost(ctx: BenchContext) -> BenchResult:
     )
     spawn = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
-        ready, stop = spawn.Event(), spawn.Event()
-        proc = spawn.Process(target=_sim_process, args=(tmp, ready, stop), daemon=True)
+        port_q, stop = spawn.Queue(), spawn.Event()
+        proc = spawn.Process(
+            target=_sim_process, args=(ctx.profile_path, port_q, stop), daemon=True
+        )
         proc.start()
         try:
-            if not ready.wait(30):
-                raise RuntimeError("the MCU simulator process did not start")
-            port = str(Path(tmp) / "ttyCART0")
+            port = port_q.get(timeout=60)
             base = _measure_read_only(port, min(seconds, 5.0))
-            ours, rates = _measure_bridge(port, seconds, Path(tmp) / "bench.mcap")
+            ours, rates = _measure_bridge(port, seconds, Path(tmp) / "bench.mcap", ctx.profile_path)
         finally:
             stop.set()
             proc.join(10)
@@ -311,7 +315,7 @@ def bench_clock_sync(ctx: BenchContext) -> BenchResult:
     )
     res.metrics.append(Metric("drift estimate", clock.drift_ppm, "ppm", 50.0, "true crystal"))
     pty_s = 5.0 if ctx.quick else 60.0
-    errs = _pty_clock_errors(pty_s)
+    errs = _pty_clock_errors(pty_s, ctx.profile_path)
     res.metrics.append(
         Metric(
             f"mapping error p99 (real pty, {pty_s:.0f} s)",
@@ -328,15 +332,22 @@ def bench_clock_sync(ctx: BenchContext) -> BenchResult:
     return res
 
 
-def _pty_clock_errors(seconds: float) -> list[float]:
+def _pty_clock_errors(seconds: float, profile_path: str) -> list[float]:
+    """The real link driver on the simulated MCU's pty: mapped frame times vs the times the
+    simulator recorded sending them, with a +50 ppm crystal."""
+    import dataclasses
+
+    from capsight_edge.devices import SimFactory
+    from capsight_edge.profile import load_profile
     from firmware_bridge.link import McuLink
     from firmware_bridge.messages import MsgType
-    from firmware_bridge.sim.mcu import McuSimulator
-    from firmware_bridge.transport import SerialTransport
 
+    profile = load_profile(profile_path)
+    profile = dataclasses.replace(profile, mcu=dataclasses.replace(profile.mcu, sim_crystal_ppm=50))
     got: list[tuple[int, int, int]] = []
-    with McuSimulator(generate("idle", 3600), crystal_ppm=50) as sim:
-        link = McuLink(SerialTransport(sim.port))
+    with SimFactory(profile, scenario_kind="idle", duration_s=3600) as factory:
+        link = McuLink(factory.mcu_transport())
+        sim = factory.mcu_sim
         link.add_listener(
             lambda f, t: (
                 got.append((f.seq, f.timestamp_us, t))

@@ -13,8 +13,8 @@ from typing import Any
 
 from benchmarks.weight_eval import calibration_for
 from capsight_edge.collector import Collector
+from capsight_edge.devices.render import SceneRenderer
 from capsight_edge.scene.catalogue import Catalogue
-from capsight_edge.scene.render import SceneRenderer
 from capsight_edge.sensors.weight import RawSample, WeightPipeline
 from capsight_edge.triggers.engine import Decision
 from firmware_bridge.sim.hx711 import Hx711Array, LoadModel
@@ -51,7 +51,7 @@ def simulate(
     renderer = SceneRenderer(
         scenario, catalogue, width=width, height=height, seed=seed, clean=clean
     )
-    collector = Collector(profile, None)
+    collector = Collector(profile)
     run = Run(collector=collector)
     collector.add_listener(run.decisions.append)
     hx = Hx711Array(LoadModel(scenario, profile.load_cells.count), seed=seed)

@@ -2,9 +2,12 @@
 storage guard, sensors, camera, Collector, Recorder, and the uploader when the profile names a
 sink.
 
-``capsight run`` and ``capsight demo`` use this. The uploader shares the journal: a bundle is in
-its queue the moment it is sealed. ``cart.uploader.pause(reason)`` is the integrator's hook to
-hold uploads at once (cart not docked, store network busy).
+The one assembly of a cart: ``capsight run`` (and through it the demo) runs a whole one;
+``capsight trigger test`` runs one with ``record=False`` (sensors, camera and triggers only).
+Every device comes from one :class:`~capsight_edge.devices.DeviceFactory`, handed in or made
+from the profile (then the cart owns it and closes it on stop). The uploader shares the journal:
+a bundle is in its queue the moment it is sealed. ``cart.uploader.pause(reason)`` is the
+integrator's hook to hold uploads at once (cart not docked, store network busy).
 """
 
 from __future__ import annotations
@@ -17,34 +20,42 @@ from typing import Any
 
 from capsight_edge.bundle.manifest import Manifest
 from capsight_edge.collector import Collector
+from capsight_edge.devices import DeviceFactory, factory_from_profile
 from capsight_edge.journal.guard import StorageGuard
 from capsight_edge.journal.journal import Journal
 from capsight_edge.journal.recovery import RecoveryReport, recover
 from capsight_edge.profile.schema import Profile
 from capsight_edge.recorder.recorder import Recorder
+from capsight_edge.sensors.hub import SensorHub
 from capsight_edge.sensors.ring import SensorRing, Tee
 
 log = logging.getLogger("capsight.cart")
 
 
 class Cart:
-    """The running SDK on one cart. With every device simulated, one scenario drives them."""
+    """The running SDK on one cart. ``factory``: the devices (default: made from the profile
+    with ``seed`` for its simulated ones, and owned by the cart); ``record=False``: sensors,
+    camera and triggers only (no journal, recorder or uploads)."""
 
     def __init__(
         self,
         profile: Profile,
         *,
+        factory: DeviceFactory | None = None,
         seed: int = 0,
         sensor_log: Any = None,
         preroll_mode: str = "auto",
         on_sealed: Callable[[Path, Manifest], None] | None = None,
         decision_listener: Callable[[Any], None] | None = None,
-        sim_duration_s: float = 24 * 3600,
+        record: bool = True,
         uploads: bool = True,
         uploader_options: dict[str, Any] | None = None,
     ) -> None:
         self.profile = profile
         self.seed = seed
+        self.factory = factory
+        self._owns_factory = factory is None
+        self.record = record
         self.ring = SensorRing(
             seconds=max(
                 180.0,
@@ -59,16 +70,13 @@ class Cart:
         self.preroll_mode = preroll_mode
         self.on_sealed = on_sealed
         self.decision_listener = decision_listener
-        self.sim_duration_s = sim_duration_s
-        self.hub: Any = None
-        self.source: Any = None
-        self.scenario: Any = None
+        self.hub: SensorHub | None = None
         self.collector: Collector | None = None
         self.recorder: Recorder | None = None
         self.journal: Journal | None = None
         self.guard: StorageGuard | None = None
         self.recovery: RecoveryReport | None = None
-        self.uploads = uploads and bool(profile.upload.sink_url)
+        self.uploads = record and uploads and bool(profile.upload.sink_url)
         self.uploader_options = uploader_options or {}
         self.uploader: Any = None
         self._uploader_thread: Any = None
@@ -103,39 +111,33 @@ class Cart:
 
     def start(self) -> Cart:
         p = self.profile
-        self.journal = Journal(self.data_dir / "journal.db")
-        self.recovery = recover(self.journal, self.data_dir)
-        self.guard = StorageGuard.from_profile(self.journal, p, on_change=self._pause)
-        self.guard.start()
-        if p.mcu.transport == "sim" and p.camera.source == "synthetic":
-            from capsight_edge.simcart import start_simulated_cart
-
-            self.hub, self.source, self.scenario = start_simulated_cart(
-                p, self.seed, duration_s=self.sim_duration_s
-            )
-        else:
-            from capsight_edge.camera.sources import source_from_profile
-            from capsight_edge.sensors.hub import SensorHub
-
-            self.hub = SensorHub(p).start()
-            self.source = source_from_profile(p, seed=self.seed)
+        if self.factory is None:
+            self.factory = factory_from_profile(p, seed=self.seed)
+        if self.record:
+            self.journal = Journal(self.data_dir / "journal.db")
+            self.recovery = recover(self.journal, self.data_dir)
+            self.guard = StorageGuard.from_profile(self.journal, p, on_change=self._pause)
+            self.guard.start()
+        self.hub = SensorHub(p, factory=self.factory).start()
         self.hub.log = self.sink
         self.collector = Collector(
-            p, self.source, hub=self.hub, sensor_log=self.sink, control_dir=p.storage.data_dir
+            p, factory=self.factory, hub=self.hub, sensor_log=self.sink, control_dir=self.data_dir
         )
         if self.decision_listener is not None:
             self.collector.add_listener(self.decision_listener)
-        self._pause(self.guard.paused_reason)
+        if self.guard is not None:
+            self._pause(self.guard.paused_reason)
         self.collector.start()
+        if not self.record:
+            return self
         bus = self.collector.bus
-        assert bus is not None
-        h, w = bus._layout.height, bus._layout.width
+        assert bus is not None and self.collector.source is not None
         self.recorder = Recorder(
             p,
             bus_name=bus.name,
-            width=w,
-            height=h,
-            fps=self.source.fps,
+            width=bus.width,
+            height=bus.height,
+            fps=self.collector.source.fps,
             sensors=self.ring,
             preroll_mode=self.preroll_mode,
             on_sealed=self._sealed,
@@ -147,6 +149,7 @@ class Cart:
         if self.uploads:
             from capsight_edge.uploader.service import UploaderThread, uploader_from_profile
 
+            assert self.journal is not None
             self.uploader = uploader_from_profile(p, self.journal, **self.uploader_options)
             self._uploader_thread = UploaderThread(self.uploader).start()
         return self
@@ -165,6 +168,8 @@ class Cart:
             self._uploader_thread.stop()
         if self.journal is not None:
             self.journal.close()
+        if self.factory is not None and self._owns_factory:
+            self.factory.close()
 
     def __enter__(self) -> Cart:
         return self.start()

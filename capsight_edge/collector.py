@@ -1,8 +1,10 @@
 """The Collector: camera frames and sensor events in, capture decisions out.
 
 Threads:
-- **camera**: reads the frame source and publishes each frame on the FrameBus (shared memory);
-  the cart's own AI can attach to the same bus from its process;
+- **camera**: reads the frame source (the device factory's camera) and publishes each frame on
+  the FrameBus (shared memory); the cart's own AI can attach to the same bus from its process.
+  A synthetic camera's truth per frame goes to the sensor log's ``/sim/truth`` channel (a real
+  camera has none, so a real cart's log never has that channel);
 - **collector**: reads the bus (zero-copy views), runs motion detection on every frame and barcode
   decoding on the moving regions (rate-limited), feeds the trigger engine, ticks it, and listens
   on a control socket for manual triggers;
@@ -47,15 +49,15 @@ def send_manual_trigger(data_dir: str | os.PathLike[str], note: str = "") -> Non
 
 
 class Collector:
-    """See the module docstring. ``source``: a frame source (opened by :meth:`start`; None to
-    drive :meth:`process` directly); ``hub``: a started SensorHub or None; ``sensor_log``: a
-    SensorLog or None."""
+    """See the module docstring. ``factory``: where the camera comes from (its frame source is
+    opened by :meth:`start`; without a factory, drive :meth:`process` directly); ``hub``: a
+    started SensorHub or None; ``sensor_log``: a SensorLog (or a Tee) or None."""
 
     def __init__(
         self,
         profile: Profile,
-        source: Any,
         *,
+        factory: Any = None,
         hub: Any = None,
         sensor_log: Any = None,
         barcode_backend: str | None = None,
@@ -63,7 +65,8 @@ class Collector:
         control_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.profile = profile
-        self.source = source
+        self.factory = factory
+        self.source: Any = None
         self.hub = hub
         self.log = sensor_log
         self.engine = TriggerEngine(profile.triggers)
@@ -95,8 +98,9 @@ class Collector:
         self._bus_name = bus_name
         if bus_name is not None:
             return self._start_threads(("collector", self._collect_loop))
-        if self.source is None:
-            raise FrameError("a collector without a frame source cannot start")
+        if self.factory is None:
+            raise FrameError("a collector without a device factory has no camera to start")
+        self.source = self.factory.camera()
         self.source.open()
         first = self.source.read()
         if first is None:
@@ -105,6 +109,8 @@ class Collector:
         channels = 1 if first.image.ndim == 2 else first.image.shape[2]
         self.bus = FrameBus(w, h, channels, fps=self.source.fps)
         self.bus.publish(first.image, first.t_ns)
+        if first.truth is not None and self.log:
+            self.log.add("/sim/truth", first.t_ns, **first.truth.as_log())
         if self.hub is not None:
             self.hub.add_event_listener(self._on_weight_event)
         return self._start_threads(("camera", self._camera_loop), ("collector", self._collect_loop))
@@ -167,6 +173,8 @@ class Collector:
             try:
                 self.bus.publish(frame.image, frame.t_ns)
                 self.stats["published"] += 1
+                if frame.truth is not None and self.log:
+                    self.log.add("/sim/truth", frame.t_ns, **frame.truth.as_log())
             except FrameError as exc:
                 self.stats["bad_frames"] += 1
                 if self.stats["bad_frames"] == 1:

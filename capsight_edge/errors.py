@@ -36,6 +36,24 @@ class DeviceError(CapsightError):
     """A device (serial link, I2C chip, camera) could not be opened or stopped answering."""
 
 
+class DeviceUnavailable(DeviceError):
+    """A device cannot be had: it is missing, held by another process, or not permitted.
+    ``remedy`` says what a technician can do about it."""
+
+    def __init__(self, message: str, *, remedy: str = "") -> None:
+        super().__init__(message)
+        self.remedy = remedy
+
+
+class DeviceBusy(DeviceUnavailable):
+    """The device is reserved by another user: another part of this process, or another
+    process (``holder`` says which, when it is known)."""
+
+    def __init__(self, message: str, *, remedy: str = "", holder: str = "") -> None:
+        super().__init__(message, remedy=remedy)
+        self.holder = holder
+
+
 class LinkError(DeviceError):
     """The MCU serial link is down or answered wrongly."""
 

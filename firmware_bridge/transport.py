@@ -20,6 +20,9 @@ class Transport(Protocol):
 
     def open(self) -> None: ...
 
+    @property
+    def is_open(self) -> bool: ...
+
     def close(self) -> None: ...
 
     def read(self, max_bytes: int) -> bytes:

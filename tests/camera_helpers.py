@@ -8,8 +8,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from capsight_edge.devices.render import SceneRenderer
 from capsight_edge.scene.catalogue import Catalogue
-from capsight_edge.scene.render import SceneRenderer
 from firmware_bridge.sim.scenario import Bump, HandWave, ItemEvent, Scenario
 
 

@@ -9,11 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from capsight_edge.camera.sources import SyntheticSource
 from capsight_edge.collector import Collector, send_manual_trigger
+from capsight_edge.devices import SimFactory, fleet_catalogue
 from capsight_edge.profile import load_profile
-from capsight_edge.scene.catalogue import Catalogue
-from capsight_edge.scene.render import SceneRenderer
+from capsight_edge.scene.conditions import CLEAN
 from capsight_edge.sensors.hub import SensorHub
 from capsight_edge.sensors.sensorlog import SensorLog, read_messages
 from tests.camera_helpers import scripted
@@ -22,15 +21,14 @@ from tests.conftest import ROOT, SIM, wait_until
 
 def test_collector_fires_on_a_scanned_item_and_logs_it(tmp_path: Path) -> None:
     profile = load_profile(SIM, data_dir=tmp_path)
-    cat = Catalogue(10, seed=1)
-    scenario = scripted("scanned", cat)
+    scenario = scripted("scanned", fleet_catalogue(profile))
     log = SensorLog(tmp_path / "s.mcap")
-    hub = SensorHub(profile, scenario=scenario, seed=1).start()
+    factory = SimFactory(profile, scenario=scenario, seed=1, conditions=CLEAN)
+    hub = SensorHub(profile, factory=factory).start()
     try:
-        source = SyntheticSource(
-            SceneRenderer(scenario, cat, clean=True), fps=15, clock=hub.sim.scenario_time
-        )
-        with Collector(profile, source, hub=hub, sensor_log=log, control_dir=tmp_path) as collector:
+        with Collector(
+            profile, factory=factory, hub=hub, sensor_log=log, control_dir=tmp_path
+        ) as collector:
             assert wait_until(lambda: collector.stats["decision_fire"] >= 1, timeout_s=20)
             send_manual_trigger(tmp_path, "test")
             assert wait_until(lambda: collector.stats["manual"] == 1, timeout_s=5)
@@ -40,9 +38,17 @@ def test_collector_fires_on_a_scanned_item_and_logs_it(tmp_path: Path) -> None:
             assert collector.stats["frames"] > 20 and collector.stats["barcodes"] >= 1
     finally:
         hub.stop()
+        factory.close()
         log.close()
     topics = [m[0] for m in read_messages(tmp_path / "s.mcap")]
     assert "/triggers" in topics and "/camera/barcodes" in topics and "/camera/motion" in topics
+    truth = [m[2] for m in read_messages(tmp_path / "s.mcap") if m[0] == "/sim/truth"]
+    assert truth and any(p["sku"] == scenario.items[0].sku for t in truth for p in _rows(t))
+
+
+def _rows(batch: dict) -> list[dict]:  # type: ignore[type-arg]
+    """The samples of a batched sensor-log message."""
+    return [{k: batch[k][i] for k in batch} for i in range(len(batch["t_ns"]))]
 
 
 def test_manual_trigger_without_a_collector_is_a_clear_error(tmp_path: Path) -> None:

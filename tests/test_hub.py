@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from capsight_edge.devices import SimFactory, factory_from_profile
 from capsight_edge.profile import load_profile
 from capsight_edge.sensors.hub import SensorHub
 from capsight_edge.sensors.sensorlog import read_messages
@@ -15,7 +16,10 @@ def test_item_placed_on_the_simulated_cart_is_detected_and_logged(tmp_path: Path
     profile = load_profile(SIM, data_dir=tmp_path)
     scenario = Scenario(duration_s=60, items=[ItemEvent(t_s=2.0, grams=350.0, hand_s=0.5)])
     log_path = tmp_path / "sensors.mcap"
-    with SensorHub(profile, log_path=log_path, scenario=scenario, seed=1) as hub:
+    with (
+        SimFactory(profile, scenario=scenario, seed=1) as factory,
+        SensorHub(profile, factory=factory, log_path=log_path) as hub,
+    ):
         assert wait_until(
             lambda: any(e.kind == "item_added" for e in hub.event_history), timeout_s=15
         )
@@ -41,6 +45,6 @@ def test_nmea_positioning_through_the_hub(tmp_path: Path) -> None:
     prof = tmp_path / "gnss.toml"
     prof.write_text(f"extends = '{SIM}'\n[positioning]\nsource = 'nmea'\nnmea_transport = 'sim'\n")
     profile = load_profile(prof, data_dir=tmp_path)
-    with SensorHub(profile) as hub:
+    with factory_from_profile(profile) as factory, SensorHub(profile, factory=factory) as hub:
         assert wait_until(lambda: hub.last_fix is not None, timeout_s=6)
         assert hub.snapshot()["gnss"]["fixes"] >= 1

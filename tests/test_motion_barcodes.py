@@ -11,8 +11,8 @@ import pytest
 
 from capsight_edge.camera.barcodes import BarcodeDetector, merge_boxes
 from capsight_edge.camera.motion import MotionDetector
+from capsight_edge.devices.render import SceneRenderer
 from capsight_edge.scene.catalogue import Catalogue
-from capsight_edge.scene.render import SceneRenderer
 from tests.camera_helpers import scripted
 from tests.conftest import run_cli
 

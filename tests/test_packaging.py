@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -66,10 +69,57 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "./dev.sh test" in readme and "./dev.sh demo" in readme
 
 
+def _imports(path: Path) -> list[str]:
+    """Every module ``path`` imports (absolute imports; TYPE_CHECKING ones included)."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+    return names
+
+
+SIMULATORS = ("firmware_bridge.sim", "capsight_edge.devices.sim", "capsight_edge.devices.render")
+
+
+def test_only_the_device_seam_knows_the_simulators() -> None:
+    """A device is real or simulated in one place: ``capsight_edge/devices/`` (and the
+    simulators themselves). Shipped code elsewhere gets its devices from a factory."""
+    allowed = (ROOT / "capsight_edge" / "devices", ROOT / "firmware_bridge" / "sim")
+    broken = []
+    for package in ("capsight_edge", "firmware_bridge", "cloud_sink", "trainer"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if any(path.is_relative_to(a) for a in allowed):
+                continue
+            broken += [
+                f"{path.relative_to(ROOT)}: {n}"
+                for n in _imports(path)
+                if any(n == s or n.startswith(s + ".") for s in SIMULATORS)
+            ]
+    assert broken == []
+
+
+def test_only_the_device_seam_reads_transport_kinds() -> None:
+    """Whether a device is real or simulated is read in ``devices/`` alone (the profile
+    package declares and validates the settings)."""
+    pattern = re.compile(
+        r'transport == "sim"|source == "synthetic"'
+        r"|(mcu|imu)\.transport|(positioning|pos)\.nmea_transport|(camera|cam)\.source"
+    )
+    hits = [
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "capsight_edge").rglob("*.py")
+        if pattern.search(p.read_text())
+    ]
+    outside = [
+        h for h in hits if not h.startswith(("capsight_edge/devices/", "capsight_edge/profile/"))
+    ]
+    assert hits and outside == [], outside
+
+
 def test_packages_keep_to_their_import_rules() -> None:
     """ARCHITECTURE.md: who must not import whom (the edge and the sink speak only over HTTP)."""
-    import ast
-
     forbidden = {
         "firmware_bridge": {"capsight_edge", "cloud_sink", "trainer"},
         "capsight_edge": {"cloud_sink", "trainer"},
@@ -78,13 +128,9 @@ def test_packages_keep_to_their_import_rules() -> None:
     broken = []
     for package, banned in forbidden.items():
         for path in sorted((ROOT / package).rglob("*.py")):
-            for node in ast.walk(ast.parse(path.read_text())):
-                names = []
-                if isinstance(node, ast.Import):
-                    names = [a.name for a in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                    names = [node.module]
-                broken += [
-                    f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in banned
-                ]
+            broken += [
+                f"{path.relative_to(ROOT)}: {n}"
+                for n in _imports(path)
+                if n.split(".")[0] in banned
+            ]
     assert broken == []

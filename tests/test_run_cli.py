@@ -11,6 +11,7 @@ from pathlib import Path
 
 from capsight_edge.bundle.manifest import verify_bundle
 from capsight_edge.collector import send_manual_trigger
+from capsight_edge.sensors.sensorlog import read_messages
 from tests.conftest import ROOT
 
 
@@ -51,4 +52,6 @@ def test_sigterm_finishes_and_seals_the_open_clip(tmp_path: Path) -> None:
     assert len(bundles) == summary["sealed"]
     for b in bundles:
         verify_bundle(b)
+        # A synthetic camera's truth travels in the bundle for the evaluator and the reviewer.
+        assert "/sim/truth" in {t for t, _, _ in read_messages(b / "sensors.mcap")}
     assert list((tmp_path / "bundles" / ".partial").iterdir()) == []  # nothing half-written

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from capsight_edge.camera.barcodes import BarcodeDetector
+from capsight_edge.devices.render import SceneRenderer
 from capsight_edge.scene.catalogue import Catalogue, ean13_modules, ean_check_digit
-from capsight_edge.scene.render import SceneRenderer
 from firmware_bridge.sim.scenario import ItemEvent, Scenario, generate
 
 

@@ -28,7 +28,11 @@ def test_channels_schemas_and_standard_reader(tmp_path: Path) -> None:
         reader = make_reader(fh)
         summary = reader.get_summary()
         assert summary is not None
-        assert {c.topic for c in summary.channels.values()} == set(CHANNELS)
+        # A log holds the channels that were written, each with its schema from CHANNELS.
+        topics = {c.topic: c.schema_id for c in summary.channels.values()}
+        assert set(topics) == {"/weight/raw", "/imu", "/weight/events"}
+        for topic, sid in topics.items():
+            assert summary.schemas[sid].name == CHANNELS[topic][0]
         assert {s.encoding for s in summary.schemas.values()} == {"jsonschema"}
         times = [m.log_time for _, _, m in reader.iter_messages(log_time_order=False)]
         assert times == sorted(times)  # written in time order

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from capsight_edge.camera.sources import FileReplaySource, SyntheticSource, V4l2Source
+from capsight_edge.devices.render import SceneRenderer
 from capsight_edge.errors import DeviceError
 from capsight_edge.scene.catalogue import Catalogue
-from capsight_edge.scene.render import SceneRenderer
 from firmware_bridge.sim.scenario import generate
 from tests.camera_helpers import record_clip
 

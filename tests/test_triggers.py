@@ -177,7 +177,7 @@ def test_recorded_clip_of_a_scan_fires_through_the_real_detectors(tmp_path) -> N
     """A scanned item recorded to H.264, replayed: the detectors work on decoded video too."""
     from capsight_edge.camera.sources import FileReplaySource
     from capsight_edge.collector import Collector
-    from capsight_edge.scene.render import SceneRenderer
+    from capsight_edge.devices.render import SceneRenderer
     from tests.camera_helpers import record_clip
 
     scenario = scripted("scanned", CAT)
@@ -190,7 +190,7 @@ def test_recorded_clip_of_a_scan_fires_through_the_real_detectors(tmp_path) -> N
     )
     source = FileReplaySource(str(clip), realtime=False)
     source.open()
-    collector = Collector(load_profile(SIM), None)
+    collector = Collector(load_profile(SIM))
     i = 0
     while (frame := source.read()) is not None:
         collector.process(frame.image, int(i / 30 * 1e9))
@@ -206,5 +206,5 @@ def test_profile_chooses_the_barcode_backend(tmp_path) -> None:  # type: ignore[
 
     path = tmp_path / "z.toml"
     path.write_text(f"extends = '{SIM}'\n[camera]\nbarcode_backend = 'zxing-cpp'\n")
-    assert Collector(load_profile(path), None).barcodes.backend.name == "zxing-cpp"
-    assert Collector(load_profile(SIM), None).barcodes.backend.name == "pyzbar"
+    assert Collector(load_profile(path)).barcodes.backend.name == "zxing-cpp"
+    assert Collector(load_profile(SIM)).barcodes.backend.name == "pyzbar"

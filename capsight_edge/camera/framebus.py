@@ -83,6 +83,7 @@ class FrameBus:
         )
         self._buf: Any = cast(Any, self.shm.buf)
         self._layout = _Layout(self.shm, width, height, channels, slots)
+        self.width, self.height, self.channels = width, height, channels
         self.slots = slots
         self.seq = 0
         self.pixel_format = "BGR" if channels == 3 else "GRAY"

@@ -274,36 +274,3 @@ class V4l2Source:
         if self._cap is not None:
             self._cap.release()
             self._cap = None
-
-
-def source_from_profile(
-    profile: Any,
-    *,
-    scenario: Any = None,
-    catalogue: Any = None,
-    clock: Callable[[], float] | None = None,
-    seed: int = 0,
-) -> Any:
-    cam = profile.camera
-    if cam.source == "v4l2":
-        return V4l2Source(
-            cam.device,
-            width=cam.width_px,
-            height=cam.height_px,
-            fps=cam.fps,
-            pixel_format=cam.pixel_format,
-        )
-    if cam.source == "file":
-        return FileReplaySource(cam.replay_path, realtime=cam.replay_realtime)
-    from capsight_edge.scene.catalogue import Catalogue
-    from capsight_edge.scene.render import SceneRenderer
-    from firmware_bridge.sim.scenario import generate
-
-    catalogue = catalogue or Catalogue(seed=seed)
-    scenario = scenario or generate(
-        "shopping", 24 * 3600, seed=seed, products=[(p.sku, p.weight_g) for p in catalogue.products]
-    )
-    renderer = SceneRenderer(
-        scenario, catalogue, width=cam.width_px, height=cam.height_px, seed=seed
-    )
-    return SyntheticSource(renderer, fps=cam.fps, clock=clock)

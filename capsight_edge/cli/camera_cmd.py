@@ -99,18 +99,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_trigger_test(args: argparse.Namespace) -> int:
-    from capsight_edge.camera.sources import source_from_profile
-    from capsight_edge.collector import Collector
-    from capsight_edge.sensors.hub import SensorHub
+    from capsight_edge.cart import Cart
 
     profile = profile_from(args)
-    if profile.mcu.transport == "sim" and profile.camera.source == "synthetic":
-        from capsight_edge.simcart import start_simulated_cart
-
-        hub, source, _ = start_simulated_cart(profile, args.seed)
-    else:
-        hub = SensorHub(profile).start()
-        source = source_from_profile(profile, seed=args.seed)
     start = time.monotonic_ns()
 
     def show(d: Any) -> None:
@@ -129,17 +120,18 @@ def cmd_trigger_test(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    collector = Collector(profile, source, hub=hub, control_dir=profile.storage.data_dir)
-    collector.add_listener(show)
+    cart = Cart(profile, seed=args.seed, record=False, decision_listener=show)
     try:
-        with collector:
-            t0 = time.monotonic()
-            while not args.duration or time.monotonic() - t0 < args.duration:
-                time.sleep(0.2)
+        cart.start()
+        t0 = time.monotonic()
+        while not args.duration or time.monotonic() - t0 < args.duration:
+            time.sleep(0.2)
     except KeyboardInterrupt:
         pass
     finally:
-        hub.stop()
+        cart.stop()
+    assert cart.collector is not None
+    collector = cart.collector
     s = collector.stats
     summary = {
         "frames": s["frames"],

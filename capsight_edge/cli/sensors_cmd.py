@@ -64,20 +64,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     gp.set_defaults(handler=cmd_gps_parse)
 
 
-def _hub(args: argparse.Namespace, *, still: bool = False) -> Any:
-    """The profile's sensors. ``still``: on a simulated cart, nobody shops meanwhile (tare and
-    calibration need a cart at rest)."""
-    from capsight_edge.sensors.hub import SensorHub
-
-    profile = profile_from(args)
-    scenario = None
-    if still and profile.mcu.transport == "sim":
-        from firmware_bridge.sim.scenario import generate
-
-        scenario = generate("idle", 3600)
-    return SensorHub(profile, scenario=scenario)
-
-
 def _render(snap: dict[str, Any]) -> str:
     link = snap.get("link") or {}
     lines = [
@@ -112,10 +98,16 @@ def _render(snap: dict[str, Any]) -> str:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    hub = _hub(args)
+    from capsight_edge.devices import factory_from_profile
+    from capsight_edge.sensors.hub import SensorHub
+
+    profile = profile_from(args)
     start = time.monotonic()
     tty = sys.stdout.isatty() and not args.json
-    with hub:
+    with (
+        factory_from_profile(profile) as factory,
+        SensorHub(profile, factory=factory) as hub,
+    ):
         try:
             while not args.duration or time.monotonic() - start < args.duration:
                 time.sleep(args.interval)
@@ -133,61 +125,46 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_tare(args: argparse.Namespace) -> int:
-    hub = _hub(args, still=True)
-    hub.auto_tare = False
-    with hub:
-        hub.require_link(5.0)
-        means = hub.tare(samples=args.samples)
-    path = hub.data_dir / "calibration.json"
+    from capsight_edge.sensors import scale
+
+    with scale.scale_session(profile_from(args)) as hub:
+        result = scale.tare(hub, samples=args.samples)
     if args.json:
-        print_json({"zero_counts": means, "file": str(path)})
+        print_json({"zero_counts": result.zero_counts, "file": str(result.file)})
     else:
-        print(f"tared: zero counts {means} stored in {path}")
+        print(f"tared: zero counts {result.zero_counts} stored in {result.file}")
     return EXIT_OK
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    from capsight_edge.sensors import scale
+
     if args.known_grams <= 0:
         print("capsight: error: --known-grams must be positive", file=sys.stderr)
         return EXIT_USAGE
-    hub = _hub(args, still=True)
-    hub.auto_tare = False
-    simulated = hub.profile.mcu.transport == "sim"
 
-    def step(text: str) -> None:
-        if args.yes or simulated or not sys.stdin.isatty():
-            print(text, file=sys.stderr)
-        else:
+    def prompt(text: str, person_needed: bool) -> None:
+        if person_needed and not args.yes and sys.stdin.isatty():
             input(text + " Then press Enter. ")
+        else:
+            print(text, file=sys.stderr)
 
-    with hub:
-        hub.require_link(5.0)
-        if not hub.calibrated:
-            step("Empty the cart to tare it first.")
-            hub.tare()
-        where = "on the cart" if args.cell is None else f"over the corner of cell {args.cell}"
-        step(f"Place {args.known_grams:g} g {where}.")
-        if simulated:
-            x, y = (
-                (0.5, 0.5)
-                if args.cell is None
-                else ((args.cell % 2) * 0.98 + 0.01, (args.cell // 2) * 0.98 + 0.01)
-            )
-            settle = hub.sim.place(args.known_grams, x=x, y=y)
-            while hub.sim.scenario_time() < settle + 0.3:
-                time.sleep(0.05)
-        cal = hub.calibrate(args.known_grams, args.cell, timeout_s=args.timeout)
-    result = {
-        "counts_per_gram": cal.counts_per_gram,
-        "zero_counts": cal.zero_counts,
-        "file": str(hub.data_dir / "calibration.json"),
-    }
+    with scale.scale_session(profile_from(args)) as hub:
+        result = scale.calibrate(
+            hub, args.known_grams, cell=args.cell, prompt=prompt, timeout_s=args.timeout
+        )
     if args.json:
-        print_json(result)
+        print_json(
+            {
+                "counts_per_gram": result.counts_per_gram,
+                "zero_counts": result.zero_counts,
+                "file": str(result.file),
+            }
+        )
     else:
         print(
-            f"calibrated: counts per gram {[round(k, 4) for k in cal.counts_per_gram]} "
-            f"stored in {result['file']}"
+            f"calibrated: counts per gram {[round(k, 4) for k in result.counts_per_gram]} "
+            f"stored in {result.file}"
         )
     return EXIT_OK
 

@@ -232,6 +232,40 @@ class ModelSection:
 
 
 @dataclass(frozen=True)
+class StoreConditionsSection:
+    light_level: float = setting(
+        0.975, "the store's mean brightness (1.0 = normal light)", min=0.2, max=2.0
+    )
+    light_jitter: float = setting(
+        0.225, "spread of the light from one product to the next (+/-)", min=0, max=0.8
+    )
+    light_changes_per_hour: float = setting(
+        0.0, "how often the store's lights switch to another brightness", min=0, max=600
+    )
+    blur_rate: float = setting(0.4, "share of products moved fast enough to blur", min=0, max=1)
+    glare_rate: float = setting(0.15, "share of products with glare on the label", min=0, max=1)
+    occlusion_rate: float = setting(
+        0.1, "share of products held with fingers across the barcode", min=0, max=1
+    )
+    crumpled_rate: float = setting(0.2, "share of crumpled packs", min=0, max=1)
+
+
+@dataclass(frozen=True)
+class SimSection:
+    catalogue_seed: int = setting(
+        1, "seed of the fleet's product catalogue: every cart of one fleet uses the same", min=0
+    )
+    catalogue_size: int = setting(40, "products in the fleet's catalogue", min=2, max=2000)
+    item_every_s: float = setting(
+        4.0, "the simulated shopper puts an item in about this often", min=0.5, max=3600
+    )
+    bump_every_s: float = setting(
+        12.0, "the simulated cart bumps into something about this often", min=1, max=3600
+    )
+    store_conditions: StoreConditionsSection = field(default_factory=StoreConditionsSection)
+
+
+@dataclass(frozen=True)
 class TriggerRule:
     name: str = setting(
         "", "rule name, recorded in each bundle's manifest", pattern=r"^[a-z][a-z0-9_]{0,47}$"
@@ -278,6 +312,7 @@ class Profile:
     storage: StorageSection = field(default_factory=StorageSection)
     upload: UploadSection = field(default_factory=UploadSection)
     model: ModelSection = field(default_factory=ModelSection)
+    sim: SimSection = field(default_factory=SimSection)
     triggers: list[TriggerRule] = field(default_factory=lambda: list(DEFAULT_TRIGGERS))
     #: The file the profile was loaded from (not a setting).
     source_path: str = field(default="", metadata={"internal": True})

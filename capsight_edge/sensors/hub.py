@@ -1,8 +1,9 @@
 """The cart's sensors, wired from a profile onto one clock.
 
-:class:`SensorHub` opens the MCU link (on the real port, or on the simulator's pty when
-``mcu.transport = "sim"``), the IMU (smbus2, or the simulated bus), positioning (UWB through the
-MCU, or an NMEA receiver), runs the weight pipeline, keeps the latest state of everything for
+:class:`SensorHub` takes its devices from a :class:`~capsight_edge.devices.DeviceFactory`: the
+MCU link over the factory's serial transport, the IMU on its I2C bus, positioning (UWB through
+the MCU, or an NMEA receiver on its port). It never knows whether a device is real or simulated.
+It runs the weight pipeline, keeps the latest state of everything for
 ``capsight sensors watch`` and the trigger engine, and writes every channel to the sensor log.
 Every timestamp is host ``time.monotonic_ns()``.
 """
@@ -19,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from capsight_edge.devices.factory import DeviceFactory
 from capsight_edge.errors import CalibrationError, DeviceError, LinkError
 from capsight_edge.profile.schema import Profile
 from capsight_edge.sensors.calibration import Calibration
@@ -35,7 +37,7 @@ from capsight_edge.sensors.weight import RawSample, WeightEvent, WeightPipeline
 from firmware_bridge.framing import Frame
 from firmware_bridge.link import LinkState, McuLink, RequestFailed
 from firmware_bridge.messages import Heartbeat, SetRate, Tare, UwbPosition, WeightSample
-from firmware_bridge.transport import SerialTransport, TransportError
+from firmware_bridge.transport import Transport, TransportError
 
 log = logging.getLogger("capsight.sensors.hub")
 
@@ -43,7 +45,7 @@ log = logging.getLogger("capsight.sensors.hub")
 class NmeaReader:
     """Reads NMEA lines from a serial port on its own thread, re-opening it after failures."""
 
-    def __init__(self, transport: SerialTransport, parser: NmeaParser, on_fix: Any) -> None:
+    def __init__(self, transport: Transport, parser: NmeaParser, on_fix: Any) -> None:
         self.transport = transport
         self.parser = parser
         self.on_fix = on_fix
@@ -90,34 +92,32 @@ class NmeaReader:
 
 
 class SensorHub:
-    """See the module docstring. ``scenario`` drives every simulated device (sim profiles)."""
+    """See the module docstring. ``factory`` hands out the devices (its owner closes it);
+    ``auto_tare``: zero the empty cart on start when it has no calibration (default: when the
+    MCU is simulated, since nobody is there to tare it)."""
 
     def __init__(
         self,
         profile: Profile,
         *,
+        factory: DeviceFactory,
         log_path: str | os.PathLike[str] | None = None,
-        scenario: Any = None,
-        seed: int = 0,
         auto_tare: bool | None = None,
     ) -> None:
         self.profile = profile
+        self.factory = factory
         self.data_dir = Path(os.path.expanduser(profile.storage.data_dir))
-        self.seed = seed
-        self._scenario = scenario
-        self.sim: Any = None
-        self.gnss_sim: Any = None
         self.link: McuLink | None = None
         self.imu_reader: ImuReader | None = None
         self.nmea: NmeaReader | None = None
         self.nmea_parser = NmeaParser()
-        self.log: SensorLog | None = None
+        self.log: Any = None  # a SensorLog, or a Tee of several (the cart's ring and log)
         self._log_path = log_path
         lc = profile.load_cells
         self.calibration = Calibration.load(self.data_dir, lc.counts_per_gram)
         self.calibrated = (self.data_dir / "calibration.json").exists()
-        # With every device simulated there is nobody to tare the empty cart: do it on start.
-        self.auto_tare = (profile.mcu.transport == "sim") if auto_tare is None else auto_tare
+        # A simulated cart has nobody to tare it: it zeroes itself on start.
+        self.auto_tare = factory.simulated("mcu") if auto_tare is None else auto_tare
         self.pipeline = self._new_pipeline()
         self.bump = BumpDetector()
         self.motion = CartMotionDetector()
@@ -143,14 +143,6 @@ class SensorHub:
             stable_window_s=lc.stable_window_s,
             stable_tolerance_g=lc.stable_tolerance_g,
         )
-
-    @property
-    def scenario(self) -> Any:
-        if self._scenario is None:
-            from firmware_bridge.sim.scenario import generate
-
-            self._scenario = generate(self.profile.mcu.sim_scenario, 24 * 3600, seed=self.seed)
-        return self._scenario
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, *, mcu: bool = True, imu: bool = True, positioning: bool = True) -> SensorHub:
@@ -178,56 +170,24 @@ class SensorHub:
         return self
 
     def _start_mcu(self) -> None:
-        p = self.profile
-        port = p.mcu.port
-        if p.mcu.transport == "sim":
-            from firmware_bridge.sim.mcu import McuSimulator
-
-            self.sim = McuSimulator(
-                self.scenario,
-                n_cells=p.load_cells.count,
-                rate_sps=p.load_cells.rate_sps,
-                crystal_ppm=p.mcu.sim_crystal_ppm,
-                seed=self.seed,
-                uwb_hz=10.0 if p.positioning.source == "uwb" else 0.0,
-            )
-            self.sim.start()
-            port = self.sim.port
-        self.link = McuLink(SerialTransport(port, p.mcu.baud))
+        self.link = McuLink(self.factory.mcu_transport())
         self.link.add_listener(self._on_frame)
         self.link.start()
 
     def _start_imu(self) -> None:
         p = self.profile
-        if p.imu.transport == "sim":
-            from firmware_bridge.sim.smbus import simulated_cart_bus
-
-            clock = self.sim.scenario_time if self.sim is not None else None
-            bus: Any = simulated_cart_bus(
-                self.scenario, bus=p.imu.i2c_bus, seed=self.seed, clock=clock
-            )
-        else:
-            try:
-                import smbus2
-
-                bus = smbus2.SMBus(p.imu.i2c_bus)
-            except (OSError, ImportError) as exc:
-                log.warning("IMU: cannot open /dev/i2c-%d: %s", p.imu.i2c_bus, exc)
-                return
+        try:
+            bus = self.factory.i2c_bus()
+        except DeviceError as exc:  # the cart runs on without motion sensing
+            log.warning("IMU: %s", exc)
+            return
         self.imu_reader = ImuReader(
             Mpu6050(bus=bus, address=p.imu.address), p.imu.rate_hz, self._on_imu
         ).start()
 
     def _start_nmea(self) -> None:
-        p = self.profile.positioning
-        port = p.nmea_port
-        if p.nmea_transport == "sim":
-            from firmware_bridge.sim.gnss import GnssSimulator
-
-            self.gnss_sim = GnssSimulator(self.scenario, seed=self.seed).start()
-            port = self.gnss_sim.port
         self.nmea = NmeaReader(
-            SerialTransport(port, p.nmea_baud, timeout_s=0.2), self.nmea_parser, self._on_fix
+            self.factory.nmea_transport(), self.nmea_parser, self._on_fix
         ).start()
 
     def stop(self) -> None:
@@ -237,9 +197,6 @@ class SensorHub:
                 part.stop()
         if self._health_thread:
             self._health_thread.join(timeout=3)
-        for sim in (self.sim, self.gnss_sim):
-            if sim is not None:
-                sim.stop()
         if self.log is not None:
             self.log.close()
 
@@ -388,9 +345,7 @@ class SensorHub:
     # -- operations ------------------------------------------------------------------------------
     def require_link(self, timeout_s: float = 3.0) -> McuLink:
         if self.link is None or not self.link.wait_for_state(LinkState.UP, timeout_s):
-            raise LinkError(
-                f"MCU link on {self.profile.mcu.port if self.sim is None else 'sim'} is not up"
-            )
+            raise LinkError(f"MCU link on {self.factory.describe('mcu')} is not up")
         return self.link
 
     def wait_stable(self, timeout_s: float = 10.0, min_samples: int = 16) -> tuple[float, ...]:

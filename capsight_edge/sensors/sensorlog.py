@@ -113,6 +113,28 @@ CHANNELS: dict[str, tuple[str, dict[str, Any], bool]] = {
         _batch({"moving_fraction": _NUM, "hand_activity": {"type": "boolean"}}),
         True,
     ),
+    # Only a synthetic camera writes this channel; only tests, the simulated reviewer and the
+    # evaluator may read it (never pre-labelling or training).
+    "/sim/truth": (
+        "capsight.SimTruth",
+        _batch(
+            {
+                "sku": {"type": "string"},
+                "item_bbox": {"type": "array", "items": {"type": "integer"}},
+                "hand_visible": {"type": "boolean"},
+                "barcode_readable": {"type": "boolean"},
+                "barcode_code": {"type": "string"},
+                "in_basket": {"type": "integer"},
+                "light_gain": _NUM,
+                "shake_px": {"type": "integer"},
+                "blur_px": {"type": "integer"},
+                "glare": {"type": "boolean"},
+                "occluded": {"type": "boolean"},
+                "crumpled": {"type": "boolean"},
+            }
+        ),
+        True,
+    ),
     "/camera/barcodes": (
         "capsight.Barcode",
         {
@@ -153,10 +175,8 @@ class SensorLog:
         self._fh = open(self.path, "wb")  # noqa: SIM115 - closed in close()
         self._writer = Writer(self._fh, chunk_size=chunk_size, compression=CompressionType.ZSTD)
         self._writer.start(profile="", library="capsight")
+        # Channels are registered when first written: a log holds only what was recorded.
         self._channel_ids: dict[str, int] = {}
-        for topic, (name, schema, _) in CHANNELS.items():
-            sid = self._writer.register_schema(name, "jsonschema", json.dumps(schema).encode())
-            self._channel_ids[topic] = self._writer.register_channel(topic, "json", sid)
         if metadata:
             self._writer.add_metadata("capsight", {k: str(v) for k, v in metadata.items()})
         self._batch_ns = int(batch_s * 1e9)
@@ -203,7 +223,11 @@ class SensorLog:
 
     def _push(self, t_ns: int, topic: str, data: bytes) -> None:
         if topic not in self._channel_ids:
-            raise SensorLogError(f"unknown sensor-log channel {topic!r}")
+            if topic not in CHANNELS:
+                raise SensorLogError(f"unknown sensor-log channel {topic!r}")
+            name, schema, _ = CHANNELS[topic]
+            sid = self._writer.register_schema(name, "jsonschema", json.dumps(schema).encode())
+            self._channel_ids[topic] = self._writer.register_channel(topic, "json", sid)
         heapq.heappush(self._heap, (t_ns, next(self._tie), topic, data))
 
     def _advance(self, t_ns: int) -> None:

@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 import tty
+from collections.abc import Callable
 from functools import reduce
 from pathlib import Path
 
@@ -42,6 +43,7 @@ class GnssSimulator:
         ref_lon: float = 13.4050,
         seed: int = 0,
         garbage_rate: float = 0.0,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.scenario = scenario
         self.ref = (ref_lat, ref_lon)
@@ -51,7 +53,8 @@ class GnssSimulator:
         self.port = str(Path(self._tmp) / "ttyGNSS0")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._t0 = time.monotonic()
+        t0 = time.monotonic()
+        self.clock = clock or (lambda: time.monotonic() - t0)
         self.sent = 0
 
     def latlon(self, t_s: float) -> tuple[float, float]:
@@ -88,7 +91,7 @@ class GnssSimulator:
 
     def _run(self) -> None:
         while not self._stop.wait(1.0):
-            t = time.monotonic() - self._t0
+            t = self.clock()
             for s in self.sentences(t, time.gmtime()):
                 try:
                     os.write(self._master, s)

@@ -44,7 +44,7 @@ from firmware_bridge.messages import (
     WeightSample,
 )
 from firmware_bridge.sim.hx711 import RAIL_HIGH, RAIL_LOW, Hx711Array, LoadModel
-from firmware_bridge.sim.scenario import ItemEvent, Scenario
+from firmware_bridge.sim.scenario import ItemEvent, Scenario, ScenarioClock
 
 FIRMWARE = (1, 4, 2)
 SETTLE_S = {10: 0.4, 80: 0.05}
@@ -83,6 +83,7 @@ class McuSimulator:
         spike_rate: float = 0.01,
         link_dir: str | None = None,
         name: str = "capsight-sim-mcu",
+        clock: ScenarioClock | None = None,
     ) -> None:
         self.scenario = scenario
         self.model = LoadModel(scenario, n_cells)
@@ -106,12 +107,12 @@ class McuSimulator:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._t0_ns = time.monotonic_ns()
+        self.clock = clock or ScenarioClock()
         self._boot()
 
     # -- time --------------------------------------------------------------------------------
     def scenario_time(self, host_ns: int | None = None) -> float:
-        return ((host_ns if host_ns is not None else time.monotonic_ns()) - self._t0_ns) / 1e9
+        return self.clock.at(host_ns if host_ns is not None else time.monotonic_ns())
 
     def mcu_us(self, host_ns: int | None = None) -> int:
         host_ns = host_ns if host_ns is not None else time.monotonic_ns()

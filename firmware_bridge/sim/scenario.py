@@ -7,11 +7,34 @@ deterministic from a seed.
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+
+class ScenarioClock:
+    """Scenario seconds on the host's monotonic clock: 0 at ``t0_ns`` (by default, when the
+    clock is made). Every simulated device of one cart reads the same clock, so what the camera
+    shows, what the scale weighs and what the IMU feels happen at the same scenario time.
+
+    Calling the clock gives the scenario time now; :meth:`at` converts a host timestamp."""
+
+    def __init__(self, t0_ns: int | None = None) -> None:
+        self.t0_ns = time.monotonic_ns() if t0_ns is None else t0_ns
+
+    def at(self, host_ns: int) -> float:
+        return (host_ns - self.t0_ns) / 1e9
+
+    def __call__(self) -> float:
+        return self.at(time.monotonic_ns())
+
+    def host_ns(self, t_s: float) -> int:
+        """The host monotonic time (ns) of scenario second ``t_s``."""
+        return self.t0_ns + int(t_s * 1e9)
 
 
 @dataclass(frozen=True)
@@ -153,10 +176,12 @@ def generate(
     if kind == "idle":
         return sc
     sc.path = _store_walk(rng, duration_s)
-    busy: list[tuple[float, float]] = []
+    busy: list[tuple[float, float]] = []  # appended in time order, never overlapping
 
     def free(a: float, b: float) -> bool:
-        return all(b < s - 0.5 or a > e + 0.5 for s, e in busy)
+        i = bisect.bisect_left(busy, (a,))
+        near = busy[max(0, i - 1) : i + 3]
+        return all(b < s - 0.5 or a > e + 0.5 for s, e in near)
 
     if kind == "shopping":
         t = 3.0

@@ -4,7 +4,8 @@ A shopper's hand holds a product up to the camera (the scan: barcode facing the 
 slowly), then lowers it into the basket, where it stays; unscanned products come in fast with their
 back to the camera; removals lift an item out; some hands wave over the basket holding nothing; a
 bump shakes the camera; the store's lights switch. Each product event gets its own conditions from
-the seed: lighting, motion blur, the hand over part of the label, glare, crumpled packaging.
+the store's conditions and the cart's seed: lighting, motion blur, fingers over the label, glare,
+crumpled packaging.
 
 ``render(t)`` returns the frame and a :class:`FrameTruth` saying what is in it, so tests and
 benchmarks can score detectors against the truth.
@@ -13,27 +14,22 @@ benchmarks can score detectors against the truth.
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from capsight_edge.scene.catalogue import Catalogue, Product
+from capsight_edge.scene.conditions import CLEAN, Conditions, StoreConditions
 from firmware_bridge.sim.scenario import HandWave, ItemEvent, Scenario
 
 SKIN_BGR = (120, 160, 215)
 
 
-@dataclass(frozen=True)
-class Conditions:
-    light_gain: float = 1.0
-    blur_px: int = 0  # extra motion blur while moving
-    glare: bool = False
-    occluded: bool = False  # fingers across the barcode
-    crumpled: bool = False
-
-
 @dataclass
 class FrameTruth:
+    """What the synthetic scene put in one frame. Only tests, the simulated reviewer and the
+    evaluator may read it (the sensor log's ``/sim/truth`` channel); pre-labelling and
+    training never do."""
+
     t_s: float
     hand_visible: bool = False
     hand_bbox: tuple[int, int, int, int] | None = None
@@ -45,17 +41,26 @@ class FrameTruth:
     placed: list[str] = field(default_factory=list)
     light_gain: float = 1.0
     shake_px: int = 0
+    #: The conditions of the product event in view (None when no product moves).
+    conditions: Conditions | None = None
 
-
-def _conditions(seed: int, index: int) -> Conditions:
-    rng = random.Random(seed * 100_003 + index)
-    return Conditions(
-        light_gain=rng.uniform(0.75, 1.2),
-        blur_px=rng.choice((0, 0, 0, 3, 5)),
-        glare=rng.random() < 0.15,
-        occluded=rng.random() < 0.1,
-        crumpled=rng.random() < 0.2,
-    )
+    def as_log(self) -> dict[str, Any]:
+        """One sample of the sensor log's ``/sim/truth`` channel."""
+        c = self.conditions or Conditions()
+        return {
+            "sku": self.moving_sku or "",
+            "item_bbox": list(self.item_bbox) if self.item_bbox else [],
+            "hand_visible": self.hand_visible,
+            "barcode_readable": self.barcode_readable,
+            "barcode_code": self.barcode_code or "",
+            "in_basket": len(self.placed),
+            "light_gain": round(self.light_gain, 3),
+            "shake_px": self.shake_px,
+            "blur_px": c.blur_px,
+            "glare": c.glare,
+            "occluded": c.occluded,
+            "crumpled": c.crumpled,
+        }
 
 
 def _smooth(a: float) -> float:
@@ -64,7 +69,8 @@ def _smooth(a: float) -> float:
 
 
 class SceneRenderer:
-    """Renders BGR frames of ``width`` x ``height`` for a scenario and a catalogue."""
+    """Renders BGR frames of ``width`` x ``height`` for a scenario and a catalogue, in a store's
+    ``conditions`` (``clean=True``: ideal studio conditions, :data:`CLEAN`)."""
 
     def __init__(
         self,
@@ -75,6 +81,7 @@ class SceneRenderer:
         height: int = 720,
         seed: int = 0,
         clean: bool = False,
+        conditions: StoreConditions | None = None,
     ) -> None:
         import numpy as np
 
@@ -82,7 +89,8 @@ class SceneRenderer:
         self.catalogue = catalogue
         self.w, self.h = width, height
         self.seed = seed
-        self.clean = clean  # ideal store conditions: no glare, blur, crumples or dim light
+        self.store = CLEAN if clean else (conditions or StoreConditions())
+        self.light_steps = scenario.light_steps or self.store.light_steps(seed, scenario.duration_s)
         self.scale = height / 720.0
         self._np = np
         self._background = self._basket()
@@ -219,7 +227,7 @@ class SceneRenderer:
                     self._draw_wave(frame, wave, t, truth)
                     break
         gain = 1.0
-        for t_step, g in self.scenario.light_steps:
+        for t_step, g in self.light_steps:
             if t >= t_step:
                 gain = g
         if truth.moving_sku is not None:
@@ -244,8 +252,12 @@ class SceneRenderer:
             truth.barcode_readable = False
         return frame, truth
 
+    @property
+    def clean(self) -> bool:
+        return self.store == CLEAN
+
     def _conditions(self, index: int) -> Conditions:
-        return Conditions() if self.clean else _conditions(self.seed, index)
+        return self.store.event(self.seed, index)
 
     def _index_of(self, sku: str, t: float) -> int:
         items, _ = self.scenario.snapshot()
@@ -317,6 +329,7 @@ class SceneRenderer:
         truth.hand_bbox = self._hand(frame, *hand)
         truth.hand_visible = True
         truth.moving_sku = ev.sku
+        truth.conditions = cond
         truth.item_bbox = box
         truth.barcode_code = product.code if front else None
         truth.barcode_readable = bool(

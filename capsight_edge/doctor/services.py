@@ -1,0 +1,191 @@
+"""The doctor's probes of what is not a device: the profile, the encoders that really open,
+the onnxruntime providers of a real session, the disk, and the sink."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from capsight_edge.devices import DeviceFactory
+from capsight_edge.doctor.report import FAIL, PASS, SKIP, WARN, Check
+from capsight_edge.profile.schema import Profile
+
+
+def probe_profile(profile: Profile, factory: DeviceFactory) -> list[Check]:
+    return [Check("profile", PASS, f"{profile.name} ({profile.source_path}) is valid")]
+
+
+def probe_encoders(profile: Profile, factory: DeviceFactory) -> list[Check]:
+    from capsight_edge.recorder.probe import probe_encoder
+
+    checks: list[Check] = []
+    chosen = None
+    for name in profile.encoder.preference:
+        result = probe_encoder(name)
+        if result.opens and chosen is None:
+            chosen = name
+            checks.append(
+                Check(f"encoder {name}", PASS, f"{result.reason}; selected", seconds=result.seconds)
+            )
+        elif result.opens:
+            checks.append(
+                Check(f"encoder {name}", PASS, f"{result.reason}; fallback", seconds=result.seconds)
+            )
+        else:
+            checks.append(Check(f"encoder {name}", SKIP, result.reason, seconds=result.seconds))
+    if chosen is None:
+        checks.append(
+            Check(
+                "encoder",
+                FAIL,
+                "no encoder in encoder.preference opens here",
+                "add 'libx264' to encoder.preference as the CPU fallback",
+                required=True,
+            )
+        )
+    return checks
+
+
+def probe_model_runtime(profile: Profile, factory: DeviceFactory) -> list[Check]:
+    from capsight_edge.runtime.providers import probe_providers
+
+    requested = profile.model.providers
+    result = probe_providers(requested)
+    detail = (
+        f"requested {', '.join(requested)}; session runs on {', '.join(result.active) or 'nothing'}"
+    )
+    if not result.active:
+        return [
+            Check(
+                "onnxruntime",
+                FAIL,
+                f"{detail}: {result.error}",
+                "install capsight[edge] (CPU) or capsight[gpu]",
+                required=True,
+                seconds=result.seconds,
+            )
+        ]
+    if result.active[0] != requested[0]:
+        return [
+            Check(
+                "onnxruntime",
+                WARN,
+                detail + f" (available: {', '.join(result.available)})",
+                f"{requested[0]} is not usable here: install its runtime, or put the "
+                "provider you have first",
+                seconds=result.seconds,
+            )
+        ]
+    return [Check("onnxruntime", PASS, detail, seconds=result.seconds)]
+
+
+def probe_disk(profile: Profile, factory: DeviceFactory) -> list[Check]:
+    return [disk_check(profile)]
+
+
+def probe_sink(profile: Profile, factory: DeviceFactory) -> list[Check]:
+    """The sink answers its tus endpoint, and (with a token file) accepts this device's token."""
+    up = profile.upload
+    if not up.sink_url:
+        return [Check("sink", PASS, "no sink configured: captures stay on the cart")]
+    token = ""
+    if up.token_file:
+        path = Path(os.path.expanduser(up.token_file))
+        if not path.is_file():
+            return [
+                Check(
+                    "sink token",
+                    FAIL,
+                    f"token file {up.token_file} not found",
+                    "run `capsight-sink device add NAME` and store the token there",
+                )
+            ]
+        token = path.read_text().strip()
+    try:
+        import httpx
+    except ImportError as exc:
+        return [Check("sink", FAIL, f"httpx missing: {exc}", "install capsight[edge]")]
+    start = time.perf_counter()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        resp = httpx.options(up.sink_url.rstrip("/") + "/files/", headers=headers, timeout=3.0)
+    except httpx.HTTPError as exc:
+        return [
+            Check(
+                "sink",
+                WARN,
+                f"{up.sink_url} unreachable: {exc}",
+                "check the network; captures queue on the cart meanwhile",
+            )
+        ]
+    ms = 1000 * (time.perf_counter() - start)
+    version = resp.headers.get("Tus-Version", "")
+    if resp.status_code >= 500:
+        return [
+            Check(
+                "sink",
+                WARN,
+                f"{up.sink_url} answered HTTP {resp.status_code}",
+                "the sink reports an error",
+            )
+        ]
+    checks = [
+        Check(
+            "sink",
+            PASS,
+            f"{up.sink_url} answered in {ms:.0f} ms" + (f" (tus {version})" if version else ""),
+        )
+    ]
+    if token:
+        accepted = resp.status_code == 204 and bool(version)
+        checks.append(
+            Check(
+                "sink token",
+                PASS if accepted else FAIL,
+                "token accepted" if accepted else f"token refused (HTTP {resp.status_code})",
+                ""
+                if accepted
+                else "ask for a new token: `capsight-sink device add NAME` on the sink",
+            )
+        )
+    return checks
+
+
+def disk_check(profile: Profile) -> Check:
+    st = profile.storage
+    folder = Path(os.path.expanduser(st.data_dir))
+    probe_at = folder
+    while not probe_at.exists() and probe_at != probe_at.parent:
+        probe_at = probe_at.parent
+    usage = shutil.disk_usage(probe_at)
+    used_pct = 100.0 * (usage.total - usage.free) / usage.total
+    free_gib = usage.free / 2**30
+    detail = (
+        f"{folder}: {used_pct:.1f}% used, {free_gib:.1f} GiB free "
+        f"(pause at {st.high_watermark_pct:g}% or < {st.min_free_bytes / 2**20:.0f} MiB)"
+    )
+    if used_pct >= st.high_watermark_pct or usage.free < st.min_free_bytes:
+        return Check(
+            "disk",
+            FAIL,
+            detail,
+            "free space or lower the watermarks: capture would pause at once",
+            required=True,
+        )
+    if used_pct >= st.low_watermark_pct:
+        return Check(
+            "disk", WARN, detail, "disk is between the watermarks; capture will pause soon"
+        )
+    if not folder.exists():
+        return Check("disk", PASS, detail + "; folder will be created on first run")
+    if not os.access(folder, os.W_OK):
+        return Check(
+            "disk",
+            FAIL,
+            detail + "; folder is not writable",
+            f"chown/chmod {folder} for the capsight user",
+            required=True,
+        )
+    return Check("disk", PASS, detail)
