@@ -1,19 +1,29 @@
-"""The uploader beside a running cart: built from the profile, run in its own thread and loop."""
+"""The uploader as the cart and the technician use it: built from the profile, run beside a
+running cart in its own thread and loop (:class:`UploaderThread`), or flushed by hand
+(:func:`flush`, ``capsight upload now``), and held or released through the journal
+(:func:`hold`, ``capsight upload pause|resume``)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from capsight_edge.errors import UploadError
 from capsight_edge.journal.journal import Journal
 from capsight_edge.profile.schema import Profile
 from capsight_edge.uploader.shaping import UploadSchedule
+from capsight_edge.uploader.status import PAUSE_KEY
 from capsight_edge.uploader.uploader import Uploader
 
 log = logging.getLogger("capsight.uploader")
+
+
+class UploadsHeld(UploadError):
+    """``capsight upload pause`` holds this cart's uploads: a flush would send nothing."""
 
 
 def uploader_from_profile(profile: Profile, journal: Journal, **overrides: Any) -> Uploader:
@@ -75,3 +85,61 @@ class UploaderThread:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+
+def hold(journal: Journal, reason: str | None) -> None:
+    """Hold every uploader of this journal (a running ``capsight run`` included) at once, with
+    ``reason`` shown by ``status`` and ``queue``; ``None`` releases them."""
+    journal.kv_set(PAUSE_KEY, reason)
+
+
+def flush(
+    profile: Profile,
+    journal: Journal,
+    *,
+    uncapped: bool = False,
+    attempts: int = 4,
+    report: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Send the queue now, outside the upload windows, at the profile's ``max_upload_bps`` (or
+    uncapped), until it is empty or nothing more can go (every bundle left failed ``attempts``
+    times, the sink is unreachable, the token is refused). ``report(status)`` is called about
+    once a second from another thread while bundles are in flight. Returns what happened:
+    ``uploaded``, ``left``, ``quarantined``, bytes, rate, retries, ``state``, ``last_error``;
+    refuses (UploadError) while uploads are held by ``upload pause``."""
+    held = journal.kv_get(PAUSE_KEY)
+    if held:
+        raise UploadsHeld(f"uploads are paused ({held}); run `capsight upload resume` first")
+    cap = profile.upload.max_upload_bps
+    up = uploader_from_profile(profile, journal, uncapped=uncapped or cap == 0)
+    up.schedule = dataclasses.replace(up.schedule, windows=())  # outside the windows
+    before = {r.id for r in journal.upload_queue()}
+    done = threading.Event()
+
+    def reporter() -> None:
+        while report is not None and not done.wait(1.0):
+            report(up.status())
+
+    thread = threading.Thread(target=reporter, name="upload-report", daemon=True)
+    thread.start()
+    try:
+        stats = asyncio.run(up.run(until_idle=True, max_attempts=attempts))
+    finally:
+        done.set()
+        thread.join(5)
+    left = journal.upload_queue()
+    return {
+        "queued": len(before),
+        "sink": up.base,
+        "rate_cap_bps": None if up.uncapped else cap,
+        "uploaded": stats.bundles_uploaded,
+        "left": len(left),
+        "quarantined": [r.id for r in journal.bundles(("quarantined",)) if r.id in before],
+        "bytes_sent": stats.bytes_sent,
+        "bytes_confirmed": stats.bytes_confirmed,
+        "rate_bps": round(stats.rate_bps),
+        "interruptions": stats.interruptions,
+        "retries": stats.retries,
+        "state": up.state,
+        "last_error": up.last_error,
+    }

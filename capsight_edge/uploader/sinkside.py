@@ -1,5 +1,13 @@
-"""The uploader's other conversations with the sink: what its tus endpoint can do (OPTIONS),
-terminating uploads that will never be finished, and heartbeats for the fleet view."""
+"""The uploader's one door to the sink: :class:`SinkClient`.
+
+Every request the uploader makes goes through :meth:`SinkClient.send`, where every transport
+error is mapped, once: a refused connection is :class:`~.progress.RetryLater` with
+``sink_down`` (the sink is not there: every upload waits), anything else that leaves a request
+without an answer (a timeout, a reset) is :class:`Interrupted` (ask the sink where it is, then
+carry on). Besides the uploads' own requests it knows the sink's other conversations: what its
+tus endpoint can do (OPTIONS), terminating uploads that will never be finished, heartbeats for
+the fleet view.
+"""
 
 from __future__ import annotations
 
@@ -18,62 +26,85 @@ from capsight_edge.uploader.tus import TUS_VERSION, ServerCaps, TusUpload
 log = logging.getLogger("capsight.uploader")
 
 
-def _auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
+class Interrupted(Exception):
+    """A request got no answer (timeout, connection reset): what the sink holds is unknown."""
 
 
-async def discover(client: httpx.AsyncClient, endpoint: str, token: str) -> ServerCaps:
-    """OPTIONS: extensions, checksum algorithms, maximum size."""
-    try:
-        resp = await client.options(
-            endpoint, headers={"Tus-Resumable": TUS_VERSION, **_auth(token)}
+class SinkClient:
+    """``client``: any ``httpx.AsyncClient`` (an ``ASGITransport`` one in tests); ``base``: the
+    sink's base URL; ``endpoint``: its tus endpoint; ``token``: this device's bearer token
+    (the driver swaps it when the token file changes)."""
+
+    def __init__(self, client: httpx.AsyncClient, base: str, endpoint: str, token: str) -> None:
+        self.client = client
+        self.base = base
+        self.endpoint = endpoint
+        self.token = token
+
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    async def send(
+        self, method: str, url: str, headers: dict[str, str], content: Any = None, **kw: Any
+    ) -> httpx.Response:
+        try:
+            return await self.client.request(method, url, headers=headers, content=content, **kw)
+        except httpx.ConnectError as exc:
+            raise RetryLater(f"sink unreachable: {exc}", sink_down=True) from exc
+        except httpx.TransportError as exc:  # timeouts, resets, protocol errors
+            raise Interrupted(f"{method} interrupted: {exc!r}") from exc
+
+    async def discover(self) -> ServerCaps:
+        """OPTIONS: extensions, checksum algorithms, maximum size."""
+        headers = {"Tus-Resumable": TUS_VERSION, **self.auth()}
+        try:
+            resp = await self.send("OPTIONS", self.endpoint, headers)
+        except Interrupted as exc:
+            raise RetryLater(f"OPTIONS failed: {exc}") from exc
+        if resp.status_code in (401, 403):
+            raise TokenRefused(f"OPTIONS answered {resp.status_code}: the token is refused")
+        if resp.status_code >= 500:
+            raise RetryLater(f"OPTIONS answered {resp.status_code}", sink_down=True)
+        caps = ServerCaps.parse(resp.headers)
+        log.info(
+            "sink %s: tus extensions %s, checksums %s",
+            self.endpoint,
+            ",".join(sorted(caps.extensions)) or "-",
+            ",".join(sorted(caps.checksum_algorithms)) or "-",
         )
-    except httpx.ConnectError as exc:
-        raise RetryLater(f"sink unreachable: {exc}", sink_down=True) from exc
-    except httpx.TransportError as exc:
-        raise RetryLater(f"OPTIONS failed: {exc!r}") from exc
-    if resp.status_code in (401, 403):
-        raise TokenRefused(f"OPTIONS answered {resp.status_code}: the token is refused")
-    if resp.status_code >= 500:
-        raise RetryLater(f"OPTIONS answered {resp.status_code}", sink_down=True)
-    caps = ServerCaps.parse(resp.headers)
-    log.info(
-        "sink %s: tus extensions %s, checksums %s",
-        endpoint,
-        ",".join(sorted(caps.extensions)) or "-",
-        ",".join(sorted(caps.checksum_algorithms)) or "-",
-    )
-    return caps
+        return caps
 
+    async def terminate(self, url: str, length: int) -> bool:
+        """DELETE one upload; True when it is gone (or was already)."""
+        up = TusUpload(self.endpoint, length, {}, token=self.token, url=url)
+        req = up.termination_request()
+        if req is None:
+            return True
+        try:
+            resp = await self.send(req.method, req.url, req.headers)
+        except (RetryLater, Interrupted):
+            return False
+        return up.receive("DELETE", resp.status_code, resp.headers).ok
 
-async def terminate_abandoned(
-    client: httpx.AsyncClient, journal: Journal, endpoint: str, token: str
-) -> int:
-    """DELETE the sink-side uploads of bundles that were evicted or quarantined; returns how
-    many went. A transport error leaves the rest for the next time."""
-    done = 0
-    for row in journal.abandoned_uploads():
-        if not await terminate(client, endpoint, token, row.url, row.wire_bytes):
-            break
-        journal.forget_upload_plan(row.bundle_id, row.name)
-        log.info("terminated the abandoned upload of %s/%s", row.bundle_id, row.name)
-        done += 1
-    return done
+    async def terminate_abandoned(self, journal: Journal) -> int:
+        """DELETE the sink-side uploads of bundles that were evicted or quarantined; returns
+        how many went. A failure leaves the rest for the next time."""
+        done = 0
+        for row in journal.abandoned_uploads():
+            if not await self.terminate(row.url, row.wire_bytes):
+                break
+            journal.forget_upload_plan(row.bundle_id, row.name)
+            log.info("terminated the abandoned upload of %s/%s", row.bundle_id, row.name)
+            done += 1
+        return done
 
-
-async def terminate(
-    client: httpx.AsyncClient, endpoint: str, token: str, url: str, length: int
-) -> bool:
-    """DELETE one upload; True when it is gone (or was already)."""
-    up = TusUpload(endpoint, length, {}, token=token, url=url)
-    req = up.termination_request()
-    if req is None:
-        return True
-    try:
-        resp = await client.request(req.method, req.url, headers=req.headers)
-    except httpx.TransportError:
-        return False
-    return up.receive("DELETE", resp.status_code, resp.headers).ok
+    async def heartbeat(self, body: dict[str, Any]) -> bool:
+        """POST /api/heartbeat; True when the sink took it."""
+        try:
+            resp = await self.send("POST", self.base + "/api/heartbeat", self.auth(), json=body)
+        except (RetryLater, Interrupted):
+            return False
+        return resp.status_code == 200
 
 
 def drop_stale_wire(journal: Journal, data_dir: Path) -> None:
@@ -99,14 +130,3 @@ def heartbeat_body(
         "last_upload_utc": last_upload_utc,
         "model_version": model_version,
     }
-
-
-async def heartbeat(
-    client: httpx.AsyncClient, base_url: str, token: str, body: dict[str, Any]
-) -> bool:
-    """POST /api/heartbeat; True when the sink took it."""
-    try:
-        resp = await client.post(base_url + "/api/heartbeat", json=body, headers=_auth(token))
-    except httpx.TransportError:
-        return False
-    return resp.status_code == 200

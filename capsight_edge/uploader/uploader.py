@@ -1,21 +1,20 @@
-"""The upload driver: the journal's queue, sent with the tus state machine over one httpx client.
+"""The upload driver: the journal's queue, sent to a tus endpoint over one httpx client.
 
-Order: higher priority first, oldest first within a priority (the journal's queue order), at most
-``concurrency`` bundles at once, every byte through one shared :class:`TokenBucket`. A bundle's
-files go one after another, the manifest last. Everything the sink confirms is committed to the
-journal (URL and offset per file) before the next chunk is read, so a restart resumes from HEAD on
-the stored URL and re-sends at most the chunk that was in flight.
+The uploader is three things around one loop:
 
-Failures, and what they do to the bundle:
-- transport errors, timeouts, 5xx, 423, 429: retried in place (the first at once, then backoff
-  with jitter); after a few in a row the bundle goes back to ``sealed`` and waits its backoff. A
-  sink that refuses connections holds every upload back (one shared backoff, up to 2 minutes);
-- 409: re-sync from HEAD; 404/410: the upload is gone, start that file over; 460: send the chunk
-  again (the sink did not apply it);
-- 401/403: nothing more is sent until the token file changes; ``status()`` says so;
-- other 4xx: permanent; the journal quarantines the bundle after repeated permanent errors;
-- a file missing on disk or no longer matching the manifest: quarantined at once (a corrupt file
-  is never sent).
+- :class:`~.scheduler.UploadScheduler` decides (queue order, concurrency, backoff, a sink that
+  is down, a refused token, pauses, the schedule's rate windows) with no I/O;
+- :class:`~.bundle.BundleUpload` sends one bundle (plan, verify, its files with the tus state
+  machine), keeping the journal up to date after every chunk;
+- this driver runs them: it owns the httpx client (through :class:`~.sinkside.SinkClient`,
+  where every transport error is mapped), paces every body through one shared
+  :class:`~.shaping.TokenBucket`, sends heartbeats, terminates abandoned uploads, and publishes
+  one :class:`~.status.UploaderStatus` in the journal for ``run``, ``queue``, ``status`` and
+  the demo.
+
+Everything the sink confirms is committed to the journal (URL and offset per file) before the
+next chunk is read, so a restart resumes from HEAD on the stored URL and re-sends at most the
+chunk that was in flight.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import logging
 import os
 import time
@@ -33,44 +31,39 @@ from typing import Any
 
 import httpx
 
-from capsight_edge.bundle.manifest import MANIFEST, Manifest, ManifestError, sha256_file
 from capsight_edge.errors import UploadError
 from capsight_edge.journal.journal import BundleRow, Journal, utc_now
-from capsight_edge.uploader import sinkside, wire
-from capsight_edge.uploader.progress import BundleProgress, RetryLater, TokenRefused, UploadStats
-from capsight_edge.uploader.reader import ChunkReader, LocalFileProblem
+from capsight_edge.uploader import sinkside
+from capsight_edge.uploader.bundle import BundleOutcome, BundleUpload, UploadContext
+from capsight_edge.uploader.progress import BundleProgress, UploadStats
+from capsight_edge.uploader.scheduler import UploadScheduler
 from capsight_edge.uploader.shaping import Backoff, TokenBucket, UploadSchedule
-from capsight_edge.uploader.tus import (
-    COMPLETE,
-    PERMANENT,
-    PROGRESS,
-    RESEND,
-    RESTART,
-    RESYNC,
-    UNAUTHORIZED,
-    Outcome,
-    ServerCaps,
-    TusRequest,
-    TusUpload,
+from capsight_edge.uploader.sinkside import SinkClient
+from capsight_edge.uploader.status import (
+    PAUSE_KEY,
+    PUBLISH_IDLE_S,
+    STATUS_KEY,
+    StatusPublisher,
+    UploaderStatus,
 )
+from capsight_edge.uploader.tus import ServerCaps
 
 log = logging.getLogger("capsight.uploader")
-STATUS_KEY = "uploader"
-PUBLISH_IDLE_S = 30.0
-PAUSE_KEY = "upload_paused"  # set by `capsight upload pause` (or any process) to hold uploads
 MIN_CHUNK, MAX_CHUNK = 256 << 10, 8 << 20
 UNCAPPED_CHUNK = 64 << 20  # fewer round trips and fsyncs when nothing paces us; streamed
-INLINE_RETRIES = 4  # failures in a row on one file before the bundle waits its backoff
-SAME_FAILURE_LIMIT = 3  # restarts or checksum re-sends in a row before giving the bundle a rest
+TIDY_EVERY_S = 60.0
+
+__all__ = ["PAUSE_KEY", "PUBLISH_IDLE_S", "STATUS_KEY", "Uploader"]
 
 
 class Uploader:
     """Uploads a journal's sealed bundles to a tus endpoint.
 
-    ``max_upload_bps=None`` in the schedule's place means uncapped. ``flush=True`` (``capsight
-    upload now``) ignores the windows and uses ``schedule.default_bps`` (or uncapped when 0).
-    ``client`` may be any ``httpx.AsyncClient`` (an ``ASGITransport`` one in tests); by default one
-    is built with ``timeout_s`` on connect, every read and every write.
+    ``uncapped=True``: no rate cap. ``schedule``: the default rate and the windows (a flush,
+    ``capsight upload now``, passes one without windows). ``client`` may be any
+    ``httpx.AsyncClient`` (an ``ASGITransport`` one in tests); by default one is built with
+    ``timeout_s`` on connect, every read and every write. ``now``: the local wall clock the
+    schedule's windows are read against.
     """
 
     def __init__(
@@ -99,43 +92,53 @@ class Uploader:
         self.endpoint = self.base + tus_path
         self.token_file = token_file
         self.token = token or self._read_token()
-        self.schedule = schedule or UploadSchedule(0)
-        self.uncapped = uncapped
-        self.concurrency = max(1, concurrency)
+        self.backoff = backoff or Backoff()
+        self.scheduler = UploadScheduler(
+            concurrency=concurrency, schedule=schedule, uncapped=uncapped, backoff=self.backoff
+        )
         self.chunk_bytes = chunk_bytes
         self.timeout_s = timeout_s
         self.heartbeat_s = heartbeat_s
-        self.backoff = backoff or Backoff()
         self._client = client
         self.model_version = model_version or (lambda: journal.kv_get("model_version") or "")
         self.now = now
-        self.caps: ServerCaps | None = None
         self.stats = UploadStats()
         self.progress: dict[str, BundleProgress] = {}
+        self.caps: ServerCaps | None = None
         self.state = "starting"
         self.last_error = ""
         self.last_upload_utc = ""
-        self._paused: str | None = None
-        self._not_before: dict[str, float] = {}
-        self._failures: dict[str, int] = {}
-        self._sink_down_until = 0.0
-        self._sink_failures = 0
-        self._token_refused_at = 0.0
+        self._publisher = StatusPublisher(journal)
         self._bucket: TokenBucket | None = None
+        self._sink: SinkClient | None = None
+        self._ctx: UploadContext | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks: dict[str, asyncio.Task[BundleOutcome]] = {}
         self._tidy_due = False
         self._stop_requested = False
-        self._paused_by_key = False
-        self._in_flight = 0
-        self._published: dict[str, Any] = {}
-        self._published_at = 0.0
         self._busy_since = 0.0
         self.ticks = 0  # turns of the run loop, for tests that wait on it
 
-    # -- control from any thread ------------------------------------------------------------
+    # -- settings that live in the scheduler ----------------------------------------------------
+    @property
+    def schedule(self) -> UploadSchedule:
+        return self.scheduler.schedule
+
+    @schedule.setter
+    def schedule(self, value: UploadSchedule) -> None:
+        self.scheduler.schedule = value
+
+    @property
+    def uncapped(self) -> bool:
+        return self.scheduler.uncapped
+
+    @property
+    def concurrency(self) -> int:
+        return self.scheduler.concurrency
+
+    # -- control from any thread ----------------------------------------------------------------
     def _call(self, fn: Callable[[], None]) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():
@@ -146,19 +149,17 @@ class Uploader:
     def pause(self, reason: str = "paused by the integrator") -> None:
         """Stop sending at once (requests in flight are cancelled; what the sink confirmed is
         kept) until :meth:`resume`. Safe to call from any thread."""
-
         self._call(lambda: self._apply_pause(reason))
-
-    def _apply_pause(self, reason: str | None) -> None:
-        self._paused = reason
-        if reason is not None:
-            for task in self._tasks.values():
-                task.cancel()
-        if self._wake:
-            self._wake.set()
 
     def resume(self) -> None:
         self._call(lambda: self._apply_pause(None))
+
+    def _apply_pause(self, reason: str | None) -> None:
+        self.scheduler.pause(reason)
+        if reason is not None:
+            self._cancel_all()
+        if self._wake:
+            self._wake.set()
 
     def stop(self) -> None:
         """Finish: requests in flight are cancelled (their bundles resume next time)."""
@@ -172,14 +173,9 @@ class Uploader:
 
         self._call(do)
 
-    def _follow_pause_key(self) -> None:
-        """Another process (the CLI, an integrator's daemon) pauses through the journal."""
-        held = self.journal.kv_get(PAUSE_KEY)
-        if held and self._paused != held:
-            self._apply_pause(held)
-        elif not held and self._paused is not None and self._paused_by_key:
-            self._apply_pause(None)
-        self._paused_by_key = bool(held)
+    def _cancel_all(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
 
     def _read_token(self) -> str:
         if not self.token_file:
@@ -189,12 +185,10 @@ class Uploader:
         except OSError as exc:
             raise UploadError(f"{self.token_file}: cannot read the token: {exc}") from exc
 
-    # -- rate --------------------------------------------------------------------------------
+    # -- rate and status ---------------------------------------------------------------------------
     def current_rate_bps(self) -> int | None:
         """None: uncapped; 0: no uploads now."""
-        if self.uncapped:
-            return None
-        return self.schedule.rate_at(self.now())
+        return self.scheduler.rate_bps(self.now())
 
     def _chunk_size(self) -> int:
         if self.chunk_bytes:
@@ -204,92 +198,87 @@ class Uploader:
             return UNCAPPED_CHUNK
         return int(min(MAX_CHUNK, max(MIN_CHUNK, rate * 4)))  # about 4 s of the rate
 
-    # -- status ------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
+        return self._status().as_dict()
+
+    def _status(self) -> UploaderStatus:
         rate = self._bucket.rate_bps if self._bucket else self.current_rate_bps()
-        return {
-            "utc": utc_now(),
-            "state": self.state,
-            "sink": self.base,
-            "rate_cap_bps": rate,
-            "last_error": self.last_error,
-            "last_upload_utc": self.last_upload_utc,
-            "in_flight": [p.as_dict() for p in self.progress.values()],
-            "stats": self.stats.as_dict(),
-        }
+        return UploaderStatus(
+            utc=utc_now(),
+            state=self.state,
+            sink=self.base,
+            rate_cap_bps=rate,
+            last_error=self.last_error,
+            last_upload_utc=self.last_upload_utc,
+            in_flight=[p.as_dict() for p in self.progress.values()],
+            stats=self.stats.as_dict(),
+        )
 
-    def _publish(self, force: bool = False) -> None:
-        """Write the status to the journal: every second while something changes, every
-        ``PUBLISH_IDLE_S`` otherwise (each write is an fsync; flash storage wears)."""
-        status = self.status()
-        same = {k: v for k, v in status.items() if k != "utc"} == self._published
-        now = time.monotonic()
-        if force or not same or now - self._published_at >= PUBLISH_IDLE_S:
-            self.journal.kv_set(STATUS_KEY, json.dumps(status))
-            self._published = {k: v for k, v in status.items() if k != "utc"}
-            self._published_at = now
-
-    def _set_state(self) -> None:
-        now = time.monotonic()
-        rate = self.current_rate_bps()
-        if self._token_refused_at:
-            self.state = "stopped: the sink refuses this device's token (check --token-file)"
-        elif self._paused:
-            self.state = f"paused: {self._paused}"
-        elif rate == 0:
-            self.state = "off: the upload schedule allows nothing now"
-        elif self._sink_down_until > now:
-            self.state = (
-                f"waiting: sink unreachable, next try in {self._sink_down_until - now:.0f} s"
-            )
-        else:
-            self.state = "uploading" if self._tasks else "idle"
-
-    # -- the loop ----------------------------------------------------------------------------
+    # -- the loop -----------------------------------------------------------------------------
     async def run(self, *, until_idle: bool = False, max_attempts: int = 4) -> UploadStats:
         """Upload until :meth:`stop`; with ``until_idle``, return once the queue is empty or
         nothing more can go (every bundle left failed ``max_attempts`` times in this run, or the
-        token is refused)."""
+        token is refused, or the schedule allows nothing)."""
         self._loop = asyncio.get_running_loop()
         self._stop, self._wake = asyncio.Event(), asyncio.Event()
         if self._stop_requested:
             self._stop.set()
+        sched = self.scheduler
+        sched.attempts.clear()
         self._bucket = TokenBucket(self.current_rate_bps())
         owned = self._client is None
         client = self._client or httpx.AsyncClient(
             timeout=httpx.Timeout(self.timeout_s),
-            limits=httpx.Limits(max_connections=self.concurrency + 2),
+            limits=httpx.Limits(max_connections=sched.concurrency + 2),
         )
-        attempts: dict[str, int] = {}
+        self._sink = SinkClient(client, self.base, self.endpoint, self.token)
+        self._ctx = UploadContext(
+            self.journal,
+            self.data_dir,
+            self._sink,
+            self.stats,
+            self._paced,
+            self._chunk_size,
+            self.backoff,
+            caps=self.caps,
+            progress=self.progress,
+        )
         heartbeat: asyncio.Task[None] | None = None
         next_tidy = next_publish = next_heartbeat = 0.0
         try:
             while not self._stop.is_set():
-                now = time.monotonic()
-                rate = self.current_rate_bps()
-                self._bucket.set_rate(rate)
-                self._follow_pause_key()
-                if (self._paused or rate == 0) and self._tasks:
-                    for task in self._tasks.values():
-                        task.cancel()
+                now, wall = time.monotonic(), self.now()
+                self._bucket.set_rate(sched.rate_bps(wall))
+                sched.follow_pause_key(self.journal.kv_get(PAUSE_KEY))
                 if now >= next_tidy or self._tidy_due:
-                    next_tidy, self._tidy_due = now + 60, False
-                    await self._tidy(client)
+                    next_tidy, self._tidy_due = now + TIDY_EVERY_S, False
+                    await self._tidy()
                 if self.heartbeat_s and now >= next_heartbeat and not heartbeat:
                     next_heartbeat = now + self.heartbeat_s
-                    heartbeat = asyncio.create_task(self._heartbeat(client))
+                    heartbeat = asyncio.create_task(self._heartbeat())
                 if heartbeat is not None and heartbeat.done():
                     heartbeat = None
-                self._maybe_retry_token()
-                self._set_state()
-                waiting = self._start_uploads(client, attempts, max_attempts if until_idle else 0)
+                self._maybe_retry_token(now)
+                queue = (
+                    self.journal.upload_queue()
+                    if sched.wants_queue(now, wall, counting=until_idle)
+                    else []
+                )
+                plan = sched.plan(queue, now, wall, max_attempts=max_attempts if until_idle else 0)
+                if plan.cancel:
+                    self._cancel_all()
+                for row in plan.start:
+                    self._start(row)
+                self.state = sched.state(now, wall)
                 if now >= next_publish:
                     next_publish = now + 1.0
-                    self._publish()
+                    self._publisher.publish(self._status())
                 if (
                     until_idle
                     and not self._tasks
-                    and (not waiting or self._token_refused_at or rate == 0)
+                    and (
+                        not plan.waiting or sched.token_refused_at is not None or plan.rate_bps == 0
+                    )
                 ):
                     break
                 self.ticks += 1
@@ -297,365 +286,95 @@ class Uploader:
                 waits: list[Any] = [*self._tasks.values(), asyncio.ensure_future(self._wake.wait())]
                 await asyncio.wait(waits, timeout=1.0, return_when="FIRST_COMPLETED")
                 waits[-1].cancel()
-                for bundle_id, task in list(self._tasks.items()):
-                    if task.done():
-                        del self._tasks[bundle_id]
-                        self.progress.pop(bundle_id, None)
-                        if not task.cancelled() and task.exception() is not None:
-                            self._unexpected(bundle_id, task.exception())
+                self._reap()
         finally:
-            for task in self._tasks.values():
-                task.cancel()
+            self._cancel_all()
             if self._tasks:
                 await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-            self._tasks.clear()
-            self.progress.clear()
+                self._reap()
             if heartbeat is not None:
                 heartbeat.cancel()
-            if self.heartbeat_s and not self._token_refused_at:
+            if self.heartbeat_s and sched.token_refused_at is None:
                 with contextlib.suppress(Exception):  # the last word to the fleet view
-                    await asyncio.wait_for(self._heartbeat(client), 5.0)
-            self._set_state()
+                    await asyncio.wait_for(self._heartbeat(), 5.0)
+            self.state = sched.state(time.monotonic(), self.now())
             if self.state in ("idle", "uploading"):  # otherwise the reason it stopped stays
                 self.state = "stopped"
-            self._publish(force=True)
+            self._publisher.publish(self._status(), force=True)
+            self.caps = self._ctx.caps
             if owned:
                 await client.aclose()
             self._loop = None
             self._stop_requested = False
         return self.stats
 
-    def _start_uploads(
-        self, client: httpx.AsyncClient, attempts: dict[str, int], max_attempts: int
-    ) -> int:
-        """Start what may go now; returns how many bundles still wait (in flight excluded).
-        ``max_attempts`` is 0 outside ``until_idle``, where nobody needs that count: then the
-        queue is not even read while nothing could start (the loop turns every second)."""
-        now = time.monotonic()
-        blocked = (
-            self._paused
-            or self._token_refused_at
-            or self.current_rate_bps() == 0
-            or self._sink_down_until > now
-        )
-        if not max_attempts and (blocked or len(self._tasks) >= self.concurrency):
-            return 0
-        queue = [
-            r
-            for r in self.journal.upload_queue()
-            if r.id not in self._tasks
-            and (not max_attempts or attempts.get(r.id, 0) < max_attempts)
-        ]
-        for row in queue:
-            if blocked or len(self._tasks) >= self.concurrency:
-                break
-            if self._not_before.get(row.id, 0.0) > now:
-                continue
-            attempts[row.id] = attempts.get(row.id, 0) + 1
-            self._tasks[row.id] = asyncio.create_task(self._bundle(client, row))
-        return len(queue) - sum(1 for r in queue if r.id in self._tasks)
-
-    def _maybe_retry_token(self) -> None:
-        if not self._token_refused_at:
-            return
-        waited = time.monotonic() - self._token_refused_at
-        try:
-            fresh = self._read_token()
-        except UploadError:
-            fresh = self.token
-        if fresh != self.token or waited > 300:
-            self.token = fresh
-            self._token_refused_at = 0.0
-
-    # -- one bundle --------------------------------------------------------------------------
-    async def _bundle(self, client: httpx.AsyncClient, row: BundleRow) -> None:
-        if self._in_flight == 0:
+    def _start(self, row: BundleRow) -> None:
+        assert self._ctx is not None
+        if not self._tasks:
             self._busy_since = time.monotonic()
-        self._in_flight += 1
-        try:
-            await self._bundle_inner(client, row)
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
+        self.scheduler.started(row.id)
+        self._tasks[row.id] = asyncio.create_task(BundleUpload(row, self._ctx).run())
+
+    def _reap(self) -> None:
+        """Take the results of finished bundle uploads to the scheduler."""
+        for bundle_id, task in list(self._tasks.items()):
+            if not task.done():
+                continue
+            del self._tasks[bundle_id]
+            self.progress.pop(bundle_id, None)
+            self.scheduler.ended(bundle_id)
+            if not self._tasks:
                 self.stats.busy_s += time.monotonic() - self._busy_since
+            if task.cancelled():
+                continue  # paused or stopping: it resumes next time
+            exc = task.exception()
+            if exc is not None:
+                self._unexpected(bundle_id, exc)
+            else:
+                self._finished(bundle_id, task.result())
 
-    async def _bundle_inner(self, client: httpx.AsyncClient, row: BundleRow) -> None:
-        bundle_id = row.id
-        try:
-            self.journal.start_upload(bundle_id)
-            if self.caps is None:
-                self.caps = await self._discover(client)
-            before = {p.name: p for p in self.journal.upload_plan(bundle_id)}
-            files = await asyncio.to_thread(self._plan, row)
-            await self._terminate_replaced(client, before, files)
-            plan = {p.name: p for p in self.journal.upload_plan(bundle_id)}
-            progress = BundleProgress(bundle_id, row.priority, sum(f.bytes for f in files))
-            self.progress[bundle_id] = progress
-            done_before = sum(plan[f.name].offset for f in files)
-            progress.update(done_before)
-            for f in files:
-                if plan[f.name].done:
-                    continue
-                await self._file(client, bundle_id, f, plan[f.name].url, progress)
-            self.journal.mark_uploaded(bundle_id)
-            self.journal.forget_upload_plan(bundle_id)
-            wire.remove(self.data_dir, bundle_id)
-            self.stats.bundles_uploaded += 1
-            self.stats.wire_saved_bytes += sum(f.raw_bytes - f.bytes for f in files if f.encoding)
+    def _finished(self, bundle_id: str, outcome: BundleOutcome) -> None:
+        now = time.monotonic()
+        if outcome.kind == "uploaded":
+            self.scheduler.uploaded(bundle_id)
             self.last_upload_utc = utc_now()
-            self._failures.pop(bundle_id, None)
-            self._not_before.pop(bundle_id, None)
-            self._sink_failures = 0
-            log.info("bundle %s uploaded", bundle_id)
-        except asyncio.CancelledError:
-            raise  # paused or stopping: the bundle stays "uploading" with its offsets
-        except LocalFileProblem as exc:
-            self._give_up(bundle_id, f"local files: {exc}", quarantine_after=1)
-        except UploadError as exc:
-            self._give_up(bundle_id, str(exc), quarantine_after=3)
-        except TokenRefused as exc:
-            self.last_error = str(exc)
-            self._token_refused_at = time.monotonic()
-            self.journal.upload_failed(bundle_id, str(exc), permanent=False)
-            log.error("%s", exc)
-        except RetryLater as exc:
-            self._retry_later(bundle_id, exc)
+            return
+        if outcome.kind == "token_refused":
+            self.last_error = outcome.detail
+            self.scheduler.token_refused(now)
+            log.error("%s", outcome.detail)
+            return
+        self.last_error = f"{bundle_id}: {outcome.detail}"
+        if outcome.kind == "quarantined":
+            self._tidy_due = True
+            if self._wake:
+                self._wake.set()
+            return
+        n = self.scheduler.retry_later(
+            bundle_id, now, after_s=outcome.after_s, sink_down=outcome.sink_down
+        )
+        log.warning("bundle %s: %s (attempt %d; retrying later)", bundle_id, outcome.detail, n)
 
-    async def _terminate_replaced(
-        self, client: httpx.AsyncClient, before: dict[str, Any], files: list[wire.WireFile]
-    ) -> None:
-        """A file whose bytes on the wire changed since its upload began (its compressed copy
-        was made anew) starts a new upload; the old one is terminated, not left to expire."""
-        for f in files:
-            old = before.get(f.name)
-            if old is None or not old.url or old.done:
-                continue
-            if (old.encoding, old.wire_bytes) == (f.encoding, f.bytes):
-                continue
-            await sinkside.terminate(client, self.endpoint, self.token, old.url, old.wire_bytes)
-
-    def _unexpected(self, bundle_id: str, exc: BaseException | None) -> None:
+    def _unexpected(self, bundle_id: str, exc: BaseException) -> None:
         """A failure nobody planned for (a journal error, a bug): logged with its traceback,
         and the bundle waits its backoff instead of being retried in a tight loop."""
         log.error("bundle %s: unexpected failure", bundle_id, exc_info=exc)
         self.last_error = f"{bundle_id}: {exc!r}"
-        n = self._failures.get(bundle_id, 0) + 1
-        self._failures[bundle_id] = n
-        self._not_before[bundle_id] = time.monotonic() + self.backoff.delay(n - 1)
+        self.scheduler.retry_later(bundle_id, time.monotonic())
 
-    def _give_up(self, bundle_id: str, error: str, *, quarantine_after: int) -> None:
-        self.last_error = f"{bundle_id}: {error}"
-        state = self.journal.upload_failed(
-            bundle_id, error, permanent=True, quarantine_after=quarantine_after
-        )
-        if state == "quarantined":
-            self.stats.bundles_quarantined += 1
-            self._tidy_due = True
-            log.error("bundle %s quarantined: %s", bundle_id, error)
-            if self._wake:
-                self._wake.set()
-        else:
-            self._retry_later(bundle_id, RetryLater(error))
-
-    def _retry_later(self, bundle_id: str, exc: RetryLater) -> None:
-        self.last_error = f"{bundle_id}: {exc}"
-        row = self.journal.get(bundle_id)
-        if row is not None and row.state == "uploading":
-            self.journal.upload_failed(bundle_id, str(exc), permanent=False)
-        n = self._failures.get(bundle_id, 0) + 1
-        self._failures[bundle_id] = n
-        now = time.monotonic()
-        self._not_before[bundle_id] = now + max(exc.after_s or 0.0, self.backoff.delay(n - 1))
-        if exc.sink_down:
-            self._sink_failures += 1
-            self._sink_down_until = max(
-                self._sink_down_until, now + self.backoff.delay(self._sink_failures - 1)
-            )
-        log.warning("bundle %s: %s (attempt %d; retrying later)", bundle_id, exc, n)
-
-    def _plan(self, row: BundleRow) -> list[wire.WireFile]:
-        """The files to send, checked against the manifest first (runs in a thread)."""
-        folder = self.data_dir / "bundles" / row.id
+    def _maybe_retry_token(self, now: float) -> None:
+        if self.scheduler.token_refused_at is None:
+            return
         try:
-            manifest = Manifest.from_json((folder / MANIFEST).read_bytes())
-        except (OSError, ManifestError) as exc:
-            raise LocalFileProblem(f"{MANIFEST}: {exc}") from exc
-        if manifest.bundle_id != row.id:
-            raise LocalFileProblem(f"{MANIFEST} names bundle {manifest.bundle_id}")
-        files: list[wire.WireFile] = []
-        for name in sorted([*manifest.files, MANIFEST], key=lambda n: wire.ORDER.get(n, 5)):
-            path = folder / name
-            try:
-                # Sizes now; contents as they are read for sending (ChunkReader), or here for
-                # the small files that are compressed.
-                info = manifest.files.get(name)
-                if info is not None and path.stat().st_size != info.bytes:
-                    raise LocalFileProblem(f"{name} no longer has the size in the manifest")
-                f = wire.prepare(self.data_dir, row.id, name, info.sha256 if info else "")
-                if f.encoding and info is not None and sha256_file(path).sha256 != info.sha256:
-                    raise LocalFileProblem(f"{name} no longer matches its sha256 in the manifest")
-                files.append(f)
-            except OSError as exc:
-                raise LocalFileProblem(f"{name}: {exc.strerror or exc}") from exc
-        self.journal.plan_upload(row.id, [(f.name, f.encoding, f.bytes) for f in files])
-        return files
+            fresh = self._read_token()
+        except UploadError:
+            fresh = self.token
+        if self.scheduler.token_may_retry(now, changed=fresh != self.token):
+            self.token = fresh
+            if self._sink is not None:
+                self._sink.token = fresh
 
-    # -- one file ----------------------------------------------------------------------------
-    async def _file(
-        self,
-        client: httpx.AsyncClient,
-        bundle_id: str,
-        f: wire.WireFile,
-        url: str,
-        progress: BundleProgress,
-    ) -> None:
-        metadata = {"bundle_id": bundle_id, "filename": f.name}
-        if f.encoding:
-            metadata["encoding"] = f.encoding
-        plan = {p.name: p for p in self.journal.upload_plan(bundle_id)}
-        assert self.caps is not None
-        try:
-            up = TusUpload(
-                self.endpoint,
-                f.bytes,
-                metadata,
-                token=self.token,
-                url=url,
-                offset=plan[f.name].offset if url else 0,
-                caps=self.caps,
-            )
-        except ValueError as exc:  # larger than the sink accepts: retrying cannot help
-            raise UploadError(f"{f.name}: {exc}", permanent=True) from exc
-        others = sum(p.offset for n, p in plan.items() if n != f.name)
-        reader = ChunkReader(
-            f.path,
-            f.bytes,
-            checksum=self.caps.sha256,
-            known_sha256="" if f.encoding else f.raw_sha256,
-        )
-        try:
-            await self._file_loop(client, bundle_id, f, up, reader, others, progress)
-        finally:
-            await reader.close()
-        self.stats.files_uploaded += 1
-
-    async def _file_loop(
-        self,
-        client: httpx.AsyncClient,
-        bundle_id: str,
-        f: wire.WireFile,
-        up: TusUpload,
-        reader: ChunkReader,
-        others: int,
-        progress: BundleProgress,
-    ) -> None:
-        fails = 0
-        while not up.done:
-            up.chunk_bytes = self._chunk_size()
-            up.token = self.token
-            req = up.next_request()
-            assert req is not None
-            before_url, before_offset = up.url, up.offset
-            sent = [0]  # body bytes of this request that went out
-            try:
-                outcome = await self._exchange(client, up, req, reader, sent)
-            except httpx.ConnectError as exc:
-                raise RetryLater(f"sink unreachable: {exc}", sink_down=True) from exc
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                self.stats.interruptions += 1
-                outcome = up.interrupted(f"{req.method} interrupted: {exc!r}")
-            if not outcome.ok:
-                self.stats.lost_bytes += sent[0]
-                self.stats.lost_bytes_max = max(self.stats.lost_bytes_max, sent[0])
-            # Every byte is at the sink; it is only "done" if it is what the manifest says.
-            if (
-                up.done
-                and not f.encoding
-                and f.raw_sha256
-                and (await reader.sha256() != f.raw_sha256)
-            ):
-                raise LocalFileProblem(
-                    f"{f.name} no longer matches its sha256 in the manifest (changed on disk)"
-                )
-            if up.url != before_url or up.offset != before_offset or up.done:
-                self.journal.file_progress(
-                    bundle_id, f.name, url=up.url, offset=up.offset, done=up.done
-                )
-                base = before_offset if up.url == before_url else 0
-                self.stats.bytes_confirmed += max(0, up.offset - base)
-                progress.update(others + up.offset)
-            if outcome.kind in (PROGRESS, COMPLETE):
-                if up.done or up.offset > before_offset:
-                    fails = 0  # only bytes stored count as getting somewhere
-                continue
-            fails = await self._after_failure(up, outcome, fails, f.name)
-
-    async def _after_failure(self, up: TusUpload, outcome: Outcome, fails: int, name: str) -> int:
-        """Decide what a failed exchange leads to; returns the new count of failures in a row."""
-        detail = f"{name}: {outcome.detail}"
-        if outcome.kind == UNAUTHORIZED:
-            raise TokenRefused(detail)
-        if outcome.kind == PERMANENT:
-            raise UploadError(detail, permanent=True)
-        if outcome.kind == RESTART:
-            self.stats.restarts += 1
-            if up.restarts > SAME_FAILURE_LIMIT:
-                raise RetryLater(detail)
-            return fails
-        if outcome.kind == RESEND:
-            self.stats.checksum_resends += 1
-            if up.resends > SAME_FAILURE_LIMIT:
-                raise RetryLater(detail)
-            return fails
-        if outcome.kind == RESYNC:  # HEAD comes next; a server that keeps answering 409 rests
-            if fails + 1 > INLINE_RETRIES:
-                raise RetryLater(detail)
-            return fails + 1
-        self.stats.retries += 1
-        fails += 1
-        if fails > INLINE_RETRIES:
-            raise RetryLater(detail, after_s=outcome.retry_after_s)
-        if fails > 1 or outcome.retry_after_s:
-            await asyncio.sleep(max(outcome.retry_after_s or 0.0, self.backoff.delay(fails - 2)))
-        return fails
-
-    async def _exchange(
-        self,
-        client: httpx.AsyncClient,
-        up: TusUpload,
-        req: TusRequest,
-        reader: ChunkReader,
-        sent: list[int],
-    ) -> Outcome:
-        headers = dict(req.headers)
-        content: AsyncIterator[bytes] | None = None
-        if req.body is not None:
-            offset, length = req.body
-            path = reader.path
-            try:
-                st = path.stat()
-            except OSError as exc:
-                raise LocalFileProblem(f"{path.name}: {exc.strerror or exc}") from exc
-            if st.st_size != up.length:
-                raise LocalFileProblem(f"{path.name} changed size during its upload")
-            headers["Content-Length"] = str(length)
-            if req.checksum:
-                digest = await reader.checksum_of(offset, length, self._chunk_size())
-                headers["Upload-Checksum"] = f"sha256 {digest}"
-            content = self._paced(reader.blocks(offset, length), sent)
-        elif req.method in ("POST", "PATCH"):
-            headers["Content-Length"] = "0"
-        resp = await client.request(req.method, req.url, headers=headers, content=content)
-        outcome = up.receive(req.method, resp.status_code, resp.headers)
-        if req.body is not None and req.checksum and reader.whole_file(*req.body):
-            if outcome.kind == COMPLETE:
-                reader.sink_verified()
-            elif outcome.kind == RESEND and await reader.sha256_from_disk() != reader.known_sha256:
-                raise LocalFileProblem(
-                    f"{reader.path.name} no longer matches its sha256 in the manifest"
-                )
-        return outcome
-
+    # -- pacing -------------------------------------------------------------------------------
     async def _paced(self, blocks: AsyncIterator[bytes], sent: list[int]) -> AsyncIterator[bytes]:
         """The body, through the shared bucket, in pieces of about 50 ms of the rate."""
         bucket = self._bucket
@@ -676,19 +395,18 @@ class Uploader:
                 yield bytes(piece)
                 view = view[len(piece) :]
 
-    # -- around the uploads --------------------------------------------------------------------
-    async def _discover(self, client: httpx.AsyncClient) -> ServerCaps:
-        return await sinkside.discover(client, self.endpoint, self.token)
-
-    async def _tidy(self, client: httpx.AsyncClient) -> None:
-        await sinkside.terminate_abandoned(client, self.journal, self.endpoint, self.token)
+    # -- around the uploads ---------------------------------------------------------------------
+    async def _tidy(self) -> None:
+        assert self._sink is not None
+        await self._sink.terminate_abandoned(self.journal)
         sinkside.drop_stale_wire(self.journal, self.data_dir)
 
-    async def _heartbeat(self, client: httpx.AsyncClient) -> None:
+    async def _heartbeat(self) -> None:
+        assert self._sink is not None
         body = sinkside.heartbeat_body(
             self.journal, self.data_dir, self.last_upload_utc, self.model_version()
         )
-        if await sinkside.heartbeat(client, self.base, self.token, body):
+        if await self._sink.heartbeat(body):
             self.stats.heartbeats += 1
         else:
             self.stats.heartbeat_failures += 1
