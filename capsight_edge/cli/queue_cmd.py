@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,116 +63,43 @@ def _journal(args: argparse.Namespace) -> tuple[Any, Path]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from capsight_edge.journal.guard import PAUSE_KEY, StorageGuard
+    from capsight_edge.status import cart_status
 
-    journal, data = _journal(args)
     profile = profile_from(args)
-    guard = StorageGuard.from_profile(journal, profile)
-    disk = guard.disk()
-    counts = journal.counts()
-    paused = journal.kv_get(PAUSE_KEY)
-    last = journal.last_error()
-    progress = queue_progress(journal)
-    out = {
-        "data_dir": str(data),
-        "queue": counts,
-        "disk": {
-            "total_bytes": disk.total,
-            "free_bytes": disk.free,
-            "used_pct": round(disk.used_pct, 1),
-            "recording_bytes_per_min": round(disk.bytes_per_min),
-            "headroom_min": round(disk.headroom_min, 1),
-            "high_watermark_pct": guard.high,
-            "low_watermark_pct": guard.low,
-        },
-        "capture_paused": paused,
-        "last_error": {"bundle": last[0], "error": last[1]} if last else None,
-        "upload": {**progress["uploader"], "held": progress["paused"]},
-    }
-    journal.close()
+    journal, _ = open_journal(profile)
+    try:
+        st = cart_status(profile, journal)
+    finally:
+        journal.close()
     if args.json:
-        print_json(out)
+        print_json({k: v for k, v in st.items() if k != "upload_queue"})
         return EXIT_OK
-    print(f"data: {data}")
+    disk, u, q = st["disk"], st["upload"], st["upload_queue"]
+    print(f"data: {st['data_dir']}")
     print(
-        f"disk: {disk.used_pct:.1f}% used, {disk.free / 2**30:.2f} GiB free, about "
-        f"{disk.headroom_min:.0f} min of recording at {disk.bytes_per_min / 2**20:.1f} MiB/min "
-        f"(pause at {guard.high:g}%, resume at {guard.low:g}%)"
+        f"disk: {disk['used_pct']:.1f}% used, {disk['free_bytes'] / 2**30:.2f} GiB free, about "
+        f"{disk['headroom_min']:.0f} min of recording at "
+        f"{disk['recording_bytes_per_min'] / 2**20:.1f} MiB/min "
+        f"(pause at {disk['high_watermark_pct']:g}%, resume at {disk['low_watermark_pct']:g}%)"
     )
+    paused = st["capture_paused"]
     print(f"capture: {'PAUSED: ' + paused if paused else 'running'}")
-    u = progress["uploader"]
     print(
         f"uploads: {u['state']}{'' if u['running'] else ' (uploader not running)'}"
-        + (f"; held: {progress['paused']}" if progress["paused"] else "")
-        + (f"; {len(progress['bundles'])} bundles, {progress['bytes_left'] / 2**20:.1f} MiB to go")
+        + (f"; held: {u['held']}" if u["held"] else "")
+        + f"; {len(q['bundles'])} bundles, {q['bytes_left'] / 2**20:.1f} MiB to go"
     )
-    if not counts:
+    if not st["queue"]:
         print("queue: empty")
-    for state, c in counts.items():
+    for state, c in st["queue"].items():
         prios = ", ".join(f"p{p}: {n}" for p, n in c["by_priority"].items())
         print(
             f"  {state:<12} {c['count']:5d} bundles  {c['bytes'] / 2**20:9.1f} MiB  "
             f"oldest {c['oldest_utc']}  ({prios})"
         )
-    if last:
-        print(f"last error: {last[0]}: {last[1]}")
+    if st["last_error"]:
+        print(f"last error: {st['last_error']['bundle']}: {st['last_error']['error']}")
     return EXIT_OK
-
-
-def queue_progress(journal: Any) -> dict[str, Any]:
-    """What waits to go, with how far each bundle got, and what the running uploader says
-    (rate and ETA of the bundles in flight; its status is at most a few seconds old)."""
-    import calendar
-    import json
-    import time
-
-    from capsight_edge.uploader.uploader import PAUSE_KEY, STATUS_KEY
-
-    raw = journal.kv_get(STATUS_KEY)
-    up = json.loads(raw) if raw else {}
-    age = None
-    if up.get("utc"):
-        t = calendar.timegm(time.strptime(up["utc"][:19], "%Y-%m-%dT%H:%M:%S"))
-        age = max(0.0, time.time() - t)
-    # A running uploader writes at least every 30 s (every second while anything changes).
-    live = age is not None and age < 45 and up.get("state") != "stopped"
-    flying = {p["id"]: p for p in up.get("in_flight", [])} if live else {}
-    rows = []
-    for r in journal.upload_queue():
-        plan = journal.upload_plan(r.id)
-        total = sum(p.wire_bytes for p in plan) if plan else r.bytes
-        f = flying.get(r.id, {})
-        sent = f.get("bytes_confirmed", r.upload_offset if plan else 0)
-        rows.append(
-            {
-                "id": r.id,
-                "state": r.state,
-                "priority": r.priority,
-                "rule": r.rule,
-                "bytes_total": total,
-                "bytes_sent": sent,
-                "rate_bps": f.get("rate_bps"),
-                "eta_s": f.get("eta_s"),
-                "attempts": r.attempts,
-                "last_error": r.last_error,
-            }
-        )
-    left = sum(r["bytes_total"] - r["bytes_sent"] for r in rows)
-    cap = up.get("rate_cap_bps") if live else None
-    return {
-        "uploader": {
-            "running": live,
-            "state": up.get("state", "never ran") if raw else "never ran",
-            "status_age_s": round(age, 1) if age is not None else None,
-            "rate_cap_bps": cap,
-            "stats": up.get("stats", {}),
-            "last_error": up.get("last_error", ""),
-        },
-        "paused": journal.kv_get(PAUSE_KEY),
-        "bundles": rows,
-        "bytes_left": left,
-        "eta_s": round(left * 8 / cap, 1) if cap else None,
-    }
 
 
 def _bar(done: int, total: int, width: int = 20) -> str:
@@ -214,6 +140,8 @@ def format_progress(p: dict[str, Any]) -> str:
 
 def cmd_progress(args: argparse.Namespace) -> int:
     import time
+
+    from capsight_edge.uploader.status import queue_progress
 
     journal, _ = _journal(args)
     tty = sys.stdout.isatty()
@@ -264,56 +192,35 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _results(results: list[Any]) -> int:
+    status = EXIT_OK
+    for r in results:
+        if r.ok:
+            print(r.message)
+        else:
+            print(f"capsight: error: {r.message}", file=sys.stderr)
+            status = max(status, EXIT_USAGE if r.refused else EXIT_FAIL)
+    return status
+
+
 def cmd_retry(args: argparse.Namespace) -> int:
-    from capsight_edge.errors import JournalError
+    from capsight_edge.journal import queue_ops
 
     journal, data = _journal(args)
-    ids = args.ids or [r.id for r in journal.bundles(("quarantined",))]
-    status = EXIT_OK
-    for bundle_id in ids:
-        try:
-            if not (data / "bundles" / bundle_id).is_dir():
-                raise JournalError(
-                    f"{bundle_id}: its files are gone (quarantine/ holds what "
-                    "could not be verified)"
-                )
-            journal.retry(bundle_id)
-            print(f"{bundle_id}: back in the upload queue")
-        except JournalError as exc:
-            print(f"capsight: error: {exc}", file=sys.stderr)
-            status = EXIT_FAIL
-    journal.close()
-    return status
+    try:
+        return _results(queue_ops.retry(journal, data, args.ids))
+    finally:
+        journal.close()
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    from capsight_edge.errors import JournalError
+    from capsight_edge.journal import queue_ops
 
     journal, data = _journal(args)
-    states = tuple(args.state or ["uploaded"])
-    rows = [journal.get(i) for i in args.ids] if args.ids else journal.bundles(states)
-    status = EXIT_OK
-    for row in rows:
-        if row is None:
-            print("capsight: error: no such bundle", file=sys.stderr)
-            status = EXIT_USAGE
-            continue
-        if row.state in ("sealed", "quarantined") and not args.yes:
-            print(
-                f"capsight: error: {row.id} was never uploaded; add --yes to delete it",
-                file=sys.stderr,
-            )
-            status = EXIT_USAGE
-            continue
-        try:
-            if row.state == "quarantined":
-                journal.retry(row.id)
-            journal.mark_evicted(row.id, "purged by a technician")
-        except JournalError as exc:
-            print(f"capsight: error: {exc}", file=sys.stderr)
-            status = EXIT_FAIL
-            continue
-        shutil.rmtree(data / "bundles" / row.id, ignore_errors=True)
-        print(f"{row.id}: purged")
-    journal.close()
-    return status
+    try:
+        results = queue_ops.purge(
+            journal, data, args.ids, states=args.state or ["uploaded"], force=args.yes
+        )
+    finally:
+        journal.close()
+    return _results(results)

@@ -9,9 +9,7 @@ runs on this journal (``capsight run`` included) through the journal, at once.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
-import threading
 from typing import Any
 
 from capsight_edge.cli.common import (
@@ -68,64 +66,21 @@ def with_sink(profile: Any, args: argparse.Namespace) -> Any:
 
 
 def cmd_now(args: argparse.Namespace) -> int:
-    from capsight_edge.uploader.service import uploader_from_profile
-    from capsight_edge.uploader.uploader import PAUSE_KEY
+    from capsight_edge.uploader.service import UploadsHeld, flush
 
     profile = with_sink(profile_from(args), args)
     journal, _ = open_journal(profile)
-    held = journal.kv_get(PAUSE_KEY)
-    if held:
-        journal.close()
-        print(f"capsight: uploads are paused ({held}); run `capsight upload resume` first")
-        return EXIT_FAIL
-    cap = profile.upload.max_upload_bps
-    up = uploader_from_profile(profile, journal, uncapped=args.uncapped or cap == 0)
-    up.schedule = dataclasses.replace(up.schedule, windows=())  # outside the windows
-    before = {r.id for r in journal.upload_queue()}
     if not args.json:
-        rate = "uncapped" if up.uncapped else f"{cap / 1e6:g} Mbit/s"
-        print(f"uploading {len(before)} bundles to {up.base} ({rate})", flush=True)
-    done = threading.Event()
-    reporter = threading.Thread(target=_report, args=(up, done, args.json), daemon=True)
-    reporter.start()
-    try:
-        stats = asyncio.run(up.run(until_idle=True, max_attempts=args.attempts))
-    finally:
-        done.set()
-        reporter.join(5)
-    left = journal.upload_queue()
-    quarantined = [r.id for r in journal.bundles(("quarantined",)) if r.id in before]
-    journal.close()
-    result = {
-        "uploaded": stats.bundles_uploaded,
-        "left": len(left),
-        "quarantined": quarantined,
-        "bytes_sent": stats.bytes_sent,
-        "bytes_confirmed": stats.bytes_confirmed,
-        "rate_bps": round(stats.rate_bps),
-        "interruptions": stats.interruptions,
-        "retries": stats.retries,
-        "state": up.state,
-        "last_error": up.last_error,
-    }
-    if args.json:
-        print_json(result)
-    else:
+        cap = profile.upload.max_upload_bps
+        rate = "uncapped" if args.uncapped or cap == 0 else f"{cap / 1e6:g} Mbit/s"
         print(
-            f"done: {stats.bundles_uploaded} uploaded, {len(left)} left, "
-            f"{len(quarantined)} quarantined, {stats.bytes_sent / 2**20:.1f} MiB sent, "
-            f"{stats.retries} retries"
+            f"uploading {len(journal.upload_queue())} bundles to "
+            f"{profile.upload.sink_url or '?'} ({rate})",
+            flush=True,
         )
-        if left:
-            print(f"not everything could go: {up.state}; last error: {up.last_error or '-'}")
-    return EXIT_OK if not left else EXIT_FAIL
+    last = [""]
 
-
-def _report(up: Any, done: threading.Event, as_json: bool) -> None:
-    """A line per second while bundles are in flight (a separate thread: the loop stays free)."""
-    last = ""
-    while not done.wait(1.0):
-        status = up.status()
+    def report(status: dict[str, Any]) -> None:
         parts = [
             f"{p['id']} {100 * p['bytes_confirmed'] / max(1, p['bytes_total']):5.1f}% "
             f"{p['rate_bps'] / 1e6:6.2f} Mbit/s"
@@ -133,20 +88,47 @@ def _report(up: Any, done: threading.Event, as_json: bool) -> None:
             for p in status["in_flight"]
         ]
         line = f"  {status['state']}: " + ("; ".join(parts) or "-")
-        if line != last:
-            last = line
-            if as_json:
+        if line != last[0]:
+            last[0] = line
+            if args.json:
                 print_json({"progress": status["in_flight"], "state": status["state"]})
             else:
                 print(line, flush=True)
 
+    try:
+        result = flush(
+            profile, journal, uncapped=args.uncapped, attempts=args.attempts, report=report
+        )
+    except UploadsHeld as exc:
+        print(f"capsight: {exc}")
+        return EXIT_FAIL
+    finally:
+        journal.close()
+    out = {k: v for k, v in result.items() if k not in ("queued", "sink", "rate_cap_bps")}
+    if args.json:
+        print_json(out)
+    else:
+        print(
+            f"done: {result['uploaded']} uploaded, {result['left']} left, "
+            f"{len(result['quarantined'])} quarantined, {result['bytes_sent'] / 2**20:.1f} MiB "
+            f"sent, {result['retries']} retries"
+        )
+        if result["left"]:
+            print(
+                f"not everything could go: {result['state']}; last error: "
+                f"{result['last_error'] or '-'}"
+            )
+    return EXIT_OK if not result["left"] else EXIT_FAIL
+
 
 def _hold(args: argparse.Namespace, reason: str | None) -> None:
-    from capsight_edge.uploader.uploader import PAUSE_KEY
+    from capsight_edge.uploader.service import hold
 
     journal, _ = open_journal(profile_from(args))
-    journal.kv_set(PAUSE_KEY, reason)
-    journal.close()
+    try:
+        hold(journal, reason)
+    finally:
+        journal.close()
 
 
 def cmd_pause(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from capsight_edge.journal.journal import Journal, utc_now
+from capsight_edge.journal.queue_ops import evict
 
 log = logging.getLogger("capsight.journal.guard")
 PAUSE_KEY = "capture_paused"
@@ -185,8 +186,7 @@ class StorageGuard:
                 if row.state == "uploaded"
                 else "disk critically full (never uploaded)"
             )
-            self.journal.mark_evicted(bundle_id, reason)
-            shutil.rmtree(self.data_dir / "bundles" / bundle_id, ignore_errors=True)
+            evict(self.journal, self.data_dir, bundle_id, reason)
             self.evicted.append(bundle_id)
             log.warning(
                 "evicted %s (%s, priority %d): %s", bundle_id, row.state, row.priority, reason

@@ -6,6 +6,7 @@ States and the transitions allowed between them::
         |          |  ^        |  |
         |          |  +--------+  +--> quarantined   (repeated permanent upload errors)
         |          +----------------> evicted / quarantined (storage pressure / bad bundle)
+        |                                quarantined -> sealed (retry) | evicted (purge)
         +--> discarded   (the clip never completed: removed at recovery)
 
 Every transition is one transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``), recorded in the
@@ -36,7 +37,7 @@ TRANSITIONS: dict[str, set[str]] = {
     "uploading": {"uploading", "sealed", "uploaded", "quarantined"},
     "uploaded": {"evicted"},
     "evicted": set(),
-    "quarantined": {"sealed"},  # `capsight queue retry`
+    "quarantined": {"sealed", "evicted"},  # `capsight queue retry`, `queue purge --yes`
     "discarded": set(),
 }
 

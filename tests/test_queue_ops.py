@@ -1,0 +1,84 @@
+"""What a technician does to the queue, as library calls (the CLI only prints them), and the
+scale flows on a simulated cart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from capsight_edge.journal import queue_ops
+from capsight_edge.journal.journal import Journal
+from capsight_edge.journal.recovery import recover
+from capsight_edge.profile import load_profile
+from capsight_edge.sensors import scale
+from tests.conftest import SIM
+from tests.test_journal import files_of, make_bundle
+
+
+def journal_with(data: Path) -> Journal:
+    j = Journal(data / "journal.db")
+    for bid, prio in [("up", 1), ("sealed", 3), ("bad", 2)]:
+        m = make_bundle(data, bid, priority=prio)
+        j.add_recording(bid, priority=prio, rule="r")
+        j.mark_sealed(bid, files_of(m), duration_s=5.0)
+    j.start_upload("up", "http://sink/files/up")
+    j.mark_uploaded("up")
+    for _ in range(3):
+        j.start_upload("bad", "u")
+        j.upload_failed("bad", "400 bad request", permanent=True)
+    return j
+
+
+def test_purge_is_an_eviction_through_the_journal(tmp_path: Path) -> None:
+    j = journal_with(tmp_path)
+    refused = queue_ops.purge(j, tmp_path, ["sealed", "bad", "nope"])
+    assert [(r.bundle_id, r.ok, r.refused) for r in refused] == [
+        ("sealed", False, True),
+        ("bad", False, True),
+        ("nope", False, True),
+    ]
+    assert (tmp_path / "bundles" / "sealed").is_dir()
+    done = queue_ops.purge(j, tmp_path)  # the uploaded ones by default
+    assert [r.bundle_id for r in done if r.ok] == ["up"]
+    forced = queue_ops.purge(j, tmp_path, ["bad"], force=True)
+    assert forced[0].ok
+    # A quarantined bundle is evicted straight away: no detour through the upload queue.
+    assert [t[:2] for t in j.transitions("bad")][-1] == ("quarantined", "evicted")
+    assert j.get("bad").reason == "purged by a technician"  # type: ignore[union-attr]
+    assert not (tmp_path / "bundles" / "bad").exists()
+    j.close()
+
+
+def test_a_purge_cut_short_by_a_crash_is_finished_by_recovery(tmp_path: Path) -> None:
+    j = journal_with(tmp_path)
+    j.mark_evicted("up", "purged by a technician")  # committed; the crash came before rmtree
+    assert (tmp_path / "bundles" / "up").is_dir()
+    report = recover(j, tmp_path)
+    assert report.finished_evictions == ["up"] and not (tmp_path / "bundles" / "up").exists()
+    j.close()
+
+
+def test_retry_sends_quarantined_bundles_back_unless_their_files_are_gone(
+    tmp_path: Path,
+) -> None:
+    j = journal_with(tmp_path)
+    (tmp_path / "bundles" / "bad").rename(tmp_path / "elsewhere")
+    (gone,) = queue_ops.retry(j, tmp_path)
+    assert not gone.ok and "files are gone" in gone.message
+    (tmp_path / "elsewhere").rename(tmp_path / "bundles" / "bad")
+    (back,) = queue_ops.retry(j, tmp_path)
+    assert back.ok and j.get("bad").state == "sealed"  # type: ignore[union-attr]
+    j.close()
+
+
+def test_calibration_flow_on_a_simulated_cart(tmp_path: Path) -> None:
+    profile = load_profile(SIM, data_dir=tmp_path)
+    steps: list[tuple[str, bool]] = []
+    with scale.scale_session(profile) as hub:
+        result = scale.calibrate(hub, 1000.0, prompt=lambda t, p: steps.append((t, p)))
+    # Untared: the flow tares first. The simulated technician acts: nobody is asked to.
+    assert steps == [
+        ("Empty the cart to tare it first.", False),
+        ("Place 1000 g on the cart.", False),
+    ]
+    assert abs(sum(result.counts_per_gram) / 4 - 10.0) < 0.3
+    assert result.file == tmp_path / "calibration.json" and result.file.is_file()
