@@ -91,7 +91,7 @@ def bench_preroll(ctx: BenchContext) -> BenchResult:
     ring = PacketRing(4.0)
     c0 = time.process_time()
     for i in range(n):
-        ring.push(enc.encode(frames[i % len(frames)], int(i / 15 * 1e9)))
+        ring.write(enc.encode(frames[i % len(frames)], int(i / 15 * 1e9)))
     encoded_cpu = (time.process_time() - c0) / seconds
     raw = RawRing(3.5)
     c0 = time.process_time()
@@ -154,7 +154,7 @@ def _inference_case(
     try:
         if mode is not None:
             profile = load_profile("hw_profiles/sim.toml", data_dir=tmp)
-            collector = Collector(profile, None)
+            collector = Collector(profile)
             collector.start(bus_name=name)
             recorder = Recorder(
                 profile, bus_name=name, width=1280, height=720, fps=15.0, preroll_mode=mode
@@ -266,7 +266,7 @@ def bench_seal_latency(ctx: BenchContext) -> BenchResult:
     tmp = tempfile.mkdtemp(prefix="capsight-bench-")
     profile = load_profile("hw_profiles/sim.toml", data_dir=tmp)
     ring = SensorRing()
-    collector = Collector(profile, None, sensor_log=ring)
+    collector = Collector(profile, sensor_log=ring)
     collector.start(bus_name=name)
     recorder = Recorder(profile, bus_name=name, width=1280, height=720, fps=15.0, sensors=ring)
     recorder.start()

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,7 @@ def test_packet_ring_keeps_time_from_a_keyframe() -> None:
     enc = VideoEncoder("libx264", 320, 240, 15.0, gop_s=1.0)
     ring = PacketRing(3.0)
     for i in range(15 * 10):
-        ring.push(enc.encode(moving(i), int(i / 15 * 1e9)))
+        ring.write(enc.encode(moving(i), int(i / 15 * 1e9)))
     oldest = min(p.t_ns for p in ring.since(0))
     assert 9e9 - 4.1e9 <= oldest <= 9e9 - 3e9  # 3 s plus at most one GOP
     clip = ring.since(int(7.5e9))
@@ -257,43 +258,91 @@ def test_tampered_bundle_fails_verification(tmp_path: Path) -> None:
         verify_bundle(path)
 
 
-def test_encoder_dying_mid_clip_closes_the_clip_and_falls_back(tmp_path: Path) -> None:
-    """Fault injection at the last inch: the codec context vanishes while a clip is open."""
+@pytest.fixture
+def spare_encoder() -> Iterator[str]:
+    """A second backend on this machine's libx264, so a two-item preference list has two
+    encoders that really open (the first plays the hardware encoder that dies)."""
+    from capsight_edge.recorder import encoders
+
+    encoders.BACKENDS["x264-spare"] = encoders.BACKENDS["libx264"]
+    encoders.FFMPEG_NAMES["x264-spare"] = "libx264"
+    yield "x264-spare"
+    del encoders.BACKENDS["x264-spare"], encoders.FFMPEG_NAMES["x264-spare"]
+
+
+@pytest.mark.parametrize("mode", ["encoded", "raw"])
+def test_encoder_dying_mid_clip_hands_over_to_the_next_in_the_list(
+    tmp_path: Path, mode: str, spare_encoder: str
+) -> None:
+    """Fault injection at the last inch: the first encoder's codec context vanishes while a clip
+    is open; the next encoder of the preference list takes over and the clip goes on."""
     import queue
 
     from capsight_edge.camera.framebus import FrameBus
-    from capsight_edge.recorder.process import EncoderConfig, _Recorder
+    from capsight_edge.recorder.messages import (
+        ClipWritten,
+        EncoderChosen,
+        EncoderConfig,
+        OpenClip,
+        Stop,
+    )
+    from capsight_edge.recorder.process import EncoderProcess
 
-    cfg = EncoderConfig(["libx264"], "balanced", 0, 1.0, 15.0, 320, 240)
+    cfg = EncoderConfig((spare_encoder, "libx264"), "balanced", 0, 1.0, 15.0, 320, 240)
     cmd_q: queue.Queue[Any] = queue.Queue()
     result_q: queue.Queue[Any] = queue.Queue()
     with FrameBus(320, 240, fps=15.0) as bus:
-        rec = _Recorder(bus.name, cfg, 1.0, "encoded", cmd_q, result_q)
+        proc = EncoderProcess(bus.name, cfg, 1.0, mode, cmd_q, result_q)
         t = 0
 
         def step() -> None:
             nonlocal t
             t += 66_666_667
             bus.publish(moving(t // 66_666_667), t)
-            rec._commands()
-            frame = rec.reader.next_frame(0.5)
+            assert proc.commands()
+            frame = proc.reader.next_frame(0.5)
             assert frame is not None
-            rec._frame(frame)
-            rec._maybe_finish()
+            proc.on_frame(frame)
+            proc.maybe_finish()
 
         for _ in range(20):
             step()
-        cmd_q.put(("open", "c1", t - 500_000_000, str(tmp_path / "c1.mp4")))
+        cmd_q.put(OpenClip("c1", t - 500_000_000, str(tmp_path / "c1.mp4")))
         for _ in range(10):
             step()
-        rec.encoder._ctx = None  # the hardware encoder died
-        step()
+        assert proc.preroll.encoder is not None and proc.preroll.encoder.name == spare_encoder
+        proc.preroll.encoder._ctx = None  # the first encoder died
+        for _ in range(15):
+            step()  # the next one takes over, the clip goes on
+        assert proc.preroll.encoder.name == "libx264" and proc.stats["encode_errors"] == 1
+        cmd_q.put(Stop())
+        assert not proc.commands()
+        proc.finish("stopped")
         msgs = [result_q.get_nowait() for _ in range(result_q.qsize())]
-        clip = next(m[1] for m in msgs if m[0] == "clip")
-        assert clip["complete"] is False and "failed mid-clip" in clip["note"]
-        assert rec.encoder is not None and rec.stats["encode_errors"] == 1  # reopened
-        for _ in range(5):
-            step()  # and it keeps encoding
-        rec.reader.close()
+        proc.reader.close()
+    chosen = [m.name for m in msgs if isinstance(m, EncoderChosen)]
+    assert chosen == [spare_encoder, "libx264"]
+    (clip,) = [m for m in msgs if isinstance(m, ClipWritten)]
+    assert clip.complete and clip.encoder == f"{spare_encoder}+libx264"
+    assert (
+        f"encoder {spare_encoder} failed mid-clip" in clip.note and "libx264 took over" in clip.note
+    )
     frames, _ = decode(tmp_path / "c1.mp4")
-    assert frames == clip["frames"] >= 10  # what was written before the failure plays
+    # Before the failure (the pre-roll and 10 frames) and after it (15 frames, less the one that
+    # failed), in one playable clip.
+    assert frames == clip.frames and frames >= 10 + 14
+
+
+def test_an_encoder_that_dies_between_clips_is_tried_last(spare_encoder: str) -> None:
+    from capsight_edge.recorder.messages import EncoderConfig
+    from capsight_edge.recorder.preroll import EncoderChain
+
+    changes: list[str] = []
+    chain = EncoderChain(
+        EncoderConfig((spare_encoder, "libx264"), "balanced", 0, 1.0, 15.0, 320, 240),
+        lambda name, failed: changes.append(name),
+    )
+    assert chain.open().name == spare_encoder
+    assert chain.died(spare_encoder, "gone").name == "libx264"
+    assert chain.open().name == "libx264"  # not back to the one that died
+    assert chain.order == ["libx264", spare_encoder] and changes == [spare_encoder, "libx264"]

@@ -100,6 +100,11 @@ BACKENDS: dict[str, tuple[str, Options, str, bool]] = {
 }
 
 
+#: Backends whose FFmpeg encoder has another name than the backend (a second handle on one
+#: codec: tests register a spare this way to make one die while the other takes over).
+FFMPEG_NAMES: dict[str, str] = {}
+
+
 class VideoEncoder:
     """One open encoder. ``encode`` takes a BGR uint8 frame of the opened size."""
 
@@ -123,7 +128,8 @@ class VideoEncoder:
         self.width, self.height, self.fps = width, height, fps
         self.pix_fmt = pix_fmt
         try:
-            ctx: Any = av.codec.CodecContext.create(av.codec.Codec(name, "w"))
+            codec = av.codec.Codec(FFMPEG_NAMES.get(name, name), "w")
+            ctx: Any = av.codec.CodecContext.create(codec)
             ctx.width, ctx.height, ctx.pix_fmt = width, height, pix_fmt
             ctx.time_base = TIME_BASE
             ctx.framerate = Fraction(fps).limit_denominator(1000)

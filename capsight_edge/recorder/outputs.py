@@ -1,7 +1,11 @@
-"""Where encoded packets go: a fragmented MP4 file, and pre-roll buffers bounded by time.
+"""Where encoded packets go (picamera2's outputs): a fragmented MP4 file, and the pre-roll
+buffers, bounded by time and by bytes.
 
-Outputs are separate from encoders: the recorder pushes packets from its encoder into a pre-roll
-ring, and opens an MP4 output at a keyframe when a trigger asks for a clip.
+Every packet sink is an :class:`Output` (``write(packets)``, ``close()``). The encoded pre-roll
+:class:`PacketRing` is an output too, and opens another: ``attach(out, start_ns)`` replays into
+``out`` from the keyframe at or before ``start_ns`` and then passes it every live packet, with
+no delay line; ``detach(out)`` stops. The raw pre-roll :class:`RawRing` is a frame tap before the
+encoder (frames kept as I420, encoded only when a clip asks for them).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import os
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from capsight_edge.errors import CapsightError
 from capsight_edge.recorder.encoders import TIME_BASE, EncodedPacket, _has_sps
@@ -19,6 +23,14 @@ from capsight_edge.recorder.encoders import TIME_BASE, EncodedPacket, _has_sps
 
 class OutputError(CapsightError):
     """A clip could not be written (disk error, or a stream with no parameter sets)."""
+
+
+class Output(Protocol):
+    """Takes encoded packets in capture order."""
+
+    def write(self, packets: Iterable[EncodedPacket]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class Mp4Output:
@@ -99,28 +111,49 @@ class Mp4Output:
 
 class PacketRing:
     """Encoded pre-roll: the packets of the last ``seconds`` (plus the GOP that reaches back
-    past it, so a clip can always start at a keyframe)."""
+    past it, so a clip can always start at a keyframe), and at most ``max_bytes`` of them
+    (whole GOPs are dropped from the front, never the newest one)."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.keep_ns = int(seconds * 1e9)
+        self.max_bytes = max_bytes
         self._ring: deque[EncodedPacket] = deque()
+        self._attached: list[Output] = []
         self.bytes = 0
+        self.dropped_for_memory = 0
 
-    def push(self, packets: Iterable[EncodedPacket]) -> None:
+    # -- Output --------------------------------------------------------------------------------
+    def write(self, packets: Iterable[EncodedPacket]) -> None:
+        packets = list(packets)
         for p in packets:
             self._ring.append(p)
             self.bytes += len(p.data)
+        self._trim()
+        for out in list(self._attached):
+            out.write(packets)
+
+    def close(self) -> None:
+        self.clear()
+
+    def _trim(self) -> None:
         if not self._ring:
             return
         newest = self._ring[-1].t_ns
-        # Drop whole GOPs that end before the window: keep the keyframe that starts it.
+        # Drop whole GOPs that end before the window (or while over the byte bound): keep the
+        # keyframe that starts what remains.
         while len(self._ring) > 1:
             keys = [i for i, p in enumerate(self._ring) if p.keyframe]
-            if len(keys) < 2 or self._ring[keys[1]].t_ns > newest - self.keep_ns:
+            if len(keys) < 2:
                 break
+            old = self._ring[keys[1]].t_ns <= newest - self.keep_ns
+            if not old and self.bytes <= self.max_bytes:
+                break
+            if not old:
+                self.dropped_for_memory += keys[1]
             for _ in range(keys[1]):
                 self.bytes -= len(self._ring.popleft().data)
 
+    # -- pre-roll ------------------------------------------------------------------------------
     def since(self, start_ns: int) -> list[EncodedPacket]:
         """Packets from the last keyframe at or before ``start_ns`` (or the oldest keyframe)."""
         packets = list(self._ring)
@@ -133,7 +166,18 @@ class PacketRing:
                 start = i
         return packets[start:]
 
+    def attach(self, out: Output, start_ns: int) -> None:
+        """Open ``out`` from the past: the packets since ``start_ns`` (from a keyframe), then
+        every live one until :meth:`detach`."""
+        out.write(self.since(start_ns))
+        self._attached.append(out)
+
+    def detach(self, out: Output) -> None:
+        if out in self._attached:
+            self._attached.remove(out)
+
     def clear(self) -> None:
+        """Forget the packets (a new encoder's stream starts); attached outputs stay."""
         self._ring.clear()
         self.bytes = 0
 
@@ -163,6 +207,7 @@ class RawRing:
             self.bytes -= self._ring.popleft()[1].nbytes
 
     def since(self, start_ns: int) -> list[tuple[int, Any]]:
+        """The kept frames from ``start_ns`` on, as (t_ns, I420 image)."""
         return [(t, img) for t, img in self._ring if t >= start_ns]
 
     def clear(self) -> None:

@@ -3,13 +3,12 @@
 It runs in its own process at lower priority (``nice``), so encoding never competes with the
 cart's AI on equal terms and can never stall the frame producer: it reads shared memory like any
 other FrameBus consumer, and when it falls behind it skips frames (counted). Commands arrive on a
-bounded queue; results go back on another.
+bounded queue and results go back on another, both as the typed messages of :mod:`.messages`.
 
-Pre-roll modes (see README "Recorder" for the measurement behind the default):
-- ``encoded``: encode every frame continuously into a packet ring; a clip starts at the last
-  keyframe before its start. Costs the encoder all the time; free on a hardware encoder.
-- ``raw``: keep the last seconds as I420 frames; encode them in a burst when a clip opens, with a
-  fresh encoder (so the clip starts on a keyframe). Costs memory and a burst per clip.
+The process knows one pre-roll (:mod:`.preroll`: encoded or raw, chosen by the Recorder) and at
+most one open clip, an :class:`~.outputs.Mp4Output` that the pre-roll writes into from the
+clip's start. When the encoder dies, the next one of the preference list takes over and the clip
+goes on (its manifest notes which encoder failed and when).
 """
 
 from __future__ import annotations
@@ -24,17 +23,19 @@ from pathlib import Path
 from typing import Any
 
 from capsight_edge.errors import CapsightError, EncoderUnavailable, FrameError
-
-
-@dataclass
-class EncoderConfig:
-    preference: list[str]
-    quality: str
-    bitrate_kbps: int
-    gop_s: float
-    fps: float
-    width: int
-    height: int
+from capsight_edge.recorder.messages import (
+    ClipFailed,
+    ClipWritten,
+    CloseClip,
+    Crashed,
+    EncoderChosen,
+    EncoderConfig,
+    EncoderLost,
+    OpenClip,
+    Ready,
+    Stop,
+    Stopped,
+)
 
 
 @dataclass
@@ -42,10 +43,10 @@ class _Clip:
     clip_id: str
     start_ns: int
     path: Path
-    output: Any
+    output: Any = None
     end_ns: int | None = None
-    dropped: int = 0
-    note: str = ""
+    encoders: str = ""
+    notes: tuple[str, ...] = ()
     complete: bool = True
     failed: str = ""
 
@@ -67,12 +68,12 @@ def run_recorder(
     with contextlib.suppress(OSError):
         os.nice(nice)
     try:
-        _Recorder(bus_name, cfg, preroll_s, mode, cmd_q, result_q).run()
+        EncoderProcess(bus_name, cfg, preroll_s, mode, cmd_q, result_q).run()
     except Exception:  # report, never die silently
-        result_q.put(("crashed", traceback.format_exc()))
+        result_q.put(Crashed(traceback.format_exc()))
 
 
-class _Recorder:
+class EncoderProcess:
     def __init__(
         self,
         bus_name: str,
@@ -83,188 +84,148 @@ class _Recorder:
         result_q: Any,
     ) -> None:
         from capsight_edge.camera.framebus import FrameBusReader
-        from capsight_edge.recorder.outputs import PacketRing, RawRing
+        from capsight_edge.recorder.preroll import EncoderChain, make_preroll
 
         self.reader = FrameBusReader(bus_name)
         self.cfg = cfg
-        self.mode = mode
         self.cmd_q, self.result_q = cmd_q, result_q
-        self.preroll_ns = int(preroll_s * 1e9)
-        self.packets = PacketRing(preroll_s + cfg.gop_s)
-        self.raw = RawRing(preroll_s + 0.5)
-        self.encoder: Any = None
-        self.encoder_name = ""
+        self.chain = EncoderChain(
+            cfg, lambda name, failed: result_q.put(EncoderChosen(name, tuple(failed)))
+        )
+        self.preroll = make_preroll(mode, self.chain, preroll_s)
         self.clip: _Clip | None = None
         self.stats = {"frames": 0, "torn": 0, "encode_errors": 0, "rejected": 0}
         self.last_t_ns = 0
-        # Open the encoder now in both modes: a missing one is reported at start, not at the
-        # first clip. In raw mode each clip gets a fresh one (so it starts on a keyframe).
-        self.encoder = self._open_encoder()
-        if mode == "raw":
-            self.encoder = None
-
-    def _open_encoder(self) -> Any:
-        from capsight_edge.recorder.encoders import open_encoder
-
-        c = self.cfg
-        enc, failed = open_encoder(
-            c.preference,
-            c.width,
-            c.height,
-            c.fps,
-            quality=c.quality,
-            bitrate_kbps=c.bitrate_kbps,
-            gop_s=c.gop_s,
-        )
-        if enc.name != self.encoder_name:
-            self.result_q.put(("encoder", enc.name, failed))
-        self.encoder_name = enc.name
-        # Next time, start with the one that opened (the others stay as fallbacks).
-        c.preference = [enc.name] + [n for n in c.preference if n != enc.name]
-        return enc
 
     def run(self) -> None:
-        self.result_q.put(("ready", os.getpid()))
-        while True:
-            if not self._commands():
-                break
+        self.result_q.put(Ready(os.getpid()))
+        while self.commands():
             frame = self.reader.next_frame(timeout_s=0.1)
             if frame is not None:
-                self._frame(frame)
-            self._maybe_finish()
+                self.on_frame(frame)
+            self.maybe_finish()
         if self.clip is not None:
             self.clip.end_ns = self.clip.end_ns or self.last_t_ns
-            self._finish("stopped")
-        self.result_q.put(("stopped", dict(self.stats, skipped=self.reader.skipped)))
+            self.finish("stopped")
+        self.result_q.put(Stopped(dict(self.stats, skipped=self.reader.skipped)))
         self.reader.close()
 
-    def _commands(self) -> bool:
+    def commands(self) -> bool:
+        """Take the waiting commands; False once told to stop."""
         while True:
             try:
                 cmd = self.cmd_q.get_nowait()
             except queue.Empty:
                 return True
-            kind = cmd[0]
-            if kind == "stop":
+            if isinstance(cmd, Stop):
                 return False
-            if kind == "open":
-                self._open_clip(cmd[1], cmd[2], Path(cmd[3]))
-            elif kind == "close" and self.clip is not None and self.clip.clip_id == cmd[1]:
-                self.clip.end_ns = cmd[2]
+            if isinstance(cmd, OpenClip):
+                self.open_clip(cmd)
+            elif isinstance(cmd, CloseClip) and self.clip and self.clip.clip_id == cmd.clip_id:
+                self.clip.end_ns = cmd.end_ns
 
-    def _open_clip(self, clip_id: str, start_ns: int, path: Path) -> None:
-        from capsight_edge.recorder.outputs import Mp4Output, OutputError, i420_to_bgr
+    def open_clip(self, cmd: OpenClip) -> None:
+        from capsight_edge.recorder.encoders import BACKENDS
+        from capsight_edge.recorder.outputs import Mp4Output, OutputError
 
         if self.clip is not None:  # one clip at a time: close the old one where it is
             self.clip.end_ns = self.last_t_ns
-            self._finish("superseded")
-        clip = _Clip(clip_id, start_ns, path, None)
+            self.finish("superseded")
+        clip = _Clip(cmd.clip_id, cmd.start_ns, Path(cmd.path))
         self.clip = clip
         try:
-            if self.encoder is None:
-                self.encoder = self._open_encoder()
-            clip.output = Mp4Output(path, self.encoder.codec, self.cfg.fps)
-            if self.mode == "encoded":
-                clip.output.write(self.packets.since(start_ns))
-            else:
-                for t_ns, i420 in self.raw.since(start_ns):
-                    clip.output.write(self.encoder.encode(i420_to_bgr(i420), t_ns))
+            clip.output = Mp4Output(clip.path, BACKENDS[self.chain.name][0], self.cfg.fps)
+            self.preroll.attach(clip.output, cmd.start_ns)
+            clip.encoders = self.chain.name
         except (OutputError, EncoderUnavailable) as exc:
             clip.failed = str(exc)
-            self._finish("failed")
-        except Exception as exc:  # the encoder died: close what exists, mark the clip
-            self._encoder_died(exc)
+            self.finish("failed")
+        except Exception as exc:  # the encoder died in the pre-roll burst
+            self.encoder_died(exc)
 
-    def _frame(self, frame: Any) -> None:
+    def on_frame(self, frame: Any) -> None:
         from capsight_edge.recorder.outputs import OutputError
 
-        image, t_ns = frame.image, frame.t_ns
         self.stats["frames"] += 1
         try:
-            if self.mode == "raw":
-                self.raw.push(image, t_ns)
-                packets = (
-                    self.encoder.encode(image, t_ns)
-                    if self.clip is not None and self.encoder is not None
-                    else []
-                )
-            else:
-                packets = self.encoder.encode(image, t_ns)
-                self.packets.push(packets)
+            self.preroll.frame(frame.image, frame.t_ns)
         except FrameError:
             self.stats["rejected"] += 1
             return
+        except OutputError as exc:
+            if self.clip is not None:
+                self.clip.failed = str(exc)
+                self.finish("failed")
+            return
         except CapsightError:
             raise
-        except Exception as exc:
-            self._encoder_died(exc)
+        except Exception as exc:  # the encoder died
+            self.encoder_died(exc)
             return
         if not frame.valid():
             self.stats["torn"] += 1  # overwritten while we encoded: that frame may be mixed
-        self.last_t_ns = t_ns
-        if self.clip is not None and self.clip.output is not None and packets:
-            try:
-                self.clip.output.write(packets)
-            except OutputError as exc:
-                self.clip.failed = str(exc)
-                self._finish("failed")
+        self.last_t_ns = frame.t_ns
 
-    def _encoder_died(self, exc: Exception) -> None:
+    def encoder_died(self, exc: Exception) -> None:
         self.stats["encode_errors"] += 1
-        name = getattr(self.encoder, "name", "?")
-        self.encoder = None
-        self.packets.clear()
-        if self.clip is not None:
-            self.clip.complete = False
-            self.clip.note = f"encoder {name} failed mid-clip: {exc}"
-            self.clip.end_ns = self.last_t_ns
-            self._finish("encoder failed")
-        if self.mode == "encoded":
-            try:
-                self.encoder = self._open_encoder()
-            except EncoderUnavailable as again:
-                self.result_q.put(("encoder_lost", str(again)))
+        name = self.chain.name
+        clip = self.clip
+        try:
+            self.preroll.encoder_died(f"{type(exc).__name__}: {exc}")
+        except EncoderUnavailable as lost:
+            self.result_q.put(EncoderLost(str(lost)))
+            if clip is not None:
+                clip.complete = False
+                clip.notes += (f"encoder {name} failed mid-clip ({exc}); no other encoder opens",)
+                clip.end_ns = self.last_t_ns
+                self.finish("encoder failed")
+            return
+        if clip is not None:
+            at = (self.last_t_ns - clip.start_ns) / 1e9
+            clip.notes += (
+                f"encoder {name} failed mid-clip ({exc}); {self.chain.name} took over at "
+                f"{at:+.2f} s",
+            )
+            clip.encoders = f"{clip.encoders}+{self.chain.name}"
 
-    def _maybe_finish(self) -> None:
+    def maybe_finish(self) -> None:
         clip = self.clip
         if clip is not None and clip.end_ns is not None and self.last_t_ns >= clip.end_ns:
-            self._finish("post-roll done")
+            self.finish("post-roll done")
 
-    def _finish(self, reason: str) -> None:
-        clip = self.clip
+    def finish(self, reason: str) -> None:
+        clip, self.clip = self.clip, None
         if clip is None:
             return
-        self.clip = None
-        info: dict[str, Any] = {
-            "clip_id": clip.clip_id,
-            "path": str(clip.path),
-            "reason": reason,
-            "complete": clip.complete,
-            "note": clip.note,
-        }
         out = clip.output
         try:
             if out is not None:
-                if self.mode == "raw" and self.encoder is not None:
-                    out.write(self.encoder.flush())
-                    self.encoder = None  # the next clip starts on a fresh keyframe
+                self.preroll.detach(out)
                 out.close()
         except Exception as exc:
             clip.failed = clip.failed or f"closing the clip failed: {exc}"
+        done_ns = time.monotonic_ns()
         if clip.failed or out is None or out.frames == 0:
-            info["failed"] = clip.failed or "no frame was recorded"
-        else:
-            info.update(
+            error = clip.failed or "no frame was recorded"
+            self.result_q.put(ClipFailed(clip.clip_id, str(clip.path), reason, error, done_ns))
+            return
+        self.result_q.put(
+            ClipWritten(
+                clip_id=clip.clip_id,
+                path=str(clip.path),
+                reason=reason,
                 codec=out.codec,
+                encoder=clip.encoders or self.chain.name,
                 frames=out.frames,
                 duration_s=out.duration_s,
-                first_ns=out.first_ns,
-                last_ns=out.last_ns,
-                encoder=self.encoder_name,
+                first_ns=int(out.first_ns),
+                last_ns=int(out.last_ns),
                 width=self.cfg.width,
                 height=self.cfg.height,
                 fps=self.cfg.fps,
                 skipped=self.reader.skipped,
+                complete=clip.complete,
+                note="; ".join(clip.notes),
+                finished_ns=done_ns,
             )
-        info["finished_ns"] = time.monotonic_ns()
-        self.result_q.put(("clip", info))
+        )

@@ -36,7 +36,21 @@ from capsight_edge.bundle.manifest import (
 from capsight_edge.bundle.seal import seal
 from capsight_edge.errors import CapsightError
 from capsight_edge.profile.schema import Profile
-from capsight_edge.recorder.process import EncoderConfig, run_recorder
+from capsight_edge.recorder.messages import (
+    ClipFailed,
+    ClipWritten,
+    CloseClip,
+    Command,
+    Crashed,
+    EncoderChosen,
+    EncoderConfig,
+    EncoderLost,
+    OpenClip,
+    Ready,
+    Stop,
+    Stopped,
+)
+from capsight_edge.recorder.process import run_recorder
 from capsight_edge.triggers.engine import Decision
 
 log = logging.getLogger("capsight.recorder")
@@ -49,7 +63,7 @@ def utc_of(t_ns: int, offset_ns: int) -> str:
 
 
 @dataclass
-class OpenClip:
+class ClipInProgress:
     clip_id: str
     start_ns: int
     trigger: Decision
@@ -91,7 +105,7 @@ class Recorder:
         self.preroll_s = max((t.preroll_s for t in profile.triggers), default=3.0)
         enc = profile.encoder
         self.cfg = EncoderConfig(
-            list(enc.preference), enc.quality, enc.bitrate_kbps, enc.gop_s, fps, width, height
+            tuple(enc.preference), enc.quality, enc.bitrate_kbps, enc.gop_s, fps, width, height
         )
         self.mode = preroll_mode
         self._bus_name = bus_name
@@ -100,7 +114,7 @@ class Recorder:
         self._result_q: Any = ctx.Queue()
         self._proc: Any = None
         self._ctx = ctx
-        self._clip: OpenClip | None = None
+        self._clip: ClipInProgress | None = None
         self._lock = threading.Lock()
         self._utc_offset = time.time_ns() - time.monotonic_ns()
         self._seq = 0
@@ -144,10 +158,10 @@ class Recorder:
                     raise CapsightError(
                         f"the encoder process did not start (exit code {self._proc.exitcode})"
                     ) from None
-        if first[0] == "crashed":
-            raise CapsightError(f"the encoder process failed to start:\n{first[1]}")
-        if first[0] == "encoder":  # then "ready"
-            self.encoder_name, self.encoder_fallbacks = first[1], first[2]
+        if isinstance(first, Crashed):
+            raise CapsightError(f"the encoder process failed to start:\n{first.traceback}")
+        if isinstance(first, EncoderChosen):  # then Ready
+            self.encoder_name, self.encoder_fallbacks = first.name, list(first.failed)
         self._thread = threading.Thread(target=self._results, name="recorder-results", daemon=True)
         self._thread.start()
         return self
@@ -158,7 +172,7 @@ class Recorder:
         from capsight_edge.recorder.encoders import BACKENDS, open_encoder
 
         try:
-            enc, _ = open_encoder(self.cfg.preference, 320, 240, self.cfg.fps)
+            enc, _ = open_encoder(list(self.cfg.preference), 320, 240, self.cfg.fps)
         except CapsightError:
             return "raw"
         return "encoded" if BACKENDS[enc.name][3] else "raw"
@@ -173,7 +187,7 @@ class Recorder:
         deadline = time.monotonic() + timeout_s
         while self._clip is not None and time.monotonic() < deadline:
             time.sleep(0.05)
-        self._send(("stop",))
+        self._send(Stop())
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=max(1.0, deadline - time.monotonic()))
@@ -202,13 +216,13 @@ class Recorder:
         clip_id = f"{self.profile.device.id}-{stamp}-{self._seq:04d}-{secrets.token_hex(3)}"
         partial = self.partial / clip_id
         partial.mkdir(parents=True, exist_ok=True)
-        self._clip = OpenClip(clip_id, d.clip_start_ns, d, partial, rules={d.rule})
+        self._clip = ClipInProgress(clip_id, d.clip_start_ns, d, partial, rules={d.rule})
         if self.on_opened is not None:
             try:
                 self.on_opened(clip_id, d)
             except Exception:
                 log.exception("on_opened hook failed for %s", clip_id)
-        self._send(("open", clip_id, d.clip_start_ns, str(partial / CLIP)))
+        self._send(OpenClip(clip_id, d.clip_start_ns, str(partial / CLIP)))
         log.info("clip %s opened by %s", clip_id, d.rule)
 
     def _end(self, d: Decision) -> None:
@@ -220,17 +234,17 @@ class Recorder:
         if not clip.rules:
             self._close(clip, min(clip.end_ns, clip.start_ns + int(MAX_CLIP_S * 1e9)))
 
-    def _close(self, clip: OpenClip, end_ns: int) -> None:
+    def _close(self, clip: ClipInProgress, end_ns: int) -> None:
         clip.end_ns = end_ns
         clip.close_sent = True
-        self._send(("close", clip.clip_id, end_ns))
+        self._send(CloseClip(clip.clip_id, end_ns))
 
-    def _send(self, cmd: tuple[Any, ...]) -> None:
+    def _send(self, cmd: Command) -> None:
         try:
             self._cmd_q.put(cmd, timeout=0.5)
         except queue.Full:
             self.dropped_commands += 1
-            log.error("encoder process is not taking commands; dropped %s", cmd[0])
+            log.error("encoder process is not taking commands; dropped %s", type(cmd).__name__)
 
     # -- results ------------------------------------------------------------------------------
     def _results(self) -> None:
@@ -243,20 +257,21 @@ class Recorder:
                     self._abandon("the encoder process died")
                     return
                 continue
-            kind = msg[0]
-            if kind == "encoder":
-                self.encoder_name, self.encoder_fallbacks = msg[1], msg[2]
-                for name, reason in msg[2]:
-                    log.warning("encoder %s unavailable: %s; using %s", name, reason, msg[1])
-            elif kind == "clip":
-                self._sealing(msg[1])
-            elif kind == "stopped":
-                self.stats = msg[1]
-            elif kind == "crashed":
-                log.error("encoder process crashed:\n%s", msg[1])
+            if isinstance(msg, EncoderChosen):
+                self.encoder_name, self.encoder_fallbacks = msg.name, list(msg.failed)
+                for name, reason in msg.failed:
+                    log.warning("encoder %s unavailable: %s; using %s", name, reason, msg.name)
+            elif isinstance(msg, ClipWritten | ClipFailed):
+                self._sealing(msg)
+            elif isinstance(msg, Stopped):
+                self.stats = msg.stats
+            elif isinstance(msg, Crashed):
+                log.error("encoder process crashed:\n%s", msg.traceback)
                 self._abandon("the encoder process crashed")
-            elif kind == "encoder_lost":
-                log.error("no encoder opens any more: %s", msg[1])
+            elif isinstance(msg, EncoderLost):
+                log.error("no encoder opens any more: %s", msg.reason)
+            elif not isinstance(msg, Ready):
+                log.error("unexpected message from the encoder process: %r", msg)
 
     def _abandon(self, reason: str) -> None:
         with self._lock:
@@ -273,15 +288,15 @@ class Recorder:
             except Exception:
                 log.exception("on_failed hook failed for %s", clip_id)
 
-    def _sealing(self, info: dict[str, Any]) -> None:
+    def _sealing(self, info: ClipWritten | ClipFailed) -> None:
         with self._lock:
             clip = self._clip
-            if clip is None or clip.clip_id != info["clip_id"]:
+            if clip is None or clip.clip_id != info.clip_id:
                 return
             self._clip = None
         try:
-            if "failed" in info:
-                raise CapsightError(info["failed"])
+            if isinstance(info, ClipFailed):
+                raise CapsightError(info.error)
             path, manifest = self._seal(clip, info)
         except (CapsightError, OSError) as exc:
             # Not sealed: nothing of it may look complete.
@@ -292,16 +307,16 @@ class Recorder:
             return
         self.seal_delays_s.append((time.monotonic_ns() - clip.end_ns) / 1e9)
         self.sealed.append(path)
-        log.info("bundle %s sealed (%d frames)", manifest.bundle_id, info["frames"])
+        log.info("bundle %s sealed (%d frames)", manifest.bundle_id, info.frames)
         if self.on_sealed is not None:
             try:
                 self.on_sealed(path, manifest)
             except Exception:
                 log.exception("on_sealed hook failed for %s", path)
 
-    def _seal(self, clip: OpenClip, info: dict[str, Any]) -> tuple[Path, Manifest]:
+    def _seal(self, clip: ClipInProgress, info: ClipWritten) -> tuple[Path, Manifest]:
         p = self.profile
-        start, end = int(info["first_ns"]), max(int(info["last_ns"]), clip.end_ns)
+        start, end = info.first_ns, max(info.last_ns, clip.end_ns)
         files = {}
         if self.sensors is not None:
             self.sensors.write_mcap(
@@ -330,16 +345,16 @@ class Recorder:
             start_utc=utc_of(start, self._utc_offset),
             end_utc=utc_of(end, self._utc_offset),
             video=VideoInfo(
-                codec=info["codec"],
-                encoder=info["encoder"],
-                width=info["width"],
-                height=info["height"],
-                fps=info["fps"],
-                frames=info["frames"],
-                duration_s=round(info["duration_s"], 3),
-                dropped_frames=int(info.get("skipped", 0)),
-                complete=bool(info["complete"]),
-                note=info.get("note", ""),
+                codec=info.codec,
+                encoder=info.encoder,
+                width=info.width,
+                height=info.height,
+                fps=info.fps,
+                frames=info.frames,
+                duration_s=round(info.duration_s, 3),
+                dropped_frames=info.skipped,
+                complete=info.complete,
+                note=info.note,
             ),
             files=files,
             created_utc=utc_of(time.monotonic_ns(), self._utc_offset),
