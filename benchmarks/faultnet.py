@@ -220,7 +220,7 @@ class ServerThread(_LoopThread):
         import uvicorn
 
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="auto"
         )
         self._server = uvicorn.Server(config)
         task = asyncio.ensure_future(self._server.serve())

@@ -5,18 +5,19 @@
 - ``POST /api/heartbeat`` (device): ``{"queue_depth", "disk_used_pct", "last_upload_utc",
   "model_version"}``.
 - ``GET /api/fleet`` (admin): per device its last heartbeat.
+- ``GET /api/ingest`` (admin): the ingest queue: uploads pending, done, failed.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from cloud_sink.auth import Identity, bearer_identity
 from cloud_sink.db import SinkDB
 from cloud_sink.index import Index
 
@@ -28,33 +29,20 @@ HEARTBEAT_FIELDS = {
 }
 
 
-def _who(request: Request, db: SinkDB) -> tuple[str, bool] | None:
-    value = request.headers.get("authorization", "")
-    if not value.lower().startswith("bearer "):
-        return None
-    return db.authenticate(value[7:].strip())
-
-
 def add_api(routes: list[Route], db: SinkDB, index: Index) -> list[Route]:
-    db._exec(
-        "CREATE TABLE IF NOT EXISTS heartbeats (device TEXT PRIMARY KEY, received_utc TEXT "
-        "NOT NULL, body TEXT NOT NULL)"
-    )
-
-    def denied(admin_needed: bool, who: tuple[str, bool] | None) -> JSONResponse | None:
+    def denied(admin_needed: bool, who: Identity | None) -> JSONResponse | None:
         if who is None:
             return JSONResponse(
                 {"error": "a Bearer token is required"},
                 status_code=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        if admin_needed and not who[1]:
+        if admin_needed and not who.admin:
             return JSONResponse({"error": "an admin token is required"}, status_code=403)
         return None
 
     async def bundles(request: Request) -> JSONResponse:
-        who = _who(request, db)
-        if (resp := denied(True, who)) is not None:
+        if (resp := denied(True, bearer_identity(request, db))) is not None:
             return resp
         p = request.query_params
         try:
@@ -80,7 +68,7 @@ def add_api(routes: list[Route], db: SinkDB, index: Index) -> list[Route]:
         return JSONResponse({"bundles": rows})
 
     async def heartbeat(request: Request) -> JSONResponse:
-        who = _who(request, db)
+        who = bearer_identity(request, db)
         if (resp := denied(False, who)) is not None:
             return resp
         assert who is not None
@@ -93,28 +81,23 @@ def add_api(routes: list[Route], db: SinkDB, index: Index) -> list[Route]:
             }
         except (ValueError, TypeError, AttributeError) as exc:
             return JSONResponse({"error": f"malformed heartbeat: {exc}"}, status_code=400)
-        db._exec(
-            "INSERT INTO heartbeats VALUES (?, ?, ?) ON CONFLICT(device) DO UPDATE SET "
-            "received_utc = excluded.received_utc, body = excluded.body",
-            (who[0], time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), json.dumps(clean)),
-        )
+        db.record_heartbeat(who.device, clean)
         return JSONResponse({"ok": True})
 
     async def fleet(request: Request) -> JSONResponse:
-        if (resp := denied(True, _who(request, db))) is not None:
+        if (resp := denied(True, bearer_identity(request, db))) is not None:
             return resp
-        rows = db._exec("SELECT device, received_utc, body FROM heartbeats ORDER BY device")
-        return JSONResponse(
-            {
-                "devices": [
-                    {"device": r[0], "last_heartbeat_utc": r[1], **json.loads(r[2])} for r in rows
-                ]
-            }
-        )
+        return JSONResponse({"devices": db.heartbeats()})
+
+    async def ingest(request: Request) -> JSONResponse:
+        if (resp := denied(True, bearer_identity(request, db))) is not None:
+            return resp
+        return JSONResponse({"queue": db.ingest_counts()})
 
     return [
         *routes,
         Route("/api/bundles", bundles),
         Route("/api/heartbeat", heartbeat, methods=["POST"]),
         Route("/api/fleet", fleet),
+        Route("/api/ingest", ingest),
     ]

@@ -32,6 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--s3-endpoint", help="endpoint URL of an S3-compatible store")
     s.add_argument("--s3-prefix", default="", help="key prefix inside the bucket")
+    s.add_argument(
+        "--ingest-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="background workers that ingest completed uploads (0: the durable queue waits "
+        "for a sink that has some)",
+    )
     s.set_defaults(handler=cmd_serve)
     d = sub.add_parser("device", help="devices and their tokens")
     dsub = d.add_subparsers(dest="device_command", metavar="ACTION", required=True)
@@ -69,7 +77,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         blobs = S3BlobStore(args.s3_bucket, endpoint_url=args.s3_endpoint, prefix=args.s3_prefix)
     app = make_app(
-        args.data, max_size=args.max_size, expire_s=args.expire_hours * 3600, blobs=blobs
+        args.data,
+        max_size=args.max_size,
+        expire_s=args.expire_hours * 3600,
+        blobs=blobs,
+        ingest_workers=args.ingest_workers,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -1,43 +1,95 @@
-"""The sink's own SQLite file: devices (tokens stored only as hashes) and uploads.
+"""The sink's own SQLite file (``sink.db``): devices (tokens stored only as hashes), uploads,
+the files of each bundle as they arrive, the durable ingest queue, and heartbeats.
 
-An upload's offset is never stored here: it is the durable size of its data file (see
-:mod:`cloud_sink.tus`), so a crash can never make the two disagree.
+Every table is created by a numbered migration, applied in the transaction that records it
+(``schema_migrations``), as the cart's journal does. An upload's offset is never stored here:
+it is the durable size of its data file (see :mod:`cloud_sink.tus`), so a crash can never make
+the two disagree.
+
+The ingest queue makes ingest independent of the request that completed an upload: completing
+an upload and queueing its ingest are one transaction, a background worker claims items with
+a lease, and an item is marked done in the transaction after its work. A sink killed in between
+finds the item pending on restart and ingests it then; ingest is idempotent per bundle, so a
+bundle is indexed exactly once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import re
 import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from capsight_edge.errors import CapsightError
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS devices (
-    name TEXT PRIMARY KEY,
-    token_sha256 TEXT NOT NULL UNIQUE,
-    admin INTEGER NOT NULL DEFAULT 0,
-    created_utc TEXT NOT NULL,
-    revoked_utc TEXT
-);
-CREATE TABLE IF NOT EXISTS uploads (
-    id TEXT PRIMARY KEY,
-    device TEXT NOT NULL,
-    length INTEGER,
-    metadata TEXT NOT NULL DEFAULT '{}',
-    created_utc TEXT NOT NULL,
-    expires_ts REAL NOT NULL,
-    completed_utc TEXT,
-    terminated INTEGER NOT NULL DEFAULT 0
-);
-"""
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+#: A migration: SQL statements separated by ``;``, or a tuple of whole statements (those with
+#: ``;`` inside, such as triggers), or a function of the connection.
+Migration = str | tuple[str, ...] | Callable[[sqlite3.Connection], None]
+
+#: The sink's schema, one step per number; never edit a step that has shipped: add one.
+MIGRATIONS: list[Migration] = [
+    # 1: devices and uploads (IF NOT EXISTS: sinks made before migrations had these already)
+    """
+    CREATE TABLE IF NOT EXISTS devices (
+        name TEXT PRIMARY KEY,
+        token_sha256 TEXT NOT NULL UNIQUE,
+        admin INTEGER NOT NULL DEFAULT 0,
+        created_utc TEXT NOT NULL,
+        revoked_utc TEXT
+    );
+    CREATE TABLE IF NOT EXISTS uploads (
+        id TEXT PRIMARY KEY,
+        device TEXT NOT NULL,
+        length INTEGER,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        created_utc TEXT NOT NULL,
+        expires_ts REAL NOT NULL,
+        completed_utc TEXT,
+        terminated INTEGER NOT NULL DEFAULT 0
+    );
+    """,
+    # 2: the files of each bundle as they arrive, and the fleet's heartbeats
+    """
+    CREATE TABLE IF NOT EXISTS bundle_files (
+        device TEXT NOT NULL,
+        bundle_id TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        upload_id TEXT NOT NULL,
+        path TEXT NOT NULL,
+        PRIMARY KEY (device, bundle_id, filename)
+    );
+    CREATE TABLE IF NOT EXISTS heartbeats (
+        device TEXT PRIMARY KEY,
+        received_utc TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    """,
+    # 3: the durable ingest queue: one item per completed upload
+    """
+    CREATE TABLE ingest_queue (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        upload_id TEXT NOT NULL UNIQUE,
+        device TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        claimed_until REAL NOT NULL DEFAULT 0,
+        enqueued_utc TEXT NOT NULL,
+        done_utc TEXT,
+        result TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX ingest_pending ON ingest_queue(state, seq);
+    """,
+]
 
 
 class SinkError(CapsightError):
@@ -52,6 +104,31 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def apply_migrations(db: sqlite3.Connection, migrations: list[Migration]) -> None:
+    """Apply what ``db`` lacks of ``migrations``, each in the transaction that records it."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+        "applied_utc TEXT NOT NULL)"
+    )
+    done = {r[0] for r in db.execute("SELECT version FROM schema_migrations")}
+    for version, step in enumerate(migrations, start=1):
+        if version in done:
+            continue
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if callable(step):
+                step(db)
+            else:
+                statements = step if isinstance(step, tuple) else step.split(";")
+                for statement in (s for s in statements if s.strip()):
+                    db.execute(statement)
+            db.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, utc_now()))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+
 @dataclass(frozen=True)
 class Upload:
     id: str
@@ -64,7 +141,17 @@ class Upload:
     terminated: bool
 
 
+@dataclass(frozen=True)
+class IngestItem:
+    seq: int
+    upload_id: str
+    device: str
+    attempts: int
+
+
 class SinkDB:
+    """Thread-safe (one connection, one lock)."""
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,8 +161,17 @@ class SinkDB:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        with self._lock:
+            try:
+                apply_migrations(self._db, MIGRATIONS)
+            except sqlite3.Error as exc:
+                raise SinkError(f"{self.path}: cannot migrate: {exc}") from exc
+
+    @property
+    def schema_version(self) -> int:
+        row = self._exec("SELECT MAX(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
 
     def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         with self._lock:
@@ -84,11 +180,23 @@ class SinkDB:
             except sqlite3.Error as exc:
                 raise SinkError(f"{self.path}: {exc}") from exc
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise SinkError(f"{self.path}: {exc}") from exc
+
     # -- devices --------------------------------------------------------------------------------
     def add_device(self, name: str, *, admin: bool = False) -> str:
         """Create a device and return its token; only the token's hash is kept."""
-        import re
-
         if not re.match(NAME, name):
             raise SinkError(f"device name {name!r} must match {NAME}")
         token = secrets.token_urlsafe(32)
@@ -157,12 +265,21 @@ class SinkDB:
         )
 
     def complete(self, upload_id: str) -> bool:
-        """Mark complete; True only the first time (ingest runs once per upload)."""
-        cur = self._exec(
-            "UPDATE uploads SET completed_utc = ? WHERE id = ? AND completed_utc IS NULL",
-            (utc_now(), upload_id),
-        )
-        return cur.rowcount == 1
+        """Mark complete and queue its ingest, in one transaction; True only the first time
+        (an upload is ingested once)."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE uploads SET completed_utc = ? WHERE id = ? AND completed_utc IS NULL",
+                (utc_now(), upload_id),
+            )
+            if cur.rowcount != 1:
+                return False
+            db.execute(
+                "INSERT INTO ingest_queue (upload_id, device, enqueued_utc) "
+                "SELECT id, device, ? FROM uploads WHERE id = ?",
+                (utc_now(), upload_id),
+            )
+            return True
 
     def terminate(self, upload_id: str) -> None:
         self._exec("UPDATE uploads SET terminated = 1 WHERE id = ?", (upload_id,))
@@ -177,5 +294,77 @@ class SinkDB:
             )
         ]
 
+    # -- the ingest queue -----------------------------------------------------------------------
+    def claim_ingest(self, lease_s: float = 300.0) -> IngestItem | None:
+        """The oldest pending item nobody holds, leased for ``lease_s`` (a worker that dies
+        lets it go when the lease ends)."""
+        now = time.time()
+        with self.transaction() as db:
+            r = db.execute(
+                "SELECT seq, upload_id, device, attempts FROM ingest_queue WHERE state = "
+                "'pending' AND claimed_until < ? ORDER BY seq LIMIT 1",
+                (now,),
+            ).fetchone()
+            if r is None:
+                return None
+            db.execute(
+                "UPDATE ingest_queue SET claimed_until = ?, attempts = attempts + 1 WHERE seq = ?",
+                (now + lease_s, r[0]),
+            )
+            return IngestItem(r[0], r[1], r[2], r[3] + 1)
+
+    def finish_ingest(self, seq: int, result: str, *, failed: bool = False) -> None:
+        self._exec(
+            "UPDATE ingest_queue SET state = ?, done_utc = ?, result = ?, claimed_until = 0 "
+            "WHERE seq = ?",
+            ("failed" if failed else "done", utc_now(), result, seq),
+        )
+
+    def release_claims(self) -> int:
+        """At start: claims held by a previous run of this sink are void (it is gone)."""
+        cur = self._exec(
+            "UPDATE ingest_queue SET claimed_until = 0 WHERE state = 'pending' AND "
+            "claimed_until > 0"
+        )
+        return cur.rowcount
+
+    def ingest_counts(self) -> dict[str, int]:
+        rows = self._exec("SELECT state, COUNT(*) FROM ingest_queue GROUP BY state").fetchall()
+        out = {"pending": 0, "done": 0, "failed": 0}
+        out.update({r[0]: r[1] for r in rows})
+        return out
+
+    # -- the files of a bundle ------------------------------------------------------------------
+    def add_bundle_file(
+        self, device: str, bundle_id: str, filename: str, upload_id: str, path: str
+    ) -> bool:
+        """Record an arrived file; False when that file of the bundle arrived before (the
+        first one is kept)."""
+        cur = self._exec(
+            "INSERT OR IGNORE INTO bundle_files VALUES (?, ?, ?, ?, ?)",
+            (device, bundle_id, filename, upload_id, path),
+        )
+        return cur.rowcount == 1
+
+    def bundle_files(self, device: str, bundle_id: str) -> dict[str, Path]:
+        rows = self._exec(
+            "SELECT filename, path FROM bundle_files WHERE device = ? AND bundle_id = ?",
+            (device, bundle_id),
+        ).fetchall()
+        return {r[0]: Path(r[1]) for r in rows}
+
+    # -- heartbeats -----------------------------------------------------------------------------
+    def record_heartbeat(self, device: str, body: dict[str, Any]) -> None:
+        self._exec(
+            "INSERT INTO heartbeats VALUES (?, ?, ?) ON CONFLICT(device) DO UPDATE SET "
+            "received_utc = excluded.received_utc, body = excluded.body",
+            (device, utc_now(), json.dumps(body)),
+        )
+
+    def heartbeats(self) -> list[dict[str, Any]]:
+        rows = self._exec("SELECT device, received_utc, body FROM heartbeats ORDER BY device")
+        return [{"device": r[0], "last_heartbeat_utc": r[1], **json.loads(r[2])} for r in rows]
+
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()

@@ -1,6 +1,8 @@
-"""The bundle index: SQLite through sqlite-utils, with full-text search.
+"""The bundle index (``index.db``): SQLite through sqlite-utils, with full-text search.
 
 The schema is plain SQL types so it moves to PostgreSQL unchanged when a fleet outgrows SQLite.
+Its tables are created by numbered migrations (:data:`MIGRATIONS`), as the sink's own database's
+are.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from capsight_edge.bundle.manifest import Manifest
+from cloud_sink.db import Migration, apply_migrations
 
 COLUMNS = {
     "id": str,
@@ -38,21 +41,50 @@ COLUMNS = {
 }
 
 
+_SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "REAL"}
+_FTS = ("rule", "device_id", "store_id", "barcodes", "reason")
+_FTS_COLS = ", ".join(f'"{c}"' for c in _FTS)
+_NEW = ", ".join(f'new."{c}"' for c in _FTS)
+_OLD = ", ".join(f'old."{c}"' for c in _FTS)
+
+#: The index's schema, one step per number (IF NOT EXISTS: indexes made before migrations have
+#: these already). Never edit a step that has shipped: add one.
+MIGRATIONS: list[Migration] = [
+    # 1: bundles, their full-text index and its triggers
+    (
+        "CREATE TABLE IF NOT EXISTS bundles ("
+        + ", ".join(f'"{k}" {_SQL_TYPES[t]}' for k, t in COLUMNS.items())
+        + ', PRIMARY KEY ("device_id", "id"))',
+        "CREATE VIRTUAL TABLE IF NOT EXISTS bundles_fts USING FTS5 "
+        f'({_FTS_COLS}, content="bundles")',
+        f"CREATE TRIGGER IF NOT EXISTS bundles_ai AFTER INSERT ON bundles BEGIN "
+        f"INSERT INTO bundles_fts (rowid, {_FTS_COLS}) VALUES (new.rowid, {_NEW}); END",
+        f"CREATE TRIGGER IF NOT EXISTS bundles_ad AFTER DELETE ON bundles BEGIN "
+        f"INSERT INTO bundles_fts (bundles_fts, rowid, {_FTS_COLS}) VALUES "
+        f"('delete', old.rowid, {_OLD}); END",
+        f"CREATE TRIGGER IF NOT EXISTS bundles_au AFTER UPDATE ON bundles BEGIN "
+        f"INSERT INTO bundles_fts (bundles_fts, rowid, {_FTS_COLS}) VALUES "
+        f"('delete', old.rowid, {_OLD}); "
+        f"INSERT INTO bundles_fts (rowid, {_FTS_COLS}) VALUES (new.rowid, {_NEW}); END",
+        'CREATE INDEX IF NOT EXISTS "idx_bundles_store_id_start_utc" ON bundles '
+        "(store_id, start_utc)",
+        'CREATE INDEX IF NOT EXISTS "idx_bundles_rule" ON bundles (rule)',
+    ),
+]
+
+
 class Index:
     def __init__(self, path: str | Path) -> None:
         import sqlite_utils
 
+        plain = sqlite3.connect(str(path), isolation_level=None)
+        try:
+            apply_migrations(plain, MIGRATIONS)
+        finally:
+            plain.close()
         # One connection shared by the server's threads, serialised by the lock.
         self.db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False))
         self._lock = threading.RLock()
-        table = self.db.table("bundles")
-        if not table.exists():
-            table.create(COLUMNS, pk=("device_id", "id"))
-            table.enable_fts(
-                ["rule", "device_id", "store_id", "barcodes", "reason"], create_triggers=True
-            )
-            table.create_index(["store_id", "start_utc"])
-            table.create_index(["rule"])
 
     def get(self, bundle_id: str, device: str) -> dict[str, Any] | None:
         with self._lock:

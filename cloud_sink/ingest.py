@@ -1,14 +1,19 @@
 """Ingest: when every file of a bundle has arrived, check it against its manifest and index it.
 
 Each file of a bundle is one tus upload whose ``Upload-Metadata`` names ``bundle_id`` and
-``filename`` (``manifest.json``, ``clip.mp4``, ``sensors.mcap``). Ingest runs once per completed
-upload (the tus layer guarantees it) and is idempotent per bundle: a bundle already indexed is left
-alone. A bundle whose files do not match its manifest, whose manifest names another device, or
-whose clip is not a video is indexed as ``corrupt`` with the reason, and its files are kept aside.
+``filename`` (``manifest.json``, ``clip.mp4``, ``sensors.mcap``). Ingest is off the request path:
+completing an upload queues it (``SinkDB.complete``, one transaction), and :class:`IngestWorker`
+works the durable queue in the background, so a sink killed in between ingests the upload after
+its restart. Ingest is idempotent per bundle (a bundle already indexed is left alone), so each
+bundle is indexed exactly once. A bundle whose files do not match its manifest, whose manifest
+names another device, or whose clip is not a video is indexed as ``corrupt`` with the reason,
+and its files are kept aside. The clip is decoded once per ingest (:func:`scan_clip`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 from pathlib import Path
@@ -23,29 +28,61 @@ from capsight_edge.bundle.manifest import (
     sha256_file,
 )
 from cloud_sink.blobs import BlobStore
-from cloud_sink.db import SinkDB, Upload
+from cloud_sink.db import IngestItem, SinkDB, Upload
 from cloud_sink.index import Index
 
 log = logging.getLogger("capsight.sink.ingest")
 FILES = (MANIFEST, CLIP, SENSORS)
 
 
-def probe_clip(path: Path) -> dict[str, Any]:
-    """Codec, size, frames and duration of a video; ValueError if it is not one."""
+def scan_clip(
+    path: Path, every_s: float = 0.5, thumb_w: int = 320, empty_mad: float = 4.0
+) -> tuple[dict[str, Any], list[bytes]]:
+    """One decoding pass over a clip: its codec, size, frames and duration; JPEG thumbnails of
+    its keyframes; and which sampled frames show only the empty background (a frame within
+    ``empty_mad`` grey levels, mean absolute difference at 64 px, of the clip's median frame
+    shows nothing that moves). ValueError when it is not a playable video."""
     import av
+    import cv2
+    import numpy as np
 
+    thumbs: list[bytes] = []
+    samples: list[Any] = []
+    frames, next_t = 0, 0.0
     try:
         with av.open(str(path)) as c:
             if not c.streams.video:
                 raise ValueError("no video stream")
             s = c.streams.video[0]
-            frames = sum(1 for _ in c.decode(s))
+            for frame in c.decode(s):
+                frames += 1
+                t = float(frame.time or 0.0)
+                if frame.key_frame and len(thumbs) < 32:
+                    img = frame.to_ndarray(format="bgr24")
+                    h = int(img.shape[0] * thumb_w / img.shape[1])
+                    ok, jpg = cv2.imencode(
+                        ".jpg",
+                        cv2.resize(img, (thumb_w, h), interpolation=cv2.INTER_AREA),
+                        [cv2.IMWRITE_JPEG_QUALITY, 80],
+                    )
+                    if ok:
+                        thumbs.append(jpg.tobytes())
+                if t >= next_t:
+                    next_t = t + every_s
+                    grey = frame.to_ndarray(format="gray")
+                    samples.append(
+                        cv2.resize(
+                            grey,
+                            (64, 64 * grey.shape[0] // grey.shape[1]),
+                            interpolation=cv2.INTER_AREA,
+                        ).astype(np.float32)
+                    )
             duration = (
                 float(s.duration * s.time_base)
                 if s.duration and s.time_base
                 else float(c.duration or 0) / 1e6
             )
-            return {
+            info: dict[str, Any] = {
                 "codec": s.codec_context.name,
                 "width": s.codec_context.width,
                 "height": s.codec_context.height,
@@ -54,55 +91,18 @@ def probe_clip(path: Path) -> dict[str, Any]:
             }
     except av.FFmpegError as exc:
         raise ValueError(f"not a playable video: {exc}") from exc
-
-
-def keyframes_and_background(
-    path: Path, every_s: float = 0.5, thumb_w: int = 320, empty_mad: float = 4.0
-) -> tuple[list[bytes], dict[str, Any]]:
-    """JPEG thumbnails of the clip's keyframes, and which sampled frames show only the empty
-    background: a frame within ``empty_mad`` grey levels (mean absolute difference, at 64 px)
-    of the clip's median frame shows nothing that moves."""
-    import av
-    import cv2
-    import numpy as np
-
-    thumbs: list[bytes] = []
-    samples: list[Any] = []
-    next_t = 0.0
-    with av.open(str(path)) as c:
-        s = c.streams.video[0]
-        for frame in c.decode(s):
-            t = float(frame.time or 0.0)
-            if frame.key_frame and len(thumbs) < 32:
-                img = frame.to_ndarray(format="bgr24")
-                h = int(img.shape[0] * thumb_w / img.shape[1])
-                ok, jpg = cv2.imencode(
-                    ".jpg",
-                    cv2.resize(img, (thumb_w, h), interpolation=cv2.INTER_AREA),
-                    [cv2.IMWRITE_JPEG_QUALITY, 80],
-                )
-                if ok:
-                    thumbs.append(jpg.tobytes())
-            if t >= next_t:
-                next_t = t + every_s
-                grey = frame.to_ndarray(format="gray")
-                samples.append(
-                    cv2.resize(
-                        grey,
-                        (64, 64 * grey.shape[0] // grey.shape[1]),
-                        interpolation=cv2.INTER_AREA,
-                    ).astype(np.float32)
-                )
     if not samples:
-        return thumbs, {"sampled_frames": 0, "empty_frames": 0, "all_empty": False}
+        info["background"] = {"sampled_frames": 0, "empty_frames": 0, "all_empty": False}
+        return info, thumbs
     background = np.median(np.stack(samples), axis=0)
     empty = sum(1 for f in samples if float(np.mean(np.abs(f - background))) < empty_mad)
     # A clip that never changes at all is only background.
-    return thumbs, {
+    info["background"] = {
         "sampled_frames": len(samples),
         "empty_frames": empty,
         "all_empty": empty == len(samples),
     }
+    return info, thumbs
 
 
 def summarise_sensors(path: Path) -> dict[str, Any]:
@@ -160,19 +160,43 @@ def decode(path: Path, encoding: str, max_bytes: int = 16 << 30) -> Path:
 
 
 class Ingest:
-    def __init__(self, db: SinkDB, blobs: BlobStore, index: Index) -> None:
+    """Ingest of completed uploads into the blob store and the index."""
+
+    def __init__(self, db: SinkDB, blobs: BlobStore, index: Index, uploads_dir: Path) -> None:
         self.db = db
         self.blobs = blobs
         self.index = index
+        self.uploads_dir = uploads_dir
         self._lock = threading.Lock()
-        with self._lock:
-            self.db._exec(
-                "CREATE TABLE IF NOT EXISTS bundle_files (device TEXT NOT NULL, "
-                "bundle_id TEXT NOT NULL, filename TEXT NOT NULL, upload_id TEXT NOT "
-                "NULL, path TEXT NOT NULL, PRIMARY KEY (device, bundle_id, filename))"
-            )
 
-    def on_complete(self, upload: Upload, path: Path) -> None:
+    # -- the queue ------------------------------------------------------------------------------
+    def run_pending(self, *, max_items: int | None = None) -> int:
+        """Ingest what the queue holds (claiming each item); returns how many were done."""
+        done = 0
+        while max_items is None or done < max_items:
+            item = self.db.claim_ingest()
+            if item is None:
+                break
+            self.process(item)
+            done += 1
+        return done
+
+    def process(self, item: IngestItem) -> None:
+        """One queued upload; marked done (or failed, with the reason) in the queue after."""
+        upload = self.db.get_upload(item.upload_id)
+        if upload is None:
+            self.db.finish_ingest(item.seq, "the upload is not in the database", failed=True)
+            return
+        try:
+            result = self.on_complete(upload, self.uploads_dir / upload.id)
+        except Exception as exc:  # a bug or a full disk: keep the item, say why
+            log.exception("ingest of upload %s failed", upload.id)
+            self.db.finish_ingest(item.seq, f"{type(exc).__name__}: {exc}", failed=True)
+            return
+        self.db.finish_ingest(item.seq, result or "waiting for the bundle's other files")
+
+    # -- one upload -------------------------------------------------------------------------------
+    def on_complete(self, upload: Upload, path: Path) -> str | None:
         bundle_id = upload.metadata.get("bundle_id", "")
         filename = upload.metadata.get("filename", "")
         if not bundle_id or filename not in FILES:
@@ -184,7 +208,7 @@ class Ingest:
                 bundle_id,
                 filename,
             )
-            return
+            return "not a bundle file: kept, not ingested"
         encoding = upload.metadata.get("encoding", "")
         if encoding:
             try:
@@ -192,29 +216,17 @@ class Ingest:
             except ValueError as exc:
                 log.warning("upload %s (%s/%s): %s", upload.id, bundle_id, filename, exc)
                 self.index.add_corrupt(bundle_id, upload.device, None, f"{filename}: {exc}")
-                return
-        try:
-            self.db._exec(
-                "INSERT INTO bundle_files VALUES (?, ?, ?, ?, ?)",
-                (upload.device, bundle_id, filename, upload.id, str(path)),
-            )
-        except Exception:  # the same file arrived again under a new upload: keep the first
+                return "corrupt"
+        if not self.db.add_bundle_file(upload.device, bundle_id, filename, upload.id, str(path)):
             log.info("bundle %s: %s arrived again; keeping the first", bundle_id, filename)
-        self.try_assemble(upload.device, bundle_id)
-
-    def arrived(self, device: str, bundle_id: str) -> dict[str, Path]:
-        rows = self.db._exec(
-            "SELECT filename, path FROM bundle_files WHERE device = ? AND bundle_id = ?",
-            (device, bundle_id),
-        ).fetchall()
-        return {r[0]: Path(r[1]) for r in rows}
+        return self.try_assemble(upload.device, bundle_id)
 
     def try_assemble(self, device: str, bundle_id: str) -> str | None:
         """Index the bundle if it is complete; returns its status, or None while waiting."""
         with self._lock:
             if self.index.get(bundle_id, device) is not None:
                 return None  # idempotent: already ingested
-            files = self.arrived(device, bundle_id)
+            files = self.db.bundle_files(device, bundle_id)
             if MANIFEST not in files:
                 return None
             try:
@@ -244,8 +256,7 @@ class Ingest:
             thumbs: list[bytes] = []
             if CLIP in files:
                 try:
-                    clip = probe_clip(files[CLIP])
-                    thumbs, clip["background"] = keyframes_and_background(files[CLIP])
+                    clip, thumbs = scan_clip(files[CLIP])
                 except ValueError as exc:
                     return self._corrupt(device, bundle_id, manifest, f"{CLIP}: {exc}")
             sensors = summarise_sensors(files[SENSORS]) if SENSORS in files else {}
@@ -266,3 +277,47 @@ class Ingest:
         log.warning("bundle %s from %s is corrupt: %s", bundle_id, device, reason)
         self.index.add_corrupt(bundle_id, device, manifest, reason)
         return "corrupt"
+
+
+class IngestWorker:
+    """Works the ingest queue in the background of the sink's event loop: each item in a
+    thread (ingest reads and hashes whole files), one at a time; :meth:`wake` (called when an
+    upload completes) ends the wait at once."""
+
+    def __init__(self, ingest: Ingest, *, idle_s: float = 1.0) -> None:
+        self.ingest = ingest
+        self.idle_s = idle_s
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        loop, event = self._loop, self._wake
+        if loop is not None and event is not None:
+            loop.call_soon_threadsafe(event.set)
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        released = await asyncio.to_thread(self.ingest.db.release_claims)
+        if released:
+            log.warning(
+                "ingest: %d uploads left half-ingested by a crash are queued again", released
+            )
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while True:
+            self._wake.clear()
+            done = await asyncio.to_thread(self.ingest.run_pending, max_items=1)
+            if not done:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.idle_s)

@@ -27,7 +27,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from cloud_sink.auth import bearer_identity
 from cloud_sink.db import SinkDB, Upload
 
 log = logging.getLogger("capsight.sink.tus")
@@ -118,8 +119,9 @@ def _int_header(request: Request, name: str) -> int | None:
 
 
 class TusApp:
-    """Build with :func:`make_app`. ``on_complete(upload, path)`` runs once per completed
-    upload (ingest hooks in here)."""
+    """Build with :func:`make_app`. A completed upload is queued for ingest in the same
+    transaction that marks it complete; ``on_complete()`` then wakes whoever works the queue
+    (never ingest itself: that is off the request path)."""
 
     def __init__(
         self,
@@ -128,7 +130,7 @@ class TusApp:
         *,
         max_size: int,
         expire_s: float,
-        on_complete: Callable[[Upload, Path], None] | None = None,
+        on_complete: Callable[[], None] | None = None,
     ) -> None:
         self.dir = data_dir / "blobs" / "uploads"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -176,13 +178,10 @@ class TusApp:
         return {"Tus-Resumable": TUS_VERSION, **extra}
 
     def auth(self, request: Request) -> str:
-        value = request.headers.get("authorization", "")
-        if not value.lower().startswith("bearer "):
-            raise TusError(401, "Authorization: Bearer <token> is required")
-        who = self.db.authenticate(value[7:].strip())
+        who = bearer_identity(request, self.db)
         if who is None:
-            raise TusError(401, "unknown or revoked token")
-        return who[0]
+            raise TusError(401, "Authorization: Bearer <a device's active token> is required")
+        return who.device
 
     def own_upload(self, upload_id: str, device: str) -> Upload:
         up = self.db.get_upload(upload_id) if UPLOAD_ID.match(upload_id) else None
@@ -408,12 +407,13 @@ class TusApp:
                 if marker is not None:
                     marker.unlink(missing_ok=True)
             new_offset = os.fstat(fd).st_size
-        if up.length is not None and new_offset == up.length and self.db.complete(up.id):
-            up = self.db.get_upload(up.id) or up
-            log.info("upload %s from %s complete (%d bytes)", up.id, up.device, new_offset)
-            if self.on_complete is not None:
-                # Ingest reads and hashes whole files: in a thread, so uploads go on meanwhile.
-                await asyncio.to_thread(self.on_complete, up, self.path(up.id))
+        if up.length is not None and new_offset == up.length:
+            completed = await asyncio.to_thread(self.db.complete, up.id)  # and queued for ingest
+            if completed:
+                up = self.db.get_upload(up.id) or up
+                log.info("upload %s from %s complete (%d bytes)", up.id, up.device, new_offset)
+                if self.on_complete is not None:
+                    self.on_complete()
         return new_offset, up
 
 
@@ -423,19 +423,38 @@ def make_app(
     max_size: int = 10 * 2**30,
     expire_s: float = 24 * 3600,
     blobs: Any = None,
+    ingest_workers: int = 1,
 ) -> Starlette:
     """The sink: the tus endpoint at ``/files/``, ingest into ``blobs`` (default: a local folder
-    under ``data_dir``) and the index, and the JSON API under ``/api/``."""
+    under ``data_dir``) and the index, and the JSON API under ``/api/``. ``ingest_workers``:
+    how many background workers take the ingest queue (0: none here, the queue waits)."""
     from cloud_sink.api import add_api
     from cloud_sink.blobs import LocalBlobStore
     from cloud_sink.index import Index
-    from cloud_sink.ingest import Ingest
+    from cloud_sink.ingest import Ingest, IngestWorker
 
     data = Path(os.path.expanduser(data_dir))
     db = SinkDB(data / "sink.db")
     index = Index(data / "index.db")
-    ingest = Ingest(db, blobs or LocalBlobStore(data / "blobs" / "store"), index)
-    tus = TusApp(data, db, max_size=max_size, expire_s=expire_s, on_complete=ingest.on_complete)
+    tus = TusApp(data, db, max_size=max_size, expire_s=expire_s)
+    ingest = Ingest(db, blobs or LocalBlobStore(data / "blobs" / "store"), index, tus.dir)
+    workers = [IngestWorker(ingest) for _ in range(max(0, ingest_workers))]
+
+    def wake() -> None:
+        for w in workers:
+            w.wake()
+
+    tus.on_complete = wake
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        for w in workers:
+            await w.start()
+        try:
+            yield
+        finally:
+            for w in workers:
+                await w.stop()
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"ok": True, "tus": TUS_VERSION})
@@ -446,6 +465,6 @@ def make_app(
         Route("/files/", tus.dispatch, methods=methods, name="files"),
         Route("/files/{upload_id}", tus.dispatch, methods=methods, name="upload"),
     ]
-    app = Starlette(routes=add_api(routes, db, index))
+    app = Starlette(routes=add_api(routes, db, index), lifespan=lifespan)
     app.state.tus, app.state.db, app.state.index, app.state.ingest = tus, db, index, ingest
     return app

@@ -16,6 +16,7 @@ from capsight_edge.bundle.manifest import (
     MANIFEST,
     SENSORS,
 )
+from tests.conftest import wait_until
 from tests.sink_helpers import Sink, sink_cli, tus_headers
 
 OCTETS = {"Content-Type": "application/offset+octet-stream"}
@@ -49,7 +50,20 @@ def upload(s: Sink, token: str, path: Path, bundle_id: str) -> None:
     assert r.status_code == 201 and r.headers["Upload-Offset"] == str(len(data)), r.text
 
 
+def ingested(s: Sink, admin: str) -> None:
+    """Ingest runs in the background: wait until the queue holds nothing pending (an upload
+    is queued before its last request is answered)."""
+
+    def drained() -> bool:
+        r = httpx.get(s.url + "/api/ingest", headers={"Authorization": f"Bearer {admin}"})
+        assert r.status_code == 200, r.text
+        return r.json()["queue"]["pending"] == 0
+
+    assert wait_until(drained, timeout_s=30)
+
+
 def query(s: Sink, admin: str, **params: str) -> list[dict[str, object]]:
+    ingested(s, admin)
     r = httpx.get(
         s.url + "/api/bundles", params=params, headers={"Authorization": f"Bearer {admin}"}
     )
@@ -188,3 +202,63 @@ def test_zstd_uploads_are_decoded_and_bad_ones_marked_corrupt(
     send(MANIFEST, b"{}", "z3", "gzip")
     (odd,) = [r for r in query(s, admin, status="corrupt") if r["id"] == "z3"]
     assert "unknown encoding" in str(odd["reason"])
+
+
+def test_a_sink_killed_before_ingest_ingests_after_restart_exactly_once(tmp_path: Path) -> None:
+    from cloud_sink.db import SinkDB
+
+    data = tmp_path / "sink"
+    s = Sink(data, "--ingest-workers", "0")  # completed uploads queue up, nobody ingests
+    a = s.add_device("cart-a")
+    admin = json.loads(
+        sink_cli("device", "add", "ops", "--admin", "--json", "--data", str(data)).stdout
+    )["token"]
+    s.start()
+    folder = make_bundle(tmp_path / "k1", "k-1")
+    for name in (CLIP, SENSORS, MANIFEST):
+        upload(s, a, folder / name, "k-1")
+    counts = httpx.get(s.url + "/api/ingest", headers={"Authorization": f"Bearer {admin}"})
+    assert counts.json()["queue"] == {"pending": 3, "done": 0, "failed": 0}
+    s.kill()  # SIGKILL: the uploads are complete, their ingest never ran
+    # A worker of an earlier run that died holding an item leaves a claim: it is void now.
+    db = SinkDB(data / "sink.db")
+    claimed = db.claim_ingest(lease_s=3600)
+    assert claimed is not None
+    db.close()
+    restarted = Sink(data, port=s.port).start()
+    try:
+        (row,) = query(restarted, admin, device="cart-a")
+        assert row["id"] == "k-1" and row["status"] == "ok"
+    finally:
+        restarted.kill()
+    again = Sink(data, port=s.port).start()  # and once more: nothing is ingested twice
+    try:
+        assert len(query(again, admin, device="cart-a")) == 1
+        counts = httpx.get(again.url + "/api/ingest", headers={"Authorization": f"Bearer {admin}"})
+        assert counts.json()["queue"] == {"pending": 0, "done": 3, "failed": 0}
+    finally:
+        again.stop()
+    db = SinkDB(data / "sink.db")
+    attempts = [r[0] for r in db._exec("SELECT attempts FROM ingest_queue ORDER BY seq")]
+    db.close()
+    assert attempts.count(2) == 1 and attempts.count(1) == 2  # the claimed one ran again once
+    stored = data / "blobs" / "store" / "bundles" / "cart-a" / "k-1"
+    assert (stored / CLIP).read_bytes() == (folder / CLIP).read_bytes()
+
+
+def test_the_clip_is_decoded_once_per_ingest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Codec, frames, keyframe thumbnails and the empty-background check from one pass."""
+    import av
+
+    from cloud_sink.ingest import scan_clip
+
+    folder = make_bundle(tmp_path / "d1", "d-1")
+    opened: list[str] = []
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *a, **k: opened.append(str(a[0])) or real_open(*a, **k))
+    info, thumbs = scan_clip(folder / CLIP)
+    assert opened == [str(folder / CLIP)]
+    assert info["frames"] == 20 and info["codec"] == "h264" and thumbs
+    assert info["background"]["sampled_frames"] >= 1

@@ -53,6 +53,8 @@ class SinkUnderTest:
         ).read_bytes()
 
     def status(self, bundle_id: str) -> str | None:
+        """The bundle's status in the index, once the background ingest has had it."""
+        assert wait_until(lambda: self.db.ingest_counts()["pending"] == 0, timeout_s=30)
         row = self.index.get(bundle_id, "cart-a")
         return None if row is None else str(row["status"])
 

@@ -54,6 +54,22 @@ class DemoSink(LocalSink):
         self.start()
         return tokens
 
+    def wait_ingested(self, timeout_s: float = 120.0) -> bool:
+        """The sink ingests in the background: wait until its queue holds nothing pending."""
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            r = httpx.get(
+                self.url + "/api/ingest",
+                headers={"Authorization": f"Bearer {self.admin}"},
+                timeout=30,
+            )
+            if r.status_code == 200 and r.json()["queue"]["pending"] == 0:
+                return True
+            time.sleep(0.2)
+        return False
+
     def bundles(self, device: str) -> list[dict[str, Any]]:
         import httpx
 
@@ -131,8 +147,8 @@ class DemoCart:
         )
 
     def progress(self) -> str:
-        from capsight_edge.cli.queue_cmd import queue_progress
         from capsight_edge.journal.journal import Journal
+        from capsight_edge.uploader.status import queue_progress
 
         if self.journal is None:
             if not (self.data / "journal.db").exists():
@@ -286,6 +302,7 @@ def _flush(carts: list[DemoCart]) -> None:
 def _summarise(
     carts: list[DemoCart], sink: DemoSink, seconds: float, profile: Any
 ) -> dict[str, Any]:
+    sink.wait_ingested()
     fleet = sink.fleet()
     rows = []
     for c in carts:
