@@ -25,6 +25,7 @@ from benchmarks.faultnet import CuttingProxy
 from benchmarks.registry import BenchContext, BenchResult, Metric, benchmark
 from capsight_edge.bundle.manifest import CLIP, MANIFEST, SENSORS, sha256_file
 from capsight_edge.journal.journal import Journal
+from capsight_edge.localsink import LocalSink
 from capsight_edge.uploader.service import UploaderThread
 from capsight_edge.uploader.shaping import UploadSchedule
 from capsight_edge.uploader.uploader import Uploader
@@ -75,7 +76,8 @@ def _rate_window(url: str, port: int, token: str, rate_bps: int, window_s: float
     return (b1 - b0) * 8 / (t1 - t0)
 
 
-def _interrupted(url: str, port: int, token: str, quick: bool, data_dir: Path) -> dict[str, float]:
+def _interrupted(sink: LocalSink, token: str, quick: bool) -> dict[str, float]:
+    port, data_dir = sink.port, sink.data
     work = Path(tempfile.mkdtemp(prefix="capsight-cut-"))
     journal = Journal(work / "journal.db")
     n = 2 if quick else 6
@@ -97,6 +99,7 @@ def _interrupted(url: str, port: int, token: str, quick: bool, data_dir: Path) -
         stats = asyncio.run(up.run(until_idle=True))
     finally:
         proxy.stop()
+    sink.wait_ingested()  # the sink files bundles in the background
     identical = checked = 0
     for i in range(n):
         for f in (work / "bundles" / f"cut-{i}").iterdir():
@@ -187,7 +190,7 @@ def bench_upload(ctx: BenchContext) -> BenchResult:
                     abs(got / cap - 1) <= 0.05,
                 )
             )
-        cut = _interrupted(url, port, token, ctx.quick, data)
+        cut = _interrupted(sink, token, ctx.quick)
         res.metrics += [
             Metric(
                 "files byte-identical after a reset every 2 MB",
@@ -217,10 +220,16 @@ def bench_upload(ctx: BenchContext) -> BenchResult:
         trials = 1 if ctx.quick else 5
         ours1, ours2, theirs, theirs_sum = [], [], [], []
         for t in range(trials):  # interleaved, so all see the same machine
+            # The sink ingests in the background: each trial starts on a sink with nothing left
+            # to ingest, so no trial pays for the one before it.
             theirs.append(_tuspy_once(url, token, f"tuspy{t}", n, size, False))
+            sink.wait_ingested()
             theirs_sum.append(_tuspy_once(url, token, f"tuspysum{t}", n, size, True))
+            sink.wait_ingested()
             ours1.append(_ours_once(url, token, f"ours1-{t}", n, size, 1))
+            sink.wait_ingested()
             ours2.append(_ours_once(url, token, f"ours2-{t}", n, size, 2))
+            sink.wait_ingested()
         base = statistics.median(theirs)
         res.metrics += [
             Metric(

@@ -50,6 +50,7 @@ class LocalSink:
         self.serve_args = serve_args
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
+        self.admin = ""
 
     def add_device(self, name: str, *, admin: bool = False) -> str:
         """A device (or admin) token, from ``capsight-sink device add``."""
@@ -63,6 +64,25 @@ class LocalSink:
         if res.returncode != 0:
             raise RuntimeError(f"capsight-sink device add {name}: {res.stderr.strip()}")
         return str(json.loads(res.stdout)["token"])
+
+    def wait_ingested(self, timeout_s: float = 120.0) -> bool:
+        """The sink ingests completed uploads in the background: wait until its ingest queue
+        holds nothing pending (``GET /api/ingest`` with an admin token, made on first use)."""
+        import httpx
+
+        if not self.admin:
+            self.admin = self.add_device(f"localsink-admin-{os.getpid()}", admin=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            r = httpx.get(
+                self.url + "/api/ingest",
+                headers={"Authorization": f"Bearer {self.admin}"},
+                timeout=30,
+            )
+            if r.status_code == 200 and r.json()["queue"]["pending"] == 0:
+                return True
+            time.sleep(0.2)
+        return False
 
     def start(self, timeout_s: float = 60.0) -> LocalSink:
         self.data.mkdir(parents=True, exist_ok=True)

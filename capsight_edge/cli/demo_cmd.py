@@ -54,22 +54,6 @@ class DemoSink(LocalSink):
         self.start()
         return tokens
 
-    def wait_ingested(self, timeout_s: float = 120.0) -> bool:
-        """The sink ingests in the background: wait until its queue holds nothing pending."""
-        import httpx
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            r = httpx.get(
-                self.url + "/api/ingest",
-                headers={"Authorization": f"Bearer {self.admin}"},
-                timeout=30,
-            )
-            if r.status_code == 200 and r.json()["queue"]["pending"] == 0:
-                return True
-            time.sleep(0.2)
-        return False
-
     def bundles(self, device: str) -> list[dict[str, Any]]:
         import httpx
 
