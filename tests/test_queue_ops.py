@@ -11,49 +11,41 @@ from capsight_edge.journal.recovery import recover
 from capsight_edge.profile import load_profile
 from capsight_edge.sensors import scale
 from tests.conftest import SIM
-from tests.test_journal import files_of, make_bundle
+from tests.test_queue_cli import populate
 
 
 def journal_with(data: Path) -> Journal:
-    j = Journal(data / "journal.db")
-    for bid, prio in [("up", 1), ("sealed", 3), ("bad", 2)]:
-        m = make_bundle(data, bid, priority=prio)
-        j.add_recording(bid, priority=prio, rule="r")
-        j.mark_sealed(bid, files_of(m), duration_s=5.0)
-    j.start_upload("up", "http://sink/files/up")
-    j.mark_uploaded("up")
-    for _ in range(3):
-        j.start_upload("bad", "u")
-        j.upload_failed("bad", "400 bad request", permanent=True)
-    return j
+    """``a`` uploaded, ``b`` sealed, ``c`` quarantined (the CLI tests' journal)."""
+    populate(data)
+    return Journal(data / "journal.db")
 
 
 def test_purge_is_an_eviction_through_the_journal(tmp_path: Path) -> None:
     j = journal_with(tmp_path)
-    refused = queue_ops.purge(j, tmp_path, ["sealed", "bad", "nope"])
+    refused = queue_ops.purge(j, tmp_path, ["b", "c", "nope"])
     assert [(r.bundle_id, r.ok, r.refused) for r in refused] == [
-        ("sealed", False, True),
-        ("bad", False, True),
+        ("b", False, True),
+        ("c", False, True),
         ("nope", False, True),
     ]
-    assert (tmp_path / "bundles" / "sealed").is_dir()
+    assert (tmp_path / "bundles" / "b").is_dir()
     done = queue_ops.purge(j, tmp_path)  # the uploaded ones by default
-    assert [r.bundle_id for r in done if r.ok] == ["up"]
-    forced = queue_ops.purge(j, tmp_path, ["bad"], force=True)
+    assert [r.bundle_id for r in done if r.ok] == ["a"]
+    forced = queue_ops.purge(j, tmp_path, ["c"], force=True)
     assert forced[0].ok
     # A quarantined bundle is evicted straight away: no detour through the upload queue.
-    assert [t[:2] for t in j.transitions("bad")][-1] == ("quarantined", "evicted")
-    assert j.get("bad").reason == "purged by a technician"  # type: ignore[union-attr]
-    assert not (tmp_path / "bundles" / "bad").exists()
+    assert [t[:2] for t in j.transitions("c")][-1] == ("quarantined", "evicted")
+    assert j.get("c").reason == "purged by a technician"  # type: ignore[union-attr]
+    assert not (tmp_path / "bundles" / "c").exists()
     j.close()
 
 
 def test_a_purge_cut_short_by_a_crash_is_finished_by_recovery(tmp_path: Path) -> None:
     j = journal_with(tmp_path)
-    j.mark_evicted("up", "purged by a technician")  # committed; the crash came before rmtree
-    assert (tmp_path / "bundles" / "up").is_dir()
+    j.mark_evicted("a", "purged by a technician")  # committed; the crash came before rmtree
+    assert (tmp_path / "bundles" / "a").is_dir()
     report = recover(j, tmp_path)
-    assert report.finished_evictions == ["up"] and not (tmp_path / "bundles" / "up").exists()
+    assert report.finished_evictions == ["a"] and not (tmp_path / "bundles" / "a").exists()
     j.close()
 
 
@@ -61,12 +53,12 @@ def test_retry_sends_quarantined_bundles_back_unless_their_files_are_gone(
     tmp_path: Path,
 ) -> None:
     j = journal_with(tmp_path)
-    (tmp_path / "bundles" / "bad").rename(tmp_path / "elsewhere")
+    (tmp_path / "bundles" / "c").rename(tmp_path / "elsewhere")
     (gone,) = queue_ops.retry(j, tmp_path)
     assert not gone.ok and "files are gone" in gone.message
-    (tmp_path / "elsewhere").rename(tmp_path / "bundles" / "bad")
+    (tmp_path / "elsewhere").rename(tmp_path / "bundles" / "c")
     (back,) = queue_ops.retry(j, tmp_path)
-    assert back.ok and j.get("bad").state == "sealed"  # type: ignore[union-attr]
+    assert back.ok and j.get("c").state == "sealed"  # type: ignore[union-attr]
     j.close()
 
 
