@@ -23,6 +23,7 @@ MODULES = (
     "benchmarks.bench_journal",
     "benchmarks.bench_sink",
     "benchmarks.bench_upload",
+    "benchmarks.bench_abuse",
 )
 
 

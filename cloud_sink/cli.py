@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,9 +22,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, metavar="DIR", help="blobs and sink.db live here")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8080)
-    s.add_argument("--max-size", type=int, default=10 * 2**30, help="Tus-Max-Size in bytes")
     s.add_argument(
-        "--expire-hours", type=float, default=24.0, help="incomplete uploads expire after this long"
+        "--config",
+        metavar="FILE",
+        help="the sink's profile (TOML): [limits], [quotas], [timeouts], [sweep]; defaults for "
+        "what it does not state",
+    )
+    s.add_argument(
+        "--max-size", type=int, default=None, help="Tus-Max-Size in bytes (limits.max_upload_bytes)"
+    )
+    s.add_argument(
+        "--expire-hours",
+        type=float,
+        default=None,
+        help="incomplete uploads expire after this long (sweep.expire_hours)",
     )
     s.add_argument(
         "--s3-bucket",
@@ -67,10 +79,11 @@ def _db(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from cloud_sink.config import SinkConfig
+    from cloud_sink.server import serve
     from cloud_sink.tus import make_app
 
+    config = SinkConfig.load(args.config)
     blobs = None
     if args.s3_bucket:
         from cloud_sink.blobs import S3BlobStore
@@ -78,12 +91,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         blobs = S3BlobStore(args.s3_bucket, endpoint_url=args.s3_endpoint, prefix=args.s3_prefix)
     app = make_app(
         args.data,
+        config=config,
         max_size=args.max_size,
-        expire_s=args.expire_hours * 3600,
+        expire_s=args.expire_hours * 3600 if args.expire_hours is not None else None,
         blobs=blobs,
         ingest_workers=args.ingest_workers,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    serve(app, args.host, args.port, app.state.config.timeouts)
     return 0
 
 
@@ -120,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cloud_sink.db import SinkError
 
     args = build_parser().parse_args(argv)
+    os.umask(0o077)  # whatever the sink writes is its own to read
     try:
         return int(args.handler(args) or 0)
     except SinkError as exc:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
 import secrets
 import sqlite3
@@ -89,6 +90,15 @@ MIGRATIONS: list[Migration] = [
     );
     CREATE INDEX ingest_pending ON ingest_queue(state, seq);
     """,
+    # 4: quotas need times as numbers; data files are removed (expired, or their bundle stored);
+    #    a bundle's files remember how they were encoded on the wire
+    """
+    ALTER TABLE uploads ADD COLUMN created_ts REAL NOT NULL DEFAULT 0;
+    ALTER TABLE uploads ADD COLUMN completed_ts REAL;
+    ALTER TABLE uploads ADD COLUMN removed_utc TEXT;
+    CREATE INDEX uploads_device ON uploads(device, completed_utc, terminated);
+    ALTER TABLE bundle_files ADD COLUMN encoding TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 
@@ -139,6 +149,24 @@ class Upload:
     expires_ts: float
     completed_utc: str | None
     terminated: bool
+    removed_utc: str | None = None  # its data file is gone (expired, or its bundle is stored)
+
+
+@dataclass(frozen=True)
+class BundleFile:
+    upload_id: str
+    path: Path
+    encoding: str
+
+
+@dataclass(frozen=True)
+class DeviceUsage:
+    """What a device has in progress now, for its quotas."""
+
+    uploads: int
+    bytes: int
+    created_last_minute: int
+    oldest_create_ts: float
 
 
 @dataclass(frozen=True)
@@ -159,6 +187,8 @@ class SinkDB:
             str(self.path), isolation_level=None, timeout=30, check_same_thread=False
         )
         self._db.row_factory = sqlite3.Row
+        os.chmod(self.path, 0o600)  # tokens' hashes, uploads: the sink's own (SQLite's -wal and
+        # -shm files take the database file's mode)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._lock = threading.RLock()
@@ -200,13 +230,17 @@ class SinkDB:
         if not re.match(NAME, name):
             raise SinkError(f"device name {name!r} must match {NAME}")
         token = secrets.token_urlsafe(32)
-        try:
-            self._exec(
-                "INSERT INTO devices VALUES (?, ?, ?, ?, NULL)",
+        with self.transaction() as db:
+            row = db.execute("SELECT revoked_utc FROM devices WHERE name = ?", (name,)).fetchone()
+            if row is not None and row[0] is None:
+                raise SinkError(f"device {name!r} exists already (revoke it first)")
+            # A revoked name may come back: with a new token (the old one stays refused).
+            db.execute(
+                "INSERT INTO devices VALUES (?, ?, ?, ?, NULL) ON CONFLICT(name) DO UPDATE SET "
+                "token_sha256 = excluded.token_sha256, admin = excluded.admin, "
+                "created_utc = excluded.created_utc, revoked_utc = NULL",
                 (name, token_hash(token), int(admin), utc_now()),
             )
-        except SinkError as exc:
-            raise SinkError(f"device {name!r} exists already") from exc
         return token
 
     def devices(self) -> list[dict[str, Any]]:
@@ -240,9 +274,26 @@ class SinkDB:
         expires_ts: float,
     ) -> None:
         self._exec(
-            "INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, NULL, 0)",
-            (upload_id, device, length, json.dumps(metadata), utc_now(), expires_ts),
+            "INSERT INTO uploads (id, device, length, metadata, created_utc, expires_ts, "
+            "completed_utc, terminated, created_ts) VALUES (?, ?, ?, ?, ?, ?, NULL, 0, ?)",
+            (upload_id, device, length, json.dumps(metadata), utc_now(), expires_ts, time.time()),
         )
+
+    def forget_upload(self, upload_id: str) -> None:
+        """Drop an upload that was never accepted (its creation failed)."""
+        self._exec("DELETE FROM uploads WHERE id = ?", (upload_id,))
+
+    def usage(self, device: str, now: float) -> DeviceUsage:
+        r = self._exec(
+            "SELECT COUNT(*), COALESCE(SUM(length), 0) FROM uploads WHERE device = ? AND "
+            "completed_utc IS NULL AND terminated = 0 AND removed_utc IS NULL AND expires_ts >= ?",
+            (device, now),
+        ).fetchone()
+        c = self._exec(
+            "SELECT COUNT(*), MIN(created_ts) FROM uploads WHERE device = ? AND created_ts >= ?",
+            (device, now - 60.0),
+        ).fetchone()
+        return DeviceUsage(int(r[0]), int(r[1]), int(c[0]), float(c[1] or now))
 
     def get_upload(self, upload_id: str) -> Upload | None:
         r = self._exec("SELECT * FROM uploads WHERE id = ?", (upload_id,)).fetchone()
@@ -257,6 +308,7 @@ class SinkDB:
             r["expires_ts"],
             r["completed_utc"],
             bool(r["terminated"]),
+            r["removed_utc"],
         )
 
     def set_length(self, upload_id: str, length: int) -> None:
@@ -269,8 +321,9 @@ class SinkDB:
         (an upload is ingested once)."""
         with self.transaction() as db:
             cur = db.execute(
-                "UPDATE uploads SET completed_utc = ? WHERE id = ? AND completed_utc IS NULL",
-                (utc_now(), upload_id),
+                "UPDATE uploads SET completed_utc = ?, completed_ts = ? WHERE id = ? AND "
+                "completed_utc IS NULL AND terminated = 0",
+                (utc_now(), time.time(), upload_id),
             )
             if cur.rowcount != 1:
                 return False
@@ -285,12 +338,43 @@ class SinkDB:
         self._exec("UPDATE uploads SET terminated = 1 WHERE id = ?", (upload_id,))
 
     def expired(self, now: float) -> list[str]:
+        """Incomplete uploads past their expiry whose data is still on disk."""
         return [
             r[0]
             for r in self._exec(
-                "SELECT id FROM uploads WHERE completed_utc IS NULL AND "
-                "terminated = 0 AND expires_ts < ?",
+                "SELECT id FROM uploads WHERE completed_utc IS NULL AND removed_utc IS NULL "
+                "AND expires_ts < ?",
                 (now,),
+            )
+        ]
+
+    def completed_before(self, ts: float) -> list[Upload]:
+        """Completed uploads whose data is still on disk, completed before ``ts``."""
+        ids = [
+            r[0]
+            for r in self._exec(
+                "SELECT id FROM uploads WHERE completed_utc IS NOT NULL AND removed_utc IS NULL "
+                "AND completed_ts < ?",
+                (ts,),
+            )
+        ]
+        return [u for u in (self.get_upload(i) for i in ids) if u is not None]
+
+    def completed_ts(self, upload_id: str) -> float | None:
+        r = self._exec("SELECT completed_ts FROM uploads WHERE id = ?", (upload_id,)).fetchone()
+        return float(r[0]) if r and r[0] is not None else None
+
+    def mark_removed(self, upload_id: str) -> None:
+        self._exec(
+            "UPDATE uploads SET removed_utc = ? WHERE id = ? AND removed_utc IS NULL",
+            (utc_now(), upload_id),
+        )
+
+    def terminated_with_data(self) -> list[str]:
+        return [
+            r[0]
+            for r in self._exec(
+                "SELECT id FROM uploads WHERE terminated = 1 AND removed_utc IS NULL"
             )
         ]
 
@@ -312,6 +396,13 @@ class SinkDB:
                 (now + lease_s, r[0]),
             )
             return IngestItem(r[0], r[1], r[2], r[3] + 1)
+
+    def retry_ingest(self, seq: int, after_s: float, result: str) -> None:
+        """Leave the item pending, not to be claimed again for ``after_s``."""
+        self._exec(
+            "UPDATE ingest_queue SET claimed_until = ?, result = ? WHERE seq = ?",
+            (time.time() + after_s, result, seq),
+        )
 
     def finish_ingest(self, seq: int, result: str, *, failed: bool = False) -> None:
         self._exec(
@@ -335,23 +426,38 @@ class SinkDB:
         return out
 
     # -- the files of a bundle ------------------------------------------------------------------
-    def add_bundle_file(
-        self, device: str, bundle_id: str, filename: str, upload_id: str, path: str
-    ) -> bool:
-        """Record an arrived file; False when that file of the bundle arrived before (the
-        first one is kept)."""
-        cur = self._exec(
-            "INSERT OR IGNORE INTO bundle_files VALUES (?, ?, ?, ?, ?)",
-            (device, bundle_id, filename, upload_id, path),
-        )
-        return cur.rowcount == 1
+    def put_bundle_file(
+        self, device: str, bundle_id: str, filename: str, upload_id: str, path: str, encoding: str
+    ) -> str | None:
+        """Record an arrived file of a bundle (a newer upload of the same file replaces the
+        older: a cart sends a file again only when something was wrong with it). Returns the
+        upload it replaced, if any."""
+        with self.transaction() as db:
+            old = db.execute(
+                "SELECT upload_id FROM bundle_files WHERE device = ? AND bundle_id = ? AND "
+                "filename = ?",
+                (device, bundle_id, filename),
+            ).fetchone()
+            db.execute(
+                "INSERT OR REPLACE INTO bundle_files (device, bundle_id, filename, upload_id, "
+                "path, encoding) VALUES (?, ?, ?, ?, ?, ?)",
+                (device, bundle_id, filename, upload_id, path, encoding),
+            )
+        return old[0] if old and old[0] != upload_id else None
 
-    def bundle_files(self, device: str, bundle_id: str) -> dict[str, Path]:
+    def bundle_files(self, device: str, bundle_id: str) -> dict[str, BundleFile]:
         rows = self._exec(
-            "SELECT filename, path FROM bundle_files WHERE device = ? AND bundle_id = ?",
+            "SELECT filename, upload_id, path, encoding FROM bundle_files WHERE device = ? "
+            "AND bundle_id = ?",
             (device, bundle_id),
         ).fetchall()
-        return {r[0]: Path(r[1]) for r in rows}
+        return {r[0]: BundleFile(r[1], Path(r[2]), r[3]) for r in rows}
+
+    def bundle_of(self, upload_id: str) -> tuple[str, str] | None:
+        r = self._exec(
+            "SELECT device, bundle_id FROM bundle_files WHERE upload_id = ?", (upload_id,)
+        ).fetchone()
+        return (r[0], r[1]) if r else None
 
     # -- heartbeats -----------------------------------------------------------------------------
     def record_heartbeat(self, device: str, body: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ are.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -73,11 +74,17 @@ MIGRATIONS: list[Migration] = [
 ]
 
 
+class QueryError(ValueError):
+    """A query the index cannot run (a malformed full-text query); the message is ours, not
+    SQLite's."""
+
+
 class Index:
     def __init__(self, path: str | Path) -> None:
         import sqlite_utils
 
         plain = sqlite3.connect(str(path), isolation_level=None)
+        os.chmod(path, 0o600)
         try:
             apply_migrations(plain, MIGRATIONS)
         finally:
@@ -194,8 +201,9 @@ class Index:
             where.append("start_utc <= ?")
             args.append(until)
         if barcode:
-            where.append("(' ' || barcodes || ' ') LIKE ?")
-            args.append(f"% {barcode} %")
+            escaped = barcode.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append("(' ' || barcodes || ' ') LIKE ? ESCAPE '\\'")
+            args.append(f"% {escaped} %")
         if q:
             where.append("rowid IN (SELECT rowid FROM bundles_fts WHERE bundles_fts MATCH ?)")
             args.append(q)
@@ -203,7 +211,12 @@ class Index:
         sql += " ORDER BY start_utc DESC LIMIT ?"
         args.append(max(1, min(limit, 1000)))
         with self._lock:
-            rows = list(self.db.query(sql, args))
+            try:
+                rows = list(self.db.query(sql, args))
+            except sqlite3.OperationalError:
+                if q:  # the only text of the caller's that SQLite parses
+                    raise QueryError("not a valid full-text query") from None
+                raise
         for r in rows:
             r["sensors"] = json.loads(r["sensors"] or "{}")
         return rows

@@ -15,21 +15,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
 
 from capsight_edge.bundle.manifest import (
+    BUNDLE_ID,
     CLIP,
     MANIFEST,
     SENSORS,
+    FileInfo,
     Manifest,
     ManifestError,
     sha256_file,
 )
 from cloud_sink.blobs import BlobStore
-from cloud_sink.db import IngestItem, SinkDB, Upload
+from cloud_sink.config import Limits
+from cloud_sink.db import BundleFile, IngestItem, SinkDB, Upload
 from cloud_sink.index import Index
+from cloud_sink.schemas import parse_sensor_message
 
 log = logging.getLogger("capsight.sink.ingest")
 FILES = (MANIFEST, CLIP, SENSORS)
@@ -105,23 +110,46 @@ def scan_clip(
     return info, thumbs
 
 
-def summarise_sensors(path: Path) -> dict[str, Any]:
-    """Per channel its sample count and rate; the weight events; the barcodes read."""
-    from capsight_edge.sensors.sensorlog import read_messages
+class Corrupt(Exception):
+    """The bundle breaks a rule or a limit: indexed ``corrupt`` with this reason (never a
+    server path: reasons are shown to operators and in the API)."""
+
+
+def summarise_sensors(path: Path, limits: Limits) -> dict[str, Any]:
+    """Per channel its sample count and rate; the weight events; the barcodes read. The log is
+    read within ``limits`` (record, chunk and message sizes, message count) and every message
+    through its schema; Corrupt says which rule a message or the file broke."""
+    from capsight_edge.sensors.sensorlog import SensorLogError, iter_messages_bounded
 
     counts: dict[str, int] = {}
     span: dict[str, list[int]] = {}
     events: list[dict[str, Any]] = []
     barcodes: set[str] = set()
-    for topic, log_time, obj in read_messages(path):
-        times = obj["t_ns"] if isinstance(obj.get("t_ns"), list) else [log_time]
-        counts[topic] = counts.get(topic, 0) + len(times)
-        lo_hi = span.setdefault(topic, [min(times), max(times)])
-        lo_hi[0], lo_hi[1] = min(lo_hi[0], min(times)), max(lo_hi[1], max(times))
-        if topic == "/weight/events" and obj.get("kind") in ("item_added", "item_removed"):
-            events.append({"kind": obj["kind"], "delta_g": round(obj.get("delta_g", 0.0), 1)})
-        if topic == "/camera/barcodes" and obj.get("text"):
-            barcodes.add(str(obj["text"]))
+    try:
+        messages = iter_messages_bounded(
+            path,
+            max_chunk_bytes=limits.mcap_chunk_bytes,
+            max_message_bytes=limits.mcap_message_bytes,
+            max_messages=limits.mcap_messages,
+        )
+        for n, (topic, log_time, data) in enumerate(messages):
+            try:
+                msg = parse_sensor_message(data)
+            except ValueError as exc:
+                raise Corrupt(f"{SENSORS}: message {n} on {topic[:64]}: {exc}") from None
+            times = msg.t_ns if isinstance(msg.t_ns, list) and msg.t_ns else [log_time]
+            if len(counts) >= 64 and topic not in counts:
+                raise Corrupt(f"{SENSORS}: more than 64 channels")
+            counts[topic] = counts.get(topic, 0) + len(times)
+            lo_hi = span.setdefault(topic, [min(times), max(times)])
+            lo_hi[0], lo_hi[1] = min(lo_hi[0], min(times)), max(lo_hi[1], max(times))
+            kinds = ("item_added", "item_removed")
+            if topic == "/weight/events" and msg.kind in kinds and len(events) < 10_000:
+                events.append({"kind": msg.kind, "delta_g": round(msg.delta_g or 0.0, 1)})
+            if topic == "/camera/barcodes" and msg.text and len(barcodes) < 1000:
+                barcodes.add(msg.text)
+    except SensorLogError as exc:
+        raise Corrupt(f"{SENSORS}: {exc}") from None
     channels = {}
     for topic, n in counts.items():
         seconds = (span[topic][1] - span[topic][0]) / 1e9
@@ -132,41 +160,57 @@ def summarise_sensors(path: Path) -> dict[str, Any]:
     return {"channels": channels, "weight_events": events, "barcodes": sorted(barcodes)}
 
 
-def decode(path: Path, encoding: str, max_bytes: int = 16 << 30) -> Path:
-    """The file as the device had it: ``zstd`` uploads are decompressed beside the upload
-    (streamed, bounded by ``max_bytes`` against decompression bombs). ValueError when the
-    encoding is unknown or the data does not decode."""
+def decode(path: Path, encoding: str, max_bytes: int) -> Path:
+    """The file as the device had it: ``zstd`` uploads are decompressed beside the upload,
+    streamed, and abandoned (nothing left behind) the moment they pass ``max_bytes``. Corrupt
+    when the encoding is unknown, the data does not decode, or it decodes to too much."""
     if encoding != "zstd":
-        raise ValueError(f"unknown encoding {encoding!r}")
+        raise Corrupt(f"unknown encoding {encoding[:32]!r}")
     import zstandard
 
     out = path.with_name(path.name + ".decoded")
     written = 0
     try:
-        with open(path, "rb") as fin, open(out, "wb") as fout:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(path, "rb") as fin, open(fd, "wb") as fout:
             reader = zstandard.ZstdDecompressor().stream_reader(fin)
-            while block := reader.read(1 << 20):
+            while block := reader.read(min(1 << 20, max_bytes + 1 - written)):
                 written += len(block)
                 if written > max_bytes:
-                    raise ValueError(f"decompresses to more than {max_bytes} bytes")
+                    raise Corrupt(f"decompresses to more than {max_bytes} bytes")
                 fout.write(block)
     except zstandard.ZstdError as exc:
         out.unlink(missing_ok=True)
-        raise ValueError(f"not valid zstd data: {exc}") from exc
-    except ValueError:
+        raise Corrupt(f"not valid zstd data: {exc}") from None
+    except BaseException:
         out.unlink(missing_ok=True)
         raise
     return out
 
 
-class Ingest:
-    """Ingest of completed uploads into the blob store and the index."""
+MAX_INGEST_ATTEMPTS = 3
 
-    def __init__(self, db: SinkDB, blobs: BlobStore, index: Index, uploads_dir: Path) -> None:
+
+class Ingest:
+    """Ingest of completed uploads into the blob store and the index, within ``limits``."""
+
+    def __init__(
+        self,
+        db: SinkDB,
+        blobs: BlobStore,
+        index: Index,
+        uploads_dir: Path,
+        limits: Limits | None = None,
+        *,
+        retry_base_s: float = 5.0,
+    ) -> None:
         self.db = db
+        self.retry_base_s = retry_base_s
         self.blobs = blobs
         self.index = index
         self.uploads_dir = uploads_dir
+        self.limits = limits or Limits()
+        self.removed_bytes = 0  # upload data returned to the disk once its bundle was stored
         self._lock = threading.Lock()
 
     # -- the queue ------------------------------------------------------------------------------
@@ -182,16 +226,27 @@ class Ingest:
         return done
 
     def process(self, item: IngestItem) -> None:
-        """One queued upload; marked done (or failed, with the reason) in the queue after."""
+        """One queued upload. A failure nobody planned for (a full disk, a blob store that does
+        not answer, a bug) is retried with a growing delay up to ``MAX_INGEST_ATTEMPTS``; then
+        the bundle is indexed ``corrupt`` with the reason: nothing stays in limbo."""
         upload = self.db.get_upload(item.upload_id)
         if upload is None:
             self.db.finish_ingest(item.seq, "the upload is not in the database", failed=True)
             return
         try:
             result = self.on_complete(upload, self.uploads_dir / upload.id)
-        except Exception as exc:  # a bug or a full disk: keep the item, say why
-            log.exception("ingest of upload %s failed", upload.id)
-            self.db.finish_ingest(item.seq, f"{type(exc).__name__}: {exc}", failed=True)
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"[:300]
+            log.exception("ingest of upload %s failed (attempt %d)", upload.id, item.attempts)
+            if item.attempts < MAX_INGEST_ATTEMPTS:
+                self.db.retry_ingest(item.seq, self.retry_base_s * 2**item.attempts, why)
+                return
+            bundle = upload.metadata.get("bundle_id", "")
+            if BUNDLE_ID.match(bundle):
+                self.index.add_corrupt(
+                    bundle, upload.device, None, f"ingest failed {item.attempts} times: {why}"
+                )
+            self.db.finish_ingest(item.seq, why, failed=True)
             return
         self.db.finish_ingest(item.seq, result or "waiting for the bundle's other files")
 
@@ -199,84 +254,156 @@ class Ingest:
     def on_complete(self, upload: Upload, path: Path) -> str | None:
         bundle_id = upload.metadata.get("bundle_id", "")
         filename = upload.metadata.get("filename", "")
-        if not bundle_id or filename not in FILES:
+        if not BUNDLE_ID.match(bundle_id) or filename not in FILES:
             log.warning(
                 "upload %s from %s names no bundle file (bundle_id=%r filename=%r): "
-                "kept, not ingested",
+                "kept until the sweep, not ingested",
                 upload.id,
                 upload.device,
-                bundle_id,
-                filename,
+                bundle_id[:80],
+                filename[:80],
             )
-            return "not a bundle file: kept, not ingested"
-        encoding = upload.metadata.get("encoding", "")
-        if encoding:
-            try:
-                path = decode(path, encoding)
-            except ValueError as exc:
-                log.warning("upload %s (%s/%s): %s", upload.id, bundle_id, filename, exc)
-                self.index.add_corrupt(bundle_id, upload.device, None, f"{filename}: {exc}")
-                return "corrupt"
-        if not self.db.add_bundle_file(upload.device, bundle_id, filename, upload.id, str(path)):
-            log.info("bundle %s: %s arrived again; keeping the first", bundle_id, filename)
+            return "not a bundle file: kept until the sweep, not ingested"
+        row = self.index.get(bundle_id, upload.device)
+        if row is not None and row["status"] == "ok":
+            log.info("bundle %s: %s arrived again after it was stored", bundle_id, filename)
+            self._remove_upload(upload.id)
+            return None  # idempotent: already ingested
+        replaced = self.db.put_bundle_file(
+            upload.device,
+            bundle_id,
+            filename,
+            upload.id,
+            str(path),
+            upload.metadata.get("encoding", ""),
+        )
+        if replaced is not None:
+            log.info(
+                "bundle %s: %s arrived again; the newer replaces the older", bundle_id, filename
+            )
+            self._remove_upload(replaced)
         return self.try_assemble(upload.device, bundle_id)
 
     def try_assemble(self, device: str, bundle_id: str) -> str | None:
-        """Index the bundle if it is complete; returns its status, or None while waiting."""
+        """Index the bundle if it is complete; returns its status, or None while waiting. A
+        bundle indexed corrupt is assembled again when a file of it arrives anew."""
         with self._lock:
-            if self.index.get(bundle_id, device) is not None:
+            row = self.index.get(bundle_id, device)
+            if row is not None and row["status"] == "ok":
                 return None  # idempotent: already ingested
             files = self.db.bundle_files(device, bundle_id)
             if MANIFEST not in files:
                 return None
+            temps: list[Path] = []
+            manifest: Manifest | None = None
             try:
-                manifest = Manifest.from_json(files[MANIFEST].read_bytes())
-            except (ManifestError, OSError) as exc:
-                return self._corrupt(device, bundle_id, None, f"manifest: {exc}")
-            if manifest.bundle_id != bundle_id:
-                return self._corrupt(
-                    device, bundle_id, manifest, f"manifest names bundle {manifest.bundle_id}"
-                )
-            if manifest.device_id != device:
-                return self._corrupt(
-                    device,
-                    bundle_id,
-                    manifest,
-                    f"manifest names device {manifest.device_id}, the uploader is {device}",
-                )
-            if any(name not in files for name in manifest.files):
-                return None  # waiting for the rest
-            for name, info in manifest.files.items():
-                got = sha256_file(files[name])
-                if (got.sha256, got.bytes) != (info.sha256, info.bytes):
-                    return self._corrupt(
-                        device, bundle_id, manifest, f"{name}: sha256/size differ from the manifest"
+                manifest = self._manifest(files[MANIFEST], temps)
+                if manifest.bundle_id != bundle_id:
+                    raise Corrupt(f"manifest names bundle {manifest.bundle_id}")
+                if manifest.device_id != device:
+                    raise Corrupt(
+                        f"manifest names device {manifest.device_id}, the uploader is {device}"
                     )
-            clip: dict[str, Any] = {}
-            thumbs: list[bytes] = []
-            if CLIP in files:
-                try:
-                    clip, thumbs = scan_clip(files[CLIP])
-                except ValueError as exc:
-                    return self._corrupt(device, bundle_id, manifest, f"{CLIP}: {exc}")
-            sensors = summarise_sensors(files[SENSORS]) if SENSORS in files else {}
-            prefix = f"bundles/{device}/{bundle_id}"
-            for name, path in files.items():
-                self.blobs.put_file(f"{prefix}/{name}", path)
-            for i, jpg in enumerate(thumbs):
-                tmp = files[CLIP].with_suffix(f".thumb{i}.jpg")
-                tmp.write_bytes(jpg)
-                self.blobs.put_file(f"{prefix}/keyframes/{i:03d}.jpg", tmp)
-                tmp.unlink()
-            clip["keyframes"] = len(thumbs)
-            self.index.add(manifest, device, "ok", "", clip, sensors)
-            log.info("bundle %s from %s ingested", bundle_id, device)
-            return "ok"
+                if any(name not in files for name in manifest.files):
+                    return None  # waiting for the rest
+                paths = {MANIFEST: temps[-1] if temps else files[MANIFEST].path}
+                for name, info in manifest.files.items():
+                    paths[name] = self._verified(name, info, files[name], temps)
+                return self._store(device, bundle_id, manifest, paths, files)
+            except Corrupt as exc:
+                log.warning("bundle %s from %s is corrupt: %s", bundle_id, device, exc)
+                self.index.add_corrupt(bundle_id, device, manifest, str(exc)[:500])
+                return "corrupt"
+            finally:
+                for t in temps:
+                    t.unlink(missing_ok=True)
 
-    def _corrupt(self, device: str, bundle_id: str, manifest: Manifest | None, reason: str) -> str:
-        log.warning("bundle %s from %s is corrupt: %s", bundle_id, device, reason)
-        self.index.add_corrupt(bundle_id, device, manifest, reason)
-        return "corrupt"
+    def _decoded(self, name: str, f: BundleFile, limit: int, temps: list[Path]) -> Path:
+        """The file as the device had it, decoded within ``limit`` and the expansion ratio."""
+        if not f.encoding:
+            return f.path
+        if name == CLIP:
+            raise Corrupt(f"{CLIP}: clips are never accepted compressed")
+        try:
+            size = f.path.stat().st_size
+        except OSError as exc:
+            raise Corrupt(f"{name}: the upload's data is gone ({exc.strerror})") from None
+        bound = min(limit, max(1024, int(size * self.limits.zstd_expansion_max)))
+        try:
+            out = decode(f.path, f.encoding, bound)
+        except Corrupt as exc:
+            raise Corrupt(f"{name}: {exc}") from None
+        temps.append(out)
+        return out
+
+    def _manifest(self, f: BundleFile, temps: list[Path]) -> Manifest:
+        path = self._decoded(MANIFEST, f, self.limits.manifest_bytes, temps)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(self.limits.manifest_bytes + 1)
+        except OSError as exc:
+            raise Corrupt(f"{MANIFEST}: cannot be read ({exc.strerror})") from None
+        if len(data) > self.limits.manifest_bytes:
+            raise Corrupt(f"{MANIFEST}: larger than {self.limits.manifest_bytes} bytes")
+        try:
+            return Manifest.from_json(data)
+        except ManifestError as exc:
+            raise Corrupt(str(exc)) from None
+
+    def _verified(self, name: str, info: FileInfo, f: BundleFile, temps: list[Path]) -> Path:
+        """The file decoded (never past what the manifest states for it) and checked against
+        the manifest's size and sha256."""
+        kind_limit = self.limits.sensors_bytes if name == SENSORS else self.limits.max_upload_bytes
+        if info.bytes > kind_limit:
+            raise Corrupt(f"{name}: the manifest states {info.bytes} bytes (limit {kind_limit})")
+        path = self._decoded(name, f, info.bytes, temps)
+        try:
+            got = sha256_file(path)
+        except OSError as exc:
+            raise Corrupt(f"{name}: cannot be read ({exc.strerror})") from None
+        if (got.sha256, got.bytes) != (info.sha256, info.bytes):
+            raise Corrupt(f"{name}: sha256/size differ from the manifest")
+        return path
+
+    def _store(
+        self,
+        device: str,
+        bundle_id: str,
+        manifest: Manifest,
+        paths: dict[str, Path],
+        files: dict[str, BundleFile],
+    ) -> str:
+        clip: dict[str, Any] = {}
+        thumbs: list[bytes] = []
+        if CLIP in paths:
+            try:
+                clip, thumbs = scan_clip(paths[CLIP])
+            except ValueError as exc:
+                raise Corrupt(f"{CLIP}: {exc}") from None
+        sensors = summarise_sensors(paths[SENSORS], self.limits) if SENSORS in paths else {}
+        prefix = f"bundles/{device}/{bundle_id}"
+        for name, path in paths.items():
+            self.blobs.put_file(f"{prefix}/{name}", path)
+        for i, jpg in enumerate(thumbs):
+            tmp = paths[CLIP].with_name(f"{paths[CLIP].name}.thumb{i}.jpg")
+            tmp.write_bytes(jpg)
+            try:
+                self.blobs.put_file(f"{prefix}/keyframes/{i:03d}.jpg", tmp)
+            finally:
+                tmp.unlink(missing_ok=True)
+        clip["keyframes"] = len(thumbs)
+        self.index.add(manifest, device, "ok", "", clip, sensors)
+        for f in files.values():  # in the store now: the upload area gives the space back
+            self._remove_upload(f.upload_id)
+        log.info("bundle %s from %s ingested", bundle_id, device)
+        return "ok"
+
+    def _remove_upload(self, upload_id: str) -> None:
+        path = self.uploads_dir / upload_id
+        with contextlib.suppress(OSError):
+            self.removed_bytes += path.stat().st_size
+        path.unlink(missing_ok=True)
+        self.db.mark_removed(upload_id)
 
 
 class IngestWorker:

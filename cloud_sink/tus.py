@@ -37,6 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cloud_sink.auth import bearer_identity
+from cloud_sink.config import SinkConfig
 from cloud_sink.db import SinkDB, Upload
 
 log = logging.getLogger("capsight.sink.tus")
@@ -48,7 +49,6 @@ UPLOAD_ID = re.compile(r"^[A-Za-z0-9_-]{32}$")
 META_KEY = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MAX_META_VALUE = 1024
 WRITE_BLOCK = 4 << 20
-LOCK_WAIT_S = 3.0
 
 
 def _write_all(fd: int, data: bytes | bytearray) -> int:
@@ -79,29 +79,44 @@ def _durable_marker(marker: Path, size: int) -> None:
 
 
 class TusError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
 
 
-def parse_metadata(header: str | None) -> dict[str, str]:
-    """``key base64,key2 base64`` -> dict; sanitised: no control characters (no header
-    injection), file names reduced to their last path component (no traversal)."""
+def parse_metadata(
+    header: str | None,
+    *,
+    max_bytes: int = 2048,
+    max_pairs: int = 16,
+    max_value_chars: int = MAX_META_VALUE,
+) -> dict[str, str]:
+    """``key base64,key2 base64`` -> dict, within bounds (413 for a header over ``max_bytes``,
+    400 for too many pairs, a repeated key, a malformed pair); sanitised: no control characters
+    (no header injection), file names reduced to their last path component (no traversal)."""
     out: dict[str, str] = {}
     if not header:
         return out
-    for pair in header.split(","):
+    if len(header) > max_bytes:
+        raise TusError(413, f"Upload-Metadata is longer than {max_bytes} bytes")
+    pairs = header.split(",")
+    if len(pairs) > max_pairs:
+        raise TusError(400, f"Upload-Metadata has more than {max_pairs} pairs")
+    for pair in pairs:
         parts = pair.strip().split(" ")
         if not parts[0] or len(parts) > 2 or not META_KEY.match(parts[0]):
             raise TusError(400, f"malformed Upload-Metadata pair {pair.strip()[:40]!r}")
+        if parts[0] in out:
+            raise TusError(400, f"Upload-Metadata names {parts[0]!r} twice")
         value = ""
         if len(parts) == 2:
             try:
                 value = base64.b64decode(parts[1], validate=True).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError) as exc:
+            except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
                 raise TusError(400, f"Upload-Metadata {parts[0]}: not base64 UTF-8") from exc
-        if len(value) > MAX_META_VALUE:
-            raise TusError(400, f"Upload-Metadata {parts[0]}: longer than {MAX_META_VALUE}")
+        if len(value) > max_value_chars:
+            raise TusError(400, f"Upload-Metadata {parts[0]}: longer than {max_value_chars}")
         value = "".join(c for c in value if c.isprintable())
         if parts[0] in ("filename", "name"):
             value = value.replace("\\", "/").rsplit("/", 1)[-1].lstrip(".") or "unnamed"
@@ -109,13 +124,39 @@ def parse_metadata(header: str | None) -> dict[str, str]:
     return out
 
 
-def _int_header(request: Request, name: str) -> int | None:
-    raw = request.headers.get(name)
+_DIGITS = re.compile(r"[0-9]{1,19}")  # ASCII digits only, below 2**63
+
+
+def int_header(raw: str | None, name: str) -> int | None:
+    """A non-negative integer header: ASCII digits only (``isdigit`` would take ``²``), at
+    most 19 of them; 400 otherwise."""
     if raw is None:
         return None
-    if not raw.isdigit():
-        raise TusError(400, f"{name} must be a non-negative integer")
+    if not _DIGITS.fullmatch(raw):
+        raise TusError(400, f"{name} must be a non-negative integer of at most 19 digits")
     return int(raw)
+
+
+def _int_header(request: Request, name: str) -> int | None:
+    return int_header(request.headers.get(name), name)
+
+
+class BodyStalled(Exception):
+    """A request body sent nothing for the configured time."""
+
+
+async def _stalling(stream: AsyncIterator[bytes], stall_s: float) -> AsyncIterator[bytes]:
+    """The body's chunks; BodyStalled when none arrives for ``stall_s`` (the upload's lock is
+    then released: one device cannot hold an upload by sending headers and waiting)."""
+    it = stream.__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(it.__anext__(), stall_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise BodyStalled from None
+        yield chunk
 
 
 class TusApp:
@@ -128,15 +169,15 @@ class TusApp:
         data_dir: Path,
         db: SinkDB,
         *,
-        max_size: int,
-        expire_s: float,
+        config: SinkConfig,
         on_complete: Callable[[], None] | None = None,
     ) -> None:
         self.dir = data_dir / "blobs" / "uploads"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.db = db
-        self.max_size = max_size
-        self.expire_s = expire_s
+        self.config = config
+        self.max_size = config.limits.max_upload_bytes
+        self.expire_s = config.sweep.expire_hours * 3600
         self.on_complete = on_complete
         self.rejected: dict[int, int] = {}
 
@@ -147,9 +188,12 @@ class TusApp:
     def pending(self, upload_id: str) -> Path:
         return self.path(upload_id).with_suffix(".pending")
 
-    def offset(self, upload_id: str) -> int:
-        """Verified bytes: the marker's size while a checksummed chunk is being written (or
-        after a crash left one), else the data file's size."""
+    def offset(self, upload_id: str, up: Upload | None = None) -> int:
+        """Verified bytes: all of them once complete (its data may have moved to the store),
+        the marker's size while a checksummed chunk is being written (or after a crash left
+        one), else the data file's size."""
+        if up is not None and up.completed_utc is not None and up.length is not None:
+            return up.length
         try:
             return int(self.pending(upload_id).read_text())
         except (FileNotFoundError, ValueError):
@@ -181,13 +225,15 @@ class TusApp:
         who = bearer_identity(request, self.db)
         if who is None:
             raise TusError(401, "Authorization: Bearer <a device's active token> is required")
+        if who.admin:
+            raise TusError(403, "an admin token is not a device token: it cannot upload")
         return who.device
 
     def own_upload(self, upload_id: str, device: str) -> Upload:
         up = self.db.get_upload(upload_id) if UPLOAD_ID.match(upload_id) else None
         if up is None or up.device != device or up.terminated:
             raise TusError(404, "no such upload")  # another device's upload does not exist
-        if up.completed_utc is None and up.expires_ts < time.time():
+        if up.completed_utc is None and (up.expires_ts < time.time() or up.removed_utc):
             raise TusError(410, "the upload expired")
         return up
 
@@ -199,6 +245,40 @@ class TusApp:
         }
 
     # -- the endpoint ----------------------------------------------------------------------
+    def check_quotas(self, device: str, length: int | None) -> None:
+        """A device's uploads in progress, their declared bytes and its creations per minute:
+        over a quota is 429 with Retry-After (413 when it can never fit)."""
+        q = self.config.quotas
+        now = time.time()
+        use = self.db.usage(device, now)
+        if length is not None and length > q.bytes_in_progress:
+            raise TusError(
+                413,
+                f"Upload-Length {length} exceeds this device's quota of bytes "
+                f"in progress ({q.bytes_in_progress})",
+            )
+        if use.created_last_minute >= q.creates_per_minute:
+            wait = max(1, int(use.oldest_create_ts + 60 - now) + 1)
+            raise TusError(
+                429,
+                f"more than {q.creates_per_minute} uploads created in a minute",
+                retry_after=wait,
+            )
+        if use.uploads >= q.uploads_in_progress:
+            raise TusError(
+                429,
+                f"{use.uploads} uploads in progress (quota "
+                f"{q.uploads_in_progress}): finish or terminate some",
+                retry_after=5,
+            )
+        if length is not None and use.bytes + length > q.bytes_in_progress:
+            raise TusError(
+                429,
+                f"{use.bytes} bytes in progress; {length} more would pass the "
+                f"quota of {q.bytes_in_progress}",
+                retry_after=5,
+            )
+
     async def dispatch(self, request: Request) -> Response:
         method = request.method
         override = request.headers.get("x-http-method-override")
@@ -237,6 +317,8 @@ class TusApp:
             self.rejected[exc.status] = self.rejected.get(exc.status, 0) + 1
             log.info("%s %s -> %d: %s", method, request.url.path, exc.status, exc)
             headers = self.headers()
+            if exc.retry_after is not None:
+                headers["Retry-After"] = str(exc.retry_after)
             if exc.status == 412:
                 headers["Tus-Version"] = TUS_VERSION
             if exc.status == 401:
@@ -254,23 +336,35 @@ class TusApp:
             raise TusError(400, "Upload-Length and Upload-Defer-Length together")
         if length is not None and length > self.max_size:
             raise TusError(413, f"Upload-Length {length} exceeds Tus-Max-Size {self.max_size}")
-        metadata = parse_metadata(request.headers.get("upload-metadata"))
+        lim, q = self.config.limits, self.config.quotas
+        metadata = parse_metadata(
+            request.headers.get("upload-metadata"),
+            max_bytes=q.metadata_bytes,
+            max_pairs=lim.metadata_pairs,
+            max_value_chars=lim.metadata_value_chars,
+        )
+        self.check_quotas(device, length)
         upload_id = secrets.token_urlsafe(24)
         expires = time.time() + self.expire_s
-        self.path(upload_id).touch()
+        os.close(os.open(self.path(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         self.db.create_upload(upload_id, device, length, metadata, expires)
         up = self.own_upload(upload_id, device)
         location = str(request.url_for("upload", upload_id=upload_id))
         headers = self.headers(Location=location, **self.expires_header(up))
         if request.headers.get("content-type") == OFFSET_TYPE:  # creation-with-upload
-            offset, up = await self.write(request, up, 0)
+            try:
+                offset, up = await self.write(request, up, 0)
+            except BaseException:  # refused: no upload was made (no row, no file left)
+                self.db.forget_upload(upload_id)
+                self.path(upload_id).unlink(missing_ok=True)
+                raise
             headers["Upload-Offset"] = str(offset)
         return Response(status_code=201, headers=headers)
 
     def head(self, upload_id: str, device: str) -> Response:
         up = self.own_upload(upload_id, device)
         headers = self.headers(
-            **{"Upload-Offset": str(self.offset(upload_id)), "Cache-Control": "no-store"},
+            **{"Upload-Offset": str(self.offset(upload_id, up)), "Cache-Control": "no-store"},
             **self.expires_header(up),
         )
         if up.length is None:
@@ -298,6 +392,7 @@ class TusApp:
             if new_length > self.max_size:
                 raise TusError(413, f"Upload-Length exceeds Tus-Max-Size {self.max_size}")
             if up.length is None:
+                self.check_quotas(device, new_length)
                 self.db.set_length(upload_id, new_length)
                 up = self.own_upload(upload_id, device)
         new_offset, up = await self.write(request, up, offset)
@@ -308,10 +403,14 @@ class TusApp:
 
     async def delete(self, upload_id: str, device: str) -> Response:
         up = self.own_upload(upload_id, device)
+        if up.completed_utc is not None:  # its data belongs to ingest now: only forget it
+            self.db.terminate(upload_id)
+            return Response(status_code=204, headers=self.headers())
         async with self._locked(up.id):
             self.db.terminate(upload_id)
-            with contextlib.suppress(FileNotFoundError):
-                self.path(upload_id).unlink()
+            self.db.mark_removed(upload_id)
+            self.path(upload_id).unlink(missing_ok=True)
+            self.pending(upload_id).unlink(missing_ok=True)
         return Response(status_code=204, headers=self.headers())
 
     # -- writing ---------------------------------------------------------------------------
@@ -319,10 +418,13 @@ class TusApp:
     async def _locked(self, upload_id: str) -> Any:
         """The upload's exclusive lock. A client that reconnects after a cut usually finds its
         dead request still holding it until the server notices the disconnect, so the lock is
-        awaited for up to ``LOCK_WAIT_S`` before answering 423."""
-        fd = os.open(self.path(upload_id), os.O_RDWR | os.O_CREAT, 0o600)
+        awaited for up to ``[timeouts] lock_wait_s`` before answering 423."""
         try:
-            deadline = time.monotonic() + LOCK_WAIT_S
+            fd = os.open(self.path(upload_id), os.O_RDWR)  # never re-created: DELETE wins
+        except FileNotFoundError:
+            raise TusError(404, "no such upload") from None
+        try:
+            deadline = time.monotonic() + self.config.timeouts.lock_wait_s
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -348,7 +450,14 @@ class TusApp:
             except binascii.Error as exc:
                 raise TusError(400, "Upload-Checksum value is not base64") from exc
             digest = CHECKSUMS[algo]()
+        if up.completed_utc is not None:  # complete: nothing more can be written
+            if offset != up.length:
+                raise TusError(409, f"Upload-Offset {offset} != stored {up.length}")
+            return up.length or 0, up
         async with self._locked(up.id) as fd:
+            fresh = self.db.get_upload(up.id)  # a DELETE may have come while we waited
+            if fresh is None or fresh.terminated or fresh.removed_utc:
+                raise TusError(404, "no such upload")
             current = os.fstat(fd).st_size
             if offset != current:
                 raise TusError(409, f"Upload-Offset {offset} != stored {current}")
@@ -371,7 +480,8 @@ class TusApp:
                 in_flight: asyncio.Future[int] | None = None
                 in_flight_size = 0
                 try:
-                    async for chunk in request.stream():
+                    stall_s = self.config.timeouts.body_stall_s
+                    async for chunk in _stalling(request.stream(), stall_s):
                         if written + in_flight_size + len(pending) + len(chunk) > room:
                             too_big = True
                             break
@@ -384,11 +494,22 @@ class TusApp:
                             )
                             in_flight_size = len(pending)
                             pending = bytearray()
-                except ClientDisconnect:
+                except (ClientDisconnect, BodyStalled) as cut:
+                    if in_flight is not None:
+                        written += await in_flight
+                        in_flight = None
+                    stalled = isinstance(cut, BodyStalled)
                     if marker is not None:  # an unverifiable chunk is never applied
-                        if in_flight is not None:
-                            await in_flight
+                        if stalled:
+                            raise TusError(408, f"the body stalled for {stall_s:g} s") from None
                         raise TusError(400, "the client went away mid-chunk") from None
+                    if stalled:  # without a checksum, what arrived is kept (tus core)
+                        if pending:
+                            written += _hash_and_write(fd, pending, digest)
+                            pending = bytearray()
+                        await asyncio.to_thread(os.fsync, fd)
+                        applied = True
+                        raise TusError(408, f"the body stalled for {stall_s:g} s") from None
                 if in_flight is not None:
                     written += await in_flight
                     in_flight = None
@@ -420,25 +541,40 @@ class TusApp:
 def make_app(
     data_dir: str | os.PathLike[str],
     *,
-    max_size: int = 10 * 2**30,
-    expire_s: float = 24 * 3600,
+    config: SinkConfig | None = None,
+    max_size: int | None = None,
+    expire_s: float | None = None,
     blobs: Any = None,
     ingest_workers: int = 1,
 ) -> Starlette:
     """The sink: the tus endpoint at ``/files/``, ingest into ``blobs`` (default: a local folder
-    under ``data_dir``) and the index, and the JSON API under ``/api/``. ``ingest_workers``:
-    how many background workers take the ingest queue (0: none here, the queue waits)."""
+    under ``data_dir``) and the index, the JSON API under ``/api/``, and the sweep.
+    ``config``: limits, quotas, timeouts (``max_size`` and ``expire_s`` override two of them);
+    ``ingest_workers``: background workers on the ingest queue (0: none here, the queue
+    waits)."""
     from cloud_sink.api import add_api
     from cloud_sink.blobs import LocalBlobStore
     from cloud_sink.index import Index
     from cloud_sink.ingest import Ingest, IngestWorker
+    from cloud_sink.sweep import Sweeper
 
+    cfg = config or SinkConfig()
+    if max_size is not None:
+        cfg = cfg.model_copy(
+            update={"limits": cfg.limits.model_copy(update={"max_upload_bytes": max_size})}
+        )
+    if expire_s is not None:
+        cfg = cfg.model_copy(
+            update={"sweep": cfg.sweep.model_copy(update={"expire_hours": expire_s / 3600})}
+        )
     data = Path(os.path.expanduser(data_dir))
     db = SinkDB(data / "sink.db")
     index = Index(data / "index.db")
-    tus = TusApp(data, db, max_size=max_size, expire_s=expire_s)
-    ingest = Ingest(db, blobs or LocalBlobStore(data / "blobs" / "store"), index, tus.dir)
+    tus = TusApp(data, db, config=cfg)
+    store = blobs or LocalBlobStore(data / "blobs" / "store")
+    ingest = Ingest(db, store, index, tus.dir, cfg.limits)
     workers = [IngestWorker(ingest) for _ in range(max(0, ingest_workers))]
+    sweeper = Sweeper(db, index, tus.dir, cfg.sweep)
 
     def wake() -> None:
         for w in workers:
@@ -448,6 +584,7 @@ def make_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await sweeper.start()
         for w in workers:
             await w.start()
         try:
@@ -455,6 +592,7 @@ def make_app(
         finally:
             for w in workers:
                 await w.stop()
+            await sweeper.stop()
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"ok": True, "tus": TUS_VERSION})
@@ -465,6 +603,7 @@ def make_app(
         Route("/files/", tus.dispatch, methods=methods, name="files"),
         Route("/files/{upload_id}", tus.dispatch, methods=methods, name="upload"),
     ]
-    app = Starlette(routes=add_api(routes, db, index), lifespan=lifespan)
+    app = Starlette(routes=add_api(routes, db, index, cfg, sweeper, ingest), lifespan=lifespan)
     app.state.tus, app.state.db, app.state.index, app.state.ingest = tus, db, index, ingest
+    app.state.sweeper, app.state.config = sweeper, cfg
     return app

@@ -262,3 +262,44 @@ def test_the_clip_is_decoded_once_per_ingest(
     assert opened == [str(folder / CLIP)]
     assert info["frames"] == 20 and info["codec"] == "h264" and thumbs
     assert info["background"]["sampled_frames"] >= 1
+
+
+def test_an_ingest_that_keeps_failing_ends_corrupt_not_in_limbo(tmp_path: Path) -> None:
+    """A blob store that cannot take the files (here: its folder is a file) fails every
+    attempt: the upload is retried a bounded number of times, then the bundle is corrupt with
+    the reason; once the store works, a re-sent bundle is accepted."""
+    from cloud_sink.blobs import LocalBlobStore
+    from cloud_sink.db import SinkDB
+    from cloud_sink.index import Index
+    from cloud_sink.ingest import MAX_INGEST_ATTEMPTS, Ingest
+
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    db, index = SinkDB(tmp_path / "sink.db"), Index(tmp_path / "index.db")
+    store_root = tmp_path / "store"
+    store = LocalBlobStore(store_root)
+    ingest = Ingest(db, store, index, uploads, retry_base_s=0.0)
+    folder = make_bundle(tmp_path / "f", "lim-1")
+
+    def arrive(name: str, n: int) -> None:
+        upload_id = f"{name[:4]}{n}".ljust(32, "x")
+        (uploads / upload_id).write_bytes((folder / name).read_bytes())
+        meta = {"bundle_id": "lim-1", "filename": name}
+        db.create_upload(upload_id, "cart-a", (folder / name).stat().st_size, meta, 1e12)
+        assert db.complete(upload_id)
+
+    store.root = tmp_path / "not-a-folder"
+    store.root.write_text("in the way")
+    for name in (CLIP, SENSORS, MANIFEST):
+        arrive(name, 1)
+    for _ in range(MAX_INGEST_ATTEMPTS + 2):
+        ingest.run_pending()
+    row = index.get("lim-1", "cart-a")
+    assert row is not None and row["status"] == "corrupt"
+    assert f"ingest failed {MAX_INGEST_ATTEMPTS} times" in row["reason"]
+    assert db.ingest_counts()["pending"] == 0
+    store.root = store_root  # the store works again; the cart sends the bundle once more
+    for name in (CLIP, SENSORS, MANIFEST):
+        arrive(name, 2)
+    ingest.run_pending()
+    assert index.get("lim-1", "cart-a")["status"] == "ok"  # type: ignore[index]

@@ -31,7 +31,7 @@ FAST = Backoff(base_s=0.05, max_s=0.4)
 class SinkUnderTest:
     """The real sink app behind a fault injector, served by uvicorn on 127.0.0.1."""
 
-    def __init__(self, data: Path, port: int = 0, **app_options: int) -> None:
+    def __init__(self, data: Path, port: int = 0, **app_options: object) -> None:
         self.data = data
         self.app = make_app(data, **app_options)
         self.faults = FaultInjector(self.app)
@@ -417,3 +417,27 @@ def test_an_upload_whose_bytes_changed_is_terminated_and_started_anew(
     assert stats.bundles_uploaded == 1
     assert httpx.head(old_url, headers=auth).status_code == 404  # terminated, not left to expire
     assert_identical(sink, data, "re")
+
+
+def test_the_sinks_quotas_slow_the_cart_down_but_everything_arrives(
+    tmp_path: Path, cart: tuple[Journal, Path]
+) -> None:
+    """One upload in progress per device and few creations a minute: the sink answers 429
+    with Retry-After, and the cart's uploader waits as told instead of failing bundles."""
+    from cloud_sink.config import Quotas, SinkConfig
+
+    config = SinkConfig(quotas=Quotas(uploads_in_progress=1, creates_per_minute=400))
+    tight = SinkUnderTest(tmp_path / "tight", config=config).start()  # type: ignore[arg-type]
+    try:
+        journal, data = cart
+        for i in range(3):
+            seal_bundle(journal, data, f"q{i}", noise_frames=5)
+        up = uploader(journal, data, tight.url, tight.token, concurrency=2, chunk_bytes=64 * 1024)
+        stats = asyncio.run(up.run(until_idle=True, max_attempts=10))
+        refused = [s for m, p, s in tight.faults.seen if s == 429]
+        assert refused, "the quota never came into play"
+        assert stats.bundles_uploaded == 3
+        for i in range(3):
+            assert_identical(tight, data, f"q{i}")
+    finally:
+        tight.stop()

@@ -12,15 +12,31 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-SCHEMA_VERSION = 1
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+
+SCHEMA_VERSION: Literal[1] = 1
 MANIFEST = "manifest.json"
 CLIP = "clip.mp4"
 SENSORS = "sensors.mcap"
 BUNDLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: A manifest larger than this is not one of ours (a cart's is about 2 KB).
+MAX_MANIFEST_BYTES = 256 * 1024
+MAX_FILE_BYTES = 1 << 40
+
+# Every field has a type and a bound: the sink reads manifests a hostile device may write.
+_STRICT = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+Text = Annotated[str, Field(max_length=256)]
+Utc = Annotated[str, Field(max_length=40)]
+Ns = Annotated[int, Field(ge=0, lt=1 << 63)]
+Count = Annotated[int, Field(ge=0, le=1 << 31)]
+Seconds = Annotated[float, Field(ge=0, le=7 * 86400)]
+FileName = Annotated[str, Field(pattern=r"^(clip\.mp4|sensors\.mcap)$")]
 
 
 class ManifestError(ValueError):
@@ -29,107 +45,92 @@ class ManifestError(ValueError):
 
 @dataclass
 class TriggerInfo:
-    rule: str
-    priority: int
-    fired_ns: int
-    signals: dict[str, bool]
-    reason: str = ""
-    also: list[str] = field(default_factory=list)  # other rules that fired within this clip
+    rule: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,47}$")]
+    priority: Annotated[int, Field(ge=0, le=9)]
+    fired_ns: Ns
+    signals: Annotated[dict[Annotated[str, Field(max_length=32)], bool], Field(max_length=64)]
+    reason: Text = ""
+    # other rules that fired within this clip
+    also: Annotated[list[Annotated[str, Field(max_length=48)]], Field(max_length=32)] = field(
+        default_factory=list
+    )
+    __pydantic_config__ = _STRICT
 
 
 @dataclass
 class VideoInfo:
-    codec: str
-    encoder: str
-    width: int
-    height: int
-    fps: float
-    frames: int
-    duration_s: float
-    dropped_frames: int = 0
-    complete: bool = True  # False: the encoder failed mid-clip; the clip holds what came before
-    note: str = ""
+    codec: Annotated[str, Field(max_length=16)]
+    encoder: Annotated[str, Field(max_length=128)]
+    width: Annotated[int, Field(ge=1, le=16384)]
+    height: Annotated[int, Field(ge=1, le=16384)]
+    fps: Annotated[float, Field(gt=0, le=1000)]
+    frames: Count
+    duration_s: Seconds
+    dropped_frames: Count = 0
+    complete: bool = True  # False: no encoder could go on; the clip holds what came before
+    note: Annotated[str, Field(max_length=2048)] = ""
+    __pydantic_config__ = _STRICT
 
 
 @dataclass
 class FileInfo:
-    sha256: str
-    bytes: int
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    bytes: Annotated[int, Field(ge=0, le=MAX_FILE_BYTES)]
+    __pydantic_config__ = _STRICT
 
 
 @dataclass
 class Manifest:
-    bundle_id: str
-    device_id: str
-    store_id: str
-    profile: str
+    bundle_id: Annotated[str, Field(pattern=BUNDLE_ID.pattern)]
+    device_id: Name
+    store_id: Name
+    profile: Annotated[str, Field(max_length=64)]
     trigger: TriggerInfo
-    start_ns: int  # host CLOCK_MONOTONIC
-    end_ns: int
-    start_utc: str
-    end_utc: str
+    start_ns: Ns  # host CLOCK_MONOTONIC
+    end_ns: Ns
+    start_utc: Utc
+    end_utc: Utc
     video: VideoInfo | None
-    files: dict[str, FileInfo]
-    created_utc: str
-    software: str
-    schema_version: int = SCHEMA_VERSION
+    files: Annotated[dict[FileName, FileInfo], Field(max_length=2)]
+    created_utc: Utc
+    software: Text
+    schema_version: Literal[1] = SCHEMA_VERSION
+    __pydantic_config__ = _STRICT
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
-        try:
-            raw = json.loads(text)
-        except ValueError as exc:
-            raise ManifestError(f"manifest is not JSON: {exc}") from exc
-        return cls.from_dict(raw)
+        """Parse and validate (types, bounds, nesting depth); ManifestError says why not."""
+        if len(text) > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"manifest is larger than {MAX_MANIFEST_BYTES} bytes")
+        return _checked(lambda: _MANIFEST.validate_json(text))
 
     @classmethod
     def from_dict(cls, raw: Any) -> Manifest:
-        if not isinstance(raw, dict):
-            raise ManifestError("manifest must be a JSON object")
-        try:
-            if raw.get("schema_version") != SCHEMA_VERSION:
-                raise ManifestError(
-                    f"schema_version {raw.get('schema_version')!r} is not {SCHEMA_VERSION}"
-                )
-            bundle_id = str(raw["bundle_id"])
-            if not BUNDLE_ID.match(bundle_id):
-                raise ManifestError(f"bundle_id {bundle_id!r} is not a safe name")
-            files = {}
-            for name, info in dict(raw["files"]).items():
-                if name not in (CLIP, SENSORS):
-                    raise ManifestError(f"files: unexpected file {name!r}")
-                sha, size = str(info["sha256"]), int(info["bytes"])
-                if not re.fullmatch(r"[0-9a-f]{64}", sha) or size < 0:
-                    raise ManifestError(f"files.{name}: bad sha256 or size")
-                files[name] = FileInfo(sha, size)
-            video = VideoInfo(**raw["video"]) if raw.get("video") else None
-            trigger = TriggerInfo(**raw["trigger"])
-            start, end = int(raw["start_ns"]), int(raw["end_ns"])
-            if end < start:
-                raise ManifestError(f"end_ns {end} before start_ns {start}")
-            return cls(
-                bundle_id=bundle_id,
-                device_id=str(raw["device_id"]),
-                store_id=str(raw["store_id"]),
-                profile=str(raw["profile"]),
-                trigger=trigger,
-                start_ns=start,
-                end_ns=end,
-                start_utc=str(raw["start_utc"]),
-                end_utc=str(raw["end_utc"]),
-                video=video,
-                files=files,
-                created_utc=str(raw["created_utc"]),
-                software=str(raw["software"]),
-                schema_version=SCHEMA_VERSION,
-            )
-        except ManifestError:
-            raise
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ManifestError(f"manifest field missing or malformed: {exc}") from exc
+        return _checked(lambda: _MANIFEST.validate_python(raw))
+
+
+def validation_problem(exc: ValidationError) -> str:
+    """The first problem of a validation error, in one line, without echoing the input."""
+    err = exc.errors(include_input=False, include_url=False)[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(document)"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {err['msg']}{more}"
+
+
+def _checked(parse: Callable[[], Manifest]) -> Manifest:
+    try:
+        m = parse()
+    except ValidationError as exc:
+        raise ManifestError(f"manifest malformed: {validation_problem(exc)}") from None
+    if m.end_ns < m.start_ns:
+        raise ManifestError(f"end_ns {m.end_ns} before start_ns {m.start_ns}")
+    return m
+
+
+_MANIFEST: TypeAdapter[Manifest] = TypeAdapter(Manifest)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> FileInfo:

@@ -64,7 +64,7 @@ class DemoSink(LocalSink):
 
         r = httpx.get(
             self.url + "/api/bundles",
-            params={"device": device, "limit": "10000"},
+            params={"device": device, "limit": "1000"},
             headers={"Authorization": f"Bearer {self.admin}"},
             timeout=30,
         )

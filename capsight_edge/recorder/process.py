@@ -225,7 +225,7 @@ class EncoderProcess:
                 fps=self.cfg.fps,
                 skipped=self.reader.skipped,
                 complete=clip.complete,
-                note="; ".join(clip.notes),
+                note="; ".join(clip.notes)[:2000],
                 finished_ns=done_ns,
             )
         )

@@ -13,13 +13,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
+import io
 import itertools
 import json
 import os
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -312,3 +315,117 @@ def read_messages(path: str | os.PathLike[str]) -> list[tuple[str, int, dict[str
         except (McapError, EOFError, ValueError, struct.error):
             pass  # truncated: what was complete is returned
     return out
+
+
+def iter_messages_bounded(
+    path: str | os.PathLike[str],
+    *,
+    max_chunk_bytes: int,
+    max_message_bytes: int,
+    max_messages: int,
+) -> Iterator[tuple[str, int, bytes]]:
+    """(topic, log_time_ns, raw message data) of a sensor log written by someone we do not
+    trust: every record's size is checked before it is read, a chunk is decompressed only when
+    it declares at most ``max_chunk_bytes`` (and never past what it declares), only zstd or
+    uncompressed chunks are accepted, and at most ``max_messages`` messages of at most
+    ``max_message_bytes`` each. SensorLogError says which limit was broken; a file cut short
+    ends where it was cut."""
+    from mcap.exceptions import McapError
+    from mcap.records import Channel, Chunk, Message
+    from mcap.stream_reader import StreamReader, breakup_chunk
+
+    max_record = max_chunk_bytes + 64 * 1024  # a chunk's own header and index beside its data
+    with open(path, "rb") as fh:
+        if fh.read(8) != b"\x89MCAP0\r\n":
+            raise SensorLogError("not an MCAP file")
+        while True:  # the top-level records' sizes, before any is read
+            head = fh.read(9)
+            if len(head) < 9:
+                break
+            opcode, length = struct.unpack("<BQ", head)
+            if length > max_record:
+                raise SensorLogError(f"a record of {length} bytes (limit {max_record})")
+            fh.seek(length, os.SEEK_CUR)
+            if opcode == 0x02:  # footer
+                break
+        fh.seek(0, os.SEEK_END)
+        capped = _CappedReader(fh, fh.tell())
+        fh.seek(0)
+        topics: dict[int, str] = {}
+        count = 0
+
+        def emit(record: Any) -> Iterator[tuple[str, int, bytes]]:
+            nonlocal count
+            if isinstance(record, Channel):
+                topics[record.id] = record.topic[:256]
+            elif isinstance(record, Message):
+                count += 1
+                if count > max_messages:
+                    raise SensorLogError(f"more than {max_messages} messages")
+                if len(record.data) > max_message_bytes:
+                    raise SensorLogError(
+                        f"a message of {len(record.data)} bytes (limit {max_message_bytes})"
+                    )
+                yield topics.get(record.channel_id, "?"), record.log_time, record.data
+
+        try:
+            reader = StreamReader(
+                capped,  # type: ignore[arg-type]  # read() is all it uses
+                skip_magic=False,
+                emit_chunks=True,
+                record_size_limit=max_record,
+            )
+            for record in reader.records:
+                if isinstance(record, Chunk):
+                    if record.compression not in ("zstd", ""):
+                        raise SensorLogError(f"chunk compression {record.compression!r}")
+                    if record.uncompressed_size > max_chunk_bytes:
+                        raise SensorLogError(
+                            f"a chunk of {record.uncompressed_size} bytes decoded "
+                            f"(limit {max_chunk_bytes})"
+                        )
+                    if record.compression == "zstd":
+                        record = dataclasses.replace(
+                            record, compression="", data=_unzstd(record.data, max_chunk_bytes)
+                        )
+                    if len(record.data) > max_chunk_bytes:
+                        raise SensorLogError(f"a chunk larger than {max_chunk_bytes} bytes")
+                    for inner in breakup_chunk(
+                        dataclasses.replace(record, uncompressed_size=len(record.data))
+                    ):
+                        yield from emit(inner)
+                else:
+                    yield from emit(record)
+        except SensorLogError:
+            raise
+        except (McapError, EOFError, ValueError, struct.error, UnicodeDecodeError):
+            return  # truncated or garbled: what was complete is returned
+
+
+class _CappedReader:
+    """A file whose ``read(n)`` never asks for more than what is left: a length field that
+    claims a terabyte reads what is there (and the parser stops) instead of allocating it."""
+
+    def __init__(self, fh: Any, size: int) -> None:
+        self._fh, self._size = fh, size
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(0, self._size - self._fh.tell())
+        return bytes(self._fh.read(left if n < 0 else min(n, left)))
+
+
+def _unzstd(data: bytes, limit: int) -> bytes:
+    """Decompress at most ``limit`` bytes, whatever the frame claims (SensorLogError beyond)."""
+    import zstandard
+
+    out = bytearray()
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
+            while len(out) <= limit:
+                block = reader.read(min(1 << 20, limit + 1 - len(out)))
+                if not block:
+                    return bytes(out)
+                out += block
+    except zstandard.ZstdError as exc:
+        raise SensorLogError(f"a chunk does not decompress: {exc}") from exc
+    raise SensorLogError(f"a chunk decodes to more than {limit} bytes")

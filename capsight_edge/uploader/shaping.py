@@ -64,6 +64,11 @@ class TokenBucket:
         self.tokens = min(self.tokens, self.depth)
         self._changed.set()
 
+    def drain(self) -> None:
+        """Empty the bucket: sending starts again after an idle spell with no burst."""
+        self.tokens = 0.0
+        self._t = self._clock()
+
     def _refill(self) -> None:
         now = self._clock()
         bps = self.bytes_per_s

@@ -312,6 +312,8 @@ class Uploader:
         assert self._ctx is not None
         if not self._tasks:
             self._busy_since = time.monotonic()
+            if self._bucket is not None:
+                self._bucket.drain()  # what built up while idle is no licence to burst
         self.scheduler.started(row.id)
         self._tasks[row.id] = asyncio.create_task(BundleUpload(row, self._ctx).run())
 

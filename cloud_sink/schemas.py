@@ -1,0 +1,94 @@
+"""Every JSON body and query the sink reads, declared once with pydantic: strict types, finite
+numbers, bounded strings and counts. Nothing a device sends reaches the database or a page
+without passing through one of these (the manifest's schema is the bundle's own:
+``capsight_edge.bundle.manifest``, pydantic too)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from capsight_edge.bundle.manifest import validation_problem
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+UTC_PATTERN = r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?Z?)?$"
+
+__all__ = [
+    "BundleQuery",
+    "Heartbeat",
+    "SensorMessage",
+    "validation_problem",
+]
+
+
+class Heartbeat(BaseModel):
+    """``POST /api/heartbeat``: what a cart tells the fleet view. Every field optional."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    queue_depth: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
+    disk_used_pct: Annotated[float, Field(ge=0, le=100)] | None = None
+    last_upload_utc: Annotated[str, Field(max_length=32, pattern=UTC_PATTERN)] | None = None
+    model_version: Annotated[str, Field(max_length=128)] | None = None
+
+    @field_validator("last_upload_utc", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+
+def _utc(v: str | None) -> str | None:
+    if v is None:
+        return v
+    try:
+        dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError("not an ISO-8601 UTC time") from exc
+    return v
+
+
+class BundleQuery(BaseModel):
+    """``GET /api/bundles`` parameters (query strings: numbers are read from their text)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    store: Annotated[str, Field(pattern=NAME)] | None = None
+    device: Annotated[str, Field(pattern=NAME)] | None = None
+    rule: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,47}$")] | None = None
+    since: Annotated[str, Field(max_length=32, pattern=UTC_PATTERN)] | None = None
+    until: Annotated[str, Field(max_length=32, pattern=UTC_PATTERN)] | None = None
+    barcode: Annotated[str, Field(pattern=r"^[0-9A-Za-z]{1,64}$")] | None = None
+    label_status: Annotated[str, Field(pattern=r"^[a-z_]{1,32}$")] | None = None
+    status: Literal["ok", "corrupt"] | None = None
+    empty_background: Literal["0", "1"] | None = None
+    q: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+
+    _since = field_validator("since", "until")(_utc)
+
+
+class SensorMessage(BaseModel):
+    """The parts of a sensor-log message that ingest reads (the rest is ignored, but it must be
+    JSON within the parser's depth limit)."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    t_ns: Annotated[list[Annotated[int, Field(ge=0, lt=1 << 63)]], Field(max_length=100_000)] | (
+        Annotated[int, Field(ge=0, lt=1 << 63)] | None
+    ) = None
+    kind: Annotated[str, Field(max_length=32)] | None = None
+    delta_g: Annotated[float, Field(ge=-1e6, le=1e6)] | None = None
+    text: Annotated[str, Field(max_length=256)] | None = None
+
+
+SENSOR_MESSAGE: TypeAdapter[SensorMessage] = TypeAdapter(SensorMessage)
+
+
+def parse_sensor_message(data: bytes) -> SensorMessage:
+    """ValueError (with the first problem) for anything but a well-formed message."""
+    try:
+        return SENSOR_MESSAGE.validate_json(data)
+    except ValidationError as exc:
+        raise ValueError(validation_problem(exc)) from None
