@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 import hw_profiles
 from capsight_edge.errors import ProfileError
 from capsight_edge.profile import load_profile, profile_as_dict
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, json_records, run_cli
 
 
 @pytest.mark.parametrize("name", ["sim", "dev-laptop", "jetson-orin", "rpi5"])
@@ -161,7 +160,7 @@ def test_cli_profile_check_json(tmp_path: Path) -> None:
     bad = write(tmp_path, "[camera]\nfps = 'x'\n")
     res = run_cli("profile", "check", "--json", str(bad), str(ROOT / "hw_profiles/sim.toml"))
     assert res.returncode == 2
-    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    rows = json_records(res.stdout)
     assert rows[0]["ok"] is False and rows[0]["key"] == "camera.fps"
     assert rows[1]["ok"] is True
 
@@ -178,4 +177,29 @@ def test_env_var_selects_profile(tmp_path: Path) -> None:
     )
     res = run_cli("profile", "show", "--json", env={"CAPSIGHT_PROFILE": str(custom)})
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout)["name"] == "from-env"
+    (record,) = json_records(res.stdout)
+    assert record["type"] == "profile" and record["profile"]["name"] == "from-env"
+
+
+@pytest.mark.parametrize("name", ["sim", "dev-laptop", "jetson-orin", "rpi5"])
+def test_profile_show_is_toml_that_checks_again(tmp_path: Path, name: str) -> None:
+    res = run_cli("profile", "show", "--profile", str(hw_profiles.path(name)))
+    assert res.returncode == 0, res.stderr
+    assert "True" not in res.stdout and "{" not in res.stdout
+    shown = tmp_path / "shown.toml"
+    shown.write_text(res.stdout)
+    check = run_cli("profile", "check", str(shown))
+    assert check.returncode == 0, check.stderr
+    again = profile_as_dict(load_profile(shown))
+    first = profile_as_dict(load_profile(hw_profiles.path(name)))
+    assert {k: v for k, v in again.items()} == first
+
+
+def test_a_deeply_nested_profile_is_a_clean_error(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    deep = tmp_path / "deep.toml"
+    deep.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    res = run_cli("profile", "check", str(deep))
+    assert res.returncode == 2 and "nested too deeply" in res.stderr
+    assert "Traceback" not in res.stderr

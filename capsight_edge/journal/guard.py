@@ -32,6 +32,18 @@ log = logging.getLogger("capsight.journal.guard")
 PAUSE_KEY = "capture_paused"
 
 
+def disk_usage(path: Path) -> tuple[int, int, float]:
+    """``(total, free, used_pct)`` of the disk that holds ``path`` (or its nearest existing
+    parent: looking creates nothing). The one formula of "disk used" on a cart: what is not free
+    to us, reserved blocks included (``status``, the storage guard and the heartbeat agree)."""
+    at = Path(path).absolute()
+    while not at.exists() and at != at.parent:
+        at = at.parent
+    usage = shutil.disk_usage(at)
+    used_pct = 100.0 * (usage.total - usage.free) / usage.total if usage.total else 0.0
+    return usage.total, usage.free, used_pct
+
+
 @dataclass(frozen=True)
 class DiskState:
     total: int
@@ -98,11 +110,11 @@ class StorageGuard:
         return total_bytes / total_s * 60 if total_s > 0 else self.default_bpm
 
     def disk(self) -> DiskState:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        usage = shutil.disk_usage(self.data_dir)
-        used_pct = 100.0 * (usage.total - usage.free) / usage.total
+        """The data folder's disk (that of its nearest existing parent: looking creates
+        nothing)."""
+        total, free, used_pct = disk_usage(self.data_dir)
         bpm = self.bytes_per_minute()
-        return DiskState(usage.total, usage.free, used_pct, bpm, usage.free / bpm)
+        return DiskState(total, free, used_pct, bpm, free / bpm)
 
     def _limits(self, d: DiskState) -> list[str]:
         crossed = []

@@ -134,24 +134,58 @@ class BundleRow:
 
 
 class Journal:
-    """Thread-safe (one connection, one lock). ``path`` is the SQLite file."""
+    """Thread-safe (one connection, one lock). ``path`` is the SQLite file. ``readonly``: for
+    the commands that only look (``status``, ``queue``): nothing is created or written, and a
+    missing journal is a JournalError."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(
-                str(self.path), timeout=30, isolation_level=None, check_same_thread=False
+        self.readonly = readonly
+        if readonly and not self.path.is_file():
+            raise JournalError(
+                f"no journal at {self.path}: nothing has run on this data folder (check --data)"
             )
+        try:
+            if readonly:
+                # With no -wal beside it, nobody is writing: read it as immutable, so that
+                # SQLite does not create its -wal and -shm files for a reader.
+                live = self.path.with_name(self.path.name + "-wal").exists()
+                self._db = sqlite3.connect(
+                    f"file:{self.path}?mode=ro" + ("" if live else "&immutable=1"),
+                    uri=True,
+                    timeout=30,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(
+                    str(self.path), timeout=30, isolation_level=None, check_same_thread=False
+                )
             self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            if not readonly:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as exc:
             raise JournalError(f"{self.path}: cannot open the journal: {exc}") from exc
         self._lock = threading.RLock()
         self._depth = 0
-        self._migrate()
+        if readonly:
+            self._check_version()
+        else:
+            self._migrate()
+
+    def _check_version(self) -> None:
+        try:
+            version = self.schema_version
+        except sqlite3.Error as exc:
+            raise JournalError(f"{self.path}: not a capsight journal ({exc})") from exc
+        if version < len(MIGRATIONS):
+            raise JournalError(
+                f"{self.path}: the journal is from an older capsight (schema {version}, this "
+                f"one reads {len(MIGRATIONS)}): run `capsight run` once to bring it up to date"
+            )
 
     # -- transactions ---------------------------------------------------------------------------
     @contextlib.contextmanager

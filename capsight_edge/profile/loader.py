@@ -47,6 +47,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(str(path), "", f"not valid TOML: {exc}") from exc
+    except RecursionError:
+        raise ProfileError(str(path), "", "nested too deeply", "a flat profile") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ProfileError(str(path), "", f"cannot be read: {exc}") from exc
 
@@ -272,3 +274,20 @@ def profile_as_dict(profile: Profile) -> dict[str, Any]:
     out.pop("source_path", None)
     out.pop("extends", None)
     return out
+
+
+def _drop_none(value: Any) -> Any:
+    """TOML has no null: a setting that is ``None`` is left out (absent means its default)."""
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value if v is not None]
+    return value
+
+
+def profile_as_toml(profile: Profile) -> str:
+    """The effective settings as TOML that ``capsight profile check`` accepts again."""
+    import tomli_w
+
+    header = f"# effective settings of {profile.source_path} (defaults filled in)\n"
+    return header + tomli_w.dumps(_drop_none(profile_as_dict(profile)))

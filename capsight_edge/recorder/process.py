@@ -60,10 +60,14 @@ def run_recorder(
     result_q: Any,
     nice: int = 10,
     log_config: tuple[str, str] = ("human", "WARNING"),
+    parent_pid: int = 0,
 ) -> None:
-    """Process entry point."""
+    """Process entry point. The process dies with ``parent_pid`` (no orphan encoders)."""
     from capsight_edge import logs
+    from capsight_edge.hygiene import die_with_parent
 
+    if parent_pid:
+        die_with_parent(parent_pid)
     logs.configure(*log_config)
     with contextlib.suppress(OSError):
         os.nice(nice)

@@ -68,6 +68,9 @@ def calibrate(
     atomically; the stable weight is awaited up to ``timeout_s``."""
     if known_g <= 0:
         raise ValueError("the reference weight must be positive")
+    cells = hub.profile.load_cells.count
+    if cell is not None and not 0 <= cell < cells:
+        raise ValueError(f"--cell {cell}: this cart has cells 0 to {cells - 1}")
     hands = hub.factory.hands if hub.factory.simulated("mcu") else None
     if not hub.calibrated:
         prompt("Empty the cart to tare it first.", hands is None)

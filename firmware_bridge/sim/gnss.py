@@ -6,6 +6,7 @@ mixes in what real receivers send at cold boot (NUL bytes, cut sentences, bad ch
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pty
@@ -100,13 +101,20 @@ class GnssSimulator:
                     pass
 
     def stop(self) -> None:
+        """Stop and remove the pty; safe to call twice."""
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=3)
-        for fd in (self._master, self._slave):
-            os.close(fd)
-        os.unlink(self.port)
-        os.rmdir(self._tmp)
+            self._thread = None
+        for fd in (getattr(self, "_master", -1), getattr(self, "_slave", -1)):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._master = self._slave = -1
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.port)
+        with contextlib.suppress(FileNotFoundError, OSError):
+            os.rmdir(self._tmp)
 
     def __enter__(self) -> GnssSimulator:
         return self.start()

@@ -1,0 +1,143 @@
+"""A cart that cleans up after crashes: children that die with their parent, and a record of
+each run in its data folder so the next start removes what a killed run left behind.
+
+- :func:`die_with_parent`: a child process asks the kernel to SIGKILL it when its parent dies
+  (``PR_SET_PDEATHSIG``), so a ``kill -9`` of ``capsight run`` cannot leave its encoder
+  process running (and, with it, multiprocessing's resource tracker and the shared memory they
+  hold: the tracker removes the segments once the last process holding its pipe is gone).
+- :class:`RunRecord`: ``DATA/run.lock`` (an exclusive ``flock``: one ``capsight run`` per data
+  folder; the kernel drops it when the holder dies) and ``DATA/run.json`` (the run's pid, its
+  children and its shared-memory segments). A start that finds the record of a run that is no
+  longer alive kills the children it names that are still there and unlinks its segments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from capsight_edge.errors import DeviceBusy
+
+log = logging.getLogger("capsight.hygiene")
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """In a child: be killed when the parent dies; exit now if it is already gone."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before the call above took effect
+        os._exit(1)
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (tells a pid from its reuse)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(entry: dict[str, Any]) -> bool:
+    pid = int(entry.get("pid", 0))
+    return pid > 0 and _start_time(pid) == entry.get("started")
+
+
+class RunRecord:
+    """One run of a cart on one data folder (see the module docstring)."""
+
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        self.dir = Path(os.path.expanduser(data_dir))
+        self.path = self.dir / "run.json"
+        self._fd: int | None = None
+        self.record: dict[str, Any] = {}
+        self.cleaned: dict[str, list[Any]] = {"processes": [], "segments": []}
+
+    def claim(self) -> RunRecord:
+        """Take the data folder (DeviceBusy when a live run holds it) and clean up after a dead
+        one."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / "run.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + 5.0
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                old = self._read()
+                # A run that died can leave the lock held for a moment by a child that inherited
+                # it and is being killed (PR_SET_PDEATHSIG): kill what it names, wait a little.
+                if old and not _alive(old) and time.monotonic() < deadline:
+                    self._clean(old)
+                    time.sleep(0.05)
+                    continue
+                os.close(fd)
+                holder = old.get("pid", "?")
+                raise DeviceBusy(
+                    f"another capsight run (pid {holder}) uses the data folder {self.dir}",
+                    remedy="stop it first, or give this run its own --data folder",
+                    holder=str(holder),
+                ) from None
+        self._fd = fd
+        self._clean(self._read())
+        me = os.getpid()
+        self.record = {"pid": me, "started": _start_time(me), "children": [], "segments": []}
+        self._write()
+        return self
+
+    def add_child(self, pid: int) -> None:
+        self.record["children"].append({"pid": pid, "started": _start_time(pid)})
+        self._write()
+
+    def add_segment(self, name: str) -> None:
+        self.record["segments"].append(name)
+        self._write()
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        os.close(self._fd)
+        self._fd = None
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.record))
+        os.replace(tmp, self.path)
+
+    def _clean(self, old: dict[str, Any]) -> None:
+        if not old or _alive(old):
+            return  # nothing recorded, or (impossible under the lock) still running
+        for child in old.get("children", []):
+            if isinstance(child, dict) and _alive(child):
+                with contextlib.suppress(OSError):
+                    os.kill(int(child["pid"]), signal.SIGKILL)
+                if child["pid"] not in self.cleaned["processes"]:
+                    self.cleaned["processes"].append(child["pid"])
+        for name in old.get("segments", []):
+            seg = Path("/dev/shm") / str(name).lstrip("/")
+            if seg.parent == Path("/dev/shm") and seg.exists():
+                with contextlib.suppress(OSError):
+                    seg.unlink()
+                if name not in self.cleaned["segments"]:
+                    self.cleaned["segments"].append(name)
+        if self.cleaned["processes"] or self.cleaned["segments"]:
+            log.warning("cleaned up after an earlier run that died: %s", self.cleaned)

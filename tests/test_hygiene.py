@@ -1,0 +1,112 @@
+"""A cart that cleans up after crashes: `kill -9` of `capsight run`, twenty times, leaves no
+orphan process and no shared-memory segment behind; one run per data folder; stop twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from capsight_edge.errors import DeviceBusy
+from capsight_edge.hygiene import RunRecord
+from tests.conftest import ROOT, SIM, wait_until
+
+
+def segments() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("capsight-fb-*")}
+
+
+def orphans() -> list[int]:
+    """Processes whose parent is gone (reparented to init) that are ours: an encoder, or a
+    resource tracker of a capsight process."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == 1 and ("capsight" in cmdline or "resource_tracker" in cmdline):
+            out.append(int(proc.name))
+    return out
+
+
+def run(data: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "capsight_edge.cli.main",
+            "--log-level",
+            "ERROR",
+            "run",
+            "--json",
+            "--data",
+            str(data),
+            "--profile",
+            str(SIM),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+def test_twenty_kills_leave_no_orphans_and_no_segments(tmp_path: Path) -> None:
+    before_segments, before_orphans = segments(), set(orphans())
+    for _ in range(20):
+        proc = run(tmp_path)
+        assert proc.stdout is not None
+        started = json.loads(proc.stdout.readline())  # the encoder process runs by now
+        assert started["type"] == "run_started"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert wait_until(lambda: set(orphans()) <= before_orphans, timeout_s=20), orphans()
+    assert wait_until(lambda: segments() <= before_segments, timeout_s=20), segments()
+    # And a start after a kill cleans up what it can find of the dead run.
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["children"] and record["segments"]
+
+
+def test_one_run_per_data_folder_and_a_dead_runs_leftovers_go(tmp_path: Path) -> None:
+    first = RunRecord(tmp_path).claim()
+    with pytest.raises(DeviceBusy, match=f"pid {os.getpid()}"):
+        RunRecord(tmp_path).claim()
+    # A "run" that died and left a child and a segment behind.
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    seg = Path("/dev/shm") / "capsight-fb-testleftover"
+    seg.write_bytes(b"x")
+    first.add_child(child.pid)
+    first.add_segment(seg.name)
+    first.record["pid"] = 999_999_999  # not alive
+    first._write()
+    os.close(first._fd)  # type: ignore[arg-type]  # the lock goes as the process would
+    first._fd = None
+    second = RunRecord(tmp_path).claim()
+    try:
+        assert child.wait(5) == -signal.SIGKILL
+        assert not seg.exists()
+        assert second.cleaned == {"processes": [child.pid], "segments": [seg.name]}
+    finally:
+        second.release()
+
+
+def test_a_cart_stops_twice_without_complaint(tmp_path: Path) -> None:
+    from capsight_edge.cart import Cart
+    from capsight_edge.profile import load_profile
+
+    cart = Cart(load_profile(SIM, data_dir=tmp_path), record=False)
+    cart.start()
+    cart.stop()
+    cart.stop()
+    assert not (tmp_path / "run.json").exists()
