@@ -318,26 +318,26 @@ def test_uploads_to_a_tus_server_that_is_not_ours(
 
     journal, data = cart
     folder = seal_bundle(journal, data, "other", noise_frames=20)
-    received: dict[str, bytes] = {}
-
-    def on_complete(path: str, metadata: dict[str, str]) -> None:
-        received[metadata["filename"]] = Path(path).read_bytes()
-        if metadata.get("encoding") == "zstd":
-            received[metadata["filename"]] = zstandard.ZstdDecompressor().decompress(
-                received[metadata["filename"]], max_output_size=1 << 24
-            )
-
+    store = tmp_path / "tuspy"
     app = FastAPI()
-    app.include_router(
-        create_tus_router(files_dir=str(tmp_path / "tuspy"), on_upload_complete=on_complete)
+    app.include_router(  # at a path that is not ours: the URL names the endpoint itself
+        create_tus_router(prefix="uploads/v1", files_dir=str(store))
     )
     server = ServerThread(app).start()
     try:
-        up = uploader(journal, data, server.url, "", tus_path="/files", chunk_bytes=256 * 1024)
+        up = uploader(journal, data, server.url + "/uploads/v1/", "", chunk_bytes=256 * 1024)
         stats = asyncio.run(up.run(until_idle=True))
     finally:
         server.stop()
     assert stats.bundles_uploaded == 1, up.status()
+    received: dict[str, bytes] = {}  # what the server stored, by the file names we sent
+    for info_path in store.glob("*.info"):
+        info = json.loads(info_path.read_text())
+        body = info_path.with_suffix("").read_bytes()
+        assert info["offset"] == info["size"] == len(body)
+        if info["metadata"].get("encoding") == "zstd":
+            body = zstandard.ZstdDecompressor().decompress(body, max_output_size=1 << 24)
+        received[info["metadata"]["filename"]] = body
     for f in folder.iterdir():
         assert received[f.name] == f.read_bytes(), f.name
 
@@ -358,7 +358,8 @@ def test_status_shows_progress_while_uploading(
 
         assert wait_until(shows_progress, 30)
         flight = json.loads(journal.kv_get(STATUS_KEY) or "{}")["in_flight"][0]
-        assert flight["id"] == "slow" and 0 < flight["bytes_confirmed"] < flight["bytes_total"]
+        assert flight["bundle_id"] == "slow"
+        assert 0 < flight["bytes_confirmed"] <= flight["bytes_sent"] < flight["bytes_total"]
         assert 0 < flight["rate_bps"] < 2_000_000 and status_rate_is_capped(journal)
     finally:
         runner.stop()
@@ -441,3 +442,71 @@ def test_the_sinks_quotas_slow_the_cart_down_but_everything_arrives(
             assert_identical(tight, data, f"q{i}")
     finally:
         tight.stop()
+
+
+class Redirecting:
+    """In front of the sink: ``/old/...`` answers 307 to ``/...`` for every method but OPTIONS
+    (so discovery finds the old path to be a tus endpoint, and creations are redirected);
+    ``/loop/...`` redirects to itself."""
+
+    def __init__(self, app: object) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        from starlette.responses import Response
+
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path.startswith("/loop/"):
+            await Response(status_code=308, headers={"Location": path})(scope, receive, send)  # type: ignore[arg-type]
+            return
+        if scope["type"] == "http" and path.startswith("/old/"):
+            if scope["method"] == "OPTIONS":
+                scope = {**scope, "path": path[4:], "raw_path": path[4:].encode()}
+            else:
+                where = path[4:]
+                await Response(status_code=307, headers={"Location": where})(scope, receive, send)  # type: ignore[arg-type]
+                return
+        await self.app(scope, receive, send)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("suffix", ["", "/", "/files", "/files/", "/old/files/"])
+def test_the_sink_url_may_be_its_base_or_its_endpoint_and_redirects_are_followed(
+    tmp_path: Path, cart: tuple[Journal, Path], suffix: str
+) -> None:
+    s = SinkUnderTest(tmp_path / "sink")
+    s.server.app = Redirecting(s.faults)
+    s.start()
+    try:
+        journal, data = cart
+        seal_bundle(journal, data, "u1")
+        up = uploader(journal, data, s.url + suffix, s.token)
+        stats = asyncio.run(up.run(until_idle=True))
+        assert stats.bundles_uploaded == 1, up.status()
+        assert_identical(s, data, "u1")
+        posts = [p for m, p, st in s.faults.seen if m == "POST"]
+        assert posts and all(p == "/files/" for p in posts)  # never /files/files/
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize("suffix", ["/nope/", "/loop/files/"])
+def test_a_sink_url_that_leads_nowhere_is_the_uploaders_state_not_the_bundles_fault(
+    tmp_path: Path, cart: tuple[Journal, Path], suffix: str
+) -> None:
+    s = SinkUnderTest(tmp_path / "sink")
+    s.server.app = Redirecting(s.faults)
+    s.start()
+    try:
+        journal, data = cart
+        seal_bundle(journal, data, "w1")
+        up = uploader(journal, data, s.url + suffix, s.token)
+        for _ in range(4):  # a flush that keeps hitting it, as a technician would
+            asyncio.run(up.run(until_idle=True))
+        row = journal.get("w1")
+        assert row is not None and row.state == "sealed"  # never quarantined
+        assert journal.kv_get("permanent:w1") in (None, "0")
+        status = json.loads(journal.kv_get(STATUS_KEY) or "{}")
+        assert status["state"].startswith("stopped: the sink URL is misconfigured")
+        assert "no tus endpoint" in status["last_error"]
+    finally:
+        s.stop()

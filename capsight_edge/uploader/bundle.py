@@ -28,14 +28,22 @@ from capsight_edge.bundle.manifest import MANIFEST, Manifest, ManifestError, sha
 from capsight_edge.errors import UploadError
 from capsight_edge.journal.journal import BundleRow, Journal
 from capsight_edge.uploader import wire
-from capsight_edge.uploader.progress import BundleProgress, RetryLater, TokenRefused, UploadStats
+from capsight_edge.uploader.progress import (
+    BundleProgress,
+    RetryLater,
+    SinkMisconfigured,
+    TokenRefused,
+    UploadStats,
+)
 from capsight_edge.uploader.reader import ChunkReader, LocalFileProblem
 from capsight_edge.uploader.shaping import Backoff
 from capsight_edge.uploader.sinkside import Interrupted, SinkClient
 from capsight_edge.uploader.tus import (
     COMPLETE,
+    MISCONFIGURED,
     PERMANENT,
     PROGRESS,
+    REDIRECTED,
     RESEND,
     RESTART,
     RESYNC,
@@ -55,7 +63,7 @@ Pacer = Callable[[AsyncIterator[bytes], list[int]], AsyncIterator[bytes]]
 
 @dataclass(frozen=True)
 class BundleOutcome:
-    kind: str  # uploaded | retry_later | quarantined | token_refused
+    kind: str  # uploaded | retry_later | quarantined | token_refused | misconfigured
     detail: str = ""
     after_s: float | None = None
     sink_down: bool = False
@@ -97,6 +105,9 @@ class BundleUpload:
         except TokenRefused as exc:
             journal.upload_failed(bundle_id, str(exc), permanent=False)
             return BundleOutcome("token_refused", str(exc))
+        except SinkMisconfigured as exc:  # the URL's fault, not the bundle's: it just waits
+            journal.upload_failed(bundle_id, str(exc), permanent=False)
+            return BundleOutcome("misconfigured", str(exc))
         except RetryLater as exc:
             return self._retry_later(str(exc), exc.after_s, exc.sink_down)
         return BundleOutcome("uploaded")
@@ -229,11 +240,14 @@ class BundleUpload:
             assert req is not None
             before_url, before_offset = up.url, up.offset
             sent = [0]  # body bytes of this request that went out
+            progress.sending = sent
             try:
                 outcome = await self._exchange(up, req, reader, sent)
             except Interrupted as exc:
                 stats.interruptions += 1
                 outcome = up.interrupted(str(exc))
+            if up.endpoint != ctx.sink.endpoint:  # the sink moved its endpoint (307/308)
+                ctx.sink.endpoint = up.endpoint
             if not outcome.ok:
                 stats.lost_bytes += sent[0]
                 stats.lost_bytes_max = max(stats.lost_bytes_max, sent[0])
@@ -266,6 +280,10 @@ class BundleUpload:
         detail = f"{name}: {outcome.detail}"
         if outcome.kind == UNAUTHORIZED:
             raise TokenRefused(detail)
+        if outcome.kind == MISCONFIGURED:
+            raise SinkMisconfigured(detail)
+        if outcome.kind == REDIRECTED:
+            return fails
         if outcome.kind == PERMANENT:
             raise UploadError(detail, permanent=True)
         if outcome.kind == RESTART:

@@ -57,6 +57,9 @@ class UploadScheduler:
         self.paused: str | None = None
         self.paused_by_key = False
         self.token_refused_at: float | None = None
+        self.misconfigured_reason = ""
+        self.misconfigured_until = 0.0
+        self.misconfigured_count = 0
         self.sink_down_until = 0.0
         self.sink_failures = 0
         self.failures: dict[str, int] = {}
@@ -90,6 +93,13 @@ class UploadScheduler:
             return True
         return False
 
+    def misconfigured(self, now: float, reason: str) -> None:
+        """The sink URL leads to no tus endpoint: nothing goes, and no bundle is blamed; the
+        endpoint is looked for again after a backoff (30 s, doubling, up to 10 minutes)."""
+        self.misconfigured_count += 1
+        self.misconfigured_reason = reason
+        self.misconfigured_until = now + min(600.0, 30.0 * 2 ** (self.misconfigured_count - 1))
+
     def started(self, bundle_id: str) -> None:
         self.in_flight.add(bundle_id)
         self.attempts[bundle_id] = self.attempts.get(bundle_id, 0) + 1
@@ -101,6 +111,7 @@ class UploadScheduler:
         self.failures.pop(bundle_id, None)
         self.not_before.pop(bundle_id, None)
         self.sink_failures = 0
+        self.misconfigured_reason, self.misconfigured_count = "", 0
 
     def retry_later(
         self, bundle_id: str, now: float, *, after_s: float | None = None, sink_down: bool = False
@@ -128,6 +139,7 @@ class UploadScheduler:
             or self.token_refused_at is not None
             or self.rate_bps(wall) == 0
             or self.sink_down_until > now
+            or self.misconfigured_until > now
         )
 
     def wants_queue(self, now: float, wall: dt.datetime, *, counting: bool) -> bool:
@@ -168,6 +180,11 @@ class UploadScheduler:
     def state(self, now: float, wall: dt.datetime) -> str:
         if self.token_refused_at is not None:
             return "stopped: the sink refuses this device's token (check --token-file)"
+        if self.misconfigured_until > now:
+            return (
+                f"stopped: the sink URL is misconfigured ({self.misconfigured_reason}); "
+                f"next look in {self.misconfigured_until - now:.0f} s"
+            )
         if self.paused:
             return f"paused: {self.paused}"
         if self.rate_bps(wall) == 0:

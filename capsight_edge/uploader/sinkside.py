@@ -19,8 +19,9 @@ from typing import Any
 
 import httpx
 
+from capsight_edge.journal.guard import disk_usage
 from capsight_edge.journal.journal import Journal
-from capsight_edge.uploader.progress import RetryLater, TokenRefused
+from capsight_edge.uploader.progress import RetryLater, SinkMisconfigured, TokenRefused
 from capsight_edge.uploader.tus import TUS_VERSION, ServerCaps, TusUpload
 
 log = logging.getLogger("capsight.uploader")
@@ -30,15 +31,39 @@ class Interrupted(Exception):
     """A request got no answer (timeout, connection reset): what the sink holds is unknown."""
 
 
-class SinkClient:
-    """``client``: any ``httpx.AsyncClient`` (an ``ASGITransport`` one in tests); ``base``: the
-    sink's base URL; ``endpoint``: its tus endpoint; ``token``: this device's bearer token
-    (the driver swaps it when the token file changes)."""
+def endpoint_candidates(sink_url: str, tus_path: str = "/files/") -> list[str]:
+    """Where the tus endpoint may be for a URL a person typed: the URL itself (it may be the
+    endpoint: ``http://sink:8080/files/``, or a foreign server's ``/uploads/``), then the URL
+    with our sink's path added (it may be the base: ``http://sink:8080``)."""
+    url = sink_url.rstrip("/")
+    first = url + "/"
+    second = url + "/" + tus_path.strip("/") + "/"
+    return [first] if first == second else [first, second]
 
-    def __init__(self, client: httpx.AsyncClient, base: str, endpoint: str, token: str) -> None:
+
+def base_of(endpoint: str, tus_path: str = "/files/") -> str:
+    """The sink's base URL (for ``/api/heartbeat``) from its tus endpoint."""
+    url = endpoint.rstrip("/")
+    suffix = "/" + tus_path.strip("/")
+    if url.endswith(suffix):
+        return url[: -len(suffix)]
+    return str(httpx.URL(url).copy_with(path="/", query=None)).rstrip("/")
+
+
+class SinkClient:
+    """``client``: any ``httpx.AsyncClient`` (an ``ASGITransport`` one in tests); ``sink_url``:
+    what the profile says (the sink's base URL or its tus endpoint: :meth:`discover` finds
+    which); ``token``: this device's bearer token (the driver swaps it when the token file
+    changes)."""
+
+    def __init__(
+        self, client: httpx.AsyncClient, sink_url: str, token: str, tus_path: str = "/files/"
+    ) -> None:
         self.client = client
-        self.base = base
-        self.endpoint = endpoint
+        self.sink_url = sink_url
+        self.tus_path = tus_path
+        self.endpoint = endpoint_candidates(sink_url, tus_path)[-1]
+        self.base = base_of(self.endpoint, tus_path)
         self.token = token
 
     def auth(self) -> dict[str, str]:
@@ -55,16 +80,33 @@ class SinkClient:
             raise Interrupted(f"{method} interrupted: {exc!r}") from exc
 
     async def discover(self) -> ServerCaps:
-        """OPTIONS: extensions, checksum algorithms, maximum size."""
+        """Find the tus endpoint behind the sink URL (OPTIONS, redirects followed) and what it
+        can do: extensions, checksum algorithms, maximum size. SinkMisconfigured when neither
+        the URL nor the URL with our sink's path is a tus endpoint."""
         headers = {"Tus-Resumable": TUS_VERSION, **self.auth()}
-        try:
-            resp = await self.send("OPTIONS", self.endpoint, headers)
-        except Interrupted as exc:
-            raise RetryLater(f"OPTIONS failed: {exc}") from exc
-        if resp.status_code in (401, 403):
-            raise TokenRefused(f"OPTIONS answered {resp.status_code}: the token is refused")
-        if resp.status_code >= 500:
-            raise RetryLater(f"OPTIONS answered {resp.status_code}", sink_down=True)
+        seen: list[str] = []
+        for candidate in endpoint_candidates(self.sink_url, self.tus_path):
+            try:
+                resp = await self.send("OPTIONS", candidate, headers, follow_redirects=True)
+            except Interrupted as exc:
+                raise RetryLater(f"OPTIONS failed: {exc}") from exc
+            except httpx.TooManyRedirects:
+                seen.append(f"{candidate}: redirects that go round")
+                continue
+            if resp.status_code in (401, 403):
+                raise TokenRefused(f"OPTIONS answered {resp.status_code}: the token is refused")
+            if resp.status_code >= 500:
+                raise RetryLater(f"OPTIONS answered {resp.status_code}", sink_down=True)
+            if resp.headers.get("Tus-Version") or resp.headers.get("Tus-Resumable"):
+                self.endpoint = str(resp.url)
+                self.base = base_of(self.endpoint, self.tus_path)
+                break
+            seen.append(f"{candidate}: HTTP {resp.status_code}, not tus")
+        else:
+            raise SinkMisconfigured(
+                f"no tus endpoint at the sink URL {self.sink_url} ({'; '.join(seen)}): "
+                "give the sink's base URL or its tus endpoint"
+            )
         caps = ServerCaps.parse(resp.headers)
         log.info(
             "sink %s: tus extensions %s, checksums %s",
@@ -121,9 +163,8 @@ def heartbeat_body(
     journal: Journal, data_dir: Path, last_upload_utc: str, model_version: str
 ) -> dict[str, Any]:
     used_pct = 0.0
-    with contextlib.suppress(OSError, ZeroDivisionError):
-        disk = shutil.disk_usage(data_dir)
-        used_pct = round(100.0 * disk.used / disk.total, 1)
+    with contextlib.suppress(OSError):
+        used_pct = round(disk_usage(data_dir)[2], 1)
     return {
         "queue_depth": len(journal.upload_queue()),
         "disk_used_pct": used_pct,

@@ -71,6 +71,34 @@ class StatusPublisher:
             self._last, self._at = body, now
 
 
+def bundle_row(
+    journal: Any, r: Any, flying: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """One bundle as ``queue`` and ``queue ls`` show it (the ``bundle`` record's fields):
+    ``bytes`` is what goes on the wire (zstd included), ``bytes_sent`` how much of it the sink
+    confirmed, or, while the running uploader sends it, has on its way."""
+    plan = journal.upload_plan(r.id)
+    f = (flying or {}).get(r.id, {})
+    total = sum(p.wire_bytes for p in plan) if plan else r.bytes
+    in_transit = f.get("bytes_sent", r.upload_offset if plan else 0)
+    sent = total if r.state == "uploaded" else in_transit
+    return {
+        "bundle_id": r.id,
+        "state": r.state,
+        "priority": r.priority,
+        "rule": r.rule,
+        "bytes": total,
+        "bytes_sent": sent,
+        "rate_bps": f.get("rate_bps"),
+        "eta_s": f.get("eta_s"),
+        "attempts": r.attempts,
+        "created_utc": r.created_utc,
+        "upload_url": r.upload_url,
+        "last_error": r.last_error,
+        "reason": r.reason,
+    }
+
+
 def queue_progress(journal: Any) -> dict[str, Any]:
     """What waits to go, with how far each bundle got, and what the running uploader says
     (rate and ETA of the bundles in flight; its status is at most a few seconds old)."""
@@ -79,28 +107,9 @@ def queue_progress(journal: Any) -> dict[str, Any]:
     age = up.age_s() if up else None
     # A running uploader writes at least every 30 s (every second while anything changes).
     live = up is not None and age is not None and age < LIVE_S and up.state != "stopped"
-    flying = {p["id"]: p for p in up.in_flight} if (live and up) else {}
-    rows = []
-    for r in journal.upload_queue():
-        plan = journal.upload_plan(r.id)
-        total = sum(p.wire_bytes for p in plan) if plan else r.bytes
-        f = flying.get(r.id, {})
-        sent = f.get("bytes_confirmed", r.upload_offset if plan else 0)
-        rows.append(
-            {
-                "id": r.id,
-                "state": r.state,
-                "priority": r.priority,
-                "rule": r.rule,
-                "bytes_total": total,
-                "bytes_sent": sent,
-                "rate_bps": f.get("rate_bps"),
-                "eta_s": f.get("eta_s"),
-                "attempts": r.attempts,
-                "last_error": r.last_error,
-            }
-        )
-    left = sum(r["bytes_total"] - r["bytes_sent"] for r in rows)
+    flying = {p["bundle_id"]: p for p in up.in_flight} if (live and up) else {}
+    rows = [bundle_row(journal, r, flying) for r in journal.upload_queue()]
+    left = sum(r["bytes"] - r["bytes_sent"] for r in rows)
     cap = up.rate_cap_bps if (live and up) else None
     return {
         "uploader": {
@@ -111,7 +120,7 @@ def queue_progress(journal: Any) -> dict[str, Any]:
             "stats": up.stats if up else {},
             "last_error": up.last_error if up else "",
         },
-        "paused": journal.kv_get(PAUSE_KEY),
+        "uploads_held": journal.kv_get(PAUSE_KEY),
         "bundles": rows,
         "bytes_left": left,
         "eta_s": round(left * 8 / cap, 1) if cap else None,

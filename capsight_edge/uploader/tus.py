@@ -35,6 +35,9 @@ RETRY = "retry"  # a transient failure: back off, then carry on from HEAD
 UNAUTHORIZED = "unauthorized"  # the token is refused: stop until it changes
 PERMANENT = "permanent"  # retrying cannot help
 TERMINATED = "terminated"  # a DELETE went through (or the upload was gone already)
+REDIRECTED = "redirected"  # 307/308: the same request goes again to where it was sent
+MISCONFIGURED = "misconfigured"  # not a tus endpoint there (404/405 on creation, redirect loops)
+MAX_REDIRECTS = 5
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ class TusUpload:
     restarts: int = 0
     resends: int = 0
     resyncs: int = 0
+    redirects: int = 0
     _sent: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
@@ -174,6 +178,10 @@ class TusUpload:
     def receive(self, method: str, status: int, headers: Mapping[str, str]) -> Outcome:
         if status in (401, 403):
             return Outcome(UNAUTHORIZED, f"{method} answered {status}: the token is refused")
+        if status in (307, 308) and headers.get("Location"):
+            return self._redirected(method, headers["Location"])
+        if status != 307 and status != 308:
+            self.redirects = 0
         if method == "DELETE":
             if status in (204, 200, 404, 410):
                 self.url, self.state = "", "create"
@@ -196,10 +204,26 @@ class TusUpload:
         self.state = "done" if offset == self.length else "patch"
         return Outcome(COMPLETE if self.state == "done" else PROGRESS)
 
+    def _redirected(self, method: str, location: str) -> Outcome:
+        """A permanent or temporary redirect keeps the method and the body: send the same
+        request to the new place (the endpoint for a creation, the upload's URL otherwise)."""
+        self.redirects += 1
+        if self.redirects > MAX_REDIRECTS:
+            return Outcome(MISCONFIGURED, f"{method}: more than {MAX_REDIRECTS} redirects")
+        if method == "POST":
+            self.endpoint = urljoin(self.endpoint, location)
+        else:
+            self.url = urljoin(self.url or self.endpoint, location)
+        return Outcome(REDIRECTED, f"{method} redirected to {location}")
+
     def _created(self, status: int, headers: Mapping[str, str]) -> Outcome:
         if status == 460:  # the first chunk failed its checksum: create again
             self.resends += 1
             return Outcome(RESEND, "460 on creation: the first chunk was not applied")
+        if status in (404, 405):
+            return Outcome(
+                MISCONFIGURED, f"POST answered {status}: {self.endpoint} is not a tus endpoint"
+            )
         if status != 201:
             return self._failure("POST", status, headers)
         location = headers.get("Location", "")

@@ -88,8 +88,8 @@ class Uploader:
     ) -> None:
         self.journal = journal
         self.data_dir = Path(os.path.expanduser(data_dir))
-        self.base = sink_url.rstrip("/")
-        self.endpoint = self.base + tus_path
+        self.base = sink_url.rstrip("/")  # what the profile says: a base URL or the endpoint
+        self.tus_path = tus_path
         self.token_file = token_file
         self.token = token or self._read_token()
         self.backoff = backoff or Backoff()
@@ -231,7 +231,7 @@ class Uploader:
             timeout=httpx.Timeout(self.timeout_s),
             limits=httpx.Limits(max_connections=sched.concurrency + 2),
         )
-        self._sink = SinkClient(client, self.base, self.endpoint, self.token)
+        self._sink = SinkClient(client, self.base, self.token, self.tus_path)
         self._ctx = UploadContext(
             self.journal,
             self.data_dir,
@@ -277,7 +277,10 @@ class Uploader:
                     until_idle
                     and not self._tasks
                     and (
-                        not plan.waiting or sched.token_refused_at is not None or plan.rate_bps == 0
+                        not plan.waiting
+                        or sched.token_refused_at is not None
+                        or bool(sched.misconfigured_reason)
+                        or plan.rate_bps == 0
                     )
                 ):
                     break
@@ -344,6 +347,13 @@ class Uploader:
         if outcome.kind == "token_refused":
             self.last_error = outcome.detail
             self.scheduler.token_refused(now)
+            log.error("%s", outcome.detail)
+            return
+        if outcome.kind == "misconfigured":
+            self.last_error = outcome.detail
+            self.scheduler.misconfigured(now, outcome.detail)
+            if self._ctx is not None:
+                self._ctx.caps = None  # find the endpoint again next time
             log.error("%s", outcome.detail)
             return
         self.last_error = f"{bundle_id}: {outcome.detail}"
