@@ -15,6 +15,7 @@ bundle is indexed exactly once.
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import hashlib
 import json
@@ -466,6 +467,32 @@ class SinkDB:
             "received_utc = excluded.received_utc, body = excluded.body",
             (device, utc_now(), json.dumps(body)),
         )
+
+    def gauges(self) -> dict[str, float]:
+        """What ``/metrics`` samples at each scrape: uploads in progress, the ingest queue's
+        depth and the age of its oldest pending item, devices heard from (heartbeats) and
+        devices registered (not revoked)."""
+        in_progress = self._exec(
+            "SELECT COUNT(*) FROM uploads WHERE completed_utc IS NULL AND terminated = 0 "
+            "AND removed_utc IS NULL"
+        ).fetchone()[0]
+        depth, oldest = self._exec(
+            "SELECT COUNT(*), MIN(enqueued_utc) FROM ingest_queue WHERE state = 'pending'"
+        ).fetchone()
+        age = 0.0
+        if oldest:
+            age = max(
+                0.0, time.time() - calendar.timegm(time.strptime(oldest[:19], "%Y-%m-%dT%H:%M:%S"))
+            )
+        seen = self._exec("SELECT COUNT(*) FROM heartbeats").fetchone()[0]
+        active = self._exec("SELECT COUNT(*) FROM devices WHERE revoked_utc IS NULL").fetchone()[0]
+        return {
+            "uploads_in_progress": in_progress,
+            "ingest_queue_depth": depth,
+            "ingest_oldest_age_s": age,
+            "devices_seen": seen,
+            "devices_active": active,
+        }
 
     def heartbeats(self) -> list[dict[str, Any]]:
         rows = self._exec("SELECT device, received_utc, body FROM heartbeats ORDER BY device")

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,7 @@ class Ingest:
     ) -> None:
         self.db = db
         self.retry_base_s = retry_base_s
+        self.metrics: Any = None  # cloud_sink.observe.SinkMetrics, set by the app
         self.blobs = blobs
         self.index = index
         self.uploads_dir = uploads_dir
@@ -233,12 +235,14 @@ class Ingest:
         if upload is None:
             self.db.finish_ingest(item.seq, "the upload is not in the database", failed=True)
             return
+        start = time.perf_counter()
         try:
             result = self.on_complete(upload, self.uploads_dir / upload.id)
         except Exception as exc:
             why = f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"[:300]
             log.exception("ingest of upload %s failed (attempt %d)", upload.id, item.attempts)
             if item.attempts < MAX_INGEST_ATTEMPTS:
+                self._outcome("", "error")
                 self.db.retry_ingest(item.seq, self.retry_base_s * 2**item.attempts, why)
                 return
             bundle = upload.metadata.get("bundle_id", "")
@@ -246,9 +250,34 @@ class Ingest:
                 self.index.add_corrupt(
                     bundle, upload.device, None, f"ingest failed {item.attempts} times: {why}"
                 )
+            self._outcome("corrupt", "gave_up")
             self.db.finish_ingest(item.seq, why, failed=True)
             return
+        outcome = result or "waiting"
+        if outcome.startswith("not a bundle file"):
+            self._outcome("", "not_a_bundle")
+        else:
+            self._outcome(outcome, "corrupt" if outcome == "corrupt" else None)
+        # One line per ingested upload: what it was, what became of it, how long it took.
+        log.info(
+            "ingest %s: %s",
+            upload.id,
+            outcome,
+            extra={
+                "fields": {
+                    "device_id": upload.device,
+                    "bundle_id": upload.metadata.get("bundle_id", "")[:64],
+                    "filename": upload.metadata.get("filename", "")[:32],
+                    "result": outcome,
+                    "ms": round((time.perf_counter() - start) * 1000, 1),
+                }
+            },
+        )
         self.db.finish_ingest(item.seq, result or "waiting for the bundle's other files")
+
+    def _outcome(self, result: str, failure: str | None) -> None:
+        if self.metrics is not None:
+            self.metrics.ingest_outcome(result, failure)
 
     # -- one upload -------------------------------------------------------------------------------
     def on_complete(self, upload: Upload, path: Path) -> str | None:

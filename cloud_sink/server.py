@@ -59,14 +59,26 @@ class GuardedH11Protocol(H11Protocol):
 
 
 def serve(app: Any, host: str, port: int, timeouts: Timeouts) -> None:
+    """Serve until SIGINT/SIGTERM. Logging is the caller's (``capsight_edge.logs.configure``):
+    uvicorn's own lines go through the same handler and format; its access log is off (the
+    app writes its own, :mod:`cloud_sink.observe`)."""
+    import logging
+
     import uvicorn
 
+    ours = logging.getLogger("capsight")
+    for name in ("uvicorn", "uvicorn.error"):
+        lg = logging.getLogger(name)
+        lg.handlers = list(ours.handlers)
+        lg.setLevel(max(ours.level, logging.INFO))
+        lg.propagate = False
     protocol = type("SinkH11Protocol", (GuardedH11Protocol,), {"header_s": timeouts.header_s})
     uvicorn.run(
         app,
         host=host,
         port=port,
-        log_level="warning",
+        log_config=None,
+        access_log=False,
         http=protocol,
         timeout_keep_alive=max(1, round(timeouts.keep_alive_s)),
     )

@@ -10,6 +10,7 @@ start at any keyframe, and keyframes come every ``gop_s``.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from capsight_edge.errors import EncoderUnavailable, FrameError
 
 log = logging.getLogger("capsight.recorder.encoders")
 TIME_BASE = Fraction(1, 90_000)
-_LOGGED: set[tuple[str, str]] = set()
+_LOGGED: set[tuple[tuple[str, ...], str]] = set()
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,14 @@ class VideoEncoder:
         return out
 
 
+def short_reason(reason: str) -> str:
+    """``h264_nvenc does not open: [Errno 1] Operation not permitted: 'avcodec_open2(...)'``
+    → ``Operation not permitted``: the cause, without libavcodec's option dump."""
+    text = reason.split("does not open: ", 1)[-1]
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", text)
+    return text.split(": '", 1)[0].split(" 'avcodec_open2", 1)[0].strip()[:80]
+
+
 def open_encoder(
     preference: list[str],
     width: int,
@@ -196,9 +205,12 @@ def open_encoder(
     quality: str = "balanced",
     bitrate_kbps: int = 0,
     gop_s: float = 1.0,
+    log_fallback: bool = True,
 ) -> tuple[VideoEncoder, list[tuple[str, str]]]:
     """The first encoder of ``preference`` that opens, and (name, reason) of those that did
-    not. Raises EncoderUnavailable when none opens."""
+    not. Raises EncoderUnavailable when none opens. The fall-back is logged once per process
+    as one short line (``log_fallback=False`` for probes; the full reasons at DEBUG and in
+    ``capsight doctor``)."""
     failed: list[tuple[str, str]] = []
     for name in preference:
         try:
@@ -208,10 +220,17 @@ def open_encoder(
         except EncoderUnavailable as exc:
             failed.append((name, str(exc)))
             continue
-        for other, reason in failed:
-            if (other, name) not in _LOGGED:  # once per process: clips reopen encoders often
-                _LOGGED.add((other, name))
-                log.warning("encoder %s unavailable (%s); fell back to %s", other, reason, name)
+        key = (tuple(n for n, _ in failed), name)
+        if failed and log_fallback and key not in _LOGGED:  # clips reopen encoders often
+            _LOGGED.add(key)
+            log.warning(
+                "%s not usable here (%s); encoding with %s (`capsight doctor` says more)",
+                ", ".join(n for n, _ in failed),
+                "; ".join(short_reason(r) for _, r in failed),
+                name,
+            )
+            for other, reason in failed:
+                log.debug("encoder %s: %s", other, reason)
         return enc, failed
     raise EncoderUnavailable(
         "no encoder in the preference list opens: " + "; ".join(reason for _, reason in failed)

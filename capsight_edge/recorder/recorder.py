@@ -111,6 +111,7 @@ class Recorder:
         self._bus_name = bus_name
         ctx = mp.get_context("spawn")
         self._cmd_q: Any = ctx.Queue(maxsize=64)
+        self._closed = False
         self._result_q: Any = ctx.Queue()
         self._proc: Any = None
         self._ctx = ctx
@@ -145,6 +146,7 @@ class Recorder:
                 self._result_q,
                 10,
                 logs.current(),
+                os.getpid(),
             ),
         )
         self._proc.start()
@@ -172,7 +174,9 @@ class Recorder:
         from capsight_edge.recorder.encoders import BACKENDS, open_encoder
 
         try:
-            enc, _ = open_encoder(list(self.cfg.preference), 320, 240, self.cfg.fps)
+            enc, _ = open_encoder(
+                list(self.cfg.preference), 320, 240, self.cfg.fps, log_fallback=False
+            )
         except CapsightError:
             return "raw"
         return "encoded" if BACKENDS[enc.name][3] else "raw"
@@ -195,6 +199,15 @@ class Recorder:
             self._proc.join(timeout=10)
             if self._proc.is_alive():
                 self._proc.kill()
+                self._proc.join(timeout=5)
+        # The command queue's feeder thread ends with it: stop() leaves no thread behind. (It
+        # flushes what is buffered first; the process has read it all unless it died, and then
+        # nothing is worth waiting for.)
+        self._closed = True
+        if self._proc is not None and self._proc.exitcode not in (0, None):
+            self._cmd_q.cancel_join_thread()
+        self._cmd_q.close()
+        self._cmd_q.join_thread()
 
     # -- decisions (called on the Collector's thread) -----------------------------------------
     def on_decision(self, d: Decision) -> None:
@@ -240,6 +253,8 @@ class Recorder:
         self._send(CloseClip(clip.clip_id, end_ns))
 
     def _send(self, cmd: Command) -> None:
+        if self._closed:  # a decision that arrives after stop(): nothing records it
+            return
         try:
             self._cmd_q.put(cmd, timeout=0.5)
         except queue.Full:
@@ -327,6 +342,9 @@ class Recorder:
                     "bundle_id": clip.clip_id,
                     "device_id": p.device.id,
                     "clock": "host CLOCK_MONOTONIC, ns",
+                    # UTC = monotonic + utc_offset_ns (taken when the recorder started): what a
+                    # viewer such as Foxglove needs to show wall-clock times.
+                    "utc_offset_ns": str(self._utc_offset),
                 },
             )
             files[SENSORS] = sha256_file(clip.partial / SENSORS)
@@ -362,6 +380,11 @@ class Recorder:
         )
         final = seal(clip.partial, self.bundles, manifest)
         return final, manifest
+
+    @property
+    def pid(self) -> int | None:
+        """The encoder process's pid (None before start)."""
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def busy(self) -> bool:
