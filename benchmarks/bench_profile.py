@@ -36,5 +36,5 @@ def bench_profile(ctx: BenchContext) -> BenchResult:
     result.metrics.append(Metric("profile load (median)", ours, "us", base, "tomllib.loads"))
     profile = load_profile(path)
     for check in run_doctor(profile):
-        result.metrics.append(Metric(f"doctor: {check.name}", check.seconds * 1000, "ms"))
+        result.metrics.append(Metric(f"doctor: {check.name}", check.duration_s * 1000, "ms"))
     return result

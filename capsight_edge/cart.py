@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from typing import Any
 from capsight_edge.bundle.manifest import Manifest
 from capsight_edge.collector import Collector
 from capsight_edge.devices import DeviceFactory, factory_from_profile
+from capsight_edge.events import BundleSealed, Events, LinkHealth
+from capsight_edge.hygiene import RunRecord
 from capsight_edge.journal.guard import StorageGuard
 from capsight_edge.journal.journal import Journal
 from capsight_edge.journal.recovery import RecoveryReport, recover
@@ -80,6 +83,10 @@ class Cart:
         self.uploader_options = uploader_options or {}
         self.uploader: Any = None
         self._uploader_thread: Any = None
+        self.run_record: RunRecord | None = None
+        self._stopped = False
+        #: Typed events for the embedding program (:mod:`capsight_edge.events`).
+        self.events = Events()
 
     # -- journal hooks ------------------------------------------------------------------------
     def _opened(self, clip_id: str, d: Any) -> None:
@@ -98,6 +105,16 @@ class Cart:
         )
         if self.on_sealed is not None:
             self.on_sealed(path, manifest)
+        self.events.publish(
+            BundleSealed(
+                bundle_id=manifest.bundle_id,
+                path=path,
+                rule=manifest.trigger.rule,
+                bytes=sum(f.bytes for f in manifest.files.values()),
+                duration_s=manifest.video.duration_s if manifest.video else None,
+                manifest=manifest,
+            )
+        )
 
     def _failed(self, clip_id: str, reason: str) -> None:
         assert self.journal is not None
@@ -111,6 +128,8 @@ class Cart:
 
     def start(self) -> Cart:
         p = self.profile
+        self.run_record = RunRecord(self.data_dir).claim()  # and clean up after a killed run
+        self._stopped = False
         if self.factory is None:
             self.factory = factory_from_profile(p, seed=self.seed)
         if self.record:
@@ -118,16 +137,39 @@ class Cart:
             self.recovery = recover(self.journal, self.data_dir)
             self.guard = StorageGuard.from_profile(self.journal, p, on_change=self._pause)
             self.guard.start()
-        self.hub = SensorHub(p, factory=self.factory).start()
+        self.hub = SensorHub(p, factory=self.factory)
+        self.hub.add_event_listener(self.events.publish)
+        self.hub.start()
+        if self.hub.link is not None:
+            link = self.hub.link
+
+            def link_changed(previous: Any, state: Any) -> None:
+                st = link.stats()
+                self.events.publish(
+                    LinkHealth(
+                        t_ns=time.monotonic_ns(),
+                        state=state.value,
+                        previous=previous.value,
+                        frames=st.frames,
+                        reconnects=st.reconnects,
+                        frame_error_rate=st.frame_error_rate,
+                    )
+                )
+
+            link.add_state_listener(link_changed)
+            link_changed(type("Start", (), {"value": ""})(), link.state)  # where it stands now
         self.hub.log = self.sink
         self.collector = Collector(
             p, factory=self.factory, hub=self.hub, sensor_log=self.sink, control_dir=self.data_dir
         )
         if self.decision_listener is not None:
             self.collector.add_listener(self.decision_listener)
+        self.collector.add_listener(self.events.publish)
         if self.guard is not None:
             self._pause(self.guard.paused_reason)
         self.collector.start()
+        if self.collector.bus is not None:
+            self.run_record.add_segment(self.collector.bus.name)
         if not self.record:
             return self
         bus = self.collector.bus
@@ -145,6 +187,8 @@ class Cart:
             on_failed=self._failed,
         )
         self.recorder.start()
+        if self.recorder.pid is not None:
+            self.run_record.add_child(self.recorder.pid)
         self.collector.add_listener(self.recorder.on_decision)
         if self.uploads:
             from capsight_edge.uploader.service import UploaderThread, uploader_from_profile
@@ -155,7 +199,11 @@ class Cart:
         return self
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        """Stop capturing: an open clip finishes its post-roll (bounded) and is sealed."""
+        """Stop capturing: an open clip finishes its post-roll (bounded) and is sealed. Safe to
+        call twice, and after a start that failed half-way: it stops what was started."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self.recorder is not None:
             self.recorder.stop(timeout_s=timeout_s)
         if self.collector is not None:
@@ -170,6 +218,15 @@ class Cart:
             self.journal.close()
         if self.factory is not None and self._owns_factory:
             self.factory.close()
+        if self.run_record is not None:
+            self.run_record.release()
+        self.events.end()
+
+    def capture_now(self, note: str = "") -> None:
+        """Ask for a capture now (the ``manual`` signal, as ``capsight trigger manual`` does)."""
+        from capsight_edge.collector import send_manual_trigger
+
+        send_manual_trigger(self.data_dir, note)
 
     def __enter__(self) -> Cart:
         return self.start()

@@ -79,7 +79,7 @@ class LocalSink:
                 headers={"Authorization": f"Bearer {self.admin}"},
                 timeout=30,
             )
-            if r.status_code == 200 and r.json()["queue"]["pending"] == 0:
+            if r.status_code == 200 and r.json()["pending"] == 0:
                 return True
             time.sleep(0.2)
         return False

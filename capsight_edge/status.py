@@ -39,7 +39,7 @@ def cart_status(profile: Profile, journal: Journal) -> dict[str, Any]:
             "low_watermark_pct": guard.low,
         },
         "capture_paused": journal.kv_get(CAPTURE_PAUSE_KEY),
-        "last_error": {"bundle": last[0], "error": last[1]} if last else None,
-        "upload": {**progress["uploader"], "held": progress["paused"]},
+        "last_error": {"bundle_id": last[0], "error": last[1]} if last else None,
+        "upload": {**progress["uploader"], "uploads_held": progress["uploads_held"]},
         "upload_queue": {k: progress[k] for k in ("bundles", "bytes_left", "eta_s")},
     }

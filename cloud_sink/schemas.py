@@ -92,3 +92,126 @@ def parse_sensor_message(data: bytes) -> SensorMessage:
         return SENSOR_MESSAGE.validate_json(data)
     except ValidationError as exc:
         raise ValueError(validation_problem(exc)) from None
+
+
+# -- what the sink answers (``schemas/api/*.json``; the tests hold every response to them) ---------
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BundleRow(_Out):
+    """One bundle of the index as ``GET /api/bundles`` shows it: the names the cart uses."""
+
+    bundle_id: str
+    device_id: str
+    store_id: str
+    rule: str
+    priority: int
+    start_utc: str
+    end_utc: str
+    duration_s: float | None
+    frames: int | None
+    codec: str | None
+    encoder: str | None
+    bytes: int
+    status: Literal["ok", "corrupt"]
+    reason: str
+    barcodes: list[str]
+    label_status: str
+    sensors: dict[str, Any]
+    keyframes: int | None
+    empty_background: bool
+    indexed_utc: str
+
+    @classmethod
+    def from_index(cls, row: dict[str, Any]) -> BundleRow:
+        out = {k: v for k, v in row.items() if k != "id"}
+        out["bundle_id"] = row["id"]
+        out["barcodes"] = (row.get("barcodes") or "").split()
+        out["empty_background"] = bool(row.get("empty_background"))
+        return cls.model_validate(out)
+
+
+class BundlesResponse(_Out):
+    type: Literal["bundles"] = "bundles"
+    bundles: list[BundleRow]
+
+
+class FleetDevice(_Out):
+    device_id: str
+    last_heartbeat_utc: str
+    queue_depth: int | None = None
+    disk_used_pct: float | None = None
+    last_upload_utc: str | None = None
+    model_version: str | None = None
+    error: str | None = None
+
+
+class FleetResponse(_Out):
+    type: Literal["fleet"] = "fleet"
+    devices: list[FleetDevice]
+
+
+class IngestResponse(_Out):
+    type: Literal["ingest_queue"] = "ingest_queue"
+    pending: int
+    done: int
+    failed: int
+
+
+class StorageResponse(_Out):
+    type: Literal["storage"] = "storage"
+    storage: dict[str, int | float | str]
+
+
+class OkResponse(_Out):
+    type: Literal["ok"] = "ok"
+
+
+class ErrorResponse(_Out):
+    type: Literal["error"] = "error"
+    error: str
+
+
+class DeviceRecord(_Out):
+    """``capsight-sink device add|list --json``: one per device (the token only on ``add``)."""
+
+    type: Literal["device"] = "device"
+    device_id: str
+    admin: bool
+    created_utc: str | None = None
+    revoked_utc: str | None = None
+    token: str | None = None
+
+
+RESPONSES: tuple[type[BaseModel], ...] = (
+    BundlesResponse,
+    FleetResponse,
+    IngestResponse,
+    StorageResponse,
+    OkResponse,
+    ErrorResponse,
+    DeviceRecord,
+)
+
+
+def write_schemas(folder: Any) -> list[Any]:
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for model in RESPONSES:
+        name = str(model.model_fields["type"].default)
+        path = folder / f"{name}.json"
+        path.write_text(json.dumps(model.model_json_schema(), indent=2, sort_keys=True) + "\n")
+        out.append(path)
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    for p in write_schemas(sys.argv[1] if len(sys.argv) > 1 else "schemas/api"):
+        print(p)

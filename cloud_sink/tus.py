@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -39,6 +40,7 @@ from starlette.routing import Route
 from cloud_sink.auth import bearer_identity
 from cloud_sink.config import SinkConfig
 from cloud_sink.db import SinkDB, Upload
+from cloud_sink.observe import Observed, SinkMetrics
 
 log = logging.getLogger("capsight.sink.tus")
 TUS_VERSION = "1.0.0"
@@ -572,7 +574,9 @@ def make_app(
     index = Index(data / "index.db")
     tus = TusApp(data, db, config=cfg)
     store = blobs or LocalBlobStore(data / "blobs" / "store")
+    metrics = SinkMetrics(db.gauges)
     ingest = Ingest(db, store, index, tus.dir, cfg.limits)
+    ingest.metrics = metrics
     workers = [IngestWorker(ingest) for _ in range(max(0, ingest_workers))]
     sweeper = Sweeper(db, index, tus.dir, cfg.sweep)
 
@@ -603,7 +607,11 @@ def make_app(
         Route("/files/", tus.dispatch, methods=methods, name="files"),
         Route("/files/{upload_id}", tus.dispatch, methods=methods, name="upload"),
     ]
-    app = Starlette(routes=add_api(routes, db, index, cfg, sweeper, ingest), lifespan=lifespan)
+    app = Starlette(
+        routes=add_api(routes, db, index, cfg, sweeper, ingest, metrics),
+        lifespan=lifespan,
+        middleware=[Middleware(Observed, metrics=metrics)],
+    )
     app.state.tus, app.state.db, app.state.index, app.state.ingest = tus, db, index, ingest
-    app.state.sweeper, app.state.config = sweeper, cfg
+    app.state.sweeper, app.state.config, app.state.metrics = sweeper, cfg, metrics
     return app

@@ -103,6 +103,7 @@ class McuLink:
         self._pong_due_ns = 0
         self._reconnect = (reconnect_min_s, reconnect_max_s)
         self._listeners: list[Listener] = []
+        self._state_listeners: list[Callable[[LinkState, LinkState], None]] = []
         self._state = LinkState.CLOSED
         self._state_changed = threading.Condition()
         self._stop = threading.Event()
@@ -131,6 +132,10 @@ class McuLink:
     def add_listener(self, listener: Listener) -> None:
         """Called on the reader thread for every good frame with its host timestamp (ns)."""
         self._listeners.append(listener)
+
+    def add_state_listener(self, listener: Callable[[LinkState, LinkState], None]) -> None:
+        """``listener(previous, new)`` on the thread that changed the state, for every change."""
+        self._state_listeners.append(listener)
 
     def start(self) -> McuLink:
         if self._thread is not None:
@@ -167,10 +172,18 @@ class McuLink:
 
     def _set_state(self, state: LinkState) -> None:
         with self._state_changed:
-            if state != self._state:
-                log.info("link %s: %s -> %s", self.transport.name, self._state.value, state.value)
+            previous = self._state
+            if state != previous:
+                log.info("link %s: %s -> %s", self.transport.name, previous.value, state.value)
             self._state = state
             self._state_changed.notify_all()
+        if state != previous:
+            for fn in list(self._state_listeners):
+                try:
+                    fn(previous, state)
+                except Exception:
+                    self.listener_errors += 1
+                    log.exception("link state listener failed")
 
     # -- sending ---------------------------------------------------------------------------
     def send(self, payload: Payload, *, pending: _Pending | None = None) -> int:

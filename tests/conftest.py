@@ -46,3 +46,39 @@ def wait_until(predicate, timeout_s: float = 10.0, interval_s: float = 0.02) -> 
             return True
         time.sleep(interval_s)
     return bool(predicate())
+
+
+_SCHEMAS: dict[str, object] = {}
+
+
+def json_records(stdout: str, *, folder: str = "schemas/cli") -> list[dict]:  # type: ignore[type-arg]
+    """Parse JSON Lines and hold every record against its schema in ``schemas/`` (by ``type``)."""
+    import json
+
+    import jsonschema
+
+    out = []
+    for line in stdout.splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        assert isinstance(record, dict) and "type" in record, line
+        key = f"{folder}/{record['type']}"
+        if key not in _SCHEMAS:
+            path = ROOT / folder / f"{record['type']}.json"
+            assert path.is_file(), f"no schema for record type {record['type']!r} in {folder}"
+            _SCHEMAS[key] = json.loads(path.read_text())
+        jsonschema.validate(record, _SCHEMAS[key])  # type: ignore[arg-type]
+        out.append(record)
+    return out
+
+
+def doctor_checks(stdout: str) -> list[dict]:  # type: ignore[type-arg]
+    """`doctor --json`: the `check` records (schema-checked), after asserting the last record is
+    the `doctor` summary and agrees with them."""
+    records = json_records(stdout)
+    *checks, summary = records
+    assert summary["type"] == "doctor" and {c["type"] for c in checks} <= {"check"}
+    assert summary["checks"] == len(checks)
+    assert summary["failed"] == [c["name"] for c in checks if c["status"] == "fail"]
+    return checks

@@ -25,3 +25,11 @@ def sink_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def tus_headers(token: str, **extra: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", "Tus-Resumable": "1.0.0", **extra}
+
+
+def api_json(response: object) -> dict:  # type: ignore[type-arg]
+    """A sink API response's body, held against its schema in ``schemas/api/`` (by ``type``)."""
+    from tests.conftest import json_records
+
+    (record,) = json_records(response.text, folder="schemas/api")  # type: ignore[attr-defined]
+    return record

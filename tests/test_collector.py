@@ -3,7 +3,6 @@ runs it."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from capsight_edge.scene.conditions import CLEAN
 from capsight_edge.sensors.hub import SensorHub
 from capsight_edge.sensors.sensorlog import SensorLog, read_messages
 from tests.camera_helpers import scripted
-from tests.conftest import ROOT, SIM, wait_until
+from tests.conftest import ROOT, SIM, json_records, wait_until
 
 
 def test_collector_fires_on_a_scanned_item_and_logs_it(tmp_path: Path) -> None:
@@ -93,16 +92,16 @@ def test_cli_trigger_test_prints_decisions_live(tmp_path: Path) -> None:
     rows = []
     deadline = time.monotonic() + 60
     for line in proc.stdout:
-        row = json.loads(line)
+        (row,) = json_records(line)
         rows.append(row)
-        if not sent and "kind" in row:
+        if not sent and row["type"] == "trigger_decision":
             send_manual_trigger(tmp_path)
             sent = True
-        if "summary" in row or time.monotonic() > deadline:
+        if row["type"] == "trigger_summary" or time.monotonic() > deadline:
             break
     proc.wait(60)
     kinds = [(r.get("kind"), r.get("rule")) for r in rows]
     assert ("fire", "manual") in kinds
     assert any(k == "fire" and r in ("scanned_item", "unscanned_item") for k, r in kinds)
-    summary = rows[-1]["summary"]
+    summary = rows[-1]
     assert summary["frames"] > 100 and summary["manual"] == 1

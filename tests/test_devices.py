@@ -4,7 +4,6 @@ reservations, and the simulated truth only where the camera is synthetic."""
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import pty
 import subprocess
@@ -29,7 +28,7 @@ from capsight_edge.errors import DeviceBusy, DeviceUnavailable
 from capsight_edge.profile import load_profile
 from capsight_edge.sensors.sensorlog import SensorLog, read_messages
 from tests.camera_helpers import record_clip
-from tests.conftest import ROOT, SIM, wait_until
+from tests.conftest import ROOT, SIM, doctor_checks, wait_until
 
 
 def cart_profile(tmp_path: Path, name: str, store: str, extra: str = "") -> Path:
@@ -197,7 +196,7 @@ def test_a_reserved_port_is_busy_for_every_other_user(tmp_path: Path, serial_por
             cwd=ROOT,
             timeout=60,
         )
-        link = next(c for c in json.loads(res.stdout)["checks"] if c["name"] == "mcu link")
+        link = next(c for c in doctor_checks(res.stdout) if c["name"] == "mcu link")
         assert link["status"] == "warn" and "in use by pid" in link["detail"], link
     finally:
         holder.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
@@ -115,7 +114,13 @@ def test_cli_scan_png_webp_and_bad_files(tmp_path: Path) -> None:
         str(tmp_path / "missing.jpg"),
     )
     assert res.returncode == 1
-    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    from tests.conftest import json_records
+
+    rows = json_records(res.stdout)
+    assert [r["type"] for r in rows] == ["barcode_scan", "error", "barcode_scan"] * 1 + [
+        "barcode_scan",
+        "error",
+    ]
     assert [r["file"] for r in rows] == [
         str(png),
         str(corrupt),
@@ -123,7 +128,7 @@ def test_cli_scan_png_webp_and_bad_files(tmp_path: Path) -> None:
         str(blank),
         str(tmp_path / "missing.jpg"),
     ]
-    assert rows[0]["codes"][0]["text"] == p.code and rows[0]["ms"] >= 0
+    assert rows[0]["codes"][0]["text"] == p.code and rows[0]["duration_s"] >= 0
     assert rows[2]["codes"][0]["text"] == p.code
     assert rows[3]["codes"] == []
     assert "error" in rows[1] and rows[4]["error"] == "file not found"
@@ -137,6 +142,17 @@ def test_cli_scan_with_pyzbar(tmp_path: Path) -> None:
     cv2.imwrite(str(path), canvas)
     res = run_cli("barcode", "scan", "--backend", "pyzbar", str(path))
     assert res.returncode == 0 and p.code in res.stdout and "pyzbar" in res.stdout
+    res = run_cli("barcode", "scan", "--json", str(path), str(path.parent / "missing.png"))
+    from tests.conftest import json_records
+
+    found, missing = json_records(res.stdout)
+    assert found["type"] == "barcode_scan" and found["codes"][0]["text"] == p.code
+    assert missing == {
+        "type": "error",
+        "file": str(path.parent / "missing.png"),
+        "error": "file not found",
+    }
+    assert res.returncode == 1
 
 
 def test_default_backend_falls_back_without_libzbar(monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]

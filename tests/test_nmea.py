@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from capsight_edge.sensors.nmea import (
 from firmware_bridge.sim.gnss import GnssSimulator, nmea_sentence
 from firmware_bridge.sim.scenario import generate
 from firmware_bridge.transport import SerialTransport
-from tests.conftest import ROOT, run_cli, wait_until
+from tests.conftest import ROOT, json_records, run_cli, wait_until
 
 LOGS = ROOT.parent / "shared" / "data" / "nmea-gpsd"
 LOG_FILES = sorted(LOGS.glob("*.log")) if LOGS.is_dir() else []
@@ -130,8 +129,9 @@ def test_cli_gps_parse_json() -> None:
     path = LOGS / "bu353s4.log"
     res = run_cli("gps", "parse", "--json", str(path))
     assert res.returncode == 0, res.stderr
-    rows = [json.loads(line) for line in res.stdout.splitlines()]
-    fixes, summary = rows[:-1], rows[-1]["summary"]
+    rows = json_records(res.stdout)
+    fixes, summary = rows[:-1], rows[-1]
+    assert {r["type"] for r in fixes} == {"gps_fix"} and summary["type"] == "gps_summary"
     assert len(fixes) == summary["fixes"] == 25
     assert {"lat", "lon", "alt_m", "quality", "satellites", "hdop"} <= set(fixes[0])
     assert summary["sentences"] > summary["fixes"]

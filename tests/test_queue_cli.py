@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from capsight_edge.journal.journal import Journal
-from tests.conftest import run_cli
+from tests.conftest import json_records, run_cli
 from tests.test_journal import files_of, make_bundle
 
 
@@ -28,22 +27,34 @@ def test_queue_ls_json(tmp_path: Path) -> None:
     populate(tmp_path)
     res = run_cli("queue", "ls", "--json", "--data", str(tmp_path))
     assert res.returncode == 0, res.stderr
-    rows = [json.loads(line) for line in res.stdout.splitlines()]
-    assert {r["id"]: r["state"] for r in rows} == {
+    rows = json_records(res.stdout)
+    assert {r["type"] for r in rows} == {"bundle"}
+    assert {r["bundle_id"]: r["state"] for r in rows} == {
         "a": "uploaded",
         "b": "sealed",
         "c": "quarantined",
     }
-    assert {"id", "state", "priority", "bytes", "attempts"} <= set(rows[0])
-    assert next(r for r in rows if r["id"] == "c")["attempts"] == 3
+    assert {"bundle_id", "state", "priority", "bytes", "attempts"} <= set(rows[0])
+    assert next(r for r in rows if r["bundle_id"] == "c")["attempts"] == 3
+    # `queue --json` speaks the same records: a summary, then one `bundle` per queued bundle.
+    res = run_cli("queue", "--json", "--data", str(tmp_path))
+    head, *queued = json_records(res.stdout)
+    assert head["type"] == "upload_queue" and head["bundles"] == len(queued) == 1
+    assert queued[0]["bundle_id"] == "b" and set(queued[0]) == set(rows[0])
+    bad = run_cli("queue", "ls", "--state", "bogus", "--data", str(tmp_path))
+    assert bad.returncode == 2 and "uploaded" in bad.stderr  # the states are listed
 
 
 def test_status(tmp_path: Path) -> None:
     populate(tmp_path)
     res = run_cli("status", "--json", "--data", str(tmp_path))
     assert res.returncode == 0, res.stderr
-    st = json.loads(res.stdout)
-    assert st["queue"]["sealed"]["count"] == 1 and st["queue"]["uploaded"]["count"] == 1
+    (st,) = json_records(res.stdout)
+    assert (
+        st["type"] == "status"
+        and st["queue"]["sealed"]["count"] == 1
+        and st["queue"]["uploaded"]["count"] == 1
+    )
     assert st["capture_paused"] is None
     assert st["last_error"]["error"] == "400 bad request"
     assert st["disk"]["recording_bytes_per_min"] > 0
@@ -61,3 +72,16 @@ def test_retry_and_purge(tmp_path: Path) -> None:
     assert run_cli("queue", "purge", "b", "--yes", "--data", str(tmp_path)).returncode == 0
     j = Journal(tmp_path / "journal.db")
     assert {r.id: r.state for r in j.bundles()} == {"a": "evicted", "b": "evicted", "c": "sealed"}
+
+
+def test_looking_writes_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    res = run_cli("queue", "ls", "--data", str(missing))
+    assert res.returncode == 1 and "no journal" in res.stderr and not missing.exists()
+    populate(tmp_path)
+    before = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in tmp_path.iterdir()}
+    for args in (("status", "--json"), ("queue", "--json"), ("queue", "ls", "--json")):
+        res = run_cli(*args, "--data", str(tmp_path))
+        assert res.returncode == 0, (args, res.stderr)
+    after = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in tmp_path.iterdir()}
+    assert after == before

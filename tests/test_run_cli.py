@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 from capsight_edge.bundle.manifest import verify_bundle
 from capsight_edge.collector import send_manual_trigger
 from capsight_edge.sensors.sensorlog import read_messages
-from tests.conftest import ROOT
+from tests.conftest import ROOT, json_records
 
 
 def test_sigterm_finishes_and_seals_the_open_clip(tmp_path: Path) -> None:
@@ -36,17 +35,19 @@ def test_sigterm_finishes_and_seals_the_open_clip(tmp_path: Path) -> None:
         text=True,
     )
     assert proc.stdout is not None
-    started = json.loads(proc.stdout.readline())  # everything runs, the recorder included
-    assert started["started"] == "sim" and started["encoder"] == "libx264"
+    (started,) = json_records(proc.stdout.readline())  # everything runs, the recorder included
+    assert started["type"] == "run_started"
+    assert started["profile"] == "sim" and started["encoder"] == "libx264"
     send_manual_trigger(tmp_path, "test")
     time.sleep(1.5)  # inside the manual clip (5 s pre-roll, 5 s post-roll)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=90)
     assert proc.returncode == 0, err
-    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    summary = rows[-1]["summary"]
+    rows = json_records(out)
+    summary = rows[-1]
+    assert summary["type"] == "run_summary"
     assert summary["sealed"] >= 1 and summary["failed"] == []
-    sealed = [r for r in rows if "sealed" in r and "summary" not in r]
+    sealed = [r for r in rows if r["type"] == "bundle_sealed"]
     assert any(r["rule"] == "manual" for r in sealed)
     bundles = [p for p in (tmp_path / "bundles").iterdir() if p.name != ".partial"]
     assert len(bundles) == summary["sealed"]

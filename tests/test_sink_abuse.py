@@ -30,7 +30,7 @@ from benchmarks.abuse import (
 from benchmarks.bundles import make_bundle
 from capsight_edge.bundle.manifest import CLIP, MANIFEST, SENSORS
 from tests.conftest import wait_until
-from tests.sink_helpers import Sink, sink_cli
+from tests.sink_helpers import Sink, api_json, sink_cli
 
 CONFIG = """
 [quotas]
@@ -72,7 +72,7 @@ class Abused:
     def bundle(self, bundle_id: str, device: str) -> dict[str, object] | None:
         assert self.sink.wait_ingested(60)
         rows = self.get("/api/bundles", device=device, limit="1000").json()["bundles"]
-        return next((r for r in rows if r["id"] == bundle_id), None)
+        return next((r for r in rows if r["bundle_id"] == bundle_id), None)
 
     @property
     def uploads(self) -> Path:
@@ -266,7 +266,7 @@ def test_a_fleet_page_survives_rows_written_before_validation(abused: Abused) ->
     sink_cli("device", "revoke", "legacy-hb", "--data", str(abused.data))
     r = abused.get("/api/fleet")
     assert r.status_code == 200
-    (row,) = [d for d in r.json()["devices"] if d["device"] == "legacy-hb"]
+    (row,) = [d for d in r.json()["devices"] if d["device_id"] == "legacy-hb"]
     assert row["error"] == "an unreadable heartbeat"
     assert tok
 
@@ -381,7 +381,7 @@ def test_a_stored_bundle_leaves_the_upload_area(abused: Abused, tmp_path: Path) 
     row = abused.bundle("tidy-1", "tidy")
     assert row is not None and row["status"] == "ok"
     assert set(abused.upload_area()[1]) <= before  # all three uploads gone from there
-    storage = abused.get("/api/storage").json()["storage"]
+    storage = api_json(abused.get("/api/storage"))["storage"]
     assert storage["returned_after_ingest_bytes"] > 0 and storage["sweeps"] >= 1
 
 
@@ -395,7 +395,7 @@ def test_expired_uploads_are_swept_while_running_and_at_start(tmp_path: Path) ->
         assert (a.uploads / upload_id).exists()
         assert wait_until(lambda: not (a.uploads / upload_id).exists(), timeout_s=15)
         assert httpx.head(r.headers["Location"], headers=auth).status_code == 410
-        assert a.get("/api/storage").json()["storage"]["expired_removed"] >= 1
+        assert api_json(a.get("/api/storage"))["storage"]["expired_removed"] >= 1
         r2 = httpx.post(a.url + "/files/", headers={**auth, "Upload-Length": "100"})
         second = r2.headers["Location"].rsplit("/", 1)[1]
         a.sink.kill()

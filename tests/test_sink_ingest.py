@@ -17,7 +17,7 @@ from capsight_edge.bundle.manifest import (
     SENSORS,
 )
 from tests.conftest import wait_until
-from tests.sink_helpers import Sink, sink_cli, tus_headers
+from tests.sink_helpers import Sink, api_json, sink_cli, tus_headers
 
 OCTETS = {"Content-Type": "application/offset+octet-stream"}
 
@@ -57,7 +57,7 @@ def ingested(s: Sink, admin: str) -> None:
     def drained() -> bool:
         r = httpx.get(s.url + "/api/ingest", headers={"Authorization": f"Bearer {admin}"})
         assert r.status_code == 200, r.text
-        return r.json()["queue"]["pending"] == 0
+        return api_json(r)["pending"] == 0
 
     assert wait_until(drained, timeout_s=30)
 
@@ -68,7 +68,7 @@ def query(s: Sink, admin: str, **params: str) -> list[dict[str, object]]:
         s.url + "/api/bundles", params=params, headers={"Authorization": f"Bearer {admin}"}
     )
     assert r.status_code == 200, r.text
-    return list(r.json()["bundles"])
+    return list(api_json(r)["bundles"])
 
 
 def test_a_bundle_is_verified_probed_summarised_and_indexed(
@@ -86,12 +86,12 @@ def test_a_bundle_is_verified_probed_summarised_and_indexed(
     sensors = row["sensors"]
     assert isinstance(sensors, dict) and sensors["weight_events"][0]["delta_g"] == 412.0
     assert sensors["channels"]["/weight/fused"] == {"samples": 40, "rate_hz": 80.0}
-    assert query(s, admin, barcode="4006381333931")[0]["id"] == "b-1"
-    assert query(s, admin, q="unscanned_item")[0]["id"] == "b-1"
+    assert query(s, admin, barcode="4006381333931")[0]["bundle_id"] == "b-1"
+    assert query(s, admin, q="unscanned_item")[0]["bundle_id"] == "b-1"
     assert query(s, admin, rule="scanned_item") == []
     stored = s.data / "blobs" / "store" / "bundles" / "cart-a" / "b-1" / CLIP
     assert stored.read_bytes() == (folder / CLIP).read_bytes()
-    assert row["keyframes"] >= 1 and row["empty_background"] == 0
+    assert row["keyframes"] >= 1 and row["empty_background"] is False
     thumb = stored.parent / "keyframes" / "000.jpg"
     assert thumb.read_bytes()[:2] == b"\xff\xd8"  # a JPEG
     upload(s, a, folder / MANIFEST, "b-1")  # handled twice: nothing changes
@@ -120,7 +120,7 @@ def test_bad_bundles_are_marked_corrupt(
     )
     for name in (CLIP, SENSORS, MANIFEST):
         upload(s, a, folder / name, bid)
-    (row,) = [r for r in query(s, admin, status="corrupt") if r["id"] == bid]
+    (row,) = [r for r in query(s, admin, status="corrupt") if r["bundle_id"] == bid]
     assert reason in str(row["reason"])
     assert not (s.data / "blobs" / "store" / "bundles" / "cart-a" / bid).exists()
 
@@ -144,8 +144,8 @@ def test_api_needs_an_admin_and_heartbeats_feed_the_fleet(sink: tuple[Sink, str,
         s.url + "/api/heartbeat", content=b"{not json", headers={"Authorization": f"Bearer {b}"}
     )
     assert bad.status_code == 400
-    fleet = httpx.get(s.url + "/api/fleet", headers={"Authorization": f"Bearer {admin}"}).json()
-    (dev,) = [d for d in fleet["devices"] if d["device"] == "cart-b"]
+    fleet = api_json(httpx.get(s.url + "/api/fleet", headers={"Authorization": f"Bearer {admin}"}))
+    (dev,) = [d for d in fleet["devices"] if d["device_id"] == "cart-b"]
     assert dev["queue_depth"] == 4 and dev["model_version"] == "v3"
     assert (
         httpx.get(
@@ -162,9 +162,9 @@ def test_a_clip_of_the_empty_basket_is_flagged(
     folder = make_bundle(tmp_path / "still", "still-1", still=True)
     for name in (CLIP, SENSORS, MANIFEST):
         upload(s, a, folder / name, "still-1")
-    (row,) = [r for r in query(s, admin, empty_background="1") if r["id"] == "still-1"]
+    (row,) = [r for r in query(s, admin, empty_background="1") if r["bundle_id"] == "still-1"]
     assert row["status"] == "ok"
-    assert "b-1" not in [r["id"] for r in query(s, admin, empty_background="1")]
+    assert "b-1" not in [r["bundle_id"] for r in query(s, admin, empty_background="1")]
 
 
 def test_zstd_uploads_are_decoded_and_bad_ones_marked_corrupt(
@@ -193,14 +193,16 @@ def test_zstd_uploads_are_decoded_and_bad_ones_marked_corrupt(
     squeeze = zstandard.ZstdCompressor().compress
     send(SENSORS, squeeze((folder / SENSORS).read_bytes()), "z1", "zstd")
     send(MANIFEST, squeeze((folder / MANIFEST).read_bytes()), "z1", "zstd")
-    assert [r["id"] for r in query(s, admin, status="ok") if r["id"] == "z1"] == ["z1"]
+    assert [r["bundle_id"] for r in query(s, admin, status="ok") if r["bundle_id"] == "z1"] == [
+        "z1"
+    ]
     stored = s.data / "blobs" / "store" / "bundles" / "cart-a" / "z1"
     assert (stored / MANIFEST).read_bytes() == (folder / MANIFEST).read_bytes()
     send(MANIFEST, b"not zstd at all", "z2", "zstd")
-    (bad,) = [r for r in query(s, admin, status="corrupt") if r["id"] == "z2"]
+    (bad,) = [r for r in query(s, admin, status="corrupt") if r["bundle_id"] == "z2"]
     assert "not valid zstd" in str(bad["reason"])
     send(MANIFEST, b"{}", "z3", "gzip")
-    (odd,) = [r for r in query(s, admin, status="corrupt") if r["id"] == "z3"]
+    (odd,) = [r for r in query(s, admin, status="corrupt") if r["bundle_id"] == "z3"]
     assert "unknown encoding" in str(odd["reason"])
 
 
@@ -218,7 +220,7 @@ def test_a_sink_killed_before_ingest_ingests_after_restart_exactly_once(tmp_path
     for name in (CLIP, SENSORS, MANIFEST):
         upload(s, a, folder / name, "k-1")
     counts = httpx.get(s.url + "/api/ingest", headers={"Authorization": f"Bearer {admin}"})
-    assert counts.json()["queue"] == {"pending": 3, "done": 0, "failed": 0}
+    assert api_json(counts) == {"type": "ingest_queue", "pending": 3, "done": 0, "failed": 0}
     s.kill()  # SIGKILL: the uploads are complete, their ingest never ran
     # A worker of an earlier run that died holding an item leaves a claim: it is void now.
     db = SinkDB(data / "sink.db")
@@ -228,14 +230,14 @@ def test_a_sink_killed_before_ingest_ingests_after_restart_exactly_once(tmp_path
     restarted = Sink(data, port=s.port).start()
     try:
         (row,) = query(restarted, admin, device="cart-a")
-        assert row["id"] == "k-1" and row["status"] == "ok"
+        assert row["bundle_id"] == "k-1" and row["status"] == "ok"
     finally:
         restarted.kill()
     again = Sink(data, port=s.port).start()  # and once more: nothing is ingested twice
     try:
         assert len(query(again, admin, device="cart-a")) == 1
         counts = httpx.get(again.url + "/api/ingest", headers={"Authorization": f"Bearer {admin}"})
-        assert counts.json()["queue"] == {"pending": 0, "done": 3, "failed": 0}
+        assert api_json(counts) == {"type": "ingest_queue", "pending": 0, "done": 3, "failed": 0}
     finally:
         again.stop()
     db = SinkDB(data / "sink.db")

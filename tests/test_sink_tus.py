@@ -248,6 +248,11 @@ def test_device_cli(tmp_path: Path) -> None:
     token = res.stdout.strip().splitlines()[-1]
     listing = sink_cli("device", "list", "--data", str(tmp_path), "--json")
     assert token not in listing.stdout and "cart-9" in listing.stdout
+    from tests.conftest import json_records
+
+    (device,) = json_records(listing.stdout, folder="schemas/api")
+    assert device["type"] == "device" and device["device_id"] == "cart-9"
+    assert device["admin"] is False and "token" not in device
     assert sink_cli("device", "add", "cart-9", "--data", str(tmp_path)).returncode == 2
     assert sink_cli("device", "add", "../x", "--data", str(tmp_path)).returncode == 2
     assert sink_cli("device", "revoke", "cart-9", "--data", str(tmp_path)).returncode == 0

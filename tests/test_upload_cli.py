@@ -3,7 +3,6 @@ a real sink process on 127.0.0.1 and a real journal."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from capsight_edge.journal.journal import Journal
 from capsight_edge.uploader.service import UploaderThread
 from capsight_edge.uploader.shaping import UploadSchedule
 from capsight_edge.uploader.uploader import Uploader
-from tests.conftest import run_cli, wait_until
+from tests.conftest import json_records, run_cli, wait_until
 from tests.sink_helpers import Sink
 
 
@@ -44,15 +43,18 @@ def test_upload_now_flushes_the_queue_and_reports(tmp_path: Path, sink: tuple[Si
     args = ("--data", str(data), "--sink", s.url, "--token-file", str(token))
     res = run_cli("upload", "now", "--json", *args)
     assert res.returncode == 0, res.stderr + res.stdout
-    result = json.loads(res.stdout.splitlines()[-1])
+    records = json_records(res.stdout)
+    result = records[-1]
+    assert result["type"] == "upload_result"
     assert result["uploaded"] == 2 and result["left"] == 0
-    q = json.loads(run_cli("queue", "--json", "--data", str(data)).stdout)
-    assert q["bundles"] == [] and q["uploader"]["stats"]["bundles_uploaded"] == 2
+    assert {r["type"] for r in records[:-1]} <= {"upload_progress"}
+    (q,) = json_records(run_cli("queue", "--json", "--data", str(data)).stdout)
+    assert q["bundles"] == 0 and q["uploader"]["stats"]["bundles_uploaded"] == 2
     human = run_cli("queue", "--data", str(data))
     assert "the upload queue is empty" in human.stdout
     watch = run_cli("queue", "--watch", "--data", str(data))  # returns: nothing left
     assert watch.returncode == 0
-    st = json.loads(run_cli("status", "--json", "--data", str(data)).stdout)
+    (st,) = json_records(run_cli("status", "--json", "--data", str(data)).stdout)
     assert st["queue"]["uploaded"]["count"] == 2 and st["upload"]["state"] == "stopped"
 
 
@@ -102,9 +104,8 @@ def test_a_running_uploader_holds_for_upload_pause(tmp_path: Path, sink: tuple[S
     runner = UploaderThread(up).start()
     try:
         assert wait_until(lambda: up.stats.bytes_sent > 0, 30)
-        progress = json.loads(run_cli("queue", "--json", "--data", str(data)).stdout)
-        (row,) = progress["bundles"]
-        assert row["id"] == "k1" and progress["uploader"]["running"]
+        progress, row = json_records(run_cli("queue", "--json", "--data", str(data)).stdout)
+        assert row["bundle_id"] == "k1" and progress["uploader"]["running"]
         assert progress["uploader"]["rate_cap_bps"] == 1_000_000
         assert run_cli("upload", "pause", "--data", str(data)).returncode == 0
         assert wait_until(lambda: up.state.startswith("paused: paused by a technician"), 10)

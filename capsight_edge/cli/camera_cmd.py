@@ -13,8 +13,15 @@ from capsight_edge.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
     add_device_options,
-    print_json,
     profile_from,
+)
+from capsight_edge.records import (
+    BarcodeRead,
+    BarcodeScanRecord,
+    ErrorRecord,
+    TriggerDecisionRecord,
+    TriggerSummaryRecord,
+    emit,
 )
 
 
@@ -22,14 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("barcode", help="barcode tools")
     bsub = b.add_subparsers(dest="barcode_command", metavar="ACTION", required=True)
     s = bsub.add_parser("scan", help="decode barcodes in image files (PNG, JPEG, WebP, ...)")
-    s.add_argument("files", nargs="+", metavar="FILE")
+    s.add_argument("files", nargs="+", metavar="FILE", help="image files")
     s.add_argument(
         "--backend",
         choices=("zxing-cpp", "pyzbar"),
         default=None,
         help="decoder (default: pyzbar, chosen by measurement; zxing-cpp without libzbar)",
     )
-    s.add_argument("--json", action="store_true", help="one JSON object per file")
+    s.add_argument("--json", action="store_true", help="one JSON record per file")
     s.set_defaults(handler=cmd_scan)
 
     t = sub.add_parser("trigger", help="trigger rules")
@@ -63,28 +70,28 @@ def cmd_scan(args: argparse.Namespace) -> int:
             status = EXIT_FAIL
             reason = "file not found" if not Path(name).exists() else "not an image OpenCV can read"
             if args.json:
-                print_json({"file": name, "error": reason})
+                emit(ErrorRecord(file=name, error=reason))
             else:
                 print(f"{name}: error: {reason}", file=sys.stderr)
             continue
         codes = detector.decode_full(image)
         ms = (time.perf_counter() - start) * 1000
         if args.json:
-            print_json(
-                {
-                    "file": name,
-                    "codes": [
-                        {
-                            "format": c.symbology,
-                            "text": c.text,
-                            "bbox": list(c.bbox),
-                            "confirmed": c.confirmed,
-                        }
+            emit(
+                BarcodeScanRecord(
+                    file=name,
+                    codes=[
+                        BarcodeRead(
+                            format=c.symbology,
+                            text=c.text,
+                            bbox=list(c.bbox),
+                            confirmed=c.confirmed,
+                        )
                         for c in codes
                     ],
-                    "backend": detector.backend.name,
-                    "ms": round(ms, 2),
-                }
+                    backend=detector.backend.name,
+                    duration_s=round(ms / 1000, 5),
+                )
             )
         else:
             found = (
@@ -106,11 +113,13 @@ def cmd_trigger_test(args: argparse.Namespace) -> int:
 
     def show(d: Any) -> None:
         if args.json:
-            print_json(d.as_dict())
+            emit(TriggerDecisionRecord(**d.as_dict()))
             return
         on = ", ".join(k for k, v in d.signals.items() if v) or "-"
         extra = ""
-        if d.kind == "fire":
+        if d.kind in ("suppressed", "cancelled"):
+            extra = f" ({d.reason})"
+        elif d.kind == "fire":
             extra = f" clip from {(d.clip_start_ns - start) / 1e9:+.1f} s"
         elif d.kind == "end":
             extra = f" ({d.reason}; clip {(d.clip_end_ns - d.clip_start_ns) / 1e9:.1f} s)"
@@ -121,8 +130,16 @@ def cmd_trigger_test(args: argparse.Namespace) -> int:
         )
 
     cart = Cart(profile, seed=args.seed, record=False, decision_listener=show)
+    if not args.json:
+        print(
+            f"starting the camera and sensors of {profile.name} (a few seconds); every trigger "
+            "decision is printed as it happens, suppressed ones with their reason; Ctrl-C stops",
+            flush=True,
+        )
     try:
         cart.start()
+        if not args.json:
+            print("running: waiting for the first decision", flush=True)
         t0 = time.monotonic()
         while not args.duration or time.monotonic() - t0 < args.duration:
             time.sleep(0.2)
@@ -133,20 +150,20 @@ def cmd_trigger_test(args: argparse.Namespace) -> int:
     assert cart.collector is not None
     collector = cart.collector
     s = collector.stats
-    summary = {
-        "frames": s["frames"],
-        "skipped": s["skipped"],
-        "barcodes": s["barcodes"],
-        "fired": s["decision_fire"],
-        "suppressed": s["decision_suppressed"],
-        "manual": s["manual"],
-    }
+    summary = TriggerSummaryRecord(
+        frames=s["frames"],
+        skipped=s["skipped"],
+        barcodes=s["barcodes"],
+        fired=s["decision_fire"],
+        suppressed=s["decision_suppressed"],
+        manual=s["manual"],
+    )
     if args.json:
-        print_json({"summary": summary})
+        emit(summary)
     else:
         print(
-            f"frames {summary['frames']} (skipped {summary['skipped']}), barcodes "
-            f"{summary['barcodes']}, fired {summary['fired']}"
+            f"frames {summary.frames} (skipped {summary.skipped}), barcodes "
+            f"{summary.barcodes}, fired {summary.fired}, suppressed {summary.suppressed}"
         )
     return EXIT_OK
 

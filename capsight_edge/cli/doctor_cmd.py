@@ -8,10 +8,10 @@ from capsight_edge.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
     add_device_options,
-    print_json,
     profile_from,
 )
-from capsight_edge.doctor import doctor_ok, format_table, run_doctor
+from capsight_edge.doctor import AREAS, doctor_ok, format_table, run_doctor
+from capsight_edge.records import CheckRecord, DoctorRecord, emit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,8 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--only",
         action="append",
         metavar="AREA",
-        help="run only this area's probes (camera, mcu, imu, positioning, encoders, "
-        "model, disk, sink); repeatable",
+        choices=AREAS,
+        help="run only this area's probes; repeatable",
     )
     p.set_defaults(handler=cmd_doctor)
 
@@ -34,11 +34,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     checks = run_doctor(profile, only=set(args.only) if args.only else None)
     ok = doctor_ok(checks)
     if args.json:
-        print_json(
-            {"profile": profile.source_path, "ok": ok, "checks": [c.as_dict() for c in checks]}
+        for c in checks:
+            emit(CheckRecord(**c.as_dict()))  # type: ignore[arg-type]
+        emit(
+            DoctorRecord(
+                profile=profile.source_path,
+                ok=ok,
+                checks=len(checks),
+                failed=[c.name for c in checks if c.status == "fail"],
+            )
         )
     else:
         print(f"capsight doctor: profile {profile.name} ({profile.source_path})")
         print(format_table(checks))
-        print("result: " + ("ok" if ok else "a required device failed"))
+        print("result: " + ("ok" if ok else "FAILED: a required check failed (see REMEDY)"))
     return EXIT_OK if ok else EXIT_FAIL

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from capsight_edge import __version__, logs
-from capsight_edge.cli.common import EXIT_FAIL, EXIT_USAGE, exit_code_for
+from capsight_edge.cli.common import EXIT_FAIL, EXIT_USAGE, exit_code_for, polish_help
 from capsight_edge.errors import CapsightError
 
 COMMAND_MODULES = (
@@ -25,6 +25,42 @@ COMMAND_MODULES = (
     "capsight_edge.cli.upload_cmd",
     "capsight_edge.cli.demo_cmd",
 )
+
+
+#: One or more examples per command (shown under its --help; a test checks every command has some).
+EXAMPLES = {
+    "": "capsight doctor\ncapsight run --duration 60\ncapsight status --json",
+    "profile": "capsight profile check hw_profiles/*.toml",
+    "profile check": "capsight profile check --json hw_profiles/rpi5.toml",
+    "profile show": "capsight profile show --profile hw_profiles/rpi5.toml > effective.toml",
+    "doctor": "capsight doctor\ncapsight doctor --only sink --json",
+    "sensors": "capsight sensors watch --duration 10",
+    "sensors watch": "capsight sensors watch --interval 0.5\ncapsight sensors watch --json "
+    "--duration 5",
+    "scale": "capsight scale tare\ncapsight scale calibrate --known-grams 1000",
+    "scale tare": "capsight scale tare --samples 200",
+    "scale calibrate": "capsight scale calibrate --known-grams 1000\n"
+    "capsight scale calibrate --known-grams 500 --cell 2 --yes",
+    "gps": "capsight gps parse receiver.log",
+    "gps parse": "capsight gps parse --json receiver.log",
+    "barcode": "capsight barcode scan photo.jpg",
+    "barcode scan": "capsight barcode scan --json shelf/*.jpg",
+    "trigger": "capsight trigger test --duration 30\ncapsight trigger manual --note 'odd item'",
+    "trigger test": "capsight trigger test --duration 30\ncapsight trigger test --json --seed 3",
+    "trigger manual": "capsight trigger manual --note 'customer asked'",
+    "run": "capsight run\ncapsight run --sink http://sink.example:8080/ --token-file token\n"
+    "capsight run --json --duration 300",
+    "status": "capsight status\ncapsight status --json",
+    "queue": "capsight queue --watch\ncapsight queue --json",
+    "queue ls": "capsight queue ls --state quarantined",
+    "queue retry": "capsight queue retry\ncapsight queue retry 20261202T101500Z-sim-0001-0007",
+    "queue purge": "capsight queue purge\ncapsight queue purge --state quarantined --yes",
+    "upload": "capsight upload now\ncapsight upload pause --reason 'store wifi busy'",
+    "upload now": "capsight upload now --uncapped",
+    "upload pause": "capsight upload pause --reason 'store wifi busy'",
+    "upload resume": "capsight upload resume",
+    "demo": "capsight demo\ncapsight demo --carts 3 --minutes 2",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    polish_help(parser, EXAMPLES)
     return parser
 
 

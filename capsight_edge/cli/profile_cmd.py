@@ -9,11 +9,11 @@ from capsight_edge.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
     add_device_options,
-    print_json,
     profile_from,
 )
 from capsight_edge.errors import ProfileError
-from capsight_edge.profile import load_profile, profile_as_dict
+from capsight_edge.profile import load_profile, profile_as_dict, profile_as_toml
+from capsight_edge.records import ProfileCheckRecord, ProfileRecord, emit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     psub = p.add_subparsers(dest="profile_command", metavar="ACTION", required=True)
 
     c = psub.add_parser("check", help="validate profile files; exit 2 on the first bad one")
-    c.add_argument("files", nargs="+", metavar="FILE")
+    c.add_argument("files", nargs="+", metavar="FILE", help="profile files (TOML)")
     c.add_argument("--json", action="store_true", help="one JSON object per file")
     c.set_defaults(handler=cmd_check)
 
@@ -38,21 +38,21 @@ def cmd_check(args: argparse.Namespace) -> int:
         except ProfileError as exc:
             status = EXIT_USAGE
             if args.json:
-                print_json(
-                    {
-                        "file": path,
-                        "ok": False,
-                        "key": exc.key,
-                        "problem": exc.problem,
-                        "expected": exc.expected,
-                        "error": str(exc),
-                    }
+                emit(
+                    ProfileCheckRecord(
+                        file=path,
+                        ok=False,
+                        key=exc.key,
+                        problem=exc.problem,
+                        expected=exc.expected,
+                        error=str(exc),
+                    )
                 )
             else:
                 print(f"capsight: error: {exc}", file=sys.stderr)
             continue
         if args.json:
-            print_json({"file": path, "ok": True, "name": profile.name})
+            emit(ProfileCheckRecord(file=path, ok=True, name=profile.name))
         else:
             print(f"{path}: ok (profile {profile.name!r})")
     return status
@@ -62,17 +62,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     profile = profile_from(args)
     data = profile_as_dict(profile)
     if args.json:
-        print_json(data)
+        emit(ProfileRecord(source_path=profile.source_path, profile=data))
         return EXIT_OK
-    print(f"# effective settings of {profile.source_path}")
-    for section, values in data.items():
-        if isinstance(values, dict):
-            print(f"[{section}]")
-            for key, value in values.items():
-                print(f"{key} = {value!r}")
-        elif isinstance(values, list):
-            for item in values:
-                print(f"[[{section}]] {item}")
-        else:
-            print(f"{section} = {values!r}")
+    print(profile_as_toml(profile), end="")
     return EXIT_OK

@@ -12,10 +12,14 @@ from capsight_edge.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
     add_device_options,
+    human_bytes,
+    human_rate,
+    human_seconds,
     open_journal,
-    print_json,
     profile_from,
 )
+from capsight_edge.journal.journal import STATES
+from capsight_edge.records import BundleRecord, StatusRecord, UploadQueueRecord, emit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,9 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     q.set_defaults(handler=cmd_progress)
     qsub = q.add_subparsers(dest="queue_command", metavar="ACTION", required=False)
-    ls = qsub.add_parser("ls", help="one line (or JSON object) per bundle")
+    ls = qsub.add_parser("ls", help="one line (or `bundle` record) per bundle")
     add_device_options(ls)
-    ls.add_argument("--state", action="append", help="only these states (repeatable)")
+    ls.add_argument(
+        "--state", action="append", choices=STATES, help="only these states (repeatable)"
+    )
     ls.set_defaults(handler=cmd_ls)
     r = qsub.add_parser("retry", help="send quarantined bundles back to the upload queue")
     add_device_options(r)
@@ -50,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--state",
         action="append",
         default=None,
+        choices=STATES,
         help="purge every bundle in this state (default: uploaded)",
     )
     p.add_argument(
@@ -58,47 +65,47 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_purge)
 
 
-def _journal(args: argparse.Namespace) -> tuple[Any, Path]:
-    return open_journal(profile_from(args))
+def _journal(args: argparse.Namespace, *, readonly: bool = False) -> tuple[Any, Path]:
+    return open_journal(profile_from(args), readonly=readonly)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from capsight_edge.status import cart_status
 
     profile = profile_from(args)
-    journal, _ = open_journal(profile)
+    journal, _ = open_journal(profile, readonly=True)
     try:
         st = cart_status(profile, journal)
     finally:
         journal.close()
     if args.json:
-        print_json({k: v for k, v in st.items() if k != "upload_queue"})
+        emit(StatusRecord(**{k: v for k, v in st.items() if k != "upload_queue"}))
         return EXIT_OK
     disk, u, q = st["disk"], st["upload"], st["upload_queue"]
     print(f"data: {st['data_dir']}")
     print(
-        f"disk: {disk['used_pct']:.1f}% used, {disk['free_bytes'] / 2**30:.2f} GiB free, about "
+        f"disk: {disk['used_pct']:.1f}% used, {human_bytes(disk['free_bytes'])} free, about "
         f"{disk['headroom_min']:.0f} min of recording at "
-        f"{disk['recording_bytes_per_min'] / 2**20:.1f} MiB/min "
+        f"{human_bytes(disk['recording_bytes_per_min'])}/min "
         f"(pause at {disk['high_watermark_pct']:g}%, resume at {disk['low_watermark_pct']:g}%)"
     )
     paused = st["capture_paused"]
     print(f"capture: {'PAUSED: ' + paused if paused else 'running'}")
     print(
         f"uploads: {u['state']}{'' if u['running'] else ' (uploader not running)'}"
-        + (f"; held: {u['held']}" if u["held"] else "")
-        + f"; {len(q['bundles'])} bundles, {q['bytes_left'] / 2**20:.1f} MiB to go"
+        + (f"; held: {u['uploads_held']}" if u["uploads_held"] else "")
+        + f"; {len(q['bundles'])} bundles, {human_bytes(q['bytes_left'])} to go"
     )
     if not st["queue"]:
         print("queue: empty")
     for state, c in st["queue"].items():
         prios = ", ".join(f"p{p}: {n}" for p, n in c["by_priority"].items())
         print(
-            f"  {state:<12} {c['count']:5d} bundles  {c['bytes'] / 2**20:9.1f} MiB  "
+            f"  {state:<12} {c['count']:5d} bundles  {human_bytes(c['bytes']):>10}  "
             f"oldest {c['oldest_utc']}  ({prios})"
         )
     if st["last_error"]:
-        print(f"last error: {st['last_error']['bundle']}: {st['last_error']['error']}")
+        print(f"last error: {st['last_error']['bundle_id']}: {st['last_error']['error']}")
     return EXIT_OK
 
 
@@ -112,26 +119,26 @@ def format_progress(p: dict[str, Any]) -> str:
     u = p["uploader"]
     head = (
         f"uploader: {u['state']}"
-        + (f" (cap {u['rate_cap_bps'] / 1e6:g} Mbit/s)" if u["rate_cap_bps"] else "")
+        + (f" (cap {human_rate(u['rate_cap_bps'])})" if u["rate_cap_bps"] else "")
         + ("" if u["running"] else " - not running")
     )
-    if p["paused"]:
-        head += f"; held by `upload pause`: {p['paused']}"
+    if p["uploads_held"]:
+        head += f"; held by `upload pause`: {p['uploads_held']}"
     lines = [head]
     for r in p["bundles"]:
-        rate = f"{r['rate_bps'] / 1e6:6.2f} Mbit/s" if r["rate_bps"] else " " * 13
-        eta = f"ETA {r['eta_s']:5.0f} s" if r["eta_s"] is not None else ""
+        rate = f"{human_rate(r['rate_bps']):>12}" if r["rate_bps"] else " " * 12
+        eta = f"ETA {human_seconds(r['eta_s'])}" if r["eta_s"] is not None else ""
         lines.append(
-            f"  {r['id']:<28} p{r['priority']} {r['state']:<9} "
-            f"{_bar(r['bytes_sent'], r['bytes_total'])} "
-            f"{r['bytes_sent'] / 2**20:7.2f}/{r['bytes_total'] / 2**20:.2f} MiB {rate} {eta}"
+            f"  {r['bundle_id']:<28} p{r['priority']} {r['state']:<9} "
+            f"{_bar(r['bytes_sent'], r['bytes'])} "
+            f"{human_bytes(r['bytes_sent']):>10} of {human_bytes(r['bytes']):<10} {rate} {eta}"
         )
     if not p["bundles"]:
         lines.append("  the upload queue is empty")
     else:
         lines.append(
-            f"  {len(p['bundles'])} bundles, {p['bytes_left'] / 2**20:.1f} MiB left"
-            + (f", about {p['eta_s']:.0f} s at the cap" if p["eta_s"] else "")
+            f"  {len(p['bundles'])} bundles, {human_bytes(p['bytes_left'])} left"
+            + (f", about {human_seconds(p['eta_s'])} at the cap" if p["eta_s"] else "")
         )
     if u["last_error"]:
         lines.append(f"  last error: {u['last_error']}")
@@ -143,13 +150,23 @@ def cmd_progress(args: argparse.Namespace) -> int:
 
     from capsight_edge.uploader.status import queue_progress
 
-    journal, _ = _journal(args)
+    journal, _ = _journal(args, readonly=True)
     tty = sys.stdout.isatty()
     try:
         while True:
             progress = queue_progress(journal)
             if args.json:
-                print_json(progress)
+                emit(
+                    UploadQueueRecord(
+                        uploader=progress["uploader"],
+                        uploads_held=progress["uploads_held"],
+                        bundles=len(progress["bundles"]),
+                        bytes_left=progress["bytes_left"],
+                        eta_s=progress["eta_s"],
+                    )
+                )
+                for row in progress["bundles"]:
+                    emit(BundleRecord(**row))
             else:
                 if tty and args.watch:
                     sys.stdout.write("\x1b[H\x1b[J")
@@ -163,29 +180,23 @@ def cmd_progress(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    journal, _ = _journal(args)
-    rows = journal.bundles(tuple(args.state) if args.state else None)
-    journal.close()
+    journal, _ = _journal(args, readonly=True)
+    try:
+        rows = journal.bundles(tuple(args.state) if args.state else None)
+        return _ls(journal, rows, args.json)
+    finally:
+        journal.close()
+
+
+def _ls(journal: Any, rows: list[Any], as_json: bool) -> int:
+    from capsight_edge.uploader.status import bundle_row
+
     for r in rows:
-        if args.json:
-            print_json(
-                {
-                    "id": r.id,
-                    "state": r.state,
-                    "priority": r.priority,
-                    "rule": r.rule,
-                    "bytes": r.bytes,
-                    "attempts": r.attempts,
-                    "created_utc": r.created_utc,
-                    "upload_offset": r.upload_offset,
-                    "upload_url": r.upload_url,
-                    "last_error": r.last_error,
-                    "reason": r.reason,
-                }
-            )
+        if as_json:
+            emit(BundleRecord(**bundle_row(journal, r)))
         else:
             print(
-                f"{r.id}  {r.state:<11} p{r.priority} {r.rule:<15} {r.bytes / 2**20:8.2f} MiB"
+                f"{r.id}  {r.state:<11} p{r.priority} {r.rule:<15} {human_bytes(r.bytes):>10}"
                 f"  attempts {r.attempts}"
                 + (f"  ({r.reason or r.last_error})" if r.reason or r.last_error else "")
             )

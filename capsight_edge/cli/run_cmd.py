@@ -12,10 +12,16 @@ from capsight_edge.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
     add_device_options,
-    print_json,
+    human_bytes,
     profile_from,
 )
 from capsight_edge.cli.upload_cmd import add_sink_options, with_sink
+from capsight_edge.records import (
+    BundleSealedRecord,
+    RunStartedRecord,
+    RunSummaryRecord,
+    emit,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,19 +58,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def sealed(path: Any, manifest: Any) -> None:
-        row = {
-            "sealed": manifest.bundle_id,
-            "rule": manifest.trigger.rule,
-            "seconds": manifest.video.duration_s if manifest.video else None,
-            "frames": manifest.video.frames if manifest.video else None,
-            "bytes": sum(f.bytes for f in manifest.files.values()),
-            "path": str(path),
-        }
+        row = BundleSealedRecord(
+            bundle_id=manifest.bundle_id,
+            rule=manifest.trigger.rule,
+            duration_s=manifest.video.duration_s if manifest.video else None,
+            frames=manifest.video.frames if manifest.video else None,
+            bytes=sum(f.bytes for f in manifest.files.values()),
+            path=str(path),
+            start_utc=manifest.start_utc,
+        )
         if args.json:
-            print_json(row)
+            emit(row)
         else:
             print(
-                f"sealed {row['sealed']} ({row['rule']}, {row['seconds']} s, {row['bytes']} bytes)",
+                f"sealed {row.bundle_id} ({row.rule}, {row.duration_s} s, "
+                f"{human_bytes(row.bytes)})",
                 flush=True,
             )
 
@@ -73,14 +81,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         cart.start()
         assert cart.recorder is not None
         if args.json:
-            print_json(
-                {
-                    "started": profile.name,
-                    "data": str(cart.data_dir),
-                    "encoder": cart.recorder.encoder_name,
-                    "preroll": cart.recorder.mode,
-                    "sink": profile.upload.sink_url or None,
-                }
+            emit(
+                RunStartedRecord(
+                    profile=profile.name,
+                    data_dir=str(cart.data_dir),
+                    encoder=cart.recorder.encoder_name or "",
+                    preroll=cart.recorder.mode,
+                    sink=profile.upload.sink_url or None,
+                )
             )
         else:
             print(
@@ -100,22 +108,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
     rec = cart.recorder
-    summary: dict[str, Any] = {
-        "sealed": len(rec.sealed) if rec else 0,
-        "failed": rec.failed if rec else [],
-        "seal_delay_s": [round(x, 3) for x in rec.seal_delays_s] if rec else [],
-        "upload": cart.uploader.status() if cart.uploader else None,
-    }
+    summary = RunSummaryRecord(
+        sealed=len(rec.sealed) if rec else 0,
+        failed=list(rec.failed) if rec else [],
+        seal_delay_s=[round(x, 3) for x in rec.seal_delays_s] if rec else [],
+        upload=cart.uploader.status() if cart.uploader else None,
+    )
     if args.json:
-        print_json({"summary": summary})
+        emit(summary)
     else:
         print(
-            f"stopped: {summary['sealed']} bundles sealed"
-            + (f", {len(summary['failed'])} failed" if summary["failed"] else "")
+            f"stopped: {summary.sealed} bundles sealed"
+            + (f", {len(summary.failed)} failed" if summary.failed else "")
             + (
                 f"; {cart.uploader.stats.bundles_uploaded} uploaded ({cart.uploader.state})"
                 if cart.uploader
                 else ""
             )
         )
-    return EXIT_OK if not summary["failed"] else EXIT_FAIL
+    return EXIT_OK if not summary.failed else EXIT_FAIL

@@ -13,8 +13,15 @@ from capsight_edge.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
     add_device_options,
-    print_json,
     profile_from,
+)
+from capsight_edge.journal.journal import utc_now
+from capsight_edge.records import (
+    CalibrationRecord,
+    GpsFixRecord,
+    GpsSummaryRecord,
+    SensorsRecord,
+    emit,
 )
 
 
@@ -57,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("gps", help="NMEA tools")
     gsub = g.add_subparsers(dest="gps_command", metavar="ACTION", required=True)
     gp = gsub.add_parser("parse", help="parse an NMEA log: one JSON line per fix, then a summary")
-    gp.add_argument("files", nargs="+", metavar="FILE")
+    gp.add_argument("files", nargs="+", metavar="FILE", help="NMEA 0183 logs (text)")
     gp.add_argument(
         "--json", action="store_true", help="JSON lines (the default output is a table)"
     )
@@ -113,7 +120,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 time.sleep(args.interval)
                 snap = hub.snapshot()
                 if args.json:
-                    print_json(snap)
+                    emit(SensorsRecord(utc=utc_now(), **snap))
                 elif tty:
                     sys.stdout.write("\x1b[H\x1b[2J" + _render(snap) + "\n")
                     sys.stdout.flush()
@@ -130,7 +137,14 @@ def cmd_tare(args: argparse.Namespace) -> int:
     with scale.scale_session(profile_from(args)) as hub:
         result = scale.tare(hub, samples=args.samples)
     if args.json:
-        print_json({"zero_counts": result.zero_counts, "file": str(result.file)})
+        emit(
+            CalibrationRecord(
+                action="tare",
+                zero_counts=list(result.zero_counts),
+                counts_per_gram=list(result.counts_per_gram),
+                file=str(result.file),
+            )
+        )
     else:
         print(f"tared: zero counts {result.zero_counts} stored in {result.file}")
     return EXIT_OK
@@ -142,6 +156,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.known_grams <= 0:
         print("capsight: error: --known-grams must be positive", file=sys.stderr)
         return EXIT_USAGE
+    profile = profile_from(args)
+    cells = profile.load_cells.count
+    if args.cell is not None and not 0 <= args.cell < cells:  # before anyone is asked to act
+        print(
+            f"capsight: error: --cell {args.cell}: this cart has cells 0 to {cells - 1}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
 
     def prompt(text: str, person_needed: bool) -> None:
         if person_needed and not args.yes and sys.stdin.isatty():
@@ -149,17 +171,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         else:
             print(text, file=sys.stderr)
 
-    with scale.scale_session(profile_from(args)) as hub:
+    with scale.scale_session(profile) as hub:
         result = scale.calibrate(
             hub, args.known_grams, cell=args.cell, prompt=prompt, timeout_s=args.timeout
         )
     if args.json:
-        print_json(
-            {
-                "counts_per_gram": result.counts_per_gram,
-                "zero_counts": result.zero_counts,
-                "file": str(result.file),
-            }
+        emit(
+            CalibrationRecord(
+                action="calibrate",
+                zero_counts=list(result.zero_counts),
+                counts_per_gram=list(result.counts_per_gram),
+                file=str(result.file),
+            )
         )
     else:
         print(
@@ -185,20 +208,21 @@ def cmd_gps_parse(args: argparse.Namespace) -> int:
             fix = parser.feed_line(line)
             if fix is None:
                 continue
-            row = {
-                "file": name,
-                "receiver_time": fix.receiver_time,
-                "receiver_date": fix.receiver_date,
-                "lat": round(fix.lat, 8),
-                "lon": round(fix.lon, 8),
-                "alt_m": fix.alt_m,
-                "quality": fix.quality,
-                "satellites": fix.satellites,
-                "hdop": fix.hdop,
-                "source": fix.source,
-            }
             if args.json:
-                print_json(row)
+                emit(
+                    GpsFixRecord(
+                        file=name,
+                        receiver_time=fix.receiver_time,
+                        receiver_date=fix.receiver_date,
+                        lat=round(fix.lat, 8),
+                        lon=round(fix.lon, 8),
+                        alt_m=fix.alt_m,
+                        quality=fix.quality,
+                        satellites=fix.satellites,
+                        hdop=fix.hdop,
+                        source=fix.source,
+                    )
+                )
             else:
                 print(
                     f"{fix.receiver_time:>16}  {fix.lat:12.7f} {fix.lon:13.7f}  "
@@ -206,13 +230,13 @@ def cmd_gps_parse(args: argparse.Namespace) -> int:
                     f"sats {fix.satellites if fix.satellites is not None else '-':>2}  "
                     f"hdop {fix.hdop if fix.hdop is not None else '-'}"
                 )
-        summary = {
+        summary: dict[str, Any] = {
             "file": name,
             **parser.summary(),
-            "seconds": round(time.perf_counter() - start, 4),
+            "duration_s": round(time.perf_counter() - start, 4),
         }
         if args.json:
-            print_json({"summary": summary})
+            emit(GpsSummaryRecord(**summary))
         else:
             print(
                 f"{name}: {summary['sentences']} sentences, {summary['fixes']} fixes, "

@@ -16,10 +16,12 @@ from capsight_edge.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
     add_device_options,
+    human_bytes,
+    human_rate,
     open_journal,
-    print_json,
     profile_from,
 )
+from capsight_edge.records import UploadProgressRecord, UploadResultRecord, emit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -70,32 +72,18 @@ def cmd_now(args: argparse.Namespace) -> int:
 
     profile = with_sink(profile_from(args), args)
     journal, _ = open_journal(profile)
-    if not args.json:
-        cap = profile.upload.max_upload_bps
-        rate = "uncapped" if args.uncapped or cap == 0 else f"{cap / 1e6:g} Mbit/s"
-        print(
-            f"uploading {len(journal.upload_queue())} bundles to "
-            f"{profile.upload.sink_url or '?'} ({rate})",
-            flush=True,
-        )
-    last = [""]
+    queued = journal.upload_queue()
+    bar = None if args.json else _Bar(profile, args, queued)
 
     def report(status: dict[str, Any]) -> None:
-        parts = [
-            f"{p['id']} {100 * p['bytes_confirmed'] / max(1, p['bytes_total']):5.1f}% "
-            f"{p['rate_bps'] / 1e6:6.2f} Mbit/s"
-            + (f" eta {p['eta_s']:.0f} s" if p["eta_s"] is not None else "")
-            for p in status["in_flight"]
-        ]
-        line = f"  {status['state']}: " + ("; ".join(parts) or "-")
-        if line != last[0]:
-            last[0] = line
-            if args.json:
-                print_json({"progress": status["in_flight"], "state": status["state"]})
-            else:
-                print(line, flush=True)
+        if args.json:
+            emit(UploadProgressRecord(state=status["state"], in_flight=status["in_flight"]))
+        elif bar is not None:
+            bar.update(status)
 
     try:
+        if bar is not None:
+            bar.start()
         result = flush(
             profile, journal, uncapped=args.uncapped, attempts=args.attempts, report=report
         )
@@ -103,15 +91,17 @@ def cmd_now(args: argparse.Namespace) -> int:
         print(f"capsight: {exc}")
         return EXIT_FAIL
     finally:
+        if bar is not None:
+            bar.stop()
         journal.close()
     out = {k: v for k, v in result.items() if k not in ("queued", "sink", "rate_cap_bps")}
     if args.json:
-        print_json(out)
+        emit(UploadResultRecord(**out))
     else:
         print(
             f"done: {result['uploaded']} uploaded, {result['left']} left, "
-            f"{len(result['quarantined'])} quarantined, {result['bytes_sent'] / 2**20:.1f} MiB "
-            f"sent, {result['retries']} retries"
+            f"{len(result['quarantined'])} quarantined, {human_bytes(result['bytes_sent'])} "
+            f"sent at {human_rate(result['rate_bps'])}, {result['retries']} retries"
         )
         if result["left"]:
             print(
@@ -141,3 +131,55 @@ def cmd_resume(args: argparse.Namespace) -> int:
     _hold(args, None)
     print("uploads resumed")
     return EXIT_OK
+
+
+class _Bar:
+    """``upload now``'s live bar (rich): bytes on their way over the queue's wire bytes, with the
+    rate and the time left; one line per state change of the uploader below it."""
+
+    def __init__(self, profile: Any, args: argparse.Namespace, queued: list[Any]) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        cap = profile.upload.max_upload_bps
+        rate = "uncapped" if args.uncapped or cap == 0 else human_rate(cap)
+        print(
+            f"uploading {len(queued)} bundles to {profile.upload.sink_url or '?'} ({rate})",
+            flush=True,
+        )
+        self.total = sum(r.bytes - r.upload_offset for r in queued)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            transient=False,
+        )
+        self.task = self.progress.add_task("upload", total=max(1, self.total))
+        self.done: dict[str, int] = {}
+        self.state = ""
+
+    def start(self) -> None:
+        self.progress.start()
+
+    def stop(self) -> None:
+        self.progress.update(self.task, completed=self.progress.tasks[0].completed)
+        self.progress.stop()
+
+    def update(self, status: dict[str, Any]) -> None:
+        for p in status["in_flight"]:
+            self.done[p["bundle_id"]] = p["bytes_sent"]
+        # Finished bundles leave `in_flight`; the journal's stats count what they sent.
+        sent = max(sum(self.done.values()), int(status["stats"].get("bytes_confirmed", 0)))
+        self.progress.update(
+            self.task, completed=min(sent, self.total), description=status["state"][:40]
+        )
+        if status["state"] != self.state:
+            self.state = status["state"]

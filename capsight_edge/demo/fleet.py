@@ -76,7 +76,7 @@ class DemoSink(LocalSink):
         r = httpx.get(
             self.url + "/api/fleet", headers={"Authorization": f"Bearer {self.admin}"}, timeout=30
         )
-        return {d["device"]: d for d in r.json()["devices"]} if r.status_code == 200 else {}
+        return {d["device_id"]: d for d in r.json()["devices"]} if r.status_code == 200 else {}
 
 
 class DemoCart:
@@ -151,7 +151,7 @@ class DemoCart:
         up = p["uploader"]
         flying = [b for b in p["bundles"] if b["rate_bps"]]
         now = ", ".join(
-            f"{b['id'][-12:]} {100 * b['bytes_sent'] / max(1, b['bytes_total']):.0f}%"
+            f"{b['bundle_id'][-12:]} {100 * b['bytes_sent'] / max(1, b['bytes']):.0f}%"
             f" at {b['rate_bps'] / 1e6:.1f} Mbit/s"
             + (f" ETA {b['eta_s']:.0f} s" if b["eta_s"] else "")
             for b in flying
@@ -247,15 +247,16 @@ def _run_carts(
             name, obj = "", {}
         elapsed = time.monotonic() - start
         cart = by_name.get(name)
-        if cart is not None and "sealed" in obj and "summary" not in obj:
+        kind = obj.get("type")
+        if cart is not None and kind == "bundle_sealed":
             cart.sealed.append(obj)
             print(
-                f"  {elapsed:6.1f} s  {name}: sealed {obj['sealed']} ({obj['rule']}, "
-                f"{obj['seconds']} s, {obj['bytes'] // 1024} KiB)",
+                f"  {elapsed:6.1f} s  {name}: sealed {obj['bundle_id']} ({obj['rule']}, "
+                f"{obj['duration_s']} s, {obj['bytes'] // 1024} KiB)",
                 flush=True,
             )
-        elif cart is not None and "summary" in obj:
-            cart.summary = obj["summary"]
+        elif cart is not None and kind == "run_summary":
+            cart.summary = obj
         if time.monotonic() >= next_progress:
             next_progress += 10
             for c in carts:

@@ -1,5 +1,7 @@
 """`capsight doctor`: probe every device and service a profile configures, and say what to do
-about each failure.
+about each failure. Every check says whether it is required: a required check that fails makes
+the doctor fail (exit 1); a device the profile does not require (``required = false``) is a
+warning when it fails.
 
 A probe is a function ``(profile, factory) -> list[Check]``; :data:`PROBES` lists them by area.
 Probes never raise: a probe that crashes is itself reported as a failed check. Devices come from
@@ -15,7 +17,7 @@ from collections.abc import Callable
 
 from capsight_edge.devices import DeviceFactory, factory_from_profile
 from capsight_edge.doctor.devices import probe_camera, probe_imu, probe_mcu, probe_positioning
-from capsight_edge.doctor.report import FAIL, Check
+from capsight_edge.doctor.report import FAIL, WARN, Check
 from capsight_edge.doctor.services import (
     probe_disk,
     probe_encoders,
@@ -40,6 +42,14 @@ PROBES: tuple[tuple[str, Probe], ...] = (
     ("positioning", probe_positioning),
 )
 AREAS = tuple(area for area, _ in PROBES)
+
+
+def _optional(profile: Profile, area: str) -> bool:
+    return {
+        "camera": not profile.camera.required,
+        "mcu": not profile.mcu.required,
+        "imu": not profile.imu.required,
+    }.get(area, False)
 
 
 def run_doctor(
@@ -68,8 +78,15 @@ def run_doctor(
                     )
                 ]
             spent = time.perf_counter() - start
+            optional = _optional(profile, area)
             for c in checks:
-                c.seconds = c.seconds or spent / max(len(checks), 1)
+                c.duration_s = c.duration_s or spent / max(len(checks), 1)
+                # A configured device that fails is a failure, unless the profile says the cart
+                # runs without it (``required = false``): then it is a warning.
+                c.required = not optional
+                if c.status == FAIL and optional:
+                    c.status = WARN
+                    c.detail += " (not required by the profile)"
             results.extend(checks)
     finally:
         if own:

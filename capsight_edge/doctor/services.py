@@ -3,6 +3,7 @@ the onnxruntime providers of a real session, the disk, and the sink."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import time
@@ -27,14 +28,18 @@ def probe_encoders(profile: Profile, factory: DeviceFactory) -> list[Check]:
         if result.opens and chosen is None:
             chosen = name
             checks.append(
-                Check(f"encoder {name}", PASS, f"{result.reason}; selected", seconds=result.seconds)
+                Check(
+                    f"encoder {name}", PASS, f"{result.reason}; selected", duration_s=result.seconds
+                )
             )
         elif result.opens:
             checks.append(
-                Check(f"encoder {name}", PASS, f"{result.reason}; fallback", seconds=result.seconds)
+                Check(
+                    f"encoder {name}", PASS, f"{result.reason}; fallback", duration_s=result.seconds
+                )
             )
         else:
-            checks.append(Check(f"encoder {name}", SKIP, result.reason, seconds=result.seconds))
+            checks.append(Check(f"encoder {name}", SKIP, result.reason, duration_s=result.seconds))
     if chosen is None:
         checks.append(
             Check(
@@ -57,14 +62,22 @@ def probe_model_runtime(profile: Profile, factory: DeviceFactory) -> list[Check]
         f"requested {', '.join(requested)}; session runs on {', '.join(result.active) or 'nothing'}"
     )
     if not result.active:
+        from capsight_edge.runtime.providers import PROBE_MODEL
+
+        if "not installed" in result.error:
+            remedy = "pip install 'capsight[edge]' (CPU) or 'capsight[gpu]' (CUDA)"
+        elif not PROBE_MODEL.is_file():
+            remedy = f"reinstall capsight: its probe model {PROBE_MODEL.name} is missing"
+        else:
+            remedy = "the runtime is installed but cannot run the probe model: see DETAIL"
         return [
             Check(
                 "onnxruntime",
                 FAIL,
                 f"{detail}: {result.error}",
-                "install capsight[edge] (CPU) or capsight[gpu]",
+                remedy,
                 required=True,
-                seconds=result.seconds,
+                duration_s=result.seconds,
             )
         ]
     if result.active[0] != requested[0]:
@@ -75,10 +88,10 @@ def probe_model_runtime(profile: Profile, factory: DeviceFactory) -> list[Check]
                 detail + f" (available: {', '.join(result.available)})",
                 f"{requested[0]} is not usable here: install its runtime, or put the "
                 "provider you have first",
-                seconds=result.seconds,
+                duration_s=result.seconds,
             )
         ]
-    return [Check("onnxruntime", PASS, detail, seconds=result.seconds)]
+    return [Check("onnxruntime", PASS, detail, duration_s=result.seconds)]
 
 
 def probe_disk(profile: Profile, factory: DeviceFactory) -> list[Check]:
@@ -105,13 +118,22 @@ def probe_sink(profile: Profile, factory: DeviceFactory) -> list[Check]:
         token = path.read_text().strip()
     try:
         import httpx
+
+        from capsight_edge.uploader.progress import RetryLater, SinkMisconfigured, TokenRefused
+        from capsight_edge.uploader.sinkside import SinkClient
     except ImportError as exc:
-        return [Check("sink", FAIL, f"httpx missing: {exc}", "install capsight[edge]")]
+        return [Check("sink", FAIL, f"httpx missing: {exc}", "pip install 'capsight[edge]'")]
+
+    async def discover() -> tuple[str, str]:
+        async with httpx.AsyncClient(timeout=3.0) as client:
+            sink = SinkClient(client, up.sink_url, token)
+            caps = await sink.discover()
+            return sink.endpoint, caps.versions[0]
+
     start = time.perf_counter()
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        resp = httpx.options(up.sink_url.rstrip("/") + "/files/", headers=headers, timeout=3.0)
-    except httpx.HTTPError as exc:
+        endpoint, version = asyncio.run(discover())
+    except RetryLater as exc:  # a cart off the network queues its captures meanwhile
         return [
             Check(
                 "sink",
@@ -120,36 +142,30 @@ def probe_sink(profile: Profile, factory: DeviceFactory) -> list[Check]:
                 "check the network; captures queue on the cart meanwhile",
             )
         ]
-    ms = 1000 * (time.perf_counter() - start)
-    version = resp.headers.get("Tus-Version", "")
-    if resp.status_code >= 500:
+    except TokenRefused as exc:
+        return [
+            Check("sink", PASS, f"{up.sink_url} answered"),
+            Check(
+                "sink token",
+                FAIL,
+                f"token refused ({exc})",
+                "ask for a new token: `capsight-sink device add NAME` on the sink",
+            ),
+        ]
+    except SinkMisconfigured as exc:
         return [
             Check(
                 "sink",
-                WARN,
-                f"{up.sink_url} answered HTTP {resp.status_code}",
-                "the sink reports an error",
+                FAIL,
+                str(exc),
+                "set upload.sink_url to the sink's base URL (http://HOST:PORT) or its tus "
+                "endpoint (http://HOST:PORT/files/)",
             )
         ]
-    checks = [
-        Check(
-            "sink",
-            PASS,
-            f"{up.sink_url} answered in {ms:.0f} ms" + (f" (tus {version})" if version else ""),
-        )
-    ]
+    ms = 1000 * (time.perf_counter() - start)
+    checks = [Check("sink", PASS, f"tus {version} at {endpoint}, answered in {ms:.0f} ms")]
     if token:
-        accepted = resp.status_code == 204 and bool(version)
-        checks.append(
-            Check(
-                "sink token",
-                PASS if accepted else FAIL,
-                "token accepted" if accepted else f"token refused (HTTP {resp.status_code})",
-                ""
-                if accepted
-                else "ask for a new token: `capsight-sink device add NAME` on the sink",
-            )
-        )
+        checks.append(Check("sink token", PASS, "token accepted"))
     return checks
 
 
