@@ -33,6 +33,14 @@ ensure_ffprobe() {
   DEBIAN_FRONTEND=noninteractive need_root apt-get install -y -qq ffmpeg >/dev/null
 }
 
+ensure_chromium() {
+  # The review UI's test drives Debian's chromium with Playwright (its own download cannot work).
+  if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then return 0; fi
+  log "installing Debian package chromium (the review UI's browser test)"
+  need_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive need_root apt-get install -y -qq chromium >/dev/null
+}
+
 pick_python() {
   # The pinned torch CPU wheel is built for CPython 3.11.
   for p in python3.11 python3; do
@@ -62,6 +70,6 @@ cmd="${1:-help}"; [ $# -gt 0 ] && shift
 case "$cmd" in
   setup) setup ;;
   demo) setup; exec "$venv/bin/capsight" demo "$@" ;;
-  test) setup; ensure_ffprobe; exec "$venv/bin/python" -m pytest "$@" ;;
+  test) setup; ensure_ffprobe; ensure_chromium; exec "$venv/bin/python" -m pytest "$@" ;;
   *) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

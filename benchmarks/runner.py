@@ -24,6 +24,7 @@ MODULES = (
     "benchmarks.bench_sink",
     "benchmarks.bench_upload",
     "benchmarks.bench_abuse",
+    "benchmarks.bench_prelabel",
 )
 
 

@@ -35,7 +35,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from capsight_edge.bundle.manifest import BUNDLE_ID
-from cloud_sink.auth import Identity, bearer_identity
+from cloud_sink.auth import Identity, request_identity
 from cloud_sink.config import SinkConfig
 from cloud_sink.db import SinkDB
 from cloud_sink.index import Index, QueryError
@@ -91,8 +91,12 @@ def add_api(
     sweeper: Any = None,
     ingest: Any = None,
     metrics: Any = None,
+    sessions: Any = None,
 ) -> list[Route]:
     cfg = config or SinkConfig()
+
+    def bearer_identity(request: Request, db: SinkDB) -> Identity | None:
+        return request_identity(request, db, sessions)  # a token, or the review UI's session
 
     def denied(admin_needed: bool, who: Identity | None) -> JSONResponse | None:
         if who is None:

@@ -44,6 +44,11 @@ class LocalBlobStore:
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
+    def local_path(self, key: str) -> Path | None:
+        """The blob's file, when it is one (served with Range requests)."""
+        p = self._path(key)
+        return p if p.is_file() else None
+
     def put_file(self, key: str, path: Path) -> None:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)

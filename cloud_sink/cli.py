@@ -7,8 +7,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from cloud_sink import __version__
+from cloud_sink.db import SinkError
 from cloud_sink.schemas import DeviceRecord
 
 
@@ -82,6 +84,47 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("name", help="the device's name")
     r.add_argument("--data", required=True, metavar="DIR", help="the sink's data folder")
     r.set_defaults(handler=cmd_revoke)
+    c = sub.add_parser("catalogue", help="the fleet's product catalogue (SKU, GTIN, name)")
+    csub = c.add_subparsers(dest="catalogue_command", metavar="ACTION", required=True)
+    ci = csub.add_parser("import", help="check a catalogue file and make it the sink's")
+    ci.add_argument("file", metavar="FILE", help='JSON: {"products": [{"sku", "gtin", "name"}]}')
+    ci.add_argument("--data", required=True, metavar="DIR", help="the sink's data folder")
+    ci.set_defaults(handler=cmd_catalogue_import)
+
+    pl = sub.add_parser(
+        "prelabel", help="pick the frames of stored bundles worth a label and pre-label them"
+    )
+    pl.add_argument("--data", required=True, metavar="DIR", help="the sink's data folder")
+    pl.add_argument("--teacher", metavar="MODEL", help="teacher ONNX model (its card beside it)")
+    pl.add_argument(
+        "--limit", type=int, default=1000, metavar="N", help="at most this many bundles"
+    )
+    pl.add_argument("--json", action="store_true", help="one `prelabel_report` record")
+    pl.set_defaults(handler=cmd_prelabel)
+
+    au = sub.add_parser("audit", help="send reviewed labels the teacher or a barcode doubts back")
+    au.add_argument("--data", required=True, metavar="DIR", help="the sink's data folder")
+    au.add_argument("--teacher", metavar="MODEL", help="teacher ONNX model (its card beside it)")
+    au.add_argument(
+        "--min-score", type=float, default=0.9, help="the teacher's confidence that flags"
+    )
+    au.add_argument("--json", action="store_true", help="one `audit_report` record")
+    au.set_defaults(handler=cmd_audit)
+
+    ex = sub.add_parser("export", help="write the next version of a dataset of reviewed labels")
+    ex.add_argument("--data", required=True, metavar="DIR", help="the sink's data folder")
+    ex.add_argument("--name", required=True, help="dataset name (a-z, 0-9, . _ -)")
+    ex.add_argument(
+        "--test-store",
+        action="append",
+        metavar="STORE",
+        help="stores whose items form the test set (repeatable; first version only)",
+    )
+    ex.add_argument("--store", action="append", metavar="STORE", help="only these stores")
+    ex.add_argument("--seed", type=int, default=0, help="picks test stores when none are given")
+    ex.add_argument("--json", action="store_true", help="one `dataset` record")
+    ex.set_defaults(handler=cmd_export)
+
     from capsight_edge.cli.common import polish_help
 
     polish_help(parser, EXAMPLES)
@@ -98,6 +141,11 @@ EXAMPLES = {
     "capsight-sink device add ops --admin --json --data /srv/sink",
     "device list": "capsight-sink device list --json --data /srv/sink",
     "device revoke": "capsight-sink device revoke cart-0001 --data /srv/sink",
+    "catalogue": "capsight-sink catalogue import catalogue.json --data /srv/sink",
+    "catalogue import": "capsight-sink catalogue import catalogue.json --data /srv/sink",
+    "prelabel": "capsight-sink prelabel --data /srv/sink --teacher teacher.onnx",
+    "audit": "capsight-sink audit --data /srv/sink --teacher teacher.onnx --min-score 0.95",
+    "export": "capsight-sink export --data /srv/sink --name shelf-v1 --test-store store-07",
 }
 
 
@@ -174,6 +222,145 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_revoke(args: argparse.Namespace) -> int:
     _db(args).revoke(args.name)
     print(f"device {args.name}: token revoked")
+    return 0
+
+
+def _labelling(args: argparse.Namespace) -> tuple[Any, Any]:
+    from cloud_sink.blobs import LocalBlobStore
+    from cloud_sink.index import Index
+
+    data = Path(args.data).expanduser()
+    if not (data / "index.db").is_file():
+        raise SinkError(f"{data} holds no sink (no index.db): give the folder `serve --data` uses")
+    return Index(data / "index.db"), LocalBlobStore(data / "blobs" / "store")
+
+
+def _teacher(args: argparse.Namespace) -> Any:
+    if not args.teacher:
+        return None
+    from cloud_sink.teacher import Teacher, TeacherError
+
+    try:
+        return Teacher(args.teacher)
+    except TeacherError as exc:
+        raise SinkError(str(exc)) from None
+
+
+def _catalogue(data: str) -> Any:
+    from cloud_sink.catalogue import Catalogue, catalogue_path
+
+    path = catalogue_path(data)
+    return Catalogue.load(path) if path.is_file() else None
+
+
+def cmd_catalogue_import(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from cloud_sink.catalogue import Catalogue, catalogue_path
+
+    try:
+        cat = Catalogue.load(args.file)
+    except (OSError, ValidationError, ValueError) as exc:
+        raise SinkError(f"{args.file}: not a catalogue: {str(exc)[:500]}") from None
+    target = catalogue_path(args.data)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(cat.to_json())
+    os.replace(tmp, target)
+    print(f"catalogue: {len(cat.products)} products in {target}")
+    return 0
+
+
+def cmd_prelabel(args: argparse.Namespace) -> int:
+    from cloud_sink.prelabel import Prelabeler
+    from cloud_sink.schemas import PrelabelRecord
+    from cloud_sink.teacher import TeacherError
+
+    index, blobs = _labelling(args)
+    catalogue = _catalogue(args.data)
+    if catalogue is None and not args.teacher:
+        raise SinkError("nothing to pre-label with: import a catalogue or give --teacher")
+    try:
+        report = Prelabeler(index, blobs, catalogue, _teacher(args)).run(limit=args.limit)
+    except TeacherError as exc:
+        raise SinkError(f"the teacher failed; nothing more was labelled: {exc}") from None
+    r = report.as_dict()
+    if args.json:
+        print(PrelabelRecord(**r).model_dump_json())
+    else:
+        print(
+            f"pre-labelled {r['items']} frames of {r['bundles']} bundles "
+            f"({r['skipped_empty']} empty, {len(r['failed'])} failed): {r['by_state']}; "
+            f"{r['frames_per_s'] or '-'} frames/s end to end, model "
+            f"{r['model_frames_per_s'] or '-'} frames/s"
+        )
+        for what, why in r["failed"].items():
+            print(f"  failed {what}: {why}")
+    return 0 if not r["failed"] else 1
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from cloud_sink.audit import audit, audit_report
+    from cloud_sink.schemas import AuditRecord
+
+    index, blobs = _labelling(args)
+    result = audit(index, blobs, _teacher(args), min_score=args.min_score)
+    after = audit_report(index)
+    record = AuditRecord(
+        checked=result.checked,
+        flagged=result.flagged,
+        by_reason=result.by_reason,
+        flagged_total=after["flagged_total"],
+        reviewed_again=after["reviewed_again"],
+        changed=after["changed"],
+    )
+    if args.json:
+        print(record.model_dump_json())
+    else:
+        print(
+            f"audit: {record.checked} labels checked, {record.flagged} sent back to review "
+            f"{record.by_reason}; so far {record.flagged_total} flagged, "
+            f"{record.reviewed_again} reviewed again, {record.changed} changed"
+        )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from cloud_sink.datasets import load_manifest
+    from cloud_sink.export import ExportError, export_dataset
+    from cloud_sink.schemas import DatasetRecord
+
+    index, blobs = _labelling(args)
+    catalogue = _catalogue(args.data)
+    if catalogue is None:
+        raise SinkError("import the fleet's catalogue first: its SKUs are the classes")
+    try:
+        folder = export_dataset(
+            index,
+            blobs,
+            Path(args.data).expanduser(),
+            args.name,
+            catalogue.skus,
+            test_stores=args.test_store,
+            seed=args.seed,
+            stores=args.store,
+        )
+    except ExportError as exc:
+        raise SinkError(f"export refused: {exc}") from None
+    m = load_manifest(folder)
+    record = DatasetRecord(
+        name=m.name,
+        version=m.version,
+        path=str(folder),
+        items=len(m.items),
+        splits=m.counts(),
+        stores=dict(m.stores),
+        digest=m.digest(),
+    )
+    if args.json:
+        print(record.model_dump_json())
+    else:
+        print(f"dataset {m.name} v{m.version}: {len(m.items)} items {m.counts()} in {folder}")
     return 0
 
 

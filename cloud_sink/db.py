@@ -265,6 +265,12 @@ class SinkDB:
         ).fetchone()
         return (r[0], bool(r[1])) if r else None
 
+    def is_active_admin(self, name: str) -> bool:
+        r = self._exec(
+            "SELECT admin FROM devices WHERE name = ? AND revoked_utc IS NULL", (name,)
+        ).fetchone()
+        return bool(r and r[0])
+
     # -- uploads --------------------------------------------------------------------------------
     def create_upload(
         self,

@@ -71,6 +71,49 @@ MIGRATIONS: list[Migration] = [
         "(store_id, start_utc)",
         'CREATE INDEX IF NOT EXISTS "idx_bundles_rule" ON bundles (rule)',
     ),
+    # 2: labels: one item per frame worth labelling, its pre-labels, its review state and
+    #    version (optimistic locking), and every change made to it (who, when, seconds)
+    """
+    CREATE TABLE label_items (
+        item_id TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        bundle_id TEXT NOT NULL,
+        store_id TEXT NOT NULL,
+        t_ns INTEGER NOT NULL,
+        t_utc TEXT NOT NULL,
+        frame_key TEXT NOT NULL,
+        frame_sha256 TEXT NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        version INTEGER NOT NULL DEFAULT 1,
+        sku TEXT,
+        box TEXT,
+        source TEXT NOT NULL DEFAULT '',
+        model_version TEXT NOT NULL DEFAULT '',
+        score REAL NOT NULL DEFAULT 0,
+        candidates TEXT NOT NULL DEFAULT '[]',
+        moment TEXT NOT NULL DEFAULT '{}',
+        reviewer TEXT NOT NULL DEFAULT '',
+        review_s REAL NOT NULL DEFAULT 0,
+        flagged TEXT NOT NULL DEFAULT '',
+        updated_utc TEXT NOT NULL
+    );
+    CREATE INDEX label_items_state ON label_items(state, store_id);
+    CREATE INDEX label_items_bundle ON label_items(device_id, bundle_id);
+    CREATE TABLE label_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        item_id TEXT NOT NULL,
+        at_utc TEXT NOT NULL,
+        who TEXT NOT NULL,
+        action TEXT NOT NULL,
+        from_state TEXT NOT NULL,
+        to_state TEXT NOT NULL,
+        seconds REAL NOT NULL DEFAULT 0,
+        detail TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX label_events_item ON label_events(item_id, seq);
+    """,
 ]
 
 
@@ -101,6 +144,14 @@ class Index:
                 )
             )
         return rows[0] if rows else None
+
+    def set_label_status(self, bundle_id: str, device: str, status: str) -> None:
+        with self._lock:
+            self.db.execute(
+                "UPDATE bundles SET label_status = ? WHERE id = ? AND device_id = ?",
+                [status, bundle_id, device],
+            )
+            self.db.conn.commit()
 
     def _upsert(self, row: dict[str, Any]) -> None:
         with self._lock:

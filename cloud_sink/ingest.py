@@ -35,6 +35,7 @@ from cloud_sink.blobs import BlobStore
 from cloud_sink.config import Limits
 from cloud_sink.db import BundleFile, IngestItem, SinkDB, Upload
 from cloud_sink.index import Index
+from cloud_sink.media import REVIEW_CLIP, remux_faststart
 from cloud_sink.schemas import parse_sensor_message
 
 log = logging.getLogger("capsight.sink.ingest")
@@ -413,6 +414,16 @@ class Ingest:
         prefix = f"bundles/{device}/{bundle_id}"
         for name, path in paths.items():
             self.blobs.put_file(f"{prefix}/{name}", path)
+        if CLIP in paths:  # a seekable copy for review in the browser (cloud_sink.media)
+            review = paths[CLIP].with_name(f"{paths[CLIP].name}.review.mp4")
+            try:
+                remux_faststart(paths[CLIP], review)
+                self.blobs.put_file(f"{prefix}/{REVIEW_CLIP}", review)
+                clip["review_clip"] = True
+            except Exception as exc:  # review plays the original then; the bundle is fine
+                log.warning("bundle %s: no seekable review copy: %s", bundle_id, exc)
+            finally:
+                review.unlink(missing_ok=True)
         for i, jpg in enumerate(thumbs):
             tmp = paths[CLIP].with_name(f"{paths[CLIP].name}.thumb{i}.jpg")
             tmp.write_bytes(jpg)

@@ -38,6 +38,15 @@ ROUTES = (
     "/api/fleet",
     "/api/ingest",
     "/api/storage",
+    "/api/labels",
+    "/api/catalogue",
+)
+PREFIXES = (
+    ("/api/labels/", "/api/labels/{item_id}"),
+    ("/api/frames/", "/api/frames/{item_id}.jpg"),
+    ("/api/clips/", "/api/clips/{device_id}/{bundle_id}.mp4"),
+    ("/ui/static/", "/ui/static/{name}"),
+    ("/ui/", "/ui/{page}"),
 )
 FAILURE_REASONS = ("corrupt", "error", "gave_up", "not_a_bundle")
 
@@ -50,7 +59,11 @@ def route_of(path: str) -> str:
         return "/files/{upload_id}"
     if path.startswith("/api/bundles/") and path.endswith(".mcap"):
         return "/api/bundles/{device_id}/{bundle_id}.mcap"
-    return path if path in ROUTES else "other"
+    if path.startswith("/api/bundles/") and path.endswith("/sensors"):
+        return "/api/bundles/{device_id}/{bundle_id}/sensors"
+    if path in ROUTES:
+        return path
+    return next((route for prefix, route in PREFIXES if path.startswith(prefix)), "other")
 
 
 class _DatabaseGauges(Collector):

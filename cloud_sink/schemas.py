@@ -184,6 +184,129 @@ class DeviceRecord(_Out):
     token: str | None = None
 
 
+class PrelabelRecord(_Out):
+    """``capsight-sink prelabel --json``."""
+
+    type: Literal["prelabel_report"] = "prelabel_report"
+    bundles: int
+    skipped_empty: int
+    failed: dict[str, str]
+    moments: int
+    empty_frames: int
+    items: int
+    by_state: dict[str, int]
+    decode_s: float
+    model_s: float
+    model_frames: int
+    write_s: float
+    total_s: float
+    model_frames_per_s: float | None
+    frames_per_s: float | None
+
+
+class AuditRecord(_Out):
+    """``capsight-sink audit --json``: this run's figures and the running totals."""
+
+    type: Literal["audit_report"] = "audit_report"
+    checked: int
+    flagged: int
+    by_reason: dict[str, int]
+    flagged_total: int
+    reviewed_again: int
+    changed: int
+
+
+class DatasetRecord(_Out):
+    """``capsight-sink export --json``."""
+
+    type: Literal["dataset"] = "dataset"
+    name: str
+    version: int
+    path: str
+    items: int
+    splits: dict[str, int]
+    stores: dict[str, str]
+    digest: str
+
+
+class Candidate(_Out):
+    source: str
+    sku: str
+    score: float
+    box: list[int] | None
+    model_version: str
+    detail: str
+
+
+class LabelItem(_Out):
+    """One frame to label (``cloud_sink.labels``): its pre-label, state and version."""
+
+    item_id: str
+    device_id: str
+    bundle_id: str
+    store_id: str
+    t_ns: int
+    t_utc: str
+    frame_key: str
+    frame_sha256: str
+    width: int
+    height: int
+    state: Literal[
+        "unlabelled", "prelabelled", "quick_confirm", "needs_review", "reviewed", "rejected"
+    ]
+    version: int
+    sku: str | None
+    box: list[int] | None
+    source: str
+    model_version: str
+    score: float
+    candidates: list[Candidate]
+    moment: dict[str, Any]
+    reviewer: str
+    review_s: float
+    flagged: str
+    updated_utc: str
+
+
+class LabelEvent(_Out):
+    seq: int
+    item_id: str
+    at_utc: str
+    who: str
+    action: str
+    from_state: str
+    to_state: str
+    seconds: float
+    detail: dict[str, Any]
+
+
+class LabelsResponse(_Out):
+    type: Literal["labels"] = "labels"
+    items: list[LabelItem]
+    counts: dict[str, int]
+
+
+class LabelResponse(_Out):
+    type: Literal["label"] = "label"
+    item: LabelItem
+    history: list[LabelEvent]
+
+
+class CatalogueResponse(_Out):
+    type: Literal["catalogue"] = "catalogue"
+    products: list[dict[str, str]]
+
+
+class SensorSeriesResponse(_Out):
+    type: Literal["sensor_series"] = "sensor_series"
+    start_ns: int
+    duration_s: float
+    weight_g: list[list[float]]
+    accel_g: list[list[float]]
+    position_mm: list[list[float]]
+    events: list[dict[str, Any]]
+
+
 RESPONSES: tuple[type[BaseModel], ...] = (
     BundlesResponse,
     FleetResponse,
@@ -192,6 +315,13 @@ RESPONSES: tuple[type[BaseModel], ...] = (
     OkResponse,
     ErrorResponse,
     DeviceRecord,
+    PrelabelRecord,
+    AuditRecord,
+    DatasetRecord,
+    LabelsResponse,
+    LabelResponse,
+    CatalogueResponse,
+    SensorSeriesResponse,
 )
 
 

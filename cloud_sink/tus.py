@@ -37,10 +37,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cloud_sink.auth import bearer_identity
+from cloud_sink.auth import Sessions, bearer_identity
 from cloud_sink.config import SinkConfig
 from cloud_sink.db import SinkDB, Upload
 from cloud_sink.observe import Observed, SinkMetrics
+from cloud_sink.review import add_review
 
 log = logging.getLogger("capsight.sink.tus")
 TUS_VERSION = "1.0.0"
@@ -607,8 +608,10 @@ def make_app(
         Route("/files/", tus.dispatch, methods=methods, name="files"),
         Route("/files/{upload_id}", tus.dispatch, methods=methods, name="upload"),
     ]
+    sessions = Sessions(data / "ui.key")
+    routes = add_review(routes, db, index, store, data, sessions)
     app = Starlette(
-        routes=add_api(routes, db, index, cfg, sweeper, ingest, metrics),
+        routes=add_api(routes, db, index, cfg, sweeper, ingest, metrics, sessions),
         lifespan=lifespan,
         middleware=[Middleware(Observed, metrics=metrics)],
     )

@@ -82,3 +82,13 @@ def doctor_checks(stdout: str) -> list[dict]:  # type: ignore[type-arg]
     assert summary["checks"] == len(checks)
     assert summary["failed"] == [c["name"] for c in checks if c["status"] == "fail"]
     return checks
+
+
+@pytest.fixture(scope="session")
+def fleet(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Three simulated carts in three stores, recorded once per test run and ingested by a sink
+    (tests/labelling_helpers.py); tests copy its sink folder before they change anything."""
+    from tests.labelling_helpers import ingest_fleet, record_fleet
+
+    root = tmp_path_factory.mktemp("fleet")
+    return ingest_fleet(root, record_fleet(root))

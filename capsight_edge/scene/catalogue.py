@@ -260,6 +260,15 @@ class Catalogue:
     is the same product, with the same code, weight and look, on every cart. Every product has
     its own look (see :func:`_looks`), and a brand mark (logo) besides."""
 
+    def as_json(self) -> str:
+        """The catalogue as the sink imports it (``capsight-sink catalogue import``): SKU, GTIN
+        (the code as printed), name. Nothing of the look: the sink never renders."""
+        import json
+
+        return json.dumps(
+            {"products": [{"sku": p.sku, "gtin": p.code, "name": p.name} for p in self.products]}
+        )
+
     def __init__(self, n: int = 200, seed: int = 0) -> None:
         rng = random.Random(seed)
         self.seed = seed

@@ -1,0 +1,232 @@
+"""Pre-labelling on a simulated fleet's captures, and what it saves a reviewer.
+
+Three carts in three stores record for a while (`capsight run`), upload to a local sink
+(`capsight upload now`), and the sink pre-labels what it stored with the fleet's catalogue
+(barcode-as-label) and a teacher. Figures:
+
+- the model stage (the teacher's preprocessing and inference, batched) in frames per second,
+  beside the bare onnxruntime ``session.run`` on already prepared tensors of the same frames
+  (the baseline: what our preprocessing costs on top);
+- the end-to-end rate (read the sensor log, decode, model, JPEG and label writes);
+- the simulated reviewer's verdicts (capsight_edge/demo/reviewer.py, its time model cited there):
+  the share of pre-labels accepted unchanged, and reviewer seconds per item with the pre-labels
+  against labelling the same items from scratch, per source.
+
+The teacher here is the tiny one of ``benchmarks/teachers.py`` (the mean colour through a fixed
+linear layer): the acceptance figures measure the pipeline with a poor teacher until the trainer
+makes a real one, and say so.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.registry import BenchContext, BenchResult, Metric, benchmark
+
+STORES = {"bench-north": "store-north", "bench-south": "store-south", "bench-east": "store-east"}
+
+
+def _record(root: Path, profile: str, seconds: float) -> None:
+    procs = []
+    for i, (device, store) in enumerate(STORES.items()):
+        prof = root / f"{device}.toml"
+        prof.write_text(
+            f"extends = '{Path(profile).resolve()}'\n[device]\nid = '{device}'\n"
+            f"store_id = '{store}'\n"
+        )
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "capsight_edge.cli.main",
+                    "--log-level",
+                    "ERROR",
+                    "run",
+                    "--profile",
+                    str(prof),
+                    "--data",
+                    str(root / device),
+                    "--seed",
+                    str(21 + i),
+                    "--duration",
+                    str(seconds),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        )
+    for p in procs:
+        _out, err = p.communicate(timeout=seconds + 180)
+        if p.returncode != 0:
+            raise RuntimeError(f"capsight run failed: {err.decode()[-500:]}")
+
+
+def _upload(root: Path, sink: Any) -> None:
+    for device in STORES:
+        token = root / f"{device}.token"
+        token.write_text(sink.add_device(device))  # type: ignore[attr-defined]
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "capsight_edge.cli.main",
+                "upload",
+                "now",
+                "--uncapped",
+                "--profile",
+                str(root / f"{device}.toml"),
+                "--data",
+                str(root / device),
+                "--sink",
+                sink.url,
+                "--token-file",
+                str(token),
+            ],  # type: ignore[attr-defined]
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"upload now failed: {res.stdout[-500:]} {res.stderr[-500:]}")
+
+
+@benchmark("prelabel")
+def bench_prelabel(ctx: BenchContext) -> BenchResult:
+    import cv2
+    import numpy as np
+
+    from benchmarks.teachers import make_teacher
+    from capsight_edge.demo import reviewer as sim
+    from capsight_edge.devices.sim import fleet_catalogue
+    from capsight_edge.localsink import LocalSink
+    from capsight_edge.profile import load_profile
+    from cloud_sink.blobs import LocalBlobStore
+    from cloud_sink.catalogue import Catalogue
+    from cloud_sink.index import Index
+    from cloud_sink.labels import LabelStore
+    from cloud_sink.prelabel import Prelabeler
+    from cloud_sink.teacher import Teacher
+
+    result = BenchResult("prelabel", __doc__.split("\n\n")[0].strip())
+    seconds = 30.0 if ctx.quick else 90.0
+    root = Path(tempfile.mkdtemp(prefix="capsight-prelabel-"))
+    try:
+        _record(root, ctx.profile_path, seconds)
+        sink = LocalSink(root / "sink").start()
+        try:
+            _upload(root, sink)
+            admin = sink.add_device("bench-admin", admin=True)
+            sink.admin = admin
+            sink.wait_ingested()
+        finally:
+            sink.stop()
+        cat_file = root / "catalogue.json"
+        cat_file.write_text(fleet_catalogue(load_profile(ctx.profile_path)).as_json())
+        catalogue = Catalogue.load(cat_file)
+        teacher_path = make_teacher(root, ["", *catalogue.skus], size=64)
+        teacher = Teacher(teacher_path)
+        index = Index(root / "sink" / "index.db")
+        blobs = LocalBlobStore(root / "sink" / "blobs" / "store")
+        report = Prelabeler(index, blobs, catalogue, teacher).run()
+        items = LabelStore(index).items(limit=100_000)
+        if not items:
+            raise RuntimeError("the fleet captured nothing worth a label")
+        # The model stage alone, on the items' frames, repeated to at least 512 frames.
+        frames = [
+            cv2.imdecode(np.frombuffer(blobs.get_bytes(i["frame_key"]), np.uint8), cv2.IMREAD_COLOR)
+            for i in items
+        ]
+        frames = (frames * (512 // len(frames) + 1))[:512]
+        start = time.perf_counter()
+        teacher.predict(frames)
+        ours = len(frames) / (time.perf_counter() - start)
+        prepared = [teacher._prepare(frames[i : i + 32]) for i in range(0, len(frames), 32)]
+        name = teacher.card.input.name
+        start = time.perf_counter()
+        for batch in prepared:
+            teacher.session.run(None, {name: batch})
+        bare = len(frames) / (time.perf_counter() - start)
+        result.metrics.append(
+            Metric(
+                "model stage (preprocess + inference)",
+                round(ours, 1),
+                "frames/s",
+                round(bare, 1),
+                "bare session.run",
+                ">= 200 frames/s",
+                ours >= 200,
+            )
+        )
+        e2e = report.items / report.total_s if report.total_s else 0.0
+        result.metrics.append(
+            Metric("end to end (sensors, decode, model, writes)", round(e2e, 1), "frames/s")
+        )
+        result.metrics.append(Metric("bundles pre-labelled", report.bundles, "bundles"))
+        result.metrics.append(Metric("frames worth a label", report.items, "frames"))
+        result.metrics.append(
+            Metric("frames skipped as empty background", report.empty_frames, "frames")
+        )
+        # The simulated reviewer, per source of the pre-label.
+        truths: dict[tuple[str, str], sim.Truth] = {}
+        by_source: dict[str, list[sim.Decision]] = {}
+        for item in items:
+            key = (item["device_id"], item["bundle_id"])
+            if key not in truths:
+                tmp = root / "truth.mcap"
+                tmp.write_bytes(blobs.get_bytes(f"bundles/{key[0]}/{key[1]}/sensors.mcap"))
+                truths[key] = sim.Truth.from_mcap(tmp)
+            d = sim.review(item, truths[key])
+            by_source.setdefault(item["source"] or "none", []).append(d)
+        everything = [d for ds in by_source.values() for d in ds]
+        s = sim.summary(everything)
+        result.metrics.append(
+            Metric(
+                "pre-labels accepted unchanged",
+                s["accepted_unchanged_pct"],
+                "%",
+                None,
+                "",
+                ">= 70%",
+                (s["accepted_unchanged_pct"] or 0) >= 70,
+            )
+        )
+        result.metrics.append(
+            Metric(
+                "reviewer seconds per item, with pre-labels",
+                round(s["reviewer_s"] / len(everything), 2),
+                "s",
+                round(s["from_scratch_s"] / len(everything), 2),
+                "from scratch",
+                "< from scratch",
+                s["reviewer_s"] < s["from_scratch_s"],
+            )
+        )
+        for source, ds in sorted(by_source.items()):
+            part = sim.summary(ds)
+            result.metrics.append(
+                Metric(f"{source}: accepted unchanged", part["accepted_unchanged_pct"], "%")
+            )
+            result.metrics.append(
+                Metric(
+                    f"{source}: reviewer seconds per item",
+                    round(part["reviewer_s"] / len(ds), 2),
+                    "s",
+                    round(part["from_scratch_s"] / len(ds), 2),
+                    "from scratch",
+                )
+            )
+        result.notes.append(
+            f"{len(STORES)} carts x {seconds:.0f} s; teacher: the tiny mean-colour model of "
+            "benchmarks/teachers.py (a real teacher comes with the trainer); reviewer time "
+            f"model: {s['model']} (sources in capsight_edge/demo/reviewer.py)"
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return result

@@ -1,0 +1,72 @@
+"""The fleet's product catalogue as the sink knows it: SKU, GTIN, name. Barcode-as-label maps a
+confirmed read through it; exports list its SKUs as the classes.
+
+``DIR/catalogue.json`` (``capsight-sink catalogue import FILE --data DIR``)::
+
+    {"products": [{"sku": "sku-0001", "gtin": "4006381333931", "name": "..."}, ...]}
+
+GTINs are compared as GTIN-14 (zero-padded), so a UPC-A read matches its EAN-13 form.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_PRODUCTS = 100_000
+
+
+class _Product(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    sku: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    gtin: str = Field(pattern=r"^\d{8,14}$")
+    name: str = Field(default="", max_length=200)
+
+
+class _File(BaseModel):
+    products: list[_Product] = Field(max_length=MAX_PRODUCTS)
+
+
+def gtin14(code: str) -> str | None:
+    digits = code.strip()
+    if not digits.isdigit() or not 8 <= len(digits) <= 14:
+        return None
+    return digits.zfill(14)
+
+
+@dataclass(frozen=True)
+class Product:
+    sku: str
+    gtin: str
+    name: str
+
+
+class Catalogue:
+    def __init__(self, products: list[Product]) -> None:
+        self.products = products
+        self._by_gtin = {gtin14(p.gtin): p for p in products}
+        self.skus = [p.sku for p in products]
+        if len(set(self.skus)) != len(self.skus):
+            raise ValueError("the catalogue names a SKU twice")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Catalogue:
+        data = _File.model_validate_json(Path(path).read_bytes())
+        return cls([Product(p.sku, p.gtin, p.name) for p in data.products])
+
+    def by_code(self, code: str) -> Product | None:
+        key = gtin14(code)
+        return self._by_gtin.get(key) if key else None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"products": [{"sku": p.sku, "gtin": p.gtin, "name": p.name} for p in self.products]}
+        )
+
+
+def catalogue_path(data_dir: str | os.PathLike[str]) -> Path:
+    return Path(os.path.expanduser(data_dir)) / "catalogue.json"

@@ -1,0 +1,257 @@
+"""Dataset export: an immutable, versioned snapshot of the reviewed labels.
+
+``DIR/datasets/NAME/vN/`` holds ``manifest.json`` (:mod:`cloud_sink.datasets`, what the trainer
+reads), ``coco.json`` (COCO detection: images, one box per labelled product, categories = SKUs),
+``label-studio.json`` (tasks with the pre-label as a prediction and the review as the
+annotation) and ``frames/``. A version is never written twice: each export is the next ``vN``.
+
+Splits keep a store wholly on one side (no store's frames in both training and test). The test
+set is fixed by the first version of a dataset: later versions carry exactly the same test
+items, and new items from the test stores are left out rather than leak into training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from cloud_sink.datasets import (
+    NONE,
+    Item,
+    Label,
+    Manifest,
+    Moment,
+    load_manifest,
+    write_manifest,
+)
+from cloud_sink.labels import LabelStore
+
+
+class ExportError(ValueError):
+    pass
+
+
+def _versions(root: Path) -> list[int]:
+    if not root.is_dir():
+        return []
+    return sorted(
+        int(p.name[1:]) for p in root.iterdir() if p.name[:1] == "v" and p.name[1:].isdigit()
+    )
+
+
+def assign_stores(stores: list[str], *, test_stores: list[str] | None, seed: int) -> dict[str, str]:
+    """Each store to one split: the given test stores (else about a quarter, at least one),
+    one validation store when three or more remain, the rest training."""
+    ordered = sorted(set(stores))
+    if len(ordered) < 2:
+        raise ExportError(
+            f"the selection holds {len(ordered)} store(s): a split by store needs at least two "
+            "(one to train on, one to test on)"
+        )
+    rng = random.Random(seed)
+    if test_stores:
+        unknown = set(test_stores) - set(ordered)
+        if unknown:
+            raise ExportError(f"test stores {sorted(unknown)} have no reviewed items")
+        test = sorted(set(test_stores))
+    else:
+        test = sorted(rng.sample(ordered, max(1, len(ordered) // 4)))
+    rest = [s for s in ordered if s not in test]
+    if not rest:
+        raise ExportError("every store is a test store: nothing is left to train on")
+    val = [rng.choice(rest)] if len(rest) >= 3 else []
+    return {s: "test" if s in test else "val" if s in val else "train" for s in ordered}
+
+
+def export_dataset(
+    index: Any,
+    blobs: Any,
+    root: str | os.PathLike[str],
+    name: str,
+    classes: list[str],
+    *,
+    test_stores: list[str] | None = None,
+    seed: int = 0,
+    stores: list[str] | None = None,
+) -> Path:
+    """Write the next version of dataset ``name``; returns its folder. ExportError (nothing
+    written) when the selection is empty or a split would leak."""
+    base = Path(root) / "datasets" / name
+    versions = _versions(base)
+    rows = [
+        r
+        for r in LabelStore(index).items(state="reviewed", limit=100_000)
+        if not stores or r["store_id"] in stores
+    ]
+    if not rows:
+        raise ExportError("no reviewed items in the selection: nothing to export")
+    fixed_test: dict[str, Item] = {}
+    if versions:  # the first version fixed the test set and the stores' sides
+        first = load_manifest(base / f"v{versions[0]}", verify=False)
+        sides: dict[str, str] = dict(first.stores)
+        fixed_test = {i.item_id: i for i in first.items if i.split == "test"}
+        for s in {r["store_id"] for r in rows} - set(sides):
+            sides[s] = "train"  # a store seen for the first time trains
+    else:
+        sides = assign_stores([r["store_id"] for r in rows], test_stores=test_stores, seed=seed)
+    version = (versions[-1] + 1) if versions else 1
+    folder = base / f"v{version}"
+    tmp = base / f".v{version}.partial"
+    (tmp / "frames").mkdir(parents=True, exist_ok=True)
+    items: list[Item] = []
+    known = set(classes)
+    for r in rows:
+        split = sides[r["store_id"]]
+        if split == "test" and fixed_test and r["item_id"] not in fixed_test:
+            continue  # the test set is fixed: new test-store items stay out of every split
+        sku = r["sku"] or NONE
+        if sku not in known:
+            raise ExportError(f"item {r['item_id']}: SKU {sku!r} is not in the catalogue")
+        data = blobs.get_bytes(r["frame_key"])
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != r["frame_sha256"]:
+            raise ExportError(f"item {r['item_id']}: its frame does not match its sha256")
+        rel = f"frames/{r['item_id'].replace('~', '.')}.jpg"
+        (tmp / rel).write_bytes(data)
+        moment = r["moment"] or {}
+        items.append(
+            Item(
+                item_id=r["item_id"],
+                frame=rel,
+                sha256=digest,
+                width=r["width"],
+                height=r["height"],
+                label=Label(
+                    sku=sku,
+                    box=r["box"] if sku else None,
+                    source=r["source"] if r["source"] in ("barcode", "teacher", "vlm") else "human",
+                    model_version=r["model_version"],
+                    score=min(1.0, max(0.0, float(r["score"]))),
+                    reviewer=r["reviewer"],
+                    review_s=float(r["review_s"]),
+                ),
+                split=split,  # type: ignore[arg-type]
+                store_id=r["store_id"],
+                device_id=r["device_id"],
+                bundle_id=r["bundle_id"],
+                t_ns=r["t_ns"],
+                t_utc=r["t_utc"],
+                moment=Moment(
+                    weight_delta_g=moment.get("weight_delta_g"),
+                    accel_g=moment.get("accel_g"),
+                    position_mm=moment.get("position_mm"),
+                    reasons=moment.get("reasons", []),
+                ),
+            )
+        )
+    missing = set(fixed_test) - {i.item_id for i in items}
+    if missing:
+        raise ExportError(f"{len(missing)} items of the fixed test set are no longer reviewed")
+    manifest = Manifest(
+        name=name,
+        version=version,
+        created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        classes=[NONE, *[c for c in classes if c != NONE]],
+        items=items,
+        stores={s: sides[s] for s in sorted({i.store_id for i in items})},  # type: ignore[misc]
+    )
+    write_manifest(tmp, manifest)
+    (tmp / "coco.json").write_text(json.dumps(to_coco(manifest)))
+    (tmp / "label-studio.json").write_text(json.dumps(to_label_studio(manifest, rows)))
+    os.replace(tmp, folder)
+    return folder
+
+
+def to_coco(m: Manifest) -> dict[str, Any]:
+    cats = [
+        {"id": i, "name": sku, "supercategory": "product"} for i, sku in enumerate(m.classes) if sku
+    ]
+    cat_id = {c["name"]: c["id"] for c in cats}
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for n, item in enumerate(m.items, start=1):
+        images.append(
+            {
+                "id": n,
+                "file_name": item.frame,
+                "width": item.width,
+                "height": item.height,
+                "split": item.split,
+                "store_id": item.store_id,
+            }
+        )
+        if item.label.sku and item.label.box:
+            x, y, w, h = item.label.box
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": n,
+                    "category_id": cat_id[item.label.sku],
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
+    return {
+        "info": {"description": f"capsight dataset {m.name} v{m.version}"},
+        "images": images,
+        "annotations": annotations,
+        "categories": cats,
+    }
+
+
+def to_label_studio(m: Manifest, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Label Studio tasks (image + RectangleLabels): the pre-label as a prediction, the review
+    as an annotation, boxes in percent of the image as Label Studio wants them."""
+    by_id = {r["item_id"]: r for r in rows}
+
+    def result(sku: str, box: list[int] | None, w: int, h: int) -> list[dict[str, Any]]:
+        if not sku or not box:
+            return []
+        x, y, bw, bh = box
+        return [
+            {
+                "from_name": "label",
+                "to_name": "image",
+                "type": "rectanglelabels",
+                "value": {
+                    "x": 100 * x / w,
+                    "y": 100 * y / h,
+                    "width": 100 * bw / w,
+                    "height": 100 * bh / h,
+                    "rotation": 0,
+                    "rectanglelabels": [sku],
+                },
+            }
+        ]
+
+    tasks = []
+    for item in m.items:
+        row = by_id.get(item.item_id, {})
+        cands = row.get("candidates", [])
+        first = next(
+            (c for c in cands if c.get("source") == "teacher"), cands[0] if cands else None
+        )
+        task: dict[str, Any] = {
+            "data": {"image": item.frame, "item_id": item.item_id, "store_id": item.store_id},
+            "annotations": [
+                {"result": result(item.label.sku, item.label.box, item.width, item.height)}
+            ],
+        }
+        if first is not None:
+            task["predictions"] = [
+                {
+                    "model_version": first.get("model_version") or first.get("source", ""),
+                    "score": first.get("score", 0.0),
+                    "result": result(
+                        first.get("sku", ""), first.get("box"), item.width, item.height
+                    ),
+                }
+            ]
+        tasks.append(task)
+    return tasks

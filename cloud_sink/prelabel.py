@@ -1,0 +1,395 @@
+"""Pre-labelling: pick the frames of a stored bundle worth a label, and ask the cheap sources
+what they show, so a person only confirms or corrects.
+
+1. **Moments** from the bundle's ``sensors.mcap``: trigger firings (``/triggers``), confirmed
+   barcode reads (``/camera/barcodes``) and weight events (``/weight/events``), on the cart's
+   monotonic clock; moments closer than ``merge_s`` are one.
+2. **Frames** (:func:`frames_at`): a barcode read takes the frame nearest the read; a trigger
+   or weight change takes the frame around it that differs most from the clip's median frame
+   (the product in view; by the time the scale settles, the hand has let go). A frame whose
+   changed pixels are under ``empty_changed_pct`` shows only the basket: skipped, as are
+   bundles indexed ``empty_background`` or ``corrupt``. Times: the manifest's ``start_ns``
+   plus the frame's presentation time.
+3. **Sources**: barcode-as-label (the read's GTIN through the fleet catalogue: the product in the
+   hand at that moment, score 1), and the teacher (:mod:`cloud_sink.teacher`, batched), whose
+   box also serves the barcode's label. Agreement and confidence route the item
+   (:func:`cloud_sink.labels.route`).
+
+Pre-labelling never reads ``/sim/truth``: that channel is the simulation's answer sheet.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from capsight_edge.bundle.manifest import CLIP, MANIFEST, SENSORS, Manifest
+from capsight_edge.sensors.sensorlog import iter_messages_bounded
+from cloud_sink.catalogue import Catalogue
+from cloud_sink.labels import Candidate, LabelStore, NewItem
+from cloud_sink.teacher import Teacher, TeacherError
+
+log = logging.getLogger("capsight.sink.prelabel")
+TRUTH = "/sim/truth"  # never read here
+READ = ("/triggers", "/camera/barcodes", "/weight/events", "/imu", "/position/uwb")
+
+
+@dataclass
+class PrelabelConfig:
+    merge_s: float = 0.5
+    look_back_s: float = 1.5
+    look_ahead_s: float = 0.3
+    changed_grey: float = 25.0
+    empty_changed_pct: float = 2.0
+    max_moments: int = 64
+    agree_score: float = 0.8
+    alone_score: float = 0.95
+    jpeg_quality: int = 92
+
+
+@dataclass
+class Moment:
+    t_ns: int
+    reasons: list[str] = field(default_factory=list)
+    codes: list[str] = field(default_factory=list)
+    weight_delta_g: float | None = None
+
+
+@dataclass
+class PrelabelReport:
+    bundles: int = 0
+    skipped_empty: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    moments: int = 0
+    empty_frames: int = 0
+    items: int = 0
+    by_state: dict[str, int] = field(default_factory=dict)
+    decode_s: float = 0.0
+    model_s: float = 0.0
+    model_frames: int = 0
+    write_s: float = 0.0
+    total_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["model_frames_per_s"] = (
+            round(self.model_frames / self.model_s, 1) if self.model_s > 0 else None
+        )
+        out["frames_per_s"] = round(self.items / self.total_s, 1) if self.total_s > 0 else None
+        return out
+
+
+def read_sensors(path: Path) -> dict[str, list[tuple[int, dict[str, Any]]]]:
+    """The channels pre-labelling uses, as (log time, message) lists. ``/sim/truth`` is skipped
+    unread."""
+    out: dict[str, list[tuple[int, dict[str, Any]]]] = {t: [] for t in READ}
+    for topic, t_ns, data in iter_messages_bounded(
+        path, max_chunk_bytes=64 << 20, max_message_bytes=4 << 20, max_messages=2_000_000
+    ):
+        if topic == TRUTH or topic not in out:
+            continue
+        try:
+            msg = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(msg, dict):
+            out[topic].append((t_ns, msg))
+    return out
+
+
+def moments_of(
+    sensors: dict[str, list[tuple[int, dict[str, Any]]]], cfg: PrelabelConfig
+) -> list[Moment]:
+    raw: list[Moment] = []
+    for t, m in sensors["/triggers"]:
+        if m.get("kind") == "fire" and m.get("rule") != "manual":
+            raw.append(Moment(int(m.get("t_ns", t)), [f"trigger:{m.get('rule', '')}"]))
+    for t, m in sensors["/camera/barcodes"]:
+        if m.get("confirmed", True) and isinstance(m.get("text"), str):
+            raw.append(Moment(int(m.get("t_ns", t)), ["barcode"], [m["text"]]))
+    for t, m in sensors["/weight/events"]:
+        if m.get("kind") in ("item_added", "item_removed"):
+            # The hand lets go before the scale settles: look at the start of the change.
+            at = int(m.get("start_ns") or m.get("t_ns", t))
+            raw.append(
+                Moment(at, [f"weight:{m['kind']}"], weight_delta_g=float(m.get("delta_g", 0.0)))
+            )
+    raw.sort(key=lambda mo: mo.t_ns)
+    merged: list[Moment] = []
+    for mo in raw:
+        last = merged[-1] if merged else None
+        if last is not None and mo.t_ns - last.t_ns <= cfg.merge_s * 1e9:
+            had_codes = bool(last.codes)
+            last.reasons += [r for r in mo.reasons if r not in last.reasons]
+            last.codes += [c for c in mo.codes if c not in last.codes]
+            if mo.weight_delta_g is not None:
+                last.weight_delta_g = mo.weight_delta_g
+            if mo.codes and not had_codes:
+                last.t_ns = mo.t_ns  # a read's time is the best moment to look
+        else:
+            merged.append(mo)
+    return merged[: cfg.max_moments]
+
+
+def _nearest_batched(
+    msgs: list[tuple[int, dict[str, Any]]], t_ns: int, keys: tuple[str, ...]
+) -> list[float] | None:
+    """The sample of a batched channel nearest ``t_ns`` (within 0.5 s)."""
+    best, best_d = None, 5e8
+    for _t, m in msgs:
+        times = m.get("t_ns") or []
+        if not isinstance(times, list) or not times:
+            continue
+        i = bisect.bisect_left(times, t_ns)
+        for j in (i - 1, i):
+            if 0 <= j < len(times) and abs(times[j] - t_ns) < best_d:
+                best_d = abs(times[j] - t_ns)
+                try:
+                    if len(keys) == 1:
+                        best = [float(v) for v in m[keys[0]][j]]
+                    else:
+                        best = [float(m[k][j]) for k in keys]
+                except (KeyError, IndexError, TypeError, ValueError):
+                    best = None
+    return best
+
+
+def frames_at(
+    clip: Path, start_ns: int, moments: list[Moment], cfg: PrelabelConfig
+) -> tuple[list[tuple[int, Any] | None], list[bool]]:
+    """For each moment, (time, BGR frame) of the frame to label, and whether it shows only the
+    background. A barcode read's moment takes the frame nearest the read; any other moment (a
+    trigger, a weight change: the hand has let go by then) takes, of the frames from
+    ``look_back_s`` before it to ``look_ahead_s`` after, the one that differs most from the
+    clip's median frame: where the product is in view. A frame whose share of changed pixels
+    (more than ``changed_grey`` levels at 160 px wide) is under ``empty_changed_pct`` shows only
+    the basket. Two decoding passes: the first measures every frame, the second keeps only
+    the chosen ones."""
+    import av
+    import numpy as np
+
+    times: list[int] = []
+    small: list[Any] = []
+    with av.open(str(clip)) as container:
+        first: float | None = None
+        for frame in container.decode(video=0):
+            t = float(frame.time or 0.0)
+            first = t if first is None else first
+            times.append(start_ns + int((t - first) * 1e9))
+            small.append(_small(frame.to_ndarray(format="gray")))
+    if not times:
+        return [None] * len(moments), [True] * len(moments)
+    background = np.median(np.stack(small[:: max(1, len(small) // 60)]), axis=0)
+    changed = [float(np.mean(np.abs(f - background) > cfg.changed_grey)) * 100 for f in small]
+    chosen: list[int | None] = []
+    for m in moments:
+        if m.codes:
+            chosen.append(min(range(len(times)), key=lambda k: abs(times[k] - m.t_ns)))
+            continue
+        lo, hi = m.t_ns - int(cfg.look_back_s * 1e9), m.t_ns + int(cfg.look_ahead_s * 1e9)
+        window = [k for k, t in enumerate(times) if lo <= t <= hi]
+        chosen.append(max(window, key=lambda k: changed[k]) if window else None)
+    wanted = {k for k in chosen if k is not None}
+    images: dict[int, Any] = {}
+    with av.open(str(clip)) as container:
+        for k, frame in enumerate(container.decode(video=0)):
+            if k in wanted:
+                images[k] = frame.to_ndarray(format="bgr24")
+            if len(images) == len(wanted):
+                break
+    frames: list[tuple[int, Any] | None] = []
+    empty: list[bool] = []
+    for pick in chosen:
+        if pick is None or pick not in images:
+            frames.append(None)
+            empty.append(True)
+            continue
+        frames.append((times[pick], images[pick]))
+        empty.append(changed[pick] < cfg.empty_changed_pct)
+    return frames, empty
+
+
+def _small(grey: Any) -> Any:
+    import cv2
+    import numpy as np
+
+    return cv2.resize(
+        grey, (160, max(1, 160 * grey.shape[0] // grey.shape[1])), interpolation=cv2.INTER_AREA
+    ).astype(np.float32)
+
+
+def utc_at(manifest: Manifest, t_ns: int) -> str:
+    from cloud_sink.foxglove import utc_ns_of
+
+    ns = utc_ns_of(manifest.start_utc) + (t_ns - manifest.start_ns)
+    s = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns / 1e9))
+    return f"{s}.{(ns // 1_000_000) % 1000:03d}Z"
+
+
+class Prelabeler:
+    def __init__(
+        self,
+        index: Any,
+        blobs: Any,
+        catalogue: Catalogue | None,
+        teacher: Teacher | None = None,
+        config: PrelabelConfig | None = None,
+    ) -> None:
+        self.index = index
+        self.labels = LabelStore(index)
+        self.blobs = blobs
+        self.catalogue = catalogue
+        self.teacher = teacher
+        self.cfg = config or PrelabelConfig()
+
+    def pending(self, limit: int = 1000) -> list[dict[str, Any]]:
+        with self.index._lock:
+            return list(
+                self.index.db.query(
+                    "SELECT id, device_id, store_id, empty_background FROM bundles WHERE "
+                    "status = 'ok' AND label_status = 'unlabelled' ORDER BY start_utc LIMIT ?",
+                    [limit],
+                )
+            )
+
+    def run(self, *, limit: int = 1000) -> PrelabelReport:
+        """Pre-label every stored bundle not labelled yet (at most ``limit``)."""
+        report = PrelabelReport()
+        start = time.perf_counter()
+        for row in self.pending(limit):
+            report.bundles += 1
+            if row["empty_background"]:
+                report.skipped_empty += 1
+                self.index.set_label_status(row["id"], row["device_id"], "empty")
+                continue
+            try:
+                self.bundle(row["device_id"], row["id"], row["store_id"], report)
+            except Exception as exc:  # a missing or corrupt blob marks the bundle, not the run
+                if isinstance(exc, TeacherError):  # the model is wrong: stop, label nothing more
+                    raise
+                why = f"{type(exc).__name__}: {exc}"[:300]
+                log.warning("pre-labelling %s/%s failed: %s", row["device_id"], row["id"], why)
+                report.failed[f"{row['device_id']}/{row['id']}"] = why
+                self.index.set_label_status(row["id"], row["device_id"], "failed")
+        report.total_s = time.perf_counter() - start
+        return report
+
+    def bundle(self, device: str, bundle_id: str, store: str, report: PrelabelReport) -> None:
+        prefix = f"bundles/{device}/{bundle_id}"
+        tmp = Path(tempfile.mkdtemp(prefix="prelabel-"))
+        try:
+            manifest = Manifest.from_json(self.blobs.get_bytes(f"{prefix}/{MANIFEST}"))
+            if SENSORS not in manifest.files or CLIP not in manifest.files:
+                raise ValueError("the bundle has no clip or no sensor log")
+            for name in (CLIP, SENSORS):
+                (tmp / name).write_bytes(self.blobs.get_bytes(f"{prefix}/{name}"))
+            t0 = time.perf_counter()
+            sensors = read_sensors(tmp / SENSORS)
+            moments = moments_of(sensors, self.cfg)
+            report.moments += len(moments)
+            frames, empty = frames_at(tmp / CLIP, manifest.start_ns, moments, self.cfg)
+            report.decode_s += time.perf_counter() - t0
+            keep: list[tuple[Moment, tuple[int, Any]]] = []
+            for m, f, e in zip(moments, frames, empty, strict=True):
+                if not f or e:
+                    continue
+                same = next((k for k in keep if k[1][0] == f[0]), None)
+                if same is None:
+                    keep.append((m, f))
+                else:  # two moments chose one frame: one item, with both reasons
+                    same[0].reasons += [r for r in m.reasons if r not in same[0].reasons]
+                    same[0].codes += [c for c in m.codes if c not in same[0].codes]
+                    if m.weight_delta_g is not None:
+                        same[0].weight_delta_g = m.weight_delta_g
+            report.empty_frames += sum(1 for f, e in zip(frames, empty, strict=True) if f and e)
+            preds = None
+            if self.teacher is not None and keep:
+                t1 = time.perf_counter()
+                preds = self.teacher.predict([f[1] for _m, f in keep])
+                report.model_s += time.perf_counter() - t1
+                report.model_frames += len(keep)
+            t2 = time.perf_counter()
+            for i, (m, (t_ns, img)) in enumerate(keep):
+                at = {
+                    "accel_g": _nearest_batched(sensors["/imu"], t_ns, ("accel_g",)),
+                    "position_mm": _nearest_batched(
+                        sensors["/position/uwb"], t_ns, ("x_mm", "y_mm", "z_mm")
+                    ),
+                }
+                pred = preds[i] if preds else None
+                state = self._item(manifest, device, store, m, t_ns, img, pred, at)
+                report.items += 1
+                report.by_state[state] = report.by_state.get(state, 0) + 1
+            report.write_s += time.perf_counter() - t2
+            self.index.set_label_status(bundle_id, device, "prelabelled" if keep else "nothing")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _item(
+        self,
+        manifest: Manifest,
+        device: str,
+        store: str,
+        m: Moment,
+        t_ns: int,
+        img: Any,
+        pred: Any,
+        at: dict[str, Any],
+    ) -> str:
+        import cv2
+
+        ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality])
+        if not ok:
+            raise ValueError("a frame could not be encoded as JPEG")
+        data = jpg.tobytes()
+        t_ms = max(0, (t_ns - manifest.start_ns) // 1_000_000)
+        key = f"frames/{device}/{manifest.bundle_id}/{t_ms:08d}.jpg"
+        with tempfile.NamedTemporaryFile(suffix=".jpg") as fh:
+            fh.write(data)
+            fh.flush()
+            self.blobs.put_file(key, Path(fh.name))
+        candidates: list[Candidate] = []
+        if self.catalogue is not None:
+            for code in m.codes:
+                product = self.catalogue.by_code(code)
+                if product is not None:
+                    candidates.append(Candidate("barcode", product.sku, 1.0, None, "", code))
+                    break
+        if pred is not None:
+            candidates.append(
+                Candidate(
+                    "teacher",
+                    pred.sku,
+                    round(pred.score, 4),
+                    pred.box,
+                    self.teacher.version if self.teacher else "",
+                )
+            )
+        moment = {"reasons": m.reasons, "weight_delta_g": m.weight_delta_g, **at}
+        h, w = img.shape[:2]
+        return self.labels.add(
+            NewItem(
+                item_id=f"{device}~{manifest.bundle_id}~{t_ms}",
+                device_id=device,
+                bundle_id=manifest.bundle_id,
+                store_id=store,
+                t_ns=t_ns,
+                t_utc=utc_at(manifest, t_ns),
+                frame_key=key,
+                frame_sha256=hashlib.sha256(data).hexdigest(),
+                width=w,
+                height=h,
+                candidates=candidates,
+                moment=moment,
+            ),
+            agree_score=self.cfg.agree_score,
+            alone_score=self.cfg.alone_score,
+        )

@@ -1,0 +1,174 @@
+"""A teacher model for pre-labelling: any ONNX model with a capsight model card works.
+
+The card (``MODEL.card.json`` beside ``MODEL.onnx``) says how to feed and read the model::
+
+    {"name": "teacher", "version": "t-2026-12-03", "task": "capsight.product_recognition/1",
+     "input": {"name": "image", "width": 128, "height": 128, "layout": "NCHW",
+               "color": "RGB", "scale": 0.00392156862745098, "mean": [0, 0, 0], "std": [1, 1, 1]},
+     "outputs": {"scores": "scores", "boxes": "boxes"},
+     "labels": ["", "sku-0001", "sku-0002", ...]}
+
+``scores`` is ``[N, len(labels)]`` (probabilities; label ``""`` is "no product"), ``boxes`` is
+``[N, 4]``: x, y, width, height as fractions of the frame. The session runs batched on the
+providers asked for (CPU by default). A model that does not load, whose input is not what its
+card says, or that returns NaN or the wrong shapes raises :class:`TeacherError` before anything is
+labelled with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+TASK = "capsight.product_recognition/1"
+
+
+class TeacherError(ValueError):
+    pass
+
+
+class CardInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    width: int = Field(ge=8, le=4096)
+    height: int = Field(ge=8, le=4096)
+    layout: Literal["NCHW"] = "NCHW"
+    color: Literal["RGB", "BGR"] = "RGB"
+    scale: float = 1 / 255
+    mean: list[float] = Field(default=[0.0, 0.0, 0.0], min_length=3, max_length=3)
+    std: list[float] = Field(default=[1.0, 1.0, 1.0], min_length=3, max_length=3)
+
+
+class CardOutputs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scores: str = "scores"
+    boxes: str = "boxes"
+
+
+class ModelCard(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    version: str
+    task: Literal["capsight.product_recognition/1"] = "capsight.product_recognition/1"
+    input: CardInput
+    outputs: CardOutputs = CardOutputs()
+    labels: list[str] = Field(min_length=2)
+
+
+def card_path(model: str | os.PathLike[str]) -> Path:
+    p = Path(model)
+    return p.with_name(p.stem + ".card.json")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    sku: str
+    score: float
+    box: list[int] | None  # pixels of the frame it was asked about
+
+
+class Teacher:
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *,
+        providers: list[str] | None = None,
+        batch: int = 32,
+    ) -> None:
+        path = Path(model)
+        try:
+            self.card = ModelCard.model_validate_json(card_path(path).read_bytes())
+        except FileNotFoundError:
+            raise TeacherError(f"{path}: no model card at {card_path(path)}") from None
+        except ValidationError as exc:
+            raise TeacherError(f"{card_path(path)}: not a capsight model card: {exc}") from None
+        try:
+            import onnxruntime as ort
+
+            self.session = ort.InferenceSession(
+                str(path), providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as exc:
+            raise TeacherError(f"{path}: the model does not load: {exc}") from None
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        spec = self.card.input
+        if spec.name not in inputs:
+            raise TeacherError(f"{path}: no input named {spec.name!r} (has {list(inputs)})")
+        shape = inputs[spec.name].shape
+        want = [None, 3, spec.height, spec.width]
+        if len(shape) != 4 or any(
+            isinstance(s, int) and w is not None and s != w
+            for s, w in zip(shape, want, strict=True)
+        ):
+            raise TeacherError(
+                f"{path}: input shape {shape} is not [N, 3, {spec.height}, "
+                f"{spec.width}] as its card says"
+            )
+        outputs = {o.name for o in self.session.get_outputs()}
+        for name in (self.card.outputs.scores, self.card.outputs.boxes):
+            if name not in outputs:
+                raise TeacherError(f"{path}: no output named {name!r} (has {sorted(outputs)})")
+        self.batch = max(1, batch)
+        self.version = f"{self.card.name}:{self.card.version}"
+        self.labels = list(self.card.labels)
+
+    def _prepare(self, images: list[Any]) -> Any:
+        import cv2
+        import numpy as np
+
+        spec = self.card.input
+        out = np.empty((len(images), 3, spec.height, spec.width), np.float32)
+        mean = np.array(spec.mean, np.float32)[:, None, None]
+        std = np.array(spec.std, np.float32)[:, None, None]
+        for i, img in enumerate(images):  # BGR uint8, any size
+            small = cv2.resize(img, (spec.width, spec.height), interpolation=cv2.INTER_AREA)
+            if spec.color == "RGB":
+                small = small[:, :, ::-1]
+            chw = small.transpose(2, 0, 1).astype(np.float32) * spec.scale
+            out[i] = (chw - mean) / std
+        return out
+
+    def predict(self, images: list[Any]) -> list[Prediction]:
+        """One prediction per image (BGR ``uint8`` arrays, the frames' own size)."""
+        import numpy as np
+
+        preds: list[Prediction] = []
+        for start in range(0, len(images), self.batch):
+            chunk = images[start : start + self.batch]
+            scores, boxes = self.session.run(
+                [self.card.outputs.scores, self.card.outputs.boxes],
+                {self.card.input.name: self._prepare(chunk)},
+            )
+            scores, boxes = np.asarray(scores), np.asarray(boxes)
+            if scores.shape != (len(chunk), len(self.labels)) or boxes.shape != (len(chunk), 4):
+                raise TeacherError(
+                    f"the model returned scores {scores.shape} and boxes {boxes.shape}; its card "
+                    f"says [{len(chunk)}, {len(self.labels)}] and [{len(chunk)}, 4]"
+                )
+            if not (np.isfinite(scores).all() and np.isfinite(boxes).all()):
+                raise TeacherError("the model returned NaN or infinity")
+            for img, s, b in zip(chunk, scores, boxes, strict=True):
+                k = int(np.argmax(s))
+                h, w = img.shape[:2]
+                sku = self.labels[k]
+                box = None
+                if sku:
+                    x0 = int(np.clip(b[0], 0, 1) * w)
+                    y0 = int(np.clip(b[1], 0, 1) * h)
+                    bw = max(1, min(w - x0, int(np.clip(b[2], 0, 1) * w)))
+                    bh = max(1, min(h - y0, int(np.clip(b[3], 0, 1) * h)))
+                    box = [x0, y0, bw, bh]
+                preds.append(Prediction(sku, float(np.clip(s[k], 0, 1)), box))
+        return preds
+
+
+def write_card(model: str | os.PathLike[str], card: dict[str, Any]) -> Path:
+    path = card_path(model)
+    ModelCard.model_validate(card)
+    path.write_text(json.dumps(card, indent=1))
+    return path

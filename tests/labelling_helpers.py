@@ -1,0 +1,87 @@
+"""A small simulated fleet for the labelling tests: two carts in two stores record real bundles
+(`capsight run`), a local sink ingests them, and tiny teacher models made here (no downloads)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.teachers import make_teacher  # noqa: F401  (the tests import it from here)
+from capsight_edge.bundle.manifest import CLIP, MANIFEST, SENSORS
+from tests.conftest import ROOT, SIM
+from tests.sink_helpers import Sink
+
+STORES = {"cart-north": "store-north", "cart-south": "store-south", "cart-east": "store-east"}
+
+
+@dataclass
+class Fleet:
+    root: Path
+    sink_data: Path
+    bundles: dict[str, list[Path]]  # device -> bundle folders on the cart
+    catalogue: Path
+    admin: str
+
+
+def record_fleet(root: Path, seconds: float = 45.0) -> dict[str, list[Path]]:
+    procs = {}
+    for i, (device, store) in enumerate(STORES.items()):
+        prof = root / f"{device}.toml"
+        prof.write_text(f"extends = '{SIM}'\n[device]\nid = '{device}'\nstore_id = '{store}'\n")
+        procs[device] = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "capsight_edge.cli.main",
+                "--log-level",
+                "ERROR",
+                "run",
+                "--json",
+                "--profile",
+                str(prof),
+                "--data",
+                str(root / device),
+                "--seed",
+                str(11 + i),
+                "--duration",
+                str(seconds),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    out: dict[str, list[Path]] = {}
+    for device, proc in procs.items():
+        _stdout, err = proc.communicate(timeout=seconds + 120)
+        assert proc.returncode == 0, err
+        folder = root / device / "bundles"
+        out[device] = sorted(p for p in folder.iterdir() if p.name != ".partial")
+    return out
+
+
+def ingest_fleet(root: Path, bundles: dict[str, list[Path]]) -> Fleet:
+    from capsight_edge.devices.sim import fleet_catalogue
+    from capsight_edge.profile import load_profile
+    from tests.sink_helpers import sink_cli
+    from tests.test_sink_ingest import ingested, upload
+
+    sink = Sink(root / "sink")
+    tokens = {d: sink.add_device(d) for d in bundles}
+    admin = sink.add_device("ops", admin=True)
+    catalogue = root / "catalogue.json"
+    catalogue.write_text(fleet_catalogue(load_profile(SIM)).as_json())
+    res = sink_cli("catalogue", "import", str(catalogue), "--data", str(sink.data))
+    assert res.returncode == 0, res.stderr
+    sink.start()
+    try:
+        for device, folders in bundles.items():
+            for folder in folders:
+                for name in (CLIP, SENSORS, MANIFEST):
+                    upload(sink, tokens[device], folder / name, folder.name)
+        ingested(sink, admin)
+    finally:
+        sink.stop()
+    return Fleet(root, sink.data, bundles, catalogue, admin)

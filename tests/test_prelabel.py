@@ -1,0 +1,281 @@
+"""Pre-labelling, review and export on real bundles of a simulated fleet (three carts, three
+stores), through the sink's own storage: frames worth a label, barcode-as-label, a teacher,
+the label store's states and versions, the simulated reviewer, the audit, and versioned exports
+that load in pycocotools and the trainer's loader."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from capsight_edge.bundle.manifest import SENSORS
+from capsight_edge.demo import reviewer as sim_reviewer
+from cloud_sink.blobs import LocalBlobStore
+from cloud_sink.catalogue import Catalogue
+from cloud_sink.index import Index
+from cloud_sink.labels import LabelConflict, LabelError, LabelStore
+from cloud_sink.prelabel import Prelabeler
+from cloud_sink.teacher import Teacher, TeacherError
+from tests.conftest import json_records
+from tests.labelling_helpers import Fleet, make_teacher
+from tests.sink_helpers import sink_cli
+
+
+@pytest.fixture
+def sink(fleet: Fleet, tmp_path: Path) -> Iterator[tuple[Index, LocalBlobStore, Path]]:
+    """A private copy of the fleet's sink data (each test labels from scratch)."""
+    data = tmp_path / "sink"
+    shutil.copytree(fleet.sink_data, data)
+    index = Index(data / "index.db")
+    yield index, LocalBlobStore(data / "blobs" / "store"), data
+
+
+def truth_of(blobs: LocalBlobStore, device: str, bundle: str, tmp: Path) -> sim_reviewer.Truth:
+    path = tmp / f"{bundle}.mcap"
+    path.write_bytes(blobs.get_bytes(f"bundles/{device}/{bundle}/{SENSORS}"))
+    return sim_reviewer.Truth.from_mcap(path)
+
+
+def test_barcode_as_label_names_the_product_in_the_hand(
+    fleet: Fleet, sink: tuple[Index, LocalBlobStore, Path], tmp_path: Path
+) -> None:
+    index, blobs, _data = sink
+    report = Prelabeler(index, blobs, Catalogue.load(fleet.catalogue)).run()
+    assert report.bundles >= 6 and report.items > 0 and not report.failed
+    items = LabelStore(index).items()
+    assert len(items) == report.items
+    by_barcode = [i for i in items if i["source"] == "barcode"]
+    assert by_barcode, "no barcode was read in the fleet's captures"
+    right = 0
+    for item in by_barcode:
+        truth = truth_of(blobs, item["device_id"], item["bundle_id"], tmp_path)
+        right += truth.at(item["t_ns"])[0] == item["sku"]
+        assert item["score"] == 1.0 and item["candidates"][0]["detail"]  # the code read
+    assert right / len(by_barcode) >= 0.9, (right, len(by_barcode))
+    # Every frame is stored with its hash; every bundle says how its labelling went.
+    import hashlib
+
+    for item in items:
+        assert (
+            hashlib.sha256(blobs.get_bytes(item["frame_key"])).hexdigest() == item["frame_sha256"]
+        )
+        assert item["state"] in ("quick_confirm", "needs_review")
+    statuses = {r["label_status"] for r in index.query(limit=1000)}
+    assert "unlabelled" not in statuses
+    # Pre-labelling twice changes nothing.
+    again = Prelabeler(index, blobs, Catalogue.load(fleet.catalogue)).run()
+    assert again.bundles == 0 and len(LabelStore(index).items()) == len(items)
+
+
+def test_prelabels_never_read_the_simulations_truth(
+    fleet: Fleet, sink: tuple[Index, LocalBlobStore, Path], tmp_path: Path
+) -> None:
+    from mcap.reader import make_reader
+    from mcap.writer import Writer
+
+    index, blobs, data = sink
+    stripped_data = tmp_path / "stripped"
+    shutil.copytree(data, stripped_data)
+    stripped = LocalBlobStore(stripped_data / "blobs" / "store")
+    for key in stripped.keys("bundles/"):
+        if not key.endswith(SENSORS):
+            continue
+        src, dst = tmp_path / "in.mcap", tmp_path / "out.mcap"
+        src.write_bytes(stripped.get_bytes(key))
+        with src.open("rb") as fi, dst.open("wb") as fo:
+            w = Writer(fo)
+            w.start()
+            chans: dict[int, int] = {}
+            for schema, channel, message in make_reader(fi).iter_messages():
+                if channel.topic == "/sim/truth":
+                    continue
+                if channel.id not in chans:
+                    sid = w.register_schema(schema.name, schema.encoding, schema.data)
+                    chans[channel.id] = w.register_channel(
+                        channel.topic, channel.message_encoding, sid
+                    )
+                w.add_message(
+                    chans[channel.id], message.log_time, message.data, message.publish_time
+                )
+            w.finish()
+        stripped.put_file(key, dst)
+    teacher = make_teacher(tmp_path, ["", *Catalogue.load(fleet.catalogue).skus])
+    cat = Catalogue.load(fleet.catalogue)
+    Prelabeler(index, blobs, cat, Teacher(teacher)).run()
+    other = Index(stripped_data / "index.db")
+    Prelabeler(other, stripped, cat, Teacher(teacher)).run()
+
+    def labels(ix: Index) -> list[tuple[object, ...]]:
+        return [
+            (
+                i["item_id"],
+                i["sku"],
+                i["box"],
+                i["source"],
+                i["score"],
+                i["state"],
+                json.dumps(i["candidates"]),
+            )
+            for i in LabelStore(ix).items()
+        ]
+
+    assert labels(index) == labels(other) and labels(index)
+
+
+def test_a_teacher_labels_in_batches_and_a_broken_one_labels_nothing(
+    fleet: Fleet, sink: tuple[Index, LocalBlobStore, Path], tmp_path: Path
+) -> None:
+    index, blobs, _data = sink
+    classes = ["", *Catalogue.load(fleet.catalogue).skus]
+    with pytest.raises(TeacherError, match="input shape"):
+        Teacher(make_teacher(tmp_path, classes, channels=1, version="gray"))
+    lonely = tmp_path / "nocard.onnx"
+    shutil.copy(make_teacher(tmp_path, classes, version="x"), lonely)
+    with pytest.raises(TeacherError, match="no model card"):
+        Teacher(lonely)
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    (tmp_path / "junk.card.json").write_text((tmp_path / "teacher-x.card.json").read_text())
+    with pytest.raises(TeacherError, match="does not load"):
+        Teacher(tmp_path / "junk.onnx")
+    nan = Teacher(make_teacher(tmp_path, classes, nan=True, version="nan"))
+    with pytest.raises(TeacherError, match="NaN"):
+        Prelabeler(index, blobs, None, nan).run()
+    assert LabelStore(index).items() == []  # nothing labelled with a broken model
+    report = Prelabeler(index, blobs, None, Teacher(make_teacher(tmp_path, classes))).run()
+    assert report.model_frames == report.items > 0 and report.as_dict()["model_frames_per_s"]
+    item = LabelStore(index).items()[0]
+    assert item["candidates"][0]["model_version"] == "tiny-teacher:tiny-1"
+
+
+def test_review_states_versions_and_history(
+    fleet: Fleet, sink: tuple[Index, LocalBlobStore, Path]
+) -> None:
+    index, blobs, _data = sink
+    Prelabeler(index, blobs, Catalogue.load(fleet.catalogue)).run()
+    store = LabelStore(index)
+    item = store.items()[0]
+    done = store.review(
+        item["item_id"], version=item["version"], action="accept", who="ana", seconds=1.5
+    )
+    assert done["state"] == "reviewed" and done["version"] == item["version"] + 1
+    with pytest.raises(LabelConflict, match="changed since you opened it"):
+        store.review(
+            item["item_id"], version=item["version"], action="reject", who="bo", seconds=2.0
+        )  # bo opened it before ana saved
+    with pytest.raises(LabelError, match="inside"):
+        store.review(
+            item["item_id"],
+            version=done["version"],
+            action="correct",
+            who="bo",
+            seconds=2.0,
+            box=[0, 0, 99999, 10],
+        )
+    fixed = store.review(
+        item["item_id"], version=done["version"], action="correct", who="bo", seconds=4.0, sku=""
+    )
+    assert fixed["sku"] == "" and fixed["box"] is None and fixed["source"] == "human"
+    assert [e["action"] for e in store.history(item["item_id"])] == [
+        "prelabel",
+        "accept",
+        "correct",
+    ]
+    assert fixed["review_s"] == 5.5
+
+
+def test_simulated_review_audit_and_versioned_exports(
+    fleet: Fleet, sink: tuple[Index, LocalBlobStore, Path], tmp_path: Path
+) -> None:
+    from pycocotools.coco import COCO
+
+    from cloud_sink.audit import audit, audit_report
+    from cloud_sink.datasets import load_manifest
+    from cloud_sink.export import ExportError, export_dataset
+
+    index, blobs, data = sink
+    cat = Catalogue.load(fleet.catalogue)
+    Prelabeler(index, blobs, cat).run()
+    store = LabelStore(index)
+    decisions = []
+    for item in store.items():
+        truth = truth_of(blobs, item["device_id"], item["bundle_id"], tmp_path)
+        d = sim_reviewer.review(item, truth)
+        decisions.append(d)
+        store.review(
+            item["item_id"],
+            version=item["version"],
+            action=d.action,
+            who="sim",
+            seconds=d.seconds,
+            sku=d.sku,
+            box=d.box,
+        )
+    figures = sim_reviewer.summary(decisions)
+    assert figures["reviewer_s"] < figures["from_scratch_s"]
+    # The audit: a label a barcode contradicts goes back to review.
+    victim = next(
+        i
+        for i in store.items(state="reviewed")
+        if any(c["source"] == "barcode" for c in i["candidates"])
+    )
+    store.review(
+        victim["item_id"],
+        version=victim["version"],
+        action="correct",
+        who="sloppy",
+        seconds=1.0,
+        sku=next(s for s in cat.skus if s != victim["sku"]),
+    )
+    result = audit(index, blobs, None)
+    assert result.flagged >= 1 and result.by_reason.get("barcode", 0) >= 1
+    flagged = store.get(victim["item_id"])
+    assert flagged is not None and flagged["state"] == "needs_review" and flagged["flagged"]
+    store.review(
+        victim["item_id"],
+        version=flagged["version"],
+        action="correct",
+        who="ana",
+        seconds=3.0,
+        sku=victim["sku"],
+    )
+    assert audit_report(index)["changed"] >= 1
+
+    with pytest.raises(ExportError, match="no reviewed items"):
+        export_dataset(index, blobs, data, "shelf", cat.skus, stores=["store-nowhere"])
+    with pytest.raises(ExportError, match="at least two"):
+        export_dataset(index, blobs, data, "shelf", cat.skus, stores=["store-north"])
+    v1 = export_dataset(index, blobs, data, "shelf", cat.skus, test_stores=["store-east"])
+    m1 = load_manifest(v1)  # hashes checked, no leak
+    assert m1.version == 1 and m1.stores["store-east"] == "test"
+    assert {i.store_id for i in m1.items if i.split == "test"} == {"store-east"}
+    assert all(i.split != "test" for i in m1.items if i.store_id != "store-east")
+    coco = COCO(str(v1 / "coco.json"))
+    assert len(coco.getImgIds()) == len(m1.items)
+    assert len(coco.getAnnIds()) == sum(1 for i in m1.items if i.label.sku and i.label.box)
+    tasks = json.loads((v1 / "label-studio.json").read_text())
+    assert len(tasks) == len(m1.items) and all("annotations" in t for t in tasks)
+    # The next version keeps the same test set, to the item.
+    v2 = export_dataset(index, blobs, data, "shelf", cat.skus)
+    m2 = load_manifest(v2)
+    assert m2.version == 2
+    assert {i.item_id for i in m2.items if i.split == "test"} == {
+        i.item_id for i in m1.items if i.split == "test"
+    }
+    assert (v1 / "manifest.json").read_bytes() != b"" and m1.digest() == load_manifest(v1).digest()
+
+
+def test_the_cli_prelabels_and_exports(fleet: Fleet, tmp_path: Path) -> None:
+    data = tmp_path / "sink"
+    shutil.copytree(fleet.sink_data, data)
+    res = sink_cli("prelabel", "--data", str(data), "--json")
+    assert res.returncode == 0, res.stderr
+    (report,) = json_records(res.stdout, folder="schemas/api")
+    assert report["type"] == "prelabel_report" and report["items"] > 0
+    refused = sink_cli("export", "--data", str(data), "--name", "shelf")
+    assert refused.returncode == 2 and "no reviewed items" in refused.stderr
+    missing = sink_cli("prelabel", "--data", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "holds no sink" in missing.stderr
