@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.machine import describe_machine
-from benchmarks.registry import BENCHMARKS, BenchContext, BenchResult
+from benchmarks.registry import BENCHMARKS, BenchContext, BenchResult, Metric
 
 MODULES = (
     "benchmarks.bench_profile",
@@ -99,7 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in args.only or sorted(BENCHMARKS):
             start = time.perf_counter()
-            result = BENCHMARKS[name](ctx)
+            try:
+                result = BENCHMARKS[name](ctx)
+            except Exception as exc:  # one broken benchmark does not lose the others' figures
+                import traceback
+
+                traceback.print_exc()
+                result = BenchResult(name, "FAILED")
+                result.metrics.append(Metric("benchmark ran", 0, "", target="ran", met=False))
+                result.notes.append(f"failed: {type(exc).__name__}: {exc}"[:500])
             result.notes.append(
                 f"ran in {time.perf_counter() - start:.1f} s" + (" (--quick)" if args.quick else "")
             )

@@ -99,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument(
         "--limit", type=int, default=1000, metavar="N", help="at most this many bundles"
     )
+    pl.add_argument(
+        "--vlm-url",
+        metavar="URL",
+        help="an OpenAI-compatible chat endpoint as a third source (off unless given; a key "
+        "from $CAPSIGHT_VLM_KEY)",
+    )
+    pl.add_argument("--vlm-model", metavar="NAME", help="the model to ask (with --vlm-url)")
     pl.add_argument("--json", action="store_true", help="one `prelabel_report` record")
     pl.set_defaults(handler=cmd_prelabel)
 
@@ -143,7 +150,9 @@ EXAMPLES = {
     "device revoke": "capsight-sink device revoke cart-0001 --data /srv/sink",
     "catalogue": "capsight-sink catalogue import catalogue.json --data /srv/sink",
     "catalogue import": "capsight-sink catalogue import catalogue.json --data /srv/sink",
-    "prelabel": "capsight-sink prelabel --data /srv/sink --teacher teacher.onnx",
+    "prelabel": "capsight-sink prelabel --data /srv/sink --teacher teacher.onnx\n"
+    "capsight-sink prelabel --data /srv/sink --vlm-url http://127.0.0.1:8000/v1 "
+    "--vlm-model qwen2-vl",
     "audit": "capsight-sink audit --data /srv/sink --teacher teacher.onnx --min-score 0.95",
     "export": "capsight-sink export --data /srv/sink --name shelf-v1 --test-store store-07",
 }
@@ -280,10 +289,20 @@ def cmd_prelabel(args: argparse.Namespace) -> int:
     catalogue = _catalogue(args.data)
     if catalogue is None and not args.teacher:
         raise SinkError("nothing to pre-label with: import a catalogue or give --teacher")
+    vlm = None
+    if args.vlm_url:
+        from cloud_sink.vlm import VlmClient
+
+        if catalogue is None or not args.vlm_model:
+            raise SinkError("--vlm-url needs --vlm-model and an imported catalogue")
+        vlm = VlmClient(args.vlm_url, args.vlm_model, {p.sku: p.name for p in catalogue.products})
     try:
-        report = Prelabeler(index, blobs, catalogue, _teacher(args)).run(limit=args.limit)
+        report = Prelabeler(index, blobs, catalogue, _teacher(args), vlm=vlm).run(limit=args.limit)
     except TeacherError as exc:
         raise SinkError(f"the teacher failed; nothing more was labelled: {exc}") from None
+    finally:
+        if vlm is not None:
+            vlm.close()
     r = report.as_dict()
     if args.json:
         print(PrelabelRecord(**r).model_dump_json())

@@ -242,12 +242,14 @@ class Prelabeler:
         catalogue: Catalogue | None,
         teacher: Teacher | None = None,
         config: PrelabelConfig | None = None,
+        vlm: Any = None,
     ) -> None:
         self.index = index
         self.labels = LabelStore(index)
         self.blobs = blobs
         self.catalogue = catalogue
         self.teacher = teacher
+        self.vlm = vlm  # cloud_sink.vlm.VlmClient, optional
         self.cfg = config or PrelabelConfig()
 
     def pending(self, limit: int = 1000) -> list[dict[str, Any]]:
@@ -363,6 +365,12 @@ class Prelabeler:
                 if product is not None:
                     candidates.append(Candidate("barcode", product.sku, 1.0, None, "", code))
                     break
+        if self.vlm is not None:
+            answer = self.vlm.ask(data)
+            if answer is not None:
+                candidates.append(
+                    Candidate("vlm", answer.sku, round(answer.score, 4), None, self.vlm.version)
+                )
         if pred is not None:
             candidates.append(
                 Candidate(

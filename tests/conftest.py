@@ -92,3 +92,30 @@ def fleet(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
 
     root = tmp_path_factory.mktemp("fleet")
     return ingest_fleet(root, record_fleet(root))
+
+
+def start_run(
+    data: Path, *args: str, profile: Path | None = None, stderr: int = subprocess.PIPE
+) -> subprocess.Popen[str]:
+    """`capsight run --json` on ``data`` as a real process (errors only on stderr); its first
+    stdout line is the `run_started` record, written once everything runs."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "capsight_edge.cli.main",
+            "--log-level",
+            "ERROR",
+            "run",
+            "--json",
+            "--data",
+            str(data),
+            "--profile",
+            str(profile or SIM),
+            *args,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )

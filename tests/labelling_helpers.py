@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.teachers import make_teacher  # noqa: F401  (the tests import it from here)
 from capsight_edge.bundle.manifest import CLIP, MANIFEST, SENSORS
-from tests.conftest import ROOT, SIM
+from tests.conftest import SIM, start_run
 from tests.sink_helpers import Sink
 
 STORES = {"cart-north": "store-north", "cart-south": "store-south", "cart-east": "store-east"}
@@ -30,28 +28,8 @@ def record_fleet(root: Path, seconds: float = 45.0) -> dict[str, list[Path]]:
     for i, (device, store) in enumerate(STORES.items()):
         prof = root / f"{device}.toml"
         prof.write_text(f"extends = '{SIM}'\n[device]\nid = '{device}'\nstore_id = '{store}'\n")
-        procs[device] = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "capsight_edge.cli.main",
-                "--log-level",
-                "ERROR",
-                "run",
-                "--json",
-                "--profile",
-                str(prof),
-                "--data",
-                str(root / device),
-                "--seed",
-                str(11 + i),
-                "--duration",
-                str(seconds),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        procs[device] = start_run(
+            root / device, "--seed", str(11 + i), "--duration", str(seconds), profile=prof
         )
     out: dict[str, list[Path]] = {}
     for device, proc in procs.items():

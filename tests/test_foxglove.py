@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import av
@@ -17,7 +16,7 @@ from mcap.reader import make_reader
 
 from capsight_edge.bundle.manifest import CLIP, MANIFEST, SENSORS, Manifest
 from cloud_sink.foxglove import VIDEO_TOPIC, utc_ns_of
-from tests.conftest import ROOT, SIM
+from tests.conftest import start_run
 from tests.sink_helpers import Sink
 from tests.test_sink_ingest import ingested, upload
 
@@ -28,27 +27,7 @@ def captured(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("cart")
     from tests.test_run_cli import send_manual_trigger
 
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "capsight_edge.cli.main",
-            "--log-level",
-            "ERROR",
-            "run",
-            "--json",
-            "--data",
-            str(data),
-            "--profile",
-            str(SIM),
-            "--duration",
-            "9",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    proc = start_run(data, "--duration", "9", stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
     proc.stdout.readline()  # run_started
     send_manual_trigger(data, "foxglove")

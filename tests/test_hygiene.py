@@ -14,7 +14,7 @@ import pytest
 
 from capsight_edge.errors import DeviceBusy
 from capsight_edge.hygiene import RunRecord
-from tests.conftest import ROOT, SIM, wait_until
+from tests.conftest import SIM, start_run, wait_until
 
 
 def segments() -> set[str]:
@@ -40,25 +40,7 @@ def orphans() -> list[int]:
 
 
 def run(data: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "capsight_edge.cli.main",
-            "--log-level",
-            "ERROR",
-            "run",
-            "--json",
-            "--data",
-            str(data),
-            "--profile",
-            str(SIM),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    return start_run(data, stderr=subprocess.DEVNULL)
 
 
 @pytest.mark.slow

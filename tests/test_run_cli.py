@@ -3,37 +3,17 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from capsight_edge.bundle.manifest import verify_bundle
 from capsight_edge.collector import send_manual_trigger
 from capsight_edge.sensors.sensorlog import read_messages
-from tests.conftest import ROOT, json_records
+from tests.conftest import json_records, start_run
 
 
 def test_sigterm_finishes_and_seals_the_open_clip(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "capsight_edge.cli.main",
-            "--log-level",
-            "ERROR",
-            "run",
-            "--json",
-            "--data",
-            str(tmp_path),
-            "--seed",
-            "3",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_run(tmp_path, "--seed", "3")
     assert proc.stdout is not None
     (started,) = json_records(proc.stdout.readline())  # everything runs, the recorder included
     assert started["type"] == "run_started"
