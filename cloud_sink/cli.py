@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
         "from $CAPSIGHT_VLM_KEY)",
     )
     pl.add_argument("--vlm-model", metavar="NAME", help="the model to ask (with --vlm-url)")
+    pl.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="run the per-bundle work as a Ray Data job on this cluster (default: in process)",
+    )
     pl.add_argument("--json", action="store_true", help="one `prelabel_report` record")
     pl.set_defaults(handler=cmd_prelabel)
 
@@ -297,7 +302,11 @@ def cmd_prelabel(args: argparse.Namespace) -> int:
             raise SinkError("--vlm-url needs --vlm-model and an imported catalogue")
         vlm = VlmClient(args.vlm_url, args.vlm_model, {p.sku: p.name for p in catalogue.products})
     try:
-        report = Prelabeler(index, blobs, catalogue, _teacher(args), vlm=vlm).run(limit=args.limit)
+        labeler = Prelabeler(index, blobs, catalogue, _teacher(args), vlm=vlm)
+        if args.ray_address:
+            report = labeler.run_ray(args.ray_address, limit=args.limit)
+        else:
+            report = labeler.run(limit=args.limit)
     except TeacherError as exc:
         raise SinkError(f"the teacher failed; nothing more was labelled: {exc}") from None
     finally:

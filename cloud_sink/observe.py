@@ -40,6 +40,7 @@ ROUTES = (
     "/api/storage",
     "/api/labels",
     "/api/catalogue",
+    "/api/datasets",
 )
 PREFIXES = (
     ("/api/labels/", "/api/labels/{item_id}"),

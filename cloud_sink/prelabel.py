@@ -24,6 +24,7 @@ import bisect
 import hashlib
 import json
 import logging
+import pickle
 import shutil
 import tempfile
 import time
@@ -285,73 +286,76 @@ class Prelabeler:
         return report
 
     def bundle(self, device: str, bundle_id: str, store: str, report: PrelabelReport) -> None:
-        prefix = f"bundles/{device}/{bundle_id}"
-        tmp = Path(tempfile.mkdtemp(prefix="prelabel-"))
-        try:
-            manifest = Manifest.from_json(self.blobs.get_bytes(f"{prefix}/{MANIFEST}"))
-            if SENSORS not in manifest.files or CLIP not in manifest.files:
-                raise ValueError("the bundle has no clip or no sensor log")
-            for name in (CLIP, SENSORS):
-                (tmp / name).write_bytes(self.blobs.get_bytes(f"{prefix}/{name}"))
-            t0 = time.perf_counter()
-            sensors = read_sensors(tmp / SENSORS)
-            moments = moments_of(sensors, self.cfg)
-            report.moments += len(moments)
-            frames, empty = frames_at(tmp / CLIP, manifest.start_ns, moments, self.cfg)
-            report.decode_s += time.perf_counter() - t0
-            keep: list[tuple[Moment, tuple[int, Any]]] = []
-            for m, f, e in zip(moments, frames, empty, strict=True):
-                if not f or e:
-                    continue
-                same = next((k for k in keep if k[1][0] == f[0]), None)
-                if same is None:
-                    keep.append((m, f))
-                else:  # two moments chose one frame: one item, with both reasons
-                    same[0].reasons += [r for r in m.reasons if r not in same[0].reasons]
-                    same[0].codes += [c for c in m.codes if c not in same[0].codes]
-                    if m.weight_delta_g is not None:
-                        same[0].weight_delta_g = m.weight_delta_g
-            report.empty_frames += sum(1 for f, e in zip(frames, empty, strict=True) if f and e)
-            preds = None
-            if self.teacher is not None and keep:
-                t1 = time.perf_counter()
-                preds = self.teacher.predict([f[1] for _m, f in keep])
-                report.model_s += time.perf_counter() - t1
-                report.model_frames += len(keep)
-            t2 = time.perf_counter()
-            for i, (m, (t_ns, img)) in enumerate(keep):
-                at = {
-                    "accel_g": _nearest_batched(sensors["/imu"], t_ns, ("accel_g",)),
-                    "position_mm": _nearest_batched(
-                        sensors["/position/uwb"], t_ns, ("x_mm", "y_mm", "z_mm")
-                    ),
-                }
-                pred = preds[i] if preds else None
-                state = self._item(manifest, device, store, m, t_ns, img, pred, at)
-                report.items += 1
-                report.by_state[state] = report.by_state.get(state, 0) + 1
-            report.write_s += time.perf_counter() - t2
-            self.index.set_label_status(bundle_id, device, "prelabelled" if keep else "nothing")
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        work = compute_bundle(self.blobs, device, bundle_id, self.cfg, self.teacher)
+        self.write(work, device, store, report)
 
-    def _item(
-        self,
-        manifest: Manifest,
-        device: str,
-        store: str,
-        m: Moment,
-        t_ns: int,
-        img: Any,
-        pred: Any,
-        at: dict[str, Any],
-    ) -> str:
-        import cv2
+    def write(self, work: dict[str, Any], device: str, store: str, report: PrelabelReport) -> None:
+        """Store what :func:`compute_bundle` found: frames, pre-labels, the bundle's status."""
+        manifest = Manifest.from_json(work["manifest"])
+        for key in ("moments", "empty_frames", "model_frames"):
+            setattr(report, key, getattr(report, key) + work[key])
+        report.decode_s += work["decode_s"]
+        report.model_s += work["model_s"]
+        t2 = time.perf_counter()
+        for f in work["frames"]:
+            state = self._item(manifest, device, store, f)
+            report.items += 1
+            report.by_state[state] = report.by_state.get(state, 0) + 1
+        report.write_s += time.perf_counter() - t2
+        status = "prelabelled" if work["frames"] else "nothing"
+        self.index.set_label_status(manifest.bundle_id, device, status)
 
-        ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality])
-        if not ok:
-            raise ValueError("a frame could not be encoded as JPEG")
-        data = jpg.tobytes()
+    def run_ray(self, address: str, *, limit: int = 1000, workers: int = 2) -> PrelabelReport:
+        """The same pre-labelling as :meth:`run`, its per-bundle work (read, decode, teacher,
+        JPEG) as a Ray Data job on the cluster at ``address``; this process writes the labels
+        (one writer for the index). The blob store must be a folder the workers can read (the
+        sink's own, on this machine or a shared volume)."""
+        import ray
+
+        report = PrelabelReport()
+        start = time.perf_counter()
+        rows = []
+        for row in self.pending(limit):
+            report.bundles += 1
+            if row["empty_background"]:
+                report.skipped_empty += 1
+                self.index.set_label_status(row["id"], row["device_id"], "empty")
+            else:
+                rows.append(
+                    {"device": row["device_id"], "bundle": row["id"], "store": row["store_id"]}
+                )
+        root = getattr(self.blobs, "root", None)
+        if root is None:
+            raise ValueError("the Ray path needs a blob store folder the workers can read")
+        if rows:
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+            try:
+                ds = ray.data.from_items(rows).map(
+                    _RayBundleWork,  # type: ignore[arg-type]  # a callable class: one per worker
+                    fn_constructor_kwargs={
+                        "root": str(root),
+                        "cfg": self.cfg,
+                        "teacher": str(self.teacher.path) if self.teacher else "",
+                    },
+                    concurrency=workers,
+                    num_cpus=0.5,
+                )
+                for out in ds.iter_rows():
+                    key = f"{out['device']}/{out['bundle']}"
+                    if out["error"]:
+                        if out["error"].startswith("TeacherError"):
+                            raise TeacherError(out["error"])
+                        report.failed[key] = out["error"]
+                        self.index.set_label_status(out["bundle"], out["device"], "failed")
+                        continue
+                    self.write(pickle.loads(out["work"]), out["device"], out["store"], report)
+            finally:
+                ray.shutdown()
+        report.total_s = time.perf_counter() - start
+        return report
+
+    def _item(self, manifest: Manifest, device: str, store: str, f: dict[str, Any]) -> str:
+        m, t_ns, data, pred = f["moment"], f["t_ns"], f["jpeg"], f["pred"]
         t_ms = max(0, (t_ns - manifest.start_ns) // 1_000_000)
         key = f"frames/{device}/{manifest.bundle_id}/{t_ms:08d}.jpg"
         with tempfile.NamedTemporaryFile(suffix=".jpg") as fh:
@@ -381,8 +385,8 @@ class Prelabeler:
                     self.teacher.version if self.teacher else "",
                 )
             )
-        moment = {"reasons": m.reasons, "weight_delta_g": m.weight_delta_g, **at}
-        h, w = img.shape[:2]
+        moment = {"reasons": m.reasons, "weight_delta_g": m.weight_delta_g, **f["at"]}
+        h, w = f["height"], f["width"]
         return self.labels.add(
             NewItem(
                 item_id=f"{device}~{manifest.bundle_id}~{t_ms}",
@@ -401,3 +405,98 @@ class Prelabeler:
             agree_score=self.cfg.agree_score,
             alone_score=self.cfg.alone_score,
         )
+
+
+def compute_bundle(
+    blobs: Any, device: str, bundle_id: str, cfg: PrelabelConfig, teacher: Teacher | None
+) -> dict[str, Any]:
+    """The per-bundle work, with no writes: the frames worth a label (JPEG), the teacher's
+    predictions and the sensors at each moment. Runs in this process or in a Ray worker."""
+    import cv2
+
+    prefix = f"bundles/{device}/{bundle_id}"
+    tmp = Path(tempfile.mkdtemp(prefix="prelabel-"))
+    try:
+        manifest_bytes = blobs.get_bytes(f"{prefix}/{MANIFEST}")
+        manifest = Manifest.from_json(manifest_bytes)
+        if SENSORS not in manifest.files or CLIP not in manifest.files:
+            raise ValueError("the bundle has no clip or no sensor log")
+        for name in (CLIP, SENSORS):
+            (tmp / name).write_bytes(blobs.get_bytes(f"{prefix}/{name}"))
+        t0 = time.perf_counter()
+        sensors = read_sensors(tmp / SENSORS)
+        moments = moments_of(sensors, cfg)
+        frames, empty = frames_at(tmp / CLIP, manifest.start_ns, moments, cfg)
+        decode_s = time.perf_counter() - t0
+        keep: list[tuple[Moment, tuple[int, Any]]] = []
+        for m, f, e in zip(moments, frames, empty, strict=True):
+            if not f or e:
+                continue
+            same = next((k for k in keep if k[1][0] == f[0]), None)
+            if same is None:
+                keep.append((m, f))
+            else:  # two moments chose one frame: one item, with both reasons
+                same[0].reasons += [r for r in m.reasons if r not in same[0].reasons]
+                same[0].codes += [c for c in m.codes if c not in same[0].codes]
+                if m.weight_delta_g is not None:
+                    same[0].weight_delta_g = m.weight_delta_g
+        preds: list[Any] = [None] * len(keep)
+        model_s = 0.0
+        if teacher is not None and keep:
+            t1 = time.perf_counter()
+            preds = list(teacher.predict([f[1] for _m, f in keep]))
+            model_s = time.perf_counter() - t1
+        out = []
+        for (m, (t_ns, img)), pred in zip(keep, preds, strict=True):
+            ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
+            if not ok:
+                raise ValueError("a frame could not be encoded as JPEG")
+            h, w = img.shape[:2]
+            at = {
+                "accel_g": _nearest_batched(sensors["/imu"], t_ns, ("accel_g",)),
+                "position_mm": _nearest_batched(
+                    sensors["/position/uwb"], t_ns, ("x_mm", "y_mm", "z_mm")
+                ),
+            }
+            out.append(
+                {
+                    "moment": m,
+                    "t_ns": t_ns,
+                    "jpeg": jpg.tobytes(),
+                    "width": w,
+                    "height": h,
+                    "pred": pred,
+                    "at": at,
+                }
+            )
+        return {
+            "manifest": manifest_bytes,
+            "frames": out,
+            "moments": len(moments),
+            "empty_frames": sum(1 for f, e in zip(frames, empty, strict=True) if f and e),
+            "model_frames": len(keep) if teacher is not None else 0,
+            "decode_s": decode_s,
+            "model_s": model_s,
+        }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _RayBundleWork:
+    """A Ray Data worker: opens the blob folder and the teacher once, then works bundles."""
+
+    def __init__(self, root: str, cfg: PrelabelConfig, teacher: str) -> None:
+        from cloud_sink.blobs import LocalBlobStore
+
+        self.blobs = LocalBlobStore(root)
+        self.cfg = cfg
+        self.teacher = Teacher(teacher) if teacher else None
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        out = {**row, "error": "", "work": b""}
+        try:
+            work = compute_bundle(self.blobs, row["device"], row["bundle"], self.cfg, self.teacher)
+            out["work"] = pickle.dumps(work)
+        except Exception as exc:
+            out["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        return out

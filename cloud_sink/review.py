@@ -11,7 +11,9 @@ API (admin: a bearer token, or the UI's session cookie):
 - ``GET /api/clips/DEVICE/BUNDLE.mp4``: the bundle's clip as a seekable MP4 (Range requests);
 - ``GET /api/bundles/DEVICE/BUNDLE/sensors``: the sensor channels on the clip's time axis
   (seconds from its first frame), thinned to at most 1500 points each;
-- ``GET /api/catalogue``: the fleet's products (the class type-ahead).
+- ``GET /api/catalogue``: the fleet's products (the class type-ahead);
+- ``POST /api/datasets`` ``{"name", "test_stores"?, "stores"?, "seed"?}``: export the next
+  version of a dataset (as ``capsight-sink export``); 409 with the reason when refused.
 
 UI: ``/ui/login`` takes the admin token once and sets an HttpOnly, SameSite=Strict session cookie
 (:class:`cloud_sink.auth.Sessions`); ``/ui/`` is the review page, ``/ui/fleet`` the fleet view.
@@ -47,6 +49,7 @@ from cloud_sink.labels import LabelConflict, LabelError, LabelStore
 from cloud_sink.media import REVIEW_CLIP
 from cloud_sink.schemas import (
     CatalogueResponse,
+    DatasetRecord,
     LabelResponse,
     LabelsResponse,
     SensorSeriesResponse,
@@ -55,6 +58,14 @@ from cloud_sink.schemas import (
 UI = Path(__file__).with_name("ui")
 ITEM_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}~[A-Za-z0-9._-]{1,80}~\d{1,9}$")
 MAX_REVIEW_BODY = 4096
+
+
+class ExportBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    test_stores: list[str] | None = Field(default=None, max_length=100)
+    stores: list[str] | None = Field(default=None, max_length=1000)
+    seed: int = 0
 
 
 class ReviewBody(BaseModel):
@@ -203,6 +214,53 @@ def add_review(
         products = [{"sku": p.sku, "gtin": p.gtin, "name": p.name} for p in cat.products]
         return _answer(CatalogueResponse(products=products))
 
+    async def datasets(request: Request) -> Response:
+        """``POST /api/datasets`` ``{"name", "test_stores"?, "stores"?, "seed"?}``: the next
+        version of a dataset, as ``capsight-sink export`` writes it (409 when refused)."""
+        if isinstance(who := admin(request), JSONResponse):
+            return who
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_REVIEW_BODY:
+                return _error(413, f"a request is at most {MAX_REVIEW_BODY} bytes")
+        try:
+            ask = ExportBody.model_validate_json(bytes(body))
+        except ValidationError as exc:
+            return _error(400, f"malformed request: {exc.errors()[0]['msg']}")
+        path = catalogue_path(data_dir)
+        if not path.is_file():
+            return _error(409, "import the fleet's catalogue first: its SKUs are the classes")
+        from cloud_sink.datasets import load_manifest
+        from cloud_sink.export import ExportError, export_dataset
+
+        try:
+            folder = await asyncio.to_thread(
+                export_dataset,
+                index,
+                blobs,
+                data_dir,
+                ask.name,
+                Catalogue.load(path).skus,
+                test_stores=ask.test_stores,
+                seed=ask.seed,
+                stores=ask.stores,
+            )
+        except ExportError as exc:
+            return _error(409, f"export refused: {exc}")
+        m = load_manifest(folder, verify=False)
+        return _answer(
+            DatasetRecord(
+                name=m.name,
+                version=m.version,
+                path=str(folder),
+                items=len(m.items),
+                splits=m.counts(),
+                stores=dict(m.stores),
+                digest=m.digest(),
+            )
+        )
+
     # -- the pages -------------------------------------------------------------------------------
     async def login(request: Request) -> Response:
         if request.method == "GET":
@@ -262,6 +320,7 @@ def add_review(
         Route("/api/clips/{device_id}/{bundle_id}.mp4", clip),
         Route("/api/bundles/{device_id}/{bundle_id}/sensors", sensors),
         Route("/api/catalogue", catalogue),
+        Route("/api/datasets", datasets, methods=["POST"]),
         Route("/ui/login", login, methods=["GET", "POST"]),
         Route("/ui/logout", logout, methods=["POST"]),
         Route("/ui/", page("index.html")),

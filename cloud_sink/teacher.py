@@ -81,6 +81,7 @@ class Teacher:
         batch: int = 32,
     ) -> None:
         path = Path(model)
+        self.path = path
         try:
             self.card = ModelCard.model_validate_json(card_path(path).read_bytes())
         except FileNotFoundError:

@@ -127,6 +127,18 @@ def test_review_in_the_browser(reviewed_sink: tuple[Sink, str], tmp_path: Path) 
     part = httpx.get(clip, headers={**auth, "Range": "bytes=0-99"})
     assert part.status_code == 206 and len(part.content) == 100
     assert httpx.get(clip).status_code == 401
+    # Export through the API, as `capsight-sink export` does.
+    url = f"{sink.url}/api/datasets"
+    bad = httpx.post(url, headers=auth, content=json.dumps({"name": "../x"}))
+    assert bad.status_code == 400
+    none = httpx.post(url, headers=auth, content=json.dumps({"name": "ui", "stores": ["nope"]}))
+    assert none.status_code == 409 and "no reviewed items" in api_json(none)["error"]
+    made = httpx.post(url, headers=auth, content=json.dumps({"name": "ui"}))
+    answer = api_json(made)
+    if made.status_code == 200:  # the reviewed items span two stores or more
+        assert answer["type"] == "dataset" and answer["version"] == 1
+    else:  # one store only: refused, with the reason
+        assert made.status_code == 409 and "at least two" in answer["error"]
     sensors = clip.replace("/api/clips/", "/api/bundles/").replace(".mp4", "/sensors")
     series = api_json(httpx.get(sensors, headers=auth))
     assert series["weight_g"] and series["duration_s"] > 3 and series["start_ns"] > 0
