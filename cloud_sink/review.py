@@ -43,6 +43,7 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from capsight_edge.bundle.manifest import BUNDLE_ID, CLIP, MANIFEST, SENSORS, Manifest
+from cloud_sink.api import TooLarge, read_body
 from cloud_sink.auth import SESSION_COOKIE, SESSION_S, Identity, Sessions, request_identity
 from cloud_sink.catalogue import Catalogue, catalogue_path
 from cloud_sink.labels import LabelConflict, LabelError, LabelStore
@@ -134,13 +135,12 @@ def add_review(
             return _answer(
                 LabelResponse.model_validate({"item": item, "history": labels.history(item_id)})
             )
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_REVIEW_BODY:
-                return _error(413, f"a review is at most {MAX_REVIEW_BODY} bytes")
         try:
-            r = ReviewBody.model_validate_json(bytes(body))
+            body = await read_body(request, MAX_REVIEW_BODY)
+        except TooLarge as exc:
+            return _error(413, str(exc))
+        try:
+            r = ReviewBody.model_validate_json(body)
         except ValidationError as exc:
             return _error(400, f"malformed review: {exc.errors()[0]['msg']}")
         try:
@@ -219,13 +219,12 @@ def add_review(
         version of a dataset, as ``capsight-sink export`` writes it (409 when refused)."""
         if isinstance(who := admin(request), JSONResponse):
             return who
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_REVIEW_BODY:
-                return _error(413, f"a request is at most {MAX_REVIEW_BODY} bytes")
         try:
-            ask = ExportBody.model_validate_json(bytes(body))
+            body = await read_body(request, MAX_REVIEW_BODY)
+        except TooLarge as exc:
+            return _error(413, str(exc))
+        try:
+            ask = ExportBody.model_validate_json(body)
         except ValidationError as exc:
             return _error(400, f"malformed request: {exc.errors()[0]['msg']}")
         path = catalogue_path(data_dir)
@@ -265,11 +264,10 @@ def add_review(
     async def login(request: Request) -> Response:
         if request.method == "GET":
             return HTMLResponse((UI / "login.html").read_text())
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_REVIEW_BODY:
-                return _error(413, "the form is too large")
+        try:
+            body = await read_body(request, MAX_REVIEW_BODY)
+        except TooLarge as exc:
+            return _error(413, str(exc))
         form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
         token = (form.get("token") or [""])[0][:200].strip()
         who = db.authenticate(token) if token else None

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,3 +64,22 @@ def ingest_fleet(root: Path, bundles: dict[str, list[Path]]) -> Fleet:
     finally:
         sink.stop()
     return Fleet(root, sink.data, bundles, catalogue, admin)
+
+
+def label_rows(index: object) -> list[tuple[object, ...]]:
+    """What pre-labelling wrote, comparable across two runs."""
+    from cloud_sink.labels import LabelStore
+
+    return [
+        (
+            i["item_id"],
+            i["sku"],
+            i["box"],
+            i["source"],
+            i["score"],
+            i["state"],
+            i["frame_sha256"],
+            json.dumps(i["candidates"]),
+        )
+        for i in LabelStore(index).items()
+    ]

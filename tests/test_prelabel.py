@@ -21,7 +21,7 @@ from cloud_sink.labels import LabelConflict, LabelError, LabelStore
 from cloud_sink.prelabel import Prelabeler
 from cloud_sink.teacher import Teacher, TeacherError
 from tests.conftest import json_records
-from tests.labelling_helpers import Fleet, make_teacher
+from tests.labelling_helpers import Fleet, label_rows, make_teacher
 from tests.sink_helpers import sink_cli
 
 
@@ -109,21 +109,7 @@ def test_prelabels_never_read_the_simulations_truth(
     other = Index(stripped_data / "index.db")
     Prelabeler(other, stripped, cat, Teacher(teacher)).run()
 
-    def labels(ix: Index) -> list[tuple[object, ...]]:
-        return [
-            (
-                i["item_id"],
-                i["sku"],
-                i["box"],
-                i["source"],
-                i["score"],
-                i["state"],
-                json.dumps(i["candidates"]),
-            )
-            for i in LabelStore(ix).items()
-        ]
-
-    assert labels(index) == labels(other) and labels(index)
+    assert label_rows(index) == label_rows(other) and label_rows(index)
 
 
 def test_a_teacher_labels_in_batches_and_a_broken_one_labels_nothing(

@@ -3,7 +3,6 @@ exactly what the in-process stage labels."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -16,10 +15,9 @@ from capsight_edge.localsink import free_port
 from cloud_sink.blobs import LocalBlobStore
 from cloud_sink.catalogue import Catalogue
 from cloud_sink.index import Index
-from cloud_sink.labels import LabelStore
 from cloud_sink.prelabel import Prelabeler
 from cloud_sink.teacher import Teacher
-from tests.labelling_helpers import Fleet, make_teacher
+from tests.labelling_helpers import Fleet, label_rows, make_teacher
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -59,20 +57,5 @@ def test_the_ray_path_labels_exactly_as_in_process(fleet: Fleet, tmp_path: Path)
     finally:
         subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120, env=env)
 
-    def labels(ix: Index) -> list[tuple[object, ...]]:
-        return [
-            (
-                i["item_id"],
-                i["sku"],
-                i["box"],
-                i["source"],
-                i["score"],
-                i["state"],
-                i["frame_sha256"],
-                json.dumps(i["candidates"]),
-            )
-            for i in LabelStore(ix).items()
-        ]
-
     assert report.items > 0 and not report.failed
-    assert labels(a) == labels(b)
+    assert label_rows(a) == label_rows(b)
