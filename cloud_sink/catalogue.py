@@ -58,6 +58,10 @@ class Catalogue:
         data = _File.model_validate_json(Path(path).read_bytes())
         return cls([Product(p.sku, p.gtin, p.name) for p in data.products])
 
+    def gtins(self) -> dict[str, str]:
+        """SKU -> GTIN-14 (what a dataset manifest and a model card list)."""
+        return {p.sku: gtin14(p.gtin) or p.gtin for p in self.products}
+
     def by_code(self, code: str) -> Product | None:
         key = gtin14(code)
         return self._by_gtin.get(key) if key else None

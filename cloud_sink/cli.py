@@ -372,6 +372,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             test_stores=args.test_store,
             seed=args.seed,
             stores=args.store,
+            gtins=catalogue.gtins(),
         )
     except ExportError as exc:
         raise SinkError(f"export refused: {exc}") from None

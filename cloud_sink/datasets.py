@@ -61,6 +61,10 @@ class Item(_Model):
     t_ns: int = 0
     t_utc: str = ""
     moment: Moment = Moment()
+    #: What the dataset knows of the conditions the frame was taken in (a rendered set knows
+    #: them all: ``lighting``, ``blur``, ``glare``, ``occlusion``, ``crumpled``); the release
+    #: gate's slices. Empty for fleet frames: the gate measures what it can from the pixels.
+    conditions: dict[str, str] = {}
 
 
 class Manifest(_Model):
@@ -70,10 +74,11 @@ class Manifest(_Model):
     created_utc: str
     #: Every SKU of the catalogue, in the order a model's class index follows; "" is class 0.
     classes: list[str]
+    #: The GTIN-14 of each SKU of ``classes`` (from the catalogue): what a model card lists.
+    gtins: dict[str, str] = {}
     items: list[Item]
     #: Which stores went to which split (a store is wholly on one side: no leakage).
     stores: dict[str, Split]
-    #: Fixed test sets: the item ids of each, which never change once published.
     notes: str = ""
 
     def counts(self) -> dict[str, int]:

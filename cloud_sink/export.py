@@ -78,6 +78,7 @@ def export_dataset(
     test_stores: list[str] | None = None,
     seed: int = 0,
     stores: list[str] | None = None,
+    gtins: dict[str, str] | None = None,
 ) -> Path:
     """Write the next version of dataset ``name``; returns its folder. ExportError (nothing
     written) when the selection is empty or a split would leak."""
@@ -157,6 +158,7 @@ def export_dataset(
         version=version,
         created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         classes=[NONE, *[c for c in classes if c != NONE]],
+        gtins=dict(gtins or {}),
         items=items,
         stores={s: sides[s] for s in sorted({i.store_id for i in items})},  # type: ignore[misc]
     )

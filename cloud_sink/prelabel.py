@@ -24,6 +24,7 @@ import bisect
 import hashlib
 import json
 import logging
+import os
 import pickle
 import shutil
 import tempfile
@@ -310,6 +311,10 @@ class Prelabeler:
         JPEG) as a Ray Data job on the cluster at ``address``; this process writes the labels
         (one writer for the index). The blob store must be a folder the workers can read (the
         sink's own, on this machine or a shared volume)."""
+        # `ray start` (2.60) turns token authentication on by default, but a client whose
+        # RAY_AUTH_MODE is unset does not send the token it has: say so before importing ray.
+        if (Path.home() / ".ray" / "auth_token").is_file():
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
         import ray
 
         report = PrelabelReport()

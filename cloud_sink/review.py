@@ -233,6 +233,7 @@ def add_review(
         from cloud_sink.datasets import load_manifest
         from cloud_sink.export import ExportError, export_dataset
 
+        cat = Catalogue.load(path)
         try:
             folder = await asyncio.to_thread(
                 export_dataset,
@@ -240,10 +241,11 @@ def add_review(
                 blobs,
                 data_dir,
                 ask.name,
-                Catalogue.load(path).skus,
+                cat.skus,
                 test_stores=ask.test_stores,
                 seed=ask.seed,
                 stores=ask.stores,
+                gtins=cat.gtins(),
             )
         except ExportError as exc:
             return _error(409, f"export refused: {exc}")

@@ -1,68 +1,35 @@
 """A teacher model for pre-labelling: any ONNX model with a capsight model card works.
 
-The card (``MODEL.card.json`` beside ``MODEL.onnx``) says how to feed and read the model::
-
-    {"name": "teacher", "version": "t-2026-12-03", "task": "capsight.product_recognition/1",
-     "input": {"name": "image", "width": 128, "height": 128, "layout": "NCHW",
-               "color": "RGB", "scale": 0.00392156862745098, "mean": [0, 0, 0], "std": [1, 1, 1]},
-     "outputs": {"scores": "scores", "boxes": "boxes"},
-     "labels": ["", "sku-0001", "sku-0002", ...]}
-
-``scores`` is ``[N, len(labels)]`` (probabilities; label ``""`` is "no product"), ``boxes`` is
-``[N, 4]``: x, y, width, height as fractions of the frame. The session runs batched on the
-providers asked for (CPU by default). A model that does not load, whose input is not what its
-card says, or that returns NaN or the wrong shapes raises :class:`TeacherError` before anything is
-labelled with it.
+The card (:mod:`capsight_edge.runtime.card`: ``MODEL.card.json`` beside ``MODEL.onnx``, or the
+copy inside the model) says how to feed and read the model; the trainer writes it. The session
+runs batched on the providers asked for (CPU by default). A model that does not load, whose
+input is not what its card says, or that returns NaN or the wrong shapes raises
+:class:`TeacherError` before anything is labelled with it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-TASK = "capsight.product_recognition/1"
+from capsight_edge.runtime.card import (
+    TASK,
+    ModelCard,
+    card_path,
+    read_card,
+    to_input,
+    write_card,
+)
+
+__all__ = ["TASK", "Prediction", "Teacher", "TeacherError", "card_path", "write_card"]
 
 
 class TeacherError(ValueError):
     pass
-
-
-class CardInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    width: int = Field(ge=8, le=4096)
-    height: int = Field(ge=8, le=4096)
-    layout: Literal["NCHW"] = "NCHW"
-    color: Literal["RGB", "BGR"] = "RGB"
-    scale: float = 1 / 255
-    mean: list[float] = Field(default=[0.0, 0.0, 0.0], min_length=3, max_length=3)
-    std: list[float] = Field(default=[1.0, 1.0, 1.0], min_length=3, max_length=3)
-
-
-class CardOutputs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    scores: str = "scores"
-    boxes: str = "boxes"
-
-
-class ModelCard(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    name: str
-    version: str
-    task: Literal["capsight.product_recognition/1"] = "capsight.product_recognition/1"
-    input: CardInput
-    outputs: CardOutputs = CardOutputs()
-    labels: list[str] = Field(min_length=2)
-
-
-def card_path(model: str | os.PathLike[str]) -> Path:
-    p = Path(model)
-    return p.with_name(p.stem + ".card.json")
 
 
 @dataclass(frozen=True)
@@ -83,11 +50,13 @@ class Teacher:
         path = Path(model)
         self.path = path
         try:
-            self.card = ModelCard.model_validate_json(card_path(path).read_bytes())
+            self.card: ModelCard = read_card(path)
         except FileNotFoundError:
             raise TeacherError(f"{path}: no model card at {card_path(path)}") from None
         except ValidationError as exc:
             raise TeacherError(f"{card_path(path)}: not a capsight model card: {exc}") from None
+        except Exception as exc:  # not an ONNX file at all
+            raise TeacherError(f"{path}: the model does not load: {exc}") from None
         try:
             import onnxruntime as ort
 
@@ -119,20 +88,7 @@ class Teacher:
         self.labels = list(self.card.labels)
 
     def _prepare(self, images: list[Any]) -> Any:
-        import cv2
-        import numpy as np
-
-        spec = self.card.input
-        out = np.empty((len(images), 3, spec.height, spec.width), np.float32)
-        mean = np.array(spec.mean, np.float32)[:, None, None]
-        std = np.array(spec.std, np.float32)[:, None, None]
-        for i, img in enumerate(images):  # BGR uint8, any size
-            small = cv2.resize(img, (spec.width, spec.height), interpolation=cv2.INTER_AREA)
-            if spec.color == "RGB":
-                small = small[:, :, ::-1]
-            chw = small.transpose(2, 0, 1).astype(np.float32) * spec.scale
-            out[i] = (chw - mean) / std
-        return out
+        return to_input(images, self.card.input)
 
     def predict(self, images: list[Any]) -> list[Prediction]:
         """One prediction per image (BGR ``uint8`` arrays, the frames' own size)."""
@@ -166,10 +122,3 @@ class Teacher:
                     box = [x0, y0, bw, bh]
                 preds.append(Prediction(sku, float(np.clip(s[k], 0, 1)), box))
         return preds
-
-
-def write_card(model: str | os.PathLike[str], card: dict[str, Any]) -> Path:
-    path = card_path(model)
-    ModelCard.model_validate(card)
-    path.write_text(json.dumps(card, indent=1))
-    return path

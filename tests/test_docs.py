@@ -47,9 +47,10 @@ def test_readme_python_examples_run_as_written(index: int, tmp_path: Path) -> No
 def parsers() -> list[tuple[str, str, argparse.ArgumentParser]]:
     from capsight_edge.cli.main import build_parser as edge
     from cloud_sink.cli import build_parser as sink
+    from trainer.cli import build_parser as train
 
     out = []
-    for prog, build in (("capsight", edge), ("capsight-sink", sink)):
+    for prog, build in (("capsight", edge), ("capsight-sink", sink), ("capsight-train", train)):
         out += [(prog, path, p) for path, p in walk_parsers(build())]
     return out
 
@@ -76,8 +77,9 @@ def test_every_option_and_command_is_described_with_examples() -> None:
 def test_every_example_parses() -> None:
     from capsight_edge.cli.main import build_parser as edge
     from cloud_sink.cli import build_parser as sink
+    from trainer.cli import build_parser as train
 
-    builders = {"capsight": edge, "capsight-sink": sink}
+    builders = {"capsight": edge, "capsight-sink": sink, "capsight-train": train}
     lines = []
     for _prog, _path, parser in parsers():
         lines += [x.strip() for x in (parser.epilog or "").splitlines()[1:]]
@@ -101,12 +103,15 @@ def test_every_example_parses() -> None:
 def test_the_published_schemas_are_up_to_date(tmp_path: Path) -> None:
     from capsight_edge.records import write_schemas as cli_schemas
     from cloud_sink.schemas import write_schemas as api_schemas
+    from trainer.records import write_schemas as train_schemas
 
-    for folder, write in (("schemas/cli", cli_schemas), ("schemas/api", api_schemas)):
+    for folder, write, module in (
+        ("schemas/cli", cli_schemas, "capsight_edge.records"),
+        ("schemas/api", api_schemas, "cloud_sink.schemas"),
+        ("schemas/train", train_schemas, "trainer.records"),
+    ):
         fresh = {p.name: p.read_text() for p in write(tmp_path / folder)}
         kept = {p.name: p.read_text() for p in (ROOT / folder).glob("*.json")}
-        assert kept == fresh, f"{folder} is out of date: run python -m " + (
-            "capsight_edge.records" if "cli" in folder else "cloud_sink.schemas"
-        )
+        assert kept == fresh, f"{folder} is out of date: run python -m {module}"
         for text in fresh.values():
             assert json.loads(text)["properties"]["type"]

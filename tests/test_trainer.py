@@ -1,0 +1,426 @@
+"""The trainer, end to end through real Ray clusters: a rendered dataset, `capsight-train run`
+on a cluster started with `ray start --head` with one of its workers killed mid-run (it resumes
+from the last checkpoint and ends with the very weights of an uninterrupted run on a local
+cluster), ONNX export with parity, int8, model cards every consumer reads, the release gate
+(a worse candidate is rejected, a better one released) and publishing. Bad datasets are refused
+before any worker starts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from capsight_edge.localsink import free_port
+from cloud_sink.datasets import Manifest, load_manifest
+from tests.conftest import ROOT
+
+TRAIN = [sys.executable, "-m", "trainer.cli"]
+RAY = str(Path(sys.executable).with_name("ray"))
+ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
+SKUS = 6
+
+
+def train_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TRAIN, *args], capture_output=True, text=True, timeout=timeout, env=ENV, cwd=ROOT
+    )
+
+
+def records(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+@dataclass
+class Runs:
+    root: Path
+    dataset: Path
+    stores_test: Path
+    killed: Path  # the run on `ray start --head` whose worker was killed
+    clean: Path  # the same run, uninterrupted, on a local cluster
+    worse: Path  # one epoch: a worse model
+    killed_pid: int
+
+
+def render(root: Path, *args: str) -> Path:
+    res = train_cli(
+        "render-dataset",
+        "--root",
+        str(root),
+        "--catalogue-size",
+        str(SKUS),
+        "--width",
+        "320",
+        "--height",
+        "180",
+        "--json",
+        *args,
+    )
+    assert res.returncode == 0, res.stderr
+    (rec,) = records(res.stdout)
+    assert rec["type"] == "dataset_rendered"
+    return Path(rec["path"])
+
+
+def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = predicate()
+        if got:
+            return got
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    root = tmp_path_factory.mktemp("trainer")
+    dataset = render(root, "--name", "baseline", "--views", "18")
+    stores_test = render(
+        root,
+        "--name",
+        "stores-test",
+        "--views",
+        "12",
+        "--store",
+        "store-north",
+        "--store",
+        "store-south",
+        "--seed",
+        "7",
+    )
+    common = ["--dataset", str(dataset), "--epochs", "10", "--seed", "3", "--json"]
+
+    # 1. On an existing cluster (`ray start --head`), killing one worker after the first epoch.
+    port = free_port()
+    started = subprocess.run(
+        [
+            RAY,
+            "start",
+            "--head",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--object-store-memory=150000000",
+            "--include-dashboard=false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=ENV,
+    )
+    assert started.returncode == 0, started.stderr[-2000:]
+    killed = root / "killed"
+    try:
+        proc = subprocess.Popen(
+            [*TRAIN, "run", *common, "--out", str(killed), "--address", f"127.0.0.1:{port}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+            cwd=ROOT,
+        )
+        progress = killed / "progress.jsonl"
+
+        def first_epoch() -> bool:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            return progress.is_file() and progress.read_text().count("\n") >= 2
+
+        wait_for(first_epoch, 300, "the first two epochs")
+        pid = int((killed / "workers" / "1.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        _out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    finally:
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120, env=ENV)
+
+    # 2. The same run, uninterrupted, on a local cluster started for it (the default).
+    clean = root / "clean"
+    res = train_cli("run", *common, "--out", str(clean))
+    assert res.returncode == 0, res.stderr[-3000:]
+    # 3. A deliberately worse candidate: one epoch.
+    worse = root / "worse"
+    res = train_cli("run", "--dataset", str(dataset), "--epochs", "1", "--out", str(worse))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return Runs(root, dataset, stores_test, killed, clean, worse, pid)
+
+
+def test_render_dataset_is_the_catalogue_in_the_manifest_format(tmp_path: Path) -> None:
+    from capsight_edge.scene.catalogue import Catalogue
+
+    a = render(tmp_path, "--name", "b", "--views", "6")
+    b = render(tmp_path, "--name", "b", "--views", "6")
+    assert (a.name, b.name) == ("v1", "v2")  # each render is a new version
+    m, n = load_manifest(a), load_manifest(b)
+    assert [i.sha256 for i in m.items] == [i.sha256 for i in n.items]  # fixed from its seed
+    cat = Catalogue(SKUS, seed=1)
+    assert m.classes == ["", *(p.sku for p in cat.products)]
+    assert m.gtins == {p.sku: p.gtin14 for p in cat.products}
+    assert m.stores == {"studio-a": "train", "studio-b": "val", "studio-c": "test"}
+    counts = m.counts()
+    assert counts["train"] > counts["test"] > 0 and counts["val"] > 0
+    for sku in m.classes:  # every SKU (and "no product") in every split
+        for split in ("train", "val", "test"):
+            assert any(i.label.sku == sku and i.split == split for i in m.items), (sku, split)
+    for item in m.items:
+        assert item.label.source == "render"
+        assert (item.label.box is not None) == bool(item.label.sku)
+        if item.label.box:
+            x, y, w, h = item.label.box
+            assert x >= 0 and y >= 0 and x + w <= item.width and y + h <= item.height
+        if item.label.sku:  # studio: clean conditions
+            assert item.conditions == {
+                "lighting": "normal",
+                "blur": "no",
+                "glare": "no",
+                "occlusion": "no",
+                "crumpled": "no",
+            }
+
+
+def test_a_killed_worker_resumes_from_its_checkpoint_with_the_same_result(runs: Runs) -> None:
+    import torch
+
+    killed = json.loads((runs.killed / "train.json").read_text())
+    clean = json.loads((runs.clean / "train.json").read_text())
+    assert killed["cluster"] == "existing" and clean["cluster"] == "local"
+    assert killed["workers"] == 2 and killed["restarts"] >= 1
+    assert any(e["resumed_from"] for e in killed["epochs"])  # from a checkpoint, not from 0
+    assert clean["restarts"] == 0
+    assert [e["epoch"] for e in killed["epochs"]] == list(range(10))
+    pids = {e["attempt_pid"] for e in killed["epochs"]}
+    assert runs.killed_pid not in pids or len(pids) > 1  # a new group after the kill
+    # Deterministic from the seed: the resumed run ends with the uninterrupted run's weights.
+    a = torch.load(runs.killed / "model.pt", weights_only=True)["model"]
+    b = torch.load(runs.clean / "model.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [e["loss"] for e in killed["epochs"]] == pytest.approx(
+        [e["loss"] for e in clean["epochs"]], rel=1e-6
+    )
+
+
+def test_export_parity_int8_and_the_card_every_consumer_reads(runs: Runs) -> None:
+    import onnx
+
+    from capsight_edge.runtime.card import ONNX_KEY, read_card
+    from cloud_sink.teacher import Teacher
+
+    report = json.loads((runs.clean / "train.json").read_text())
+    assert report["parity"]["max_abs_error"] <= 1e-4
+    assert report["parity"]["argmax_agreement"] == 1.0
+    models = report["models"]
+    assert abs(models["int8_accuracy_loss"]) <= 0.05
+    assert models["fp32"]["inferences_per_s_1core"] >= 15  # a cart's CPU, one core
+    assert models["int8"]["bytes"] < models["fp32"]["bytes"] / 2
+    manifest = Manifest.model_validate_json((runs.dataset / "manifest.json").read_bytes())
+    for name, precision in (("model.onnx", "fp32"), ("model-int8.onnx", "int8")):
+        path = runs.clean / name
+        proto = onnx.load(str(path))
+        onnx.checker.check_model(proto)
+        assert proto.opset_import[0].version == 18
+        assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+        inside = {p.key: p.value for p in proto.metadata_props}[ONNX_KEY]
+        card = read_card(path)
+        assert json.loads(inside) == json.loads(card.model_dump_json(exclude_none=True))
+        assert card.precision == precision and card.labels == manifest.classes
+        assert card.gtins == ["", *(manifest.gtins[s] for s in manifest.classes[1:])]
+        assert card.dataset and card.dataset.sha256 == manifest.digest()
+        assert card.metrics["accuracy"] > 0
+        assert (card.input.width, card.input.color) == (112, "RGB")
+        # The sink's pre-labelling takes the trained model as its teacher, through the card.
+        teacher = Teacher(path)
+        import cv2
+
+        item = next(i for i in manifest.items if i.split == "test" and i.label.sku)
+        img = cv2.imread(str(runs.dataset / item.frame))
+        (pred,) = teacher.predict([img])
+        assert pred.sku in manifest.classes and 0 <= pred.score <= 1
+
+
+def test_the_gate_rejects_a_worse_candidate_and_releases_a_better_one(
+    runs: Runs, tmp_path: Path
+) -> None:
+    good, worse = runs.clean / "model.onnx", runs.worse / "model.onnx"
+    res = train_cli(
+        "evaluate",
+        "--candidate",
+        str(worse),
+        "--champion",
+        str(good),
+        "--test-set",
+        str(runs.dataset),
+        "--test-set",
+        str(runs.stores_test),
+        "--out",
+        str(tmp_path / "no"),
+        "--min-slice-items",
+        "10",
+        "--json",
+    )
+    assert res.returncode == 1, res.stderr
+    (verdict,) = records(res.stdout)
+    assert verdict["decision"] == "reject"
+    assert any("does not beat the champion" in r for r in verdict["reasons"])
+    assert verdict["candidate"]["accuracy"] < verdict["champion"]["accuracy"]
+    for f in ("eval.json", "eval.md", "eval-slices.png", "eval-confusion.png"):
+        assert (tmp_path / "no" / f).stat().st_size > 0
+    assert json.loads((tmp_path / "no" / "eval.json").read_text()) == verdict
+    kinds = {r["slice"] for r in verdict["slices"]}
+    assert {"store", "sku", "lighting", "blur", "glare", "occlusion", "crumpled"} <= kinds
+    assert {r["value"] for r in verdict["slices"] if r["slice"] == "store"} == {
+        "studio-c",
+        "store-north",
+        "store-south",
+    }
+    assert {s["name"] for s in verdict["test_sets"]} == {"baseline", "stores-test"}
+
+    # Publishing what the gate rejected is refused.
+    pub = train_cli(
+        "publish",
+        "--model",
+        str(worse),
+        "--eval",
+        str(tmp_path / "no" / "eval.json"),
+        "--registry",
+        str(tmp_path / "registry"),
+    )
+    assert pub.returncode == 2 and "the gate rejected" in pub.stderr
+    assert not (tmp_path / "registry").exists()
+
+    # The better one against the worse champion: released, and published.
+    res = train_cli(
+        "evaluate",
+        "--candidate",
+        str(good),
+        "--champion",
+        str(worse),
+        "--test-set",
+        str(runs.dataset),
+        "--out",
+        str(tmp_path / "yes"),
+        "--tolerance",
+        "1",
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "RELEASE" in res.stdout
+    pub = train_cli(
+        "publish",
+        "--model",
+        str(good),
+        "--eval",
+        str(tmp_path / "yes" / "eval.json"),
+        "--registry",
+        str(tmp_path / "registry"),
+        "--channel",
+        "canary",
+        "--json",
+    )
+    assert pub.returncode == 0, pub.stderr
+    (rec,) = records(pub.stdout)
+    assert rec["type"] == "published" and "model.onnx" in " ".join(rec["files"])
+    chan = json.loads((tmp_path / "registry" / "channels" / "canary.json").read_text())
+    assert chan["current"]["sha256"] == hashlib.sha256(good.read_bytes()).hexdigest()
+    # The eval of one file does not publish another.
+    pub = train_cli(
+        "publish",
+        "--model",
+        str(worse),
+        "--eval",
+        str(tmp_path / "yes" / "eval.json"),
+        "--registry",
+        str(tmp_path / "registry"),
+    )
+    assert pub.returncode == 2 and "judged another file" in pub.stderr
+
+
+def test_a_first_model_is_gated_against_fixed_minimums(runs: Runs, tmp_path: Path) -> None:
+    res = train_cli(
+        "evaluate",
+        "--candidate",
+        str(runs.worse / "model.onnx"),
+        "--test-set",
+        str(runs.dataset),
+        "--out",
+        str(tmp_path),
+        "--min-accuracy",
+        "0.99",
+    )
+    assert res.returncode == 1
+    assert "below the first model's minimum" in res.stdout
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return render(tmp_path_factory.mktemp("bad"), "--name", "small", "--views", "6")
+
+
+def broken(small: Path, tmp_path: Path, how: str) -> Path:
+    folder = tmp_path / how
+    shutil.copytree(small, folder)
+    m = Manifest.model_validate_json((folder / "manifest.json").read_bytes())
+    items = list(m.items)
+    if how == "missing":
+        (folder / items[0].frame).unlink()
+    elif how == "hash":
+        (folder / items[1].frame).write_bytes(b"not the frame")
+    elif how == "empty-class":
+        gone = items[1].label.sku or items[2].label.sku
+        items = [i for i in items if not (i.label.sku == gone and i.split == "train")]
+    elif how == "leak":
+        test = next(i for i in items if i.split == "test")
+        train = next(i for i in items if i.split == "train")
+        shutil.copyfile(folder / test.frame, folder / train.frame)
+        items = [i.model_copy(update={"sha256": test.sha256}) if i is train else i for i in items]
+    elif how == "outside":
+        items[0] = items[0].model_copy(
+            update={"label": items[0].label.model_copy(update={"sku": "sku-9999"})}
+        )
+    (folder / "manifest.json").write_text(m.model_copy(update={"items": items}).model_dump_json())
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("how", "says"),
+    [
+        ("missing", "is missing"),
+        ("hash", "does not match its sha256"),
+        ("empty-class", "have no training item"),
+        ("leak", "also appear in training or validation"),
+        ("outside", "is not in the catalogue"),
+    ],
+)
+def test_bad_datasets_are_refused_before_any_worker_starts(
+    small: Path, tmp_path: Path, how: str, says: str
+) -> None:
+    folder = broken(small, tmp_path, how)
+    out = tmp_path / "run"
+    res = train_cli("run", "--dataset", str(folder), "--out", str(out), "--json", timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert says in res.stderr
+    (rec,) = records(res.stdout)
+    assert rec["type"] == "error" and says in rec["error"]
+    assert not out.exists()  # no worker, no cluster, nothing written
+
+
+def test_a_dataset_name_resolves_to_its_newest_version(small: Path, tmp_path: Path) -> None:
+    from trainer.data import DatasetError, resolve
+
+    root = small.parent.parent
+    assert resolve("small", root) == small
+    assert resolve("small@1", root) == small
+    with pytest.raises(DatasetError, match="no version 7"):
+        resolve("small@7", root)
+    with pytest.raises(DatasetError, match="neither a dataset folder"):
+        resolve("nothing-here", root)
+    res = train_cli("run", "--dataset", "small", "--root", str(root), "--out", str(small))
+    assert res.returncode == 2 and "is not empty" in res.stderr

@@ -1,0 +1,114 @@
+"""Every JSON record ``capsight-train --json`` writes, in the device CLI's one convention
+(:mod:`capsight_edge.records`: JSON Lines, a ``type`` first, ``*_s`` seconds, ``*_utc`` times).
+The JSON Schemas in ``schemas/train/`` are generated from these models (``python -m
+trainer.records``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from capsight_edge.records import ErrorRecord, Record, emit
+
+__all__ = ["ErrorRecord", "emit"]
+
+
+class DatasetRenderedRecord(Record):
+    type: Literal["dataset_rendered"] = "dataset_rendered"
+    name: str
+    version: int
+    path: str
+    items: int
+    splits: dict[str, int]
+    stores: dict[str, str]
+    classes: int
+    digest: str
+    duration_s: float
+
+
+class TrainEpochRecord(Record):
+    type: Literal["train_epoch"] = "train_epoch"
+    epoch: int
+    epochs: int
+    loss: float
+    train_accuracy: float
+    val_accuracy: float | None
+    samples: int
+    epoch_s: float
+    samples_per_s: float
+    resumed_from: int | None
+
+
+class TrainResultRecord(Record):
+    """The whole report of a run (``train.json`` in the run's folder holds the same)."""
+
+    type: Literal["train_result"] = "train_result"
+    out: str
+    dataset: dict[str, Any]
+    settings: dict[str, Any]
+    cluster: Literal["local", "existing"]
+    workers: int
+    use_gpu: bool
+    epochs: list[dict[str, Any]]
+    restarts: int
+    start_s: float
+    train_s: float
+    export_s: float
+    parity: dict[str, float]
+    models: dict[str, Any]
+    card_version: str
+
+
+class EvalRecord(Record):
+    """The gate's verdict (``eval.json`` holds the same)."""
+
+    type: Literal["eval"] = "eval"
+    decision: Literal["release", "reject"]
+    reasons: list[str]
+    candidate: dict[str, Any]
+    champion: dict[str, Any] | None
+    config: dict[str, Any]
+    test_sets: list[dict[str, Any]]
+    slices: list[dict[str, Any]]
+    confusion: dict[str, Any]
+
+
+class PublishedRecord(Record):
+    type: Literal["published"] = "published"
+    name: str
+    version: str
+    channel: str
+    registry: str
+    files: list[str]
+    published_utc: str
+
+
+RECORDS: list[type[Record]] = [
+    DatasetRenderedRecord,
+    TrainEpochRecord,
+    TrainResultRecord,
+    EvalRecord,
+    PublishedRecord,
+    ErrorRecord,
+]
+
+
+def schemas() -> dict[str, dict[str, Any]]:
+    return {r.model_fields["type"].default: r.model_json_schema() for r in RECORDS}
+
+
+def write_schemas(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, schema in sorted(schemas().items()):
+        path = folder / f"{name}.json"
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        out.append(path)
+    return out
+
+
+if __name__ == "__main__":
+    for p in write_schemas(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("schemas/train")):
+        print(p)

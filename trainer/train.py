@@ -1,0 +1,382 @@
+"""Training: one loop, run by every Ray Train worker (``TorchTrainer``, the V2 API) or, for the
+benchmark's baseline, by one plain process.
+
+Each worker reads the manifest and decodes the training split itself (a per-worker loader: the
+dataset folder must be readable by every worker, which on one machine it is, and on a cluster
+means shared storage). Every epoch draws one global order from ``(seed, epoch)``, padded to a
+multiple of the workers, and each worker takes its share, as ``DistributedSampler`` does; the
+augmentation draws from ``(seed, epoch, rank)``. A run is thus the same from its seed, and a
+run resumed from the checkpoint of epoch k continues exactly as if nothing had happened.
+
+Rank 0 writes a checkpoint every epoch (model, optimiser, epoch) through ``ray.train.report``;
+a worker that dies makes Ray restart the group (``FailureConfig``), which resumes from the latest
+checkpoint. Rank 0 also appends one line per epoch to ``progress.jsonl`` in the run's folder:
+what the command line shows while the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROGRESS = "progress.jsonl"
+STATE = "state.pt"
+
+
+class TrainError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainSettings:
+    dataset: str  # the dataset folder (already resolved and checked)
+    out: str
+    arch: str = "recogniser"
+    epochs: int = 12
+    batch: int = 32
+    lr: float = 3e-3
+    seed: int = 0
+    workers: int = 2
+    cpus_per_worker: float = 0.5
+    threads: int = 1  # torch intra-op threads per worker
+    box_weight: float = 2.0
+    max_failures: int = 2
+    use_gpu: bool = False
+
+
+@dataclass
+class EpochReport:
+    epoch: int
+    epochs: int
+    loss: float
+    train_accuracy: float
+    val_accuracy: float | None
+    samples: int
+    epoch_s: float
+    samples_per_s: float
+    decode_s: float
+    attempt_pid: int
+    resumed_from: int | None
+
+
+@dataclass
+class TrainResult:
+    state_path: Path
+    epochs: list[EpochReport] = field(default_factory=list)
+    start_s: float = 0.0  # ray.init (when started here) to the first epoch's first step
+    total_s: float = 0.0
+    workers: int = 0
+    use_gpu: bool = False
+    restarts: int = 0
+
+
+# -- the loop ---------------------------------------------------------------------------------
+def augment(images: Any, rng: Any) -> Any:
+    """Light and blur jitter (a store is rarely a studio): each image's brightness times
+    0.65..1.35; a third of them a horizontal 3- or 5-pixel motion blur."""
+    import cv2
+    import numpy as np
+
+    out = images.astype(np.float32)
+    gain = rng.uniform(0.65, 1.35, size=(len(images), 1, 1, 1)).astype(np.float32)
+    out = np.clip(out * gain, 0, 255).astype(np.uint8)
+    for k in np.nonzero(rng.random(len(images)) < 1 / 3)[0]:
+        size = int(rng.choice((3, 5)))
+        kernel = np.zeros((size, size), np.float32)
+        kernel[size // 2, :] = 1.0 / size
+        out[k] = cv2.filter2D(out[k], -1, kernel)
+    return out
+
+
+def lr_at(step: int, total: int, base: float) -> float:
+    """Linear warm-up over the first 5% of steps, then cosine to zero."""
+    warm = max(1, total // 20)
+    if step < warm:
+        return base * (step + 1) / warm
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def accuracy(model: Any, arrays: Any, spec: Any, device: Any, batch: int = 128) -> float:
+    import torch
+
+    from capsight_edge.runtime.card import to_input
+
+    if len(arrays.labels) == 0:
+        return float("nan")
+    model.eval()
+    right = 0
+    with torch.no_grad():
+        for s in range(0, len(arrays.labels), batch):
+            x = torch.from_numpy(to_input(list(arrays.images[s : s + batch]), spec)).to(device)
+            logits, _ = model(x)
+            right += int((logits.argmax(1).cpu().numpy() == arrays.labels[s : s + batch]).sum())
+    return right / len(arrays.labels)
+
+
+def loop(config: dict[str, Any], rank: int = 0, world: int = 1, *, ray_mode: bool = False) -> None:
+    """Train as ``config`` (a :class:`TrainSettings` as a dict) says, as worker ``rank`` of
+    ``world``."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from capsight_edge.runtime.card import CardInput, to_input
+    from cloud_sink.datasets import Manifest
+    from trainer.data import Dataset, decode
+    from trainer.models import ARCHS, build, card_input
+
+    s = TrainSettings(**config)
+    torch.set_num_threads(s.threads)
+    torch.manual_seed(s.seed)
+    out = Path(s.out)
+    if ray_mode:
+        import ray.train
+        import ray.train.torch
+
+        device = ray.train.torch.get_device()
+    else:
+        device = torch.device("cpu")
+    root = Path(s.dataset)
+    ds = Dataset(root, Manifest.model_validate_json((root / "manifest.json").read_bytes()))
+    arch = ARCHS[s.arch]
+    spec = CardInput(**card_input(s.arch))
+    t0 = time.perf_counter()
+    train = decode(ds, ds.split("train"), arch.size, arch.size)
+    val = decode(ds, ds.split("val"), arch.size, arch.size) if rank == 0 else None
+    decode_s = time.perf_counter() - t0
+    model: Any = build(s.arch, len(ds.classes)).to(device)
+    if ray_mode and world > 1:
+        model = ray.train.torch.prepare_model(model, move_to_device=False)
+    plain = model.module if hasattr(model, "module") else model
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=1e-4)
+    n = len(train.labels)
+    per_rank = math.ceil(n / world)
+    steps = math.ceil(per_rank / s.batch)
+    total_steps = steps * s.epochs
+    start_epoch, resumed_from = 0, None
+    checkpoint = ray.train.get_checkpoint() if ray_mode else None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / STATE, map_location=device, weights_only=True)
+        plain.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start_epoch = resumed_from = int(state["epoch"]) + 1
+    (out / "workers").mkdir(parents=True, exist_ok=True)
+    (out / "workers" / f"{rank}.pid").write_text(str(os.getpid()))
+    for epoch in range(start_epoch, s.epochs):
+        t_epoch = time.perf_counter()
+        order = np.resize(np.random.default_rng([s.seed, epoch]).permutation(n), per_rank * world)
+        mine = order[rank::world]
+        rng = np.random.default_rng([s.seed, epoch, rank, 1])
+        torch.manual_seed(int(np.random.default_rng([s.seed, epoch, rank, 2]).integers(2**62)))
+        model.train()  # dropout draws from the line above: an epoch run again draws the same
+        loss_sum, right = 0.0, 0
+        for step in range(steps):
+            idx = mine[step * s.batch : (step + 1) * s.batch]
+            for group in opt.param_groups:
+                group["lr"] = lr_at(epoch * steps + step, total_steps, s.lr)
+            x = torch.from_numpy(to_input(list(augment(train.images[idx], rng)), spec)).to(device)
+            y = torch.from_numpy(train.labels[idx]).to(device)
+            logits, box = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=0.05)
+            has = torch.from_numpy(train.has_box[idx]).to(device)
+            if bool(has.any()):
+                target = torch.from_numpy(train.boxes[idx]).to(device)
+                loss = loss + s.box_weight * F.smooth_l1_loss(
+                    torch.sigmoid(box[has]), target[has], beta=0.05
+                )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss_sum += float(loss) * len(idx)
+            right += int((logits.argmax(1) == y).sum())
+        epoch_s = time.perf_counter() - t_epoch
+        metrics: dict[str, Any] = {
+            "epoch": epoch,
+            "epochs": s.epochs,
+            "loss": loss_sum / len(mine),
+            "train_accuracy": right / len(mine),
+            "val_accuracy": None,
+            "samples": len(mine) * world,
+            "epoch_s": epoch_s,
+            "samples_per_s": len(mine) * world / epoch_s,
+            "decode_s": decode_s,
+            "attempt_pid": os.getpid(),
+            "resumed_from": resumed_from,
+        }
+        if rank == 0 and val is not None and len(val.labels):
+            metrics["val_accuracy"] = accuracy(plain, val, spec, device)
+        with tempfile.TemporaryDirectory() as tmp:
+            if rank == 0:
+                torch.save(
+                    {"model": plain.state_dict(), "opt": opt.state_dict(), "epoch": epoch},
+                    Path(tmp) / STATE,
+                )
+            if ray_mode:
+                from ray.train import Checkpoint
+
+                ckpt = Checkpoint.from_directory(tmp) if rank == 0 else None
+                ray.train.report({k: v for k, v in metrics.items() if v is not None}, ckpt)
+            else:
+                (out / "checkpoints").mkdir(exist_ok=True)
+                os.replace(Path(tmp) / STATE, out / "checkpoints" / STATE)
+        if rank == 0:
+            with (out / PROGRESS).open("a") as f:
+                f.write(json.dumps(metrics) + "\n")
+
+
+def _ray_worker(config: dict[str, Any]) -> None:
+    import ray.train
+
+    ctx = ray.train.get_context()
+    loop(config, ctx.get_world_rank(), ctx.get_world_size(), ray_mode=True)
+
+
+# -- the drivers ------------------------------------------------------------------------------
+def read_progress(out: Path) -> list[EpochReport]:
+    path = out / PROGRESS
+    if not path.is_file():
+        return []
+    rows: dict[int, EpochReport] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = EpochReport(**json.loads(line))
+            rows[row.epoch] = row  # an epoch run again after a restart: its last run
+    return [rows[k] for k in sorted(rows)]
+
+
+def _attempts(out: Path) -> list[int]:
+    """The worker groups that reported epochs (rank 0's pid, in order): one, unless a failure
+    made Ray start the group again."""
+    pids: list[int] = []
+    for line in (out / PROGRESS).read_text().splitlines():
+        if line.strip() and (pid := json.loads(line)["attempt_pid"]) not in pids:
+            pids.append(pid)
+    return pids
+
+
+def _follow(out: Path, on_epoch: Callable[[EpochReport], None], stop: threading.Event) -> None:
+    seen = 0
+    path = out / PROGRESS
+    while True:
+        done = stop.wait(0.5)
+        text = path.read_text() if path.is_file() else ""
+        lines = text[: text.rfind("\n") + 1].splitlines()  # whole lines only
+        for line in lines[seen:]:
+            if line.strip():
+                on_epoch(EpochReport(**json.loads(line)))
+        seen = len(lines)
+        if done:
+            return
+
+
+def train_plain(settings: TrainSettings) -> TrainResult:
+    """The same loop in this process, no Ray (the benchmark's baseline)."""
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    loop(asdict(settings))
+    epochs = read_progress(out)
+    return TrainResult(
+        out / "checkpoints" / STATE, epochs, total_s=time.perf_counter() - t0, workers=1
+    )
+
+
+def train_ray(
+    settings: TrainSettings,
+    *,
+    address: str | None = None,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    object_store_bytes: int = 200_000_000,
+) -> TrainResult:
+    """Train with Ray Train's ``TorchTrainer`` on the cluster at ``address``, or on a local
+    cluster started for the run (as many CPUs as this machine has, a bounded object store)."""
+    # `ray start` (2.60) turns token authentication on by default, but a client whose
+    # RAY_AUTH_MODE is unset does not send the token it has: say so before importing ray.
+    if (Path.home() / ".ray" / "auth_token").is_file():
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    out = Path(settings.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    settings.out = str(out)
+    t0 = time.perf_counter()
+    env = {"RAY_USAGE_STATS_ENABLED": "0"}
+    os.environ.update(env)
+    started_here = not ray.is_initialized()
+    if started_here:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(
+                num_cpus=os.cpu_count() or 2,
+                object_store_memory=object_store_bytes,
+                include_dashboard=False,
+                log_to_driver=False,
+            )
+    try:
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+        settings.use_gpu = settings.use_gpu or gpus >= settings.workers
+        per_worker: dict[str, float] = {"CPU": settings.cpus_per_worker}
+        if settings.use_gpu:
+            per_worker["GPU"] = 1
+        trainer = TorchTrainer(
+            _ray_worker,
+            train_loop_config=asdict(settings),
+            scaling_config=ScalingConfig(
+                num_workers=settings.workers,
+                use_gpu=settings.use_gpu,
+                resources_per_worker=per_worker,
+            ),
+            run_config=RunConfig(
+                name="train",
+                storage_path=str(out / "ray"),
+                failure_config=FailureConfig(max_failures=settings.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+            ),
+        )
+        stop = threading.Event()
+        follower = None
+        if on_epoch is not None:
+            follower = threading.Thread(target=_follow, args=(out, on_epoch, stop), daemon=True)
+            follower.start()
+        try:
+            result = trainer.fit()
+        except Exception as exc:
+            raise TrainError(f"training failed: {exc}") from exc
+        finally:
+            stop.set()
+            if follower is not None:
+                follower.join()
+        if result.error is not None:
+            raise TrainError(f"training failed: {result.error}")
+        if result.checkpoint is None:
+            raise TrainError("training ended without a checkpoint")
+        with result.checkpoint.as_directory() as d:
+            state_path = out / "model.pt"
+            state_path.write_bytes((Path(d) / STATE).read_bytes())
+    finally:
+        if started_here:
+            ray.shutdown()
+    epochs = read_progress(out)
+    total_s = time.perf_counter() - t0
+    first = sum(e.epoch_s for e in epochs)
+    return TrainResult(
+        state_path,
+        epochs,
+        start_s=max(0.0, total_s - first),
+        total_s=total_s,
+        workers=settings.workers,
+        use_gpu=settings.use_gpu,
+        restarts=len(_attempts(out)) - 1 if epochs else 0,
+    )
