@@ -25,6 +25,7 @@ MODULES = (
     "benchmarks.bench_upload",
     "benchmarks.bench_abuse",
     "benchmarks.bench_prelabel",
+    "benchmarks.bench_train",
 )
 
 

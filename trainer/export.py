@@ -5,6 +5,7 @@ ONNX file (metadata) and beside it (JSON)."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,8 @@ def export_onnx(model: Any, card: ModelCard, path: Path) -> Path:
 
     from trainer.models import Deployed
 
+    # The exporter warns about every torchvision op it could not register (we use none).
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     deployed = Deployed(model).eval()
     spec = card.input
     example = torch.zeros(2, 3, spec.height, spec.width)

@@ -196,7 +196,7 @@ def loop(config: dict[str, Any], rank: int = 0, world: int = 1, *, ray_mode: boo
             opt.zero_grad()
             loss.backward()
             opt.step()
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
             right += int((logits.argmax(1) == y).sum())
         epoch_s = time.perf_counter() - t_epoch
         metrics: dict[str, Any] = {

@@ -1,0 +1,148 @@
+"""Training: Ray Train's overhead against a plain torch loop, and int8 against fp32.
+
+The rendered baseline (``capsight-train render-dataset``: the fleet catalogue of the profile in
+clean studio renders) is trained twice in this run, like for like: the same model, data, epochs,
+global batch and seed, on the same two cores:
+
+- plain: one process, the trainer's own loop without Ray, two torch threads, global batch B;
+- Ray Train: ``TorchTrainer`` (V2) on a local cluster started for it, two workers of one thread
+  and half a CPU each, batch B/2 per worker (global B), gradients all-reduced over gloo.
+
+Figures: training frames per second (all epochs' frames over all epochs' time; the target is
+Ray >= 0.8x plain), the fixed start cost of a Ray run (everything that is not an epoch: starting
+Ray and the workers, each worker decoding the dataset, checkpoints), the per-worker loader's
+decode time, and, on the Ray-trained model, inferences per second on one core (batch 1) of the
+fp32 and the int8 (QDQ, calibrated on training frames) ONNX models and their test accuracy.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from benchmarks.registry import BenchContext, BenchResult, Metric, benchmark
+
+
+@benchmark("train")
+def bench_train(ctx: BenchContext) -> BenchResult:
+    from capsight_edge.profile import load_profile
+    from trainer.data import open_dataset
+    from trainer.render import RenderSpec, render_dataset
+    from trainer.run import finish
+    from trainer.train import TrainSettings, train_plain, train_ray
+
+    result = BenchResult("train", __doc__.split("\n\n")[0].strip())
+    profile = load_profile(ctx.profile_path)
+    root = Path(tempfile.mkdtemp(prefix="capsight-train-"))
+    try:
+        folder = render_dataset(
+            RenderSpec(
+                name="baseline",
+                root=root / "datasets",
+                catalogue_seed=profile.sim.catalogue_seed,
+                catalogue_size=profile.sim.catalogue_size,
+                views=12 if ctx.quick else 24,
+            )
+        )
+        ds = open_dataset(str(folder))
+        epochs, batch = (3, 32) if ctx.quick else (8, 32)
+        ray_settings = TrainSettings(
+            dataset=str(folder),
+            out=str(root / "ray"),
+            epochs=epochs,
+            batch=batch // 2,
+            workers=2,
+            cpus_per_worker=0.5,
+            threads=1,
+        )
+        plain_settings = replace(
+            ray_settings, out=str(root / "plain"), batch=batch, workers=1, threads=2
+        )
+        plain = train_plain(plain_settings)
+        ray = train_ray(ray_settings)
+
+        def rate(epochs_: list) -> float:  # type: ignore[type-arg]
+            return sum(e.samples for e in epochs_) / sum(e.epoch_s for e in epochs_)
+
+        plain_rate, ray_rate = rate(plain.epochs), rate(ray.epochs)
+        result.metrics.append(
+            Metric(
+                "Ray Train, 2 workers: training throughput",
+                round(ray_rate, 1),
+                "frames/s",
+                round(plain_rate, 1),
+                "plain torch loop, 1 process",
+                ">= 0.8x plain",
+                ray_rate >= 0.8 * plain_rate,
+            )
+        )
+        result.metrics.append(
+            Metric("Ray Train: fixed start cost of a run", round(ray.start_s, 1), "s")
+        )
+        result.metrics.append(
+            Metric(
+                "per-worker loader: decoding the training split",
+                round(ray.epochs[0].decode_s, 2),
+                "s",
+            )
+        )
+        after = finish(ds, ray_settings, ray.state_path)
+        fp32, int8 = after["models"]["fp32"], after["models"]["int8"]
+        result.metrics.append(
+            Metric(
+                "int8 inference, 1 core, batch 1",
+                round(int8["inferences_per_s_1core"], 1),
+                "inferences/s",
+                round(fp32["inferences_per_s_1core"], 1),
+                "fp32",
+                ">= 2x fp32",
+                int8["inferences_per_s_1core"] >= 2 * fp32["inferences_per_s_1core"],
+            )
+        )
+        loss_pts = 100 * (fp32["accuracy"] - int8["accuracy"])
+        result.metrics.append(
+            Metric(
+                "int8 accuracy loss on the test split",
+                round(loss_pts, 2),
+                "points",
+                None,
+                "",
+                "<= 1 point",
+                loss_pts <= 1.0,
+            )
+        )
+        result.metrics.append(
+            Metric(
+                "recogniser fp32 on one core (a cart's CPU)",
+                round(fp32["inferences_per_s_1core"], 1),
+                "inferences/s",
+                None,
+                "",
+                ">= 15 inferences/s",
+                fp32["inferences_per_s_1core"] >= 15,
+            )
+        )
+        result.metrics.append(
+            Metric(
+                "test accuracy fp32 (clean studio test split)",
+                round(100 * fp32["accuracy"], 1),
+                "%",
+            )
+        )
+        result.metrics.append(
+            Metric(
+                "parity: max abs error torch vs onnxruntime", after["parity"]["max_abs_error"], ""
+            )
+        )
+        c = ds.manifest.counts()
+        result.notes.append(
+            f"{c['train']} training frames, {len(ds.classes) - 1} SKUs, {epochs} epochs, global "
+            f"batch {batch}, seed 0; plain: 1 process x 2 threads; Ray: 2 workers x 1 thread "
+            "(0.5 CPU each); data: a per-worker loader (each worker decodes the split once; Ray "
+            "Data was not measured against it)"
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return result
