@@ -9,10 +9,10 @@ global batch and seed, on the same two cores:
   and half a CPU each, batch B/2 per worker (global B), gradients all-reduced over gloo.
 
 Figures: training frames per second (all epochs' frames over all epochs' time; the target is
-Ray >= 0.8x plain), the fixed start cost of a Ray run (everything that is not an epoch: starting
-Ray and the workers, each worker decoding the dataset, checkpoints), the per-worker loader's
-decode time, and, on the Ray-trained model, inferences per second on one core (batch 1) of the
-fp32 and the int8 (QDQ, calibrated on training frames) ONNX models and their test accuracy.
+Ray >= 0.8x plain), the fixed start cost of a Ray run (from the call to the first step: starting
+Ray and the workers, each worker decoding the dataset), the per-worker loader's decode time,
+and, on the Ray-trained model, inferences per second on one core (batch 1) of the fp32 and the
+int8 (QDQ, calibrated on training frames) ONNX models and their test accuracy.
 """
 
 from __future__ import annotations

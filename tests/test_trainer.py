@@ -343,6 +343,28 @@ def test_the_gate_rejects_a_worse_candidate_and_releases_a_better_one(
     assert pub.returncode == 2 and "judged another file" in pub.stderr
 
 
+def test_the_int8_model_goes_through_the_same_gate(runs: Runs, tmp_path: Path) -> None:
+    res = train_cli(
+        "evaluate",
+        "--candidate",
+        str(runs.clean / "model-int8.onnx"),
+        "--champion",
+        str(runs.clean / "model.onnx"),
+        "--test-set",
+        str(runs.dataset),
+        "--out",
+        str(tmp_path),
+        "--margin",
+        "-0.05",
+        "--json",
+    )
+    (verdict,) = records(res.stdout)
+    assert verdict["candidate"]["precision"] == "int8"
+    assert verdict["champion"]["precision"] == "fp32"
+    assert abs(verdict["candidate"]["accuracy"] - verdict["champion"]["accuracy"]) <= 0.05
+    assert res.returncode == (0 if verdict["decision"] == "release" else 1)
+
+
 def test_a_first_model_is_gated_against_fixed_minimums(runs: Runs, tmp_path: Path) -> None:
     res = train_cli(
         "evaluate",
