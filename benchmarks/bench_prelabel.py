@@ -122,7 +122,7 @@ def _train_teacher(root: Path, ctx: BenchContext) -> tuple[Path, str]:
         )
     )
     ds = open_dataset(str(folder))
-    epochs = 2 if ctx.quick else 14
+    epochs = 2 if ctx.quick else 20
     settings = TrainSettings(
         dataset=str(folder),
         out=str(root / "teacher"),

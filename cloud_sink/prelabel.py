@@ -372,7 +372,8 @@ class Prelabeler:
             for code in m.codes:
                 product = self.catalogue.by_code(code)
                 if product is not None:
-                    candidates.append(Candidate("barcode", product.sku, 1.0, None, "", code))
+                    box = pred.product_box if pred is not None else None
+                    candidates.append(Candidate("barcode", product.sku, 1.0, box, "", code))
                     break
         if self.vlm is not None:
             answer = self.vlm.ask(data)

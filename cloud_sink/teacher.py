@@ -36,7 +36,10 @@ class TeacherError(ValueError):
 class Prediction:
     sku: str
     score: float
-    box: list[int] | None  # pixels of the frame it was asked about
+    box: list[int] | None  # pixels of the frame it was asked about; None for "no product"
+    #: Where the box head puts a product, whatever the class says: the box a barcode-as-label
+    #: takes (the read names the product; the teacher only has to find it).
+    product_box: list[int] | None = None
 
 
 class Teacher:
@@ -113,12 +116,10 @@ class Teacher:
                 k = int(np.argmax(s))
                 h, w = img.shape[:2]
                 sku = self.labels[k]
-                box = None
-                if sku:
-                    x0 = int(np.clip(b[0], 0, 1) * w)
-                    y0 = int(np.clip(b[1], 0, 1) * h)
-                    bw = max(1, min(w - x0, int(np.clip(b[2], 0, 1) * w)))
-                    bh = max(1, min(h - y0, int(np.clip(b[3], 0, 1) * h)))
-                    box = [x0, y0, bw, bh]
-                preds.append(Prediction(sku, float(np.clip(s[k], 0, 1)), box))
+                x0 = min(w - 1, int(np.clip(b[0], 0, 1) * w))
+                y0 = min(h - 1, int(np.clip(b[1], 0, 1) * h))
+                bw = max(1, min(w - x0, int(np.clip(b[2], 0, 1) * w)))
+                bh = max(1, min(h - y0, int(np.clip(b[3], 0, 1) * h)))
+                box = [x0, y0, bw, bh]
+                preds.append(Prediction(sku, float(np.clip(s[k], 0, 1)), box if sku else None, box))
         return preds

@@ -118,6 +118,19 @@ def test_only_the_device_seam_reads_transport_kinds() -> None:
     assert hits and outside == [], outside
 
 
+def test_the_trainer_imports_only_the_dataset_manifest_of_the_sink() -> None:
+    """ARCHITECTURE.md: the trainer imports the dataset-manifest module of the sink, nothing
+    else of it."""
+    used = {
+        f"{path.relative_to(ROOT)}: {n}"
+        for path in sorted((ROOT / "trainer").rglob("*.py"))
+        for n in _imports(path)
+        if n.split(".")[0] == "cloud_sink"
+        and not (n == "cloud_sink.datasets" or n.startswith("cloud_sink.datasets."))
+    }
+    assert used == set()
+
+
 def test_packages_keep_to_their_import_rules() -> None:
     """ARCHITECTURE.md: who must not import whom (the edge and the sink speak only over HTTP)."""
     forbidden = {

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,105 +42,12 @@ class RenderSpec:
     stores: dict[str, tuple[Any, str]] | None = None
 
 
-def _lighting(gain: float) -> str:
-    return "dim" if gain < 0.85 else "bright" if gain > 1.15 else "normal"
-
-
-def _conditions(truth: Any) -> dict[str, str]:
-    c = truth.conditions
-    out = {"lighting": _lighting(truth.light_gain)}
-    if c is not None:
-        out |= {
-            "blur": "yes" if c.blur_px else "no",
-            "glare": "yes" if c.glare else "no",
-            "occlusion": "yes" if c.occluded else "no",
-            "crumpled": "yes" if c.crumpled else "no",
-        }
-    return out
-
-
-def _product_frame(
-    catalogue: Any, sku: str, store: Any, spec: RenderSpec, seed: int
-) -> tuple[Any, Any] | None:
-    """One frame of ``sku`` held up (scanning) or going into the basket; None when the draw
-    left the product mostly out of view."""
-    from capsight_edge.devices.render import SceneRenderer
-    from firmware_bridge.sim.scenario import ItemEvent, Scenario
-
-    rng = random.Random(seed)
-    scan_s, hand_s = rng.uniform(0.9, 1.6), rng.uniform(0.4, 0.9)
-    ev = ItemEvent(
-        t_s=2.0 + scan_s,
-        grams=catalogue.by_sku(sku).weight_g,
-        hand_s=hand_s,
-        x=rng.uniform(0.2, 0.8),
-        y=rng.uniform(0.25, 0.8),
-        sku=sku,
-        scanned=rng.random() < 0.75,
-        scan_s=scan_s,
-    )
-    scenario = Scenario(duration_s=6.0, items=[ev], seed=seed)
-    renderer = SceneRenderer(
-        scenario,
-        catalogue,
-        width=spec.width,
-        height=spec.height,
-        seed=seed,
-        conditions=store,
-    )
-    # Mostly the slow part of a scan (the product shown), sometimes entering or going down.
-    phase = rng.random()
-    if phase < 0.6:
-        t = ev.t_s - scan_s * rng.uniform(0.05, 0.7)
-    elif phase < 0.8:
-        t = ev.t_s - scan_s * rng.uniform(0.7, 0.95)
-    else:
-        t = ev.t_s + hand_s * rng.uniform(0.0, 0.6)
-    frame, truth = renderer.render(t)
-    box = truth.item_bbox
-    if box is None or box[2] * box[3] < 0.5 * _area(catalogue.by_sku(sku), spec, renderer):
-        return None
-    return frame, truth
-
-
-def _area(product: Any, spec: RenderSpec, renderer: Any) -> float:
-    w, h = product.size_px
-    return w * h * renderer.scale * renderer.scale * 0.55 * 0.55
-
-
-def _none_frame(catalogue: Any, store: Any, spec: RenderSpec, seed: int) -> tuple[Any, Any]:
-    """A frame with no product in hand: the basket (empty or with items in it), a hand waving
-    over it now and then."""
-    from capsight_edge.devices.render import SceneRenderer
-    from firmware_bridge.sim.scenario import HandWave, ItemEvent, Scenario
-
-    rng = random.Random(seed)
-    items = [
-        ItemEvent(
-            t_s=0.5 + i * 0.01,
-            grams=p.weight_g,
-            hand_s=0.001,
-            x=rng.uniform(0.2, 0.8),
-            y=rng.uniform(0.25, 0.8),
-            sku=p.sku,
-            scanned=False,
-            scan_s=0.0,
-        )
-        for i, p in enumerate(rng.sample(catalogue.products, rng.randrange(0, 4)))
-    ]
-    waves = [HandWave(t_s=3.0, duration_s=2.0)] if rng.random() < 0.4 else []
-    scenario = Scenario(duration_s=6.0, items=items, waves=waves, seed=seed)
-    renderer = SceneRenderer(
-        scenario, catalogue, width=spec.width, height=spec.height, seed=seed, conditions=store
-    )
-    return renderer.render(rng.uniform(3.1, 4.9) if waves else 5.0)
-
-
 def render_dataset(spec: RenderSpec, *, on_item: Any = None) -> Path:
     """Render the dataset ``spec`` describes as the next version under ``spec.root/NAME``;
     returns its folder."""
     import cv2
 
+    from capsight_edge.devices.studio import conditions_of, no_product_frame, product_frame
     from capsight_edge.scene.catalogue import Catalogue
     from capsight_edge.scene.conditions import CLEAN
 
@@ -164,6 +70,7 @@ def render_dataset(spec: RenderSpec, *, on_item: Any = None) -> Path:
         else dict.fromkeys(stores, 1 / len(stores))
     )
     items: list[Item] = []
+    size = (spec.width, spec.height)
     n_done = 0
     for s_index, (store_id, (conditions, split)) in enumerate(sorted(stores.items())):
         views = max(1, round(spec.views * share[store_id]))
@@ -178,13 +85,13 @@ def render_dataset(spec: RenderSpec, *, on_item: Any = None) -> Path:
             got = None
             if sku:
                 for retry in range(20):
-                    got = _product_frame(catalogue, sku, conditions, spec, attempt + retry)
+                    got = product_frame(catalogue, sku, conditions, size, attempt + retry)
                     if got is not None:
                         break
                 if got is None:
                     continue
             else:
-                got = _none_frame(catalogue, conditions, spec, attempt)
+                got = no_product_frame(catalogue, conditions, size, attempt)
             frame, truth = got
             ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
             assert ok
@@ -203,7 +110,7 @@ def render_dataset(spec: RenderSpec, *, on_item: Any = None) -> Path:
                     label=Label(sku=sku, box=box, source="render", model_version="renderer"),
                     split=split,  # type: ignore[arg-type]
                     store_id=store_id,
-                    conditions=_conditions(truth),
+                    conditions=conditions_of(truth),
                 )
             )
             n_done += 1
