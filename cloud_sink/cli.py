@@ -91,6 +91,33 @@ def build_parser() -> argparse.ArgumentParser:
     ci.add_argument("--data", required=True, metavar="DIR", help="the sink's data folder")
     ci.set_defaults(handler=cmd_catalogue_import)
 
+    mo = sub.add_parser("model", help="the model registry: keys, channels, rollouts")
+    msub = mo.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    mk = msub.add_parser("keygen", help="the sink's online key (snapshot, timestamp, rollout)")
+    mk.add_argument("--data", required=True, metavar="DIR", help="the sink's data folder")
+    mk.set_defaults(handler=cmd_model_keygen)
+    mp = msub.add_parser("promote", help="point a channel at a published model")
+    mp.add_argument("channel", choices=("canary", "stable"), help="the channel")
+    mp.add_argument("name", help="the model's name (its card's)")
+    mp.add_argument("version", help="the model's version (its card's)")
+    mp.add_argument(
+        "--rollout", type=int, default=100, metavar="PCT", help="share of the fleet, 0..100"
+    )
+    mp.add_argument("--by", default=os.environ.get("USER", ""), help="who does it (audited)")
+    mp.add_argument("--data", required=True, metavar="DIR", help="the sink's data folder")
+    mp.add_argument("--json", action="store_true", help="a `model_channel` record")
+    mp.set_defaults(handler=cmd_model_promote)
+    mr = msub.add_parser("rollback", help="point a channel back at the model it offered before")
+    mr.add_argument("channel", choices=("canary", "stable"), help="the channel")
+    mr.add_argument("--by", default=os.environ.get("USER", ""), help="who does it (audited)")
+    mr.add_argument("--data", required=True, metavar="DIR", help="the sink's data folder")
+    mr.add_argument("--json", action="store_true", help="a `model_channel` record")
+    mr.set_defaults(handler=cmd_model_rollback)
+    ml = msub.add_parser("ls", help="published models and what each channel offers")
+    ml.add_argument("--data", required=True, metavar="DIR", help="the sink's data folder")
+    ml.add_argument("--json", action="store_true", help="one record per model and channel")
+    ml.set_defaults(handler=cmd_model_ls)
+
     pl = sub.add_parser(
         "prelabel", help="pick the frames of stored bundles worth a label and pre-label them"
     )
@@ -160,6 +187,12 @@ EXAMPLES = {
     "--vlm-model qwen2-vl",
     "audit": "capsight-sink audit --data /srv/sink --teacher teacher.onnx --min-score 0.95",
     "export": "capsight-sink export --data /srv/sink --name shelf-v1 --test-store store-07",
+    "model": "capsight-sink model promote canary recogniser 20261203.1 --data /srv/sink",
+    "model keygen": "capsight-sink model keygen --data /srv/sink",
+    "model promote": "capsight-sink model promote canary recogniser 20261203.1 --data /srv/sink\n"
+    "capsight-sink model promote stable recogniser 20261203.1 --rollout 25 --data /srv/sink",
+    "model rollback": "capsight-sink model rollback stable --data /srv/sink",
+    "model ls": "capsight-sink model ls --data /srv/sink --json",
 }
 
 
@@ -390,6 +423,110 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(record.model_dump_json())
     else:
         print(f"dataset {m.name} v{m.version}: {len(m.items)} items {m.counts()} in {folder}")
+    return 0
+
+
+def _channel_record(channel: str, entry: dict[str, Any] | None) -> Any:
+    from cloud_sink.schemas import ModelChannelRecord
+
+    e = entry or {}
+    return ModelChannelRecord(
+        channel=channel,
+        name=e.get("name"),
+        version=e.get("version"),
+        rollout_pct=e.get("rollout_pct"),
+        sequence=e.get("sequence"),
+        updated_utc=e.get("updated_utc"),
+        by=e.get("by"),
+    )
+
+
+def cmd_model_keygen(args: argparse.Namespace) -> int:
+    from cloud_sink.registry import RegistryError, keygen, registry_dir
+
+    try:
+        pub = keygen(args.data)
+    except RegistryError as exc:
+        raise SinkError(str(exc)) from None
+    print(
+        f"online key {pub['keyid'][:16]}...: give {registry_dir(args.data) / 'online.pub.json'} "
+        "to the ML team for capsight-train registry-init"
+    )
+    return 0
+
+
+def cmd_model_promote(args: argparse.Namespace) -> int:
+    from cloud_sink.registry import Registry, RegistryError
+
+    try:
+        entry = Registry(args.data).promote(
+            args.channel, args.name, args.version, rollout_pct=args.rollout, who=args.by
+        )
+    except RegistryError as exc:
+        raise SinkError(str(exc)) from None
+    record = _channel_record(args.channel, entry)
+    print(
+        record.model_dump_json()
+        if args.json
+        else (
+            f"{args.channel}: {entry['name']} {entry['version']} for {entry['rollout_pct']}% "
+            f"of the fleet (change {entry['sequence']})"
+        )
+    )
+    return 0
+
+
+def cmd_model_rollback(args: argparse.Namespace) -> int:
+    from cloud_sink.registry import Registry, RegistryError
+
+    try:
+        entry = Registry(args.data).rollback(args.channel, who=args.by)
+    except RegistryError as exc:
+        raise SinkError(str(exc)) from None
+    record = _channel_record(args.channel, entry)
+    print(
+        record.model_dump_json()
+        if args.json
+        else (
+            f"{args.channel}: back to {entry['name']} {entry['version']} "
+            f"(change {entry['sequence']})"
+        )
+    )
+    return 0
+
+
+def cmd_model_ls(args: argparse.Namespace) -> int:
+    from cloud_sink.registry import Registry, RegistryError
+    from cloud_sink.schemas import PublishedModelRecord
+
+    reg = Registry(args.data)
+    if not reg.ready:
+        raise SinkError("no registry yet: capsight-train registry-init --registry DATA/registry")
+    try:
+        models = reg.models()
+    except RegistryError as exc:
+        raise SinkError(str(exc)) from None
+    for m in models:
+        rec = PublishedModelRecord(
+            name=m.get("name", "?"),
+            version=m.get("version", "?"),
+            path=m["path"],
+            length=m["length"],
+            precision=m.get("precision"),
+            accuracy=m.get("accuracy"),
+        )
+        print(rec.model_dump_json() if args.json else f"{rec.name} {rec.version} ({rec.path})")
+    for channel in ("canary", "stable"):
+        rec = _channel_record(channel, reg.channel(channel))
+        print(
+            rec.model_dump_json()
+            if args.json
+            else (
+                f"{channel}: {rec.name} {rec.version} at {rec.rollout_pct}%"
+                if rec.name
+                else f"{channel}: nothing"
+            )
+        )
     return 0
 
 

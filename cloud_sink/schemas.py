@@ -229,6 +229,31 @@ class DatasetRecord(_Out):
     digest: str
 
 
+class ModelChannelRecord(_Out):
+    """``capsight-sink model promote|rollback|ls --json``: what a channel offers."""
+
+    type: Literal["model_channel"] = "model_channel"
+    channel: str
+    name: str | None
+    version: str | None
+    rollout_pct: int | None
+    sequence: int | None
+    updated_utc: str | None
+    by: str | None
+
+
+class PublishedModelRecord(_Out):
+    """``capsight-sink model ls --json``: one per model the ML team published."""
+
+    type: Literal["published_model"] = "published_model"
+    name: str
+    version: str
+    path: str
+    length: int
+    precision: str | None = None
+    accuracy: float | None = None
+
+
 class Candidate(_Out):
     source: str
     sku: str
@@ -318,6 +343,8 @@ RESPONSES: tuple[type[BaseModel], ...] = (
     PrelabelRecord,
     AuditRecord,
     DatasetRecord,
+    ModelChannelRecord,
+    PublishedModelRecord,
     LabelsResponse,
     LabelResponse,
     CatalogueResponse,

@@ -20,6 +20,7 @@ from capsight_edge.runtime.card import (
     TASK,
     ModelCard,
     card_path,
+    check_io,
     read_card,
     to_input,
     write_card,
@@ -68,24 +69,9 @@ class Teacher:
             )
         except Exception as exc:
             raise TeacherError(f"{path}: the model does not load: {exc}") from None
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        spec = self.card.input
-        if spec.name not in inputs:
-            raise TeacherError(f"{path}: no input named {spec.name!r} (has {list(inputs)})")
-        shape = inputs[spec.name].shape
-        want = [None, 3, spec.height, spec.width]
-        if len(shape) != 4 or any(
-            isinstance(s, int) and w is not None and s != w
-            for s, w in zip(shape, want, strict=True)
-        ):
-            raise TeacherError(
-                f"{path}: input shape {shape} is not [N, 3, {spec.height}, "
-                f"{spec.width}] as its card says"
-            )
-        outputs = {o.name for o in self.session.get_outputs()}
-        for name in (self.card.outputs.scores, self.card.outputs.boxes):
-            if name not in outputs:
-                raise TeacherError(f"{path}: no output named {name!r} (has {sorted(outputs)})")
+        problem = check_io(self.session, self.card)
+        if problem:
+            raise TeacherError(f"{path}: {problem}")
         self.batch = max(1, batch)
         self.version = f"{self.card.name}:{self.card.version}"
         self.labels = list(self.card.labels)

@@ -608,8 +608,11 @@ def make_app(
         Route("/files/", tus.dispatch, methods=methods, name="files"),
         Route("/files/{upload_id}", tus.dispatch, methods=methods, name="upload"),
     ]
+    from cloud_sink.registry import add_registry
+
     sessions = Sessions(data / "ui.key")
     routes = add_review(routes, db, index, store, data, sessions)
+    routes = add_registry(routes, db, data)
     app = Starlette(
         routes=add_api(routes, db, index, cfg, sweeper, ingest, metrics, sessions),
         lifespan=lifespan,

@@ -284,6 +284,24 @@ def test_the_gate_rejects_a_worse_candidate_and_releases_a_better_one(
     }
     assert {s["name"] for s in verdict["test_sets"]} == {"baseline", "stores-test"}
 
+    # A registry: the sink's online key, the ML team's key, the signed root.
+    from capsight_edge.runtime.trust import generate_key, pub_path
+
+    registry, key = tmp_path / "registry", tmp_path / "ml-team.key"
+    generate_key(registry / "online.json")
+    assert train_cli("keygen", "--out", str(key)).returncode == 0
+    init = train_cli(
+        "registry-init",
+        "--registry",
+        str(registry),
+        "--key",
+        str(key),
+        "--online-key",
+        str(pub_path(registry / "online.json")),
+    )
+    assert init.returncode == 0, init.stderr
+    before = (registry / "metadata" / "targets.json").read_bytes()
+
     # Publishing what the gate rejected is refused.
     pub = train_cli(
         "publish",
@@ -292,10 +310,12 @@ def test_the_gate_rejects_a_worse_candidate_and_releases_a_better_one(
         "--eval",
         str(tmp_path / "no" / "eval.json"),
         "--registry",
-        str(tmp_path / "registry"),
+        str(registry),
+        "--key",
+        str(key),
     )
     assert pub.returncode == 2 and "the gate rejected" in pub.stderr
-    assert not (tmp_path / "registry").exists()
+    assert (registry / "metadata" / "targets.json").read_bytes() == before
 
     # The better one against the worse champion: released, and published.
     res = train_cli(
@@ -320,16 +340,23 @@ def test_the_gate_rejects_a_worse_candidate_and_releases_a_better_one(
         "--eval",
         str(tmp_path / "yes" / "eval.json"),
         "--registry",
-        str(tmp_path / "registry"),
-        "--channel",
-        "canary",
+        str(registry),
+        "--key",
+        str(key),
         "--json",
     )
     assert pub.returncode == 0, pub.stderr
     (rec,) = records(pub.stdout)
-    assert rec["type"] == "published" and "model.onnx" in " ".join(rec["files"])
-    chan = json.loads((tmp_path / "registry" / "channels" / "canary.json").read_text())
-    assert chan["current"]["sha256"] == hashlib.sha256(good.read_bytes()).hexdigest()
+    assert rec["type"] == "published" and rec["targets_version"] == 2
+    assert {f.rsplit("/", 1)[1] for f in rec["files"]} == {
+        "model.onnx",
+        "model.card.json",
+        "golden.npz",
+        "eval.json",
+    }
+    targets = json.loads((registry / "metadata" / "targets.json").read_text())["signed"]
+    onnx_entry = next(v for k, v in targets["targets"].items() if k.endswith("/model.onnx"))
+    assert onnx_entry["hashes"]["sha256"] == hashlib.sha256(good.read_bytes()).hexdigest()
     # The eval of one file does not publish another.
     pub = train_cli(
         "publish",
@@ -338,7 +365,9 @@ def test_the_gate_rejects_a_worse_candidate_and_releases_a_better_one(
         "--eval",
         str(tmp_path / "yes" / "eval.json"),
         "--registry",
-        str(tmp_path / "registry"),
+        str(registry),
+        "--key",
+        str(key),
     )
     assert pub.returncode == 2 and "judged another file" in pub.stderr
 

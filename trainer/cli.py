@@ -34,7 +34,10 @@ EXAMPLES = {
     "capsight-train evaluate --candidate runs/baseline/model-int8.onnx --test-set baseline "
     "--out runs/baseline/gate-int8 --json",
     "publish": "capsight-train publish --model runs/fleet/model.onnx "
-    "--eval runs/fleet/gate/eval.json --registry registry --channel canary",
+    "--eval runs/fleet/gate/eval.json --registry /srv/sink/registry --key ml-team.key",
+    "keygen": "capsight-train keygen --out ml-team.key",
+    "registry-init": "capsight-train registry-init --registry /srv/sink/registry "
+    "--key ml-team.key --online-key /srv/sink/registry/online.pub.json",
 }
 
 
@@ -146,18 +149,24 @@ def build_parser() -> argparse.ArgumentParser:
     common(e)
     e.set_defaults(handler=cmd_evaluate)
 
-    p = sub.add_parser("publish", help="hand a released model to the model registry")
+    p = sub.add_parser("publish", help="sign a released model into the model registry")
     p.add_argument("--model", required=True, help="the ONNX file the gate released")
     p.add_argument("--eval", required=True, help="the gate's eval.json for that file")
-    p.add_argument("--registry", required=True, help="the registry folder")
-    p.add_argument(
-        "--channel",
-        choices=("canary", "stable"),
-        default="canary",
-        help="the channel that offers it",
-    )
+    p.add_argument("--registry", required=True, help="the registry folder (the sink's)")
+    p.add_argument("--key", required=True, help="the ML team's offline key file")
     p.add_argument("--json", action="store_true", help="JSON Lines records on stdout")
     p.set_defaults(handler=cmd_publish)
+
+    k = sub.add_parser("keygen", help="a new ed25519 signing key (the ML team's offline key)")
+    k.add_argument("--out", required=True, help="the private key file (a .pub.json beside it)")
+    k.add_argument("--json", action="store_true", help="JSON Lines records on stdout")
+    k.set_defaults(handler=cmd_keygen)
+
+    ri = sub.add_parser("registry-init", help="create the model registry's signed root")
+    ri.add_argument("--registry", required=True, help="the registry folder (the sink's)")
+    ri.add_argument("--key", required=True, help="the ML team's offline key file")
+    ri.add_argument("--online-key", required=True, help="the sink's online public key (.pub.json)")
+    ri.set_defaults(handler=cmd_registry_init)
     polish_help(parser, EXAMPLES)
     return parser
 
@@ -398,13 +407,43 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from trainer.records import PublishedRecord, emit
 
     try:
-        out = publish(Path(args.model), Path(args.eval), Path(args.registry), args.channel)
-    except (PublishError, FileNotFoundError) as exc:
+        out = publish(Path(args.model), Path(args.eval), Path(args.registry), Path(args.key))
+    except (PublishError, FileNotFoundError, ValueError) as exc:
         raise CliError(str(exc)) from None
     if args.json:
         emit(PublishedRecord(**out))
     else:
-        print(f"published {out['name']} {out['version']} on {out['channel']} in {args.registry}")
+        print(
+            f"published {out['name']} {out['version']} in {args.registry} (targets "
+            f"v{out['targets_version']}); point a channel at it with capsight-sink model promote"
+        )
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from capsight_edge.runtime.trust import generate_key, pub_path
+    from trainer.records import KeyRecord, emit
+
+    out = Path(args.out)
+    if out.exists():
+        raise CliError(f"{out} exists: a key is never overwritten")
+    pub = generate_key(out)
+    record = KeyRecord(path=str(out), public_path=str(pub_path(out)), keyid=pub["keyid"])
+    if args.json:
+        emit(record)
+    else:
+        print(f"key {record.keyid[:16]}...: {out} (keep it offline), public {record.public_path}")
+    return 0
+
+
+def cmd_registry_init(args: argparse.Namespace) -> int:
+    from trainer.publish import PublishError, init_registry
+
+    try:
+        root = init_registry(Path(args.registry), Path(args.key), Path(args.online_key))
+    except (PublishError, FileNotFoundError, ValueError, KeyError) as exc:
+        raise CliError(str(exc)) from None
+    print(f"registry root: {root} (give a copy to every cart as [model] trust_root)")
     return 0
 
 

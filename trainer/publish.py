@@ -1,9 +1,13 @@
-"""``capsight-train publish``: hand a released model to the model registry.
+"""``capsight-train publish``: hand a released model to the model registry, signed offline.
 
-Until the TUF registry lands (the model-push issue), the registry is a folder in its layout:
-``REGISTRY/targets/NAME/VERSION/`` holds the ONNX file, its card and the gate's ``eval.json``;
-``REGISTRY/channels/CHANNEL.json`` names what each channel offers. Only a model the gate released
-is published: the ``eval.json`` must say ``release`` for exactly this file (its sha256).
+The registry is a TUF repository (:mod:`capsight_edge.runtime.trust` says who signs what). The
+ML team's side, here: create the repository's root (``init_registry``: root and targets signed
+by the team's key, snapshot, timestamp and the ``rollout`` delegation given to the sink's online
+key) and add a released model to targets (``publish``: the ONNX file, its card, its golden
+self-test and the gate's eval report, each with length and hashes; targets' version goes up by
+one and is signed again). The sink re-signs snapshot and timestamp, and points channels at
+models (``capsight-sink model promote``). Only a model the gate released is published: the
+``eval.json`` must say ``release`` for exactly this file (its sha256).
 """
 
 from __future__ import annotations
@@ -12,22 +16,74 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 from capsight_edge.runtime.card import card_path, read_card
-
-CHANNELS = ("canary", "stable")
+from capsight_edge.runtime.trust import (
+    ROLLOUT,
+    expires,
+    load_public,
+    load_signer,
+    model_dir,
+)
 
 
 class PublishError(ValueError):
     pass
 
 
-def publish(model: Path, eval_json: Path, registry: Path, channel: str) -> dict[str, Any]:
-    if channel not in CHANNELS:
-        raise PublishError(f"unknown channel {channel!r} (choose from {', '.join(CHANNELS)})")
+def _write(md: Any, path: Path) -> None:
+    from tuf.api.serialization.json import JSONSerializer
+
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(md.to_bytes(JSONSerializer(compact=False)))
+    os.replace(tmp, path)
+
+
+def init_registry(folder: Path, ml_key: Path, online_public: Path) -> Path:
+    """A new registry in ``folder``: ``metadata/1.root.json`` (the root carts are given) and
+    ``metadata/targets.json`` v1, both signed with ``ml_key``."""
+    from tuf.api.metadata import DelegatedRole, Delegations, Metadata, Root, Targets
+
+    meta = folder / "metadata"
+    if (meta / "1.root.json").exists():
+        raise PublishError(f"{folder} already holds a registry")
+    meta.mkdir(parents=True, exist_ok=True)
+    (folder / "targets").mkdir(exist_ok=True)
+    signer = load_signer(ml_key)
+    online = load_public(online_public)
+    root = Metadata(Root(expires=expires("root"), consistent_snapshot=False))
+    root.signed.add_key(signer.public_key, "root")
+    root.signed.add_key(signer.public_key, "targets")
+    root.signed.add_key(online, "snapshot")
+    root.signed.add_key(online, "timestamp")
+    root.sign(signer)
+    targets = Metadata(Targets(expires=expires("targets")))
+    targets.signed.delegations = Delegations(
+        keys={online.keyid: online},
+        roles={
+            ROLLOUT: DelegatedRole(
+                name=ROLLOUT,
+                keyids=[online.keyid],
+                threshold=1,
+                terminating=True,
+                paths=["channels/*"],
+            )
+        },
+    )
+    targets.sign(signer)
+    _write(root, meta / "1.root.json")
+    _write(root, meta / "root.json")
+    _write(targets, meta / "targets.json")
+    return meta / "1.root.json"
+
+
+def publish(model: Path, eval_json: Path, registry: Path, ml_key: Path) -> dict[str, Any]:
+    """Add ``model`` (with its card, golden self-test and eval report) to the registry's
+    targets, signed with ``ml_key``."""
+    from tuf.api.metadata import Metadata, TargetFile, Targets
+
     try:
         report = json.loads(eval_json.read_text())
     except (OSError, ValueError) as exc:
@@ -42,37 +98,70 @@ def publish(model: Path, eval_json: Path, registry: Path, channel: str) -> dict[
     if report.get("decision") != "release":
         reasons = "; ".join(report.get("reasons") or []) or "no reason given"
         raise PublishError(f"the gate rejected {model}: {reasons}")
+    targets_path = registry / "metadata" / "targets.json"
+    if not targets_path.is_file():
+        raise PublishError(f"{registry} is not a registry (capsight-train registry-init first)")
     card = read_card(model)
-    folder = registry / "targets" / card.name / card.version
-    if folder.exists():
-        raise PublishError(f"{card.name} {card.version} is already published ({folder})")
-    tmp = folder.with_name(f".{card.version}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copyfile(model, tmp / "model.onnx")
-    (tmp / "model.card.json").write_text(card_path(model).read_text())
-    shutil.copyfile(eval_json, tmp / "eval.json")
-    os.replace(tmp, folder)
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    chan = registry / "channels" / f"{channel}.json"
-    chan.parent.mkdir(parents=True, exist_ok=True)
-    entry = {
-        "name": card.name,
-        "version": card.version,
-        "sha256": digest,
-        "length": model.stat().st_size,
-        "path": str(folder.relative_to(registry) / "model.onnx"),
-        "published_utc": now,
+    rel = model_dir(card.name, card.version)
+    signer = load_signer(ml_key)
+    root: Metadata[Any] = Metadata.from_file(str(registry / "metadata" / "root.json"))
+    if signer.public_key.keyid not in root.signed.roles["targets"].keyids:
+        raise PublishError(f"{ml_key} is not the key the registry's root trusts for targets")
+    md: Metadata[Targets] = Metadata.from_file(str(targets_path))
+    if any(p.startswith(rel + "/") for p in md.signed.targets):
+        raise PublishError(f"{card.name} {card.version} is already published")
+    files = {
+        "model.onnx": model,
+        "model.card.json": card_path(model),
+        "golden.npz": golden_path(model),
+        "eval.json": eval_json,
     }
-    history = json.loads(chan.read_text())["history"] if chan.is_file() else []
-    tmp_chan = chan.with_suffix(".tmp")
-    tmp_chan.write_text(json.dumps({"current": entry, "history": [*history, entry]}, indent=1))
-    os.replace(tmp_chan, chan)
+    for name, src in files.items():
+        if not src.is_file():
+            raise PublishError(f"{src} is missing (needed as {name})")
+    dest = registry / "targets" / rel
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, src in files.items():
+        shutil.copyfile(src, dest / name)
+        target = TargetFile.from_file(f"{rel}/{name}", str(dest / name), ["sha256"])
+        if name == "model.onnx":
+            target.unrecognized_fields["custom"] = {
+                "name": card.name,
+                "version": card.version,
+                "precision": card.precision,
+                "dataset": card.dataset.model_dump() if card.dataset else None,
+                "accuracy": candidate.get("accuracy"),
+            }
+        md.signed.targets[target.path] = target
+    md.signed.version += 1
+    md.signed.expires = expires("targets")
+    md.signatures.clear()
+    md.sign(signer)
+    _write(md, targets_path)
     return {
         "name": card.name,
         "version": card.version,
-        "channel": channel,
         "registry": str(registry),
-        "files": sorted(str(p.relative_to(registry)) for p in folder.iterdir()),
-        "published_utc": now,
+        "files": sorted(f"{rel}/{n}" for n in files),
+        "targets_version": md.signed.version,
     }
+
+
+def golden_path(model: Path) -> Path:
+    return model.with_name(model.stem + ".golden.npz")
+
+
+def write_golden(model: Path, inputs: Any) -> Path:
+    """The model's self-test: a few real inputs and what the model answers to them (the cart
+    runs them after loading and refuses a model that answers otherwise, or NaN)."""
+    import numpy as np
+
+    from trainer.export import session
+
+    card = read_card(model)
+    sess = session(model)
+    scores, boxes = sess.run([card.outputs.scores, card.outputs.boxes], {card.input.name: inputs})
+    path = golden_path(model)
+    with path.open("wb") as f:
+        np.savez(f, inputs=inputs, scores=scores, boxes=boxes)
+    return path

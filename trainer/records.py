@@ -79,10 +79,16 @@ class PublishedRecord(Record):
     type: Literal["published"] = "published"
     name: str
     version: str
-    channel: str
     registry: str
     files: list[str]
-    published_utc: str
+    targets_version: int
+
+
+class KeyRecord(Record):
+    type: Literal["key"] = "key"
+    path: str
+    public_path: str
+    keyid: str
 
 
 RECORDS: list[type[Record]] = [
@@ -91,6 +97,7 @@ RECORDS: list[type[Record]] = [
     TrainResultRecord,
     EvalRecord,
     PublishedRecord,
+    KeyRecord,
     ErrorRecord,
 ]
 

@@ -67,6 +67,10 @@ def finish(
     pick = np.random.default_rng(settings.seed).permutation(len(train_items))[:CALIBRATION_FRAMES]
     calib = decode(ds, [train_items[int(k)] for k in sorted(pick)], size, size).images
     int8 = quantize_int8(fp32, out / "model-int8.onnx", card, calib)
+    from capsight_edge.runtime.card import to_input
+    from trainer.publish import write_golden
+
+    golden_inputs = to_input(list(tests.images[:4]), card.input)
     figures: dict[str, Any] = {}
     for tag, path in (("fp32", fp32), ("int8", int8)):
         s = score(path, tests)
@@ -83,6 +87,7 @@ def finish(
                 update={"precision": tag, "opset": card.opset or 18, "metrics": metrics}
             ),
         )
+        write_golden(path, golden_inputs)
     figures["int8_accuracy_loss"] = figures["fp32"]["accuracy"] - figures["int8"]["accuracy"]
     figures["int8_speedup"] = (
         figures["int8"]["inferences_per_s_1core"] / figures["fp32"]["inferences_per_s_1core"]

@@ -125,3 +125,23 @@ def to_input(images: list[Any], spec: CardInput) -> Any:
     out *= gain[None, :, None, None]
     out -= shift[None, :, None, None]
     return out
+
+
+def check_io(session: Any, card: ModelCard) -> str | None:
+    """Why an onnxruntime session does not match its card (input name and shape, output
+    names), or None when it does."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    spec = card.input
+    if spec.name not in inputs:
+        return f"no input named {spec.name!r} (has {list(inputs)})"
+    shape = inputs[spec.name].shape
+    want = [None, 3, spec.height, spec.width]
+    if len(shape) != 4 or any(
+        isinstance(s, int) and w is not None and s != w for s, w in zip(shape, want, strict=True)
+    ):
+        return f"input shape {shape} is not [N, 3, {spec.height}, {spec.width}] as its card says"
+    outputs = {o.name for o in session.get_outputs()}
+    for name in (card.outputs.scores, card.outputs.boxes):
+        if name not in outputs:
+            return f"no output named {name!r} (has {sorted(outputs)})"
+    return None

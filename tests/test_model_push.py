@@ -1,0 +1,399 @@
+"""Model push through the real registry: the ML team signs root and targets offline
+(`capsight-train keygen`, `registry-init`, `publish`), the sink signs rollout, snapshot and
+timestamp online (`capsight-sink model keygen`, `promote`, `rollback`) and serves them over
+HTTP, and a real `ModelRuntime` pulls, verifies (python-tuf), loads, self-tests and swaps. Every
+attack is refused with a reason while the running model keeps serving."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from capsight_edge.errors import ModelRejected
+from capsight_edge.runtime.models import Health, ModelRuntime
+from tests.conftest import ROOT
+from tests.sink_helpers import Sink
+
+LABELS = ["", "sku-0000", "sku-0001", "sku-0002"]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=180, cwd=ROOT
+    )
+
+
+def make_model(folder: Path, version: str, seed: int, *, nan: bool = False) -> Path:
+    """A recogniser with random weights, exported as the trainer exports (card, golden), and an
+    eval.json that releases it (the gate itself is tested in test_trainer.py)."""
+    import torch
+
+    from capsight_edge.runtime.card import ModelCard
+    from trainer.export import export_onnx
+    from trainer.models import build, card_input
+    from trainer.publish import write_golden
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = build("recogniser", len(LABELS)).eval()
+    if nan:
+        with torch.no_grad():
+            model.cls.bias.fill_(float("nan"))
+    card = ModelCard(
+        name="recogniser", version=version, input=card_input("recogniser"), labels=LABELS
+    )
+    path = export_onnx(model, card, folder / "model.onnx")
+    inputs = np.random.default_rng(seed).normal(0, 1, (2, 3, 112, 112)).astype(np.float32)
+    write_golden(path, inputs)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    (folder / "eval.json").write_text(
+        json.dumps({"decision": "release", "reasons": [], "candidate": {"sha256": sha}})
+    )
+    return path
+
+
+@dataclass
+class Push:
+    data: Path
+    sink: Sink
+    token: str
+    key: Path
+    root: Path
+    models: dict[str, Path]
+
+    def publish(self, version: str) -> None:
+        m = self.models[version]
+        res = cli(
+            "-m",
+            "trainer.cli",
+            "publish",
+            "--model",
+            str(m),
+            "--eval",
+            str(m.with_name("eval.json")),
+            "--registry",
+            str(self.data / "registry"),
+            "--key",
+            str(self.key),
+        )
+        assert res.returncode == 0, res.stderr
+
+    def promote(self, channel: str, version: str, pct: int = 100) -> None:
+        res = cli(
+            "-m",
+            "cloud_sink.cli",
+            "model",
+            "promote",
+            channel,
+            "recogniser",
+            version,
+            "--rollout",
+            str(pct),
+            "--by",
+            "test",
+            "--data",
+            str(self.data),
+        )
+        assert res.returncode == 0, res.stderr
+
+    def runtime(self, cart: Path, device: str = "cart-1", **kw: object) -> ModelRuntime:
+        return ModelRuntime(
+            cart,
+            device_id=device,
+            registry_url=self.sink.url,
+            trust_root=self.root,
+            channel=kw.pop("channel", "stable"),
+            token=self.token,
+            **kw,  # type: ignore[arg-type]
+        )
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("models")
+    return {
+        "1": make_model(base / "v1", "1", 1),
+        "2": make_model(base / "v2", "2", 2),
+        "nan": make_model(base / "nan", "nan", 3, nan=True),
+    }
+
+
+@pytest.fixture
+def push(tmp_path: Path, models: dict[str, Path]):  # type: ignore[no-untyped-def]
+    data = tmp_path / "sink"
+    sink = Sink(data)
+    token = sink.add_device("cart-1")
+    res = cli("-m", "cloud_sink.cli", "model", "keygen", "--data", str(data))
+    assert res.returncode == 0, res.stderr
+    key = tmp_path / "ml-team.key"
+    res = cli("-m", "trainer.cli", "keygen", "--out", str(key))
+    assert res.returncode == 0, res.stderr
+    res = cli(
+        "-m",
+        "trainer.cli",
+        "registry-init",
+        "--registry",
+        str(data / "registry"),
+        "--key",
+        str(key),
+        "--online-key",
+        str(data / "registry" / "online.pub.json"),
+    )
+    assert res.returncode == 0, res.stderr
+    root = tmp_path / "trusted-root.json"
+    shutil.copyfile(data / "registry" / "metadata" / "1.root.json", root)
+    sink.start()
+    p = Push(data, sink, token, key, root, models)
+    p.publish("1")
+    p.promote("stable", "1")
+    try:
+        yield p
+    finally:
+        sink.stop()
+
+
+def test_a_model_goes_from_publish_to_a_running_cart_and_survives_a_reboot(
+    push: Push, tmp_path: Path
+) -> None:
+    rt = push.runtime(tmp_path / "cart")
+    assert rt.pull().status == "updated"
+    assert rt.version == "recogniser:1"
+    assert rt.current and rt.current["providers"] == ["CPUExecutionProvider"]
+    frame = np.zeros((360, 640, 3), np.uint8)
+    (label, score, box) = rt.predict([frame])[0]
+    assert label in LABELS and 0 <= score <= 1 and len(box) == 4
+    assert rt.pull().status == "current"
+    # A reboot: the last good model loads from disk, with no registry at all.
+    again = ModelRuntime(tmp_path / "cart", device_id="cart-1")
+    assert again.version == "recogniser:1"
+    # A new model on the channel, then a signed rollback to the old one.
+    push.publish("2")
+    push.promote("stable", "2")
+    assert rt.pull().status == "updated" and rt.version == "recogniser:2"
+    res = cli(
+        "-m", "cloud_sink.cli", "model", "rollback", "stable", "--data", str(push.data), "--json"
+    )
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["version"] == "1"
+    assert rt.pull().status == "updated" and rt.version == "recogniser:1"
+    audit = [
+        json.loads(x) for x in (push.data / "registry" / "audit.jsonl").read_text().splitlines()
+    ]
+    assert [a["action"] for a in audit] == ["promote", "promote", "promote", "rollback"]
+    ls = cli("-m", "cloud_sink.cli", "model", "ls", "--data", str(push.data), "--json")
+    kinds = [json.loads(x)["type"] for x in ls.stdout.splitlines()]
+    assert kinds.count("published_model") == 2 and kinds.count("model_channel") == 2
+
+
+def test_a_staged_rollout_reaches_the_share_of_the_fleet_it_names(
+    push: Push, tmp_path: Path
+) -> None:
+    from capsight_edge.runtime.trust import bucket
+
+    push.publish("2")
+    push.promote("canary", "2", pct=50)
+    devices = [f"cart-{i:03d}" for i in range(40)]
+    inside = [d for d in devices if bucket(d) < 50]
+    assert 0 < len(inside) < len(devices)
+    for d in devices[:6]:
+        rt = push.runtime(tmp_path / d, device=d, channel="canary")
+        status = rt.pull().status
+        assert status == ("updated" if bucket(d) < 50 else "not_in_rollout")
+
+
+def tamper(path: Path, change) -> None:  # type: ignore[no-untyped-def]
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def attack_model_bytes(push: Push) -> str:
+    f = push.data / "registry" / "targets" / "models" / "recogniser" / "2" / "model.onnx"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    return "LengthOrHashMismatch"
+
+
+def attack_longer_download(push: Push) -> str:
+    f = push.data / "registry" / "targets" / "models" / "recogniser" / "2" / "model.onnx"
+    f.write_bytes(f.read_bytes() + b"\0" * 1_000_000)
+    return "Length"
+
+
+def attack_truncated_download(push: Push) -> str:
+    f = push.data / "registry" / "targets" / "models" / "recogniser" / "2" / "model.onnx"
+    f.write_bytes(f.read_bytes()[:1000])
+    return "Length"
+
+
+def attack_unsigned_targets(push: Push) -> str:
+    def change(d: dict) -> None:  # type: ignore[type-arg]
+        for target in d["signed"]["targets"].values():
+            target["length"] += 1  # the same version, changed without the ML team's key
+
+    tamper(push.data / "registry" / "metadata" / "targets.json", change)
+    return "Unsigned"
+
+
+def attack_untrusted_key(push: Push) -> str:
+    from capsight_edge.runtime.trust import generate_key
+    from trainer.publish import publish
+
+    other = push.key.with_name("intruder.key")
+    generate_key(other)
+    m = push.models["2"]
+    with pytest.raises(ValueError, match="not the key the registry's root trusts"):
+        publish(m, m.with_name("eval.json"), push.data / "registry", other)
+    # Force it: sign targets with the intruder's key anyway.
+    from tuf.api.metadata import Metadata
+
+    from capsight_edge.runtime.trust import load_signer
+
+    path = push.data / "registry" / "metadata" / "targets.json"
+    md = Metadata.from_file(str(path))
+    md.signed.version += 1
+    md.signatures.clear()
+    md.sign(load_signer(other))
+    path.write_bytes(md.to_bytes())
+    return "Unsigned"
+
+
+def attack_expired_timestamp(push: Push) -> str:
+    from datetime import UTC, datetime, timedelta
+
+    from tuf.api.metadata import Metadata
+
+    from capsight_edge.runtime.trust import load_signer
+
+    reg = push.data / "registry"
+    signer = load_signer(reg / "online.json")
+    push.sink.stop()
+    (reg / "online.json").rename(reg / "online.away")  # nobody re-signs it
+    path = reg / "metadata" / "timestamp.json"
+    md = Metadata.from_file(str(path))
+    md.signed.version += 1
+    md.signed.expires = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    md.signatures.clear()
+    md.sign(signer)
+    path.write_bytes(md.to_bytes())
+    push.sink.start()
+    return "Expired"
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        attack_model_bytes,
+        attack_longer_download,
+        attack_truncated_download,
+        attack_unsigned_targets,
+        attack_untrusted_key,
+        attack_expired_timestamp,
+    ],
+)
+def test_attacks_are_refused_and_the_running_model_keeps_serving(
+    push: Push, tmp_path: Path, attack
+) -> None:  # type: ignore[no-untyped-def]
+    rt = push.runtime(tmp_path / "cart")
+    assert rt.pull().status == "updated"
+    push.publish("2")
+    push.promote("stable", "2")
+    says = attack(push)
+    with pytest.raises(ModelRejected) as err:
+        rt.pull()
+    assert says.lower() in str(err.value).lower(), str(err.value)
+    assert rt.version == "recogniser:1"
+    assert rt.predict([np.zeros((360, 640, 3), np.uint8)])
+
+
+def test_replayed_old_metadata_is_refused(push: Push, tmp_path: Path) -> None:
+    rt = push.runtime(tmp_path / "cart")
+    assert rt.pull().status == "updated"
+    push.publish("2")
+    meta = push.data / "registry" / "metadata"
+    chan = push.data / "registry" / "targets" / "channels" / "stable.json"
+    old = {n: (meta / n).read_bytes() for n in ("timestamp.json", "snapshot.json", "rollout.json")}
+    old_channel = chan.read_bytes()
+    push.promote("stable", "2")
+    assert rt.pull().status == "updated" and rt.version == "recogniser:2"
+    # An attacker serves yesterday's (validly signed) metadata, pointing back at model 1.
+    push.sink.stop()
+    (push.data / "registry" / "online.json").rename(push.data / "registry" / "online.away")
+    for name, data in old.items():
+        (meta / name).write_bytes(data)
+    chan.write_bytes(old_channel)
+    push.sink.start()
+    with pytest.raises(ModelRejected, match=r"(?i)version"):
+        rt.pull()
+    assert rt.version == "recogniser:2"
+
+
+def test_a_model_that_fails_its_self_test_or_its_card_is_refused(
+    push: Push, tmp_path: Path
+) -> None:
+    rt = push.runtime(tmp_path / "cart")
+    assert rt.pull().status == "updated"
+    push.publish("nan")
+    push.promote("stable", "nan")
+    with pytest.raises(ModelRejected, match="NaN"):
+        rt.pull()
+    assert rt.version == "recogniser:1"
+
+
+def test_a_card_that_does_not_match_the_model_is_refused(
+    push: Push, tmp_path: Path, models: dict[str, Path]
+) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(models["2"].parent, bad)
+    card = json.loads((bad / "model.card.json").read_text())
+    card["version"], card["input"]["width"] = "bad", 96
+    (bad / "model.card.json").write_text(json.dumps(card))
+    # The card inside the file says 112; the publisher reads the one beside it.
+    push.models["bad"] = bad / "model.onnx"
+    rt = push.runtime(tmp_path / "cart")
+    assert rt.pull().status == "updated"
+    push.publish("bad")
+    push.promote("stable", "bad")
+    with pytest.raises(ModelRejected, match="input shape"):
+        rt.pull()
+    assert rt.version == "recogniser:1"
+
+
+def test_a_registry_that_is_down_leaves_the_running_model_alone(push: Push, tmp_path: Path) -> None:
+    rt = push.runtime(tmp_path / "cart")
+    assert rt.pull().status == "updated"
+    push.sink.stop()
+    with pytest.raises(ModelRejected, match="cannot be used now"):
+        rt.pull()
+    assert rt.predict([np.zeros((360, 640, 3), np.uint8)])
+    push.sink.start()
+
+
+def test_a_model_that_goes_bad_in_service_is_rolled_back_by_the_cart(
+    push: Push, tmp_path: Path
+) -> None:
+    rt = push.runtime(tmp_path / "cart", health=Health(bad_limit=3, good_after=5))
+    assert rt.pull().status == "updated"
+    frame = np.zeros((360, 640, 3), np.uint8)
+    for _ in range(5):
+        rt.predict([frame])  # model 1 proves itself: the last good model
+    push.publish("2")
+    push.promote("stable", "2")
+    assert rt.pull().status == "updated" and rt.version == "recogniser:2"
+    rt.health.max_latency_ms = 0.0  # every answer of model 2 is now too slow: unhealthy
+    for _ in range(3):
+        with pytest.raises(ModelRejected):
+            rt.predict([frame])
+    assert rt.version == "recogniser:1"
+    assert any("rolled back" in e for e in rt.events)
+    rt.health.max_latency_ms = 1000.0
+    assert rt.pull().status == "current"  # the bad model is not installed again
