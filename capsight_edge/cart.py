@@ -82,6 +82,9 @@ class Cart:
         self.uploads = record and uploads and bool(profile.upload.sink_url)
         self.uploader_options = uploader_options or {}
         self.uploader: Any = None
+        self.models: Any = None  # the ModelRuntime, when the profile names a registry
+        self._models_stop: Any = None
+        self._models_thread: Any = None
         self._uploader_thread: Any = None
         self.run_record: RunRecord | None = None
         self._stopped = False
@@ -196,7 +199,39 @@ class Cart:
             assert self.journal is not None
             self.uploader = uploader_from_profile(p, self.journal, **self.uploader_options)
             self._uploader_thread = UploaderThread(self.uploader).start()
+        if p.model.registry_url and p.model.trust_root:
+            self._start_models()
         return self
+
+    def _start_models(self) -> None:
+        """The model runtime, polling the registry every ``[model] poll_s``; the running
+        version goes into the journal, whence the heartbeat reports it."""
+        import threading
+
+        from capsight_edge.errors import ModelRejected
+        from capsight_edge.runtime.models import runtime_from_profile
+
+        p = self.profile
+        self.models = runtime_from_profile(p, self.data_dir)
+        if self.collector is not None:
+            self.collector.models = self.models
+        self._models_stop = threading.Event()
+
+        def poll() -> None:
+            while True:
+                try:
+                    result = self.models.pull()
+                    if result.status == "updated":
+                        log.info("model %s running", self.models.version)
+                except ModelRejected as exc:
+                    log.warning("model pull: %s", exc)
+                if self.journal is not None and self.models.version:
+                    self.journal.kv_set("model_version", self.models.version)
+                if self._models_stop.wait(p.model.poll_s):
+                    return
+
+        self._models_thread = threading.Thread(target=poll, name="capsight-models", daemon=True)
+        self._models_thread.start()
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """Stop capturing: an open clip finishes its post-roll (bounded) and is sealed. Safe to
@@ -212,6 +247,9 @@ class Cart:
             self.hub.stop()
         if self.guard is not None:
             self.guard.stop()
+        if self._models_stop is not None:
+            self._models_stop.set()
+            self._models_thread.join(timeout=timeout_s)
         if self._uploader_thread is not None:
             self._uploader_thread.stop()
         if self.journal is not None:

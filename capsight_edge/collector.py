@@ -86,6 +86,11 @@ class Collector:
         self._control: socket.socket | None = None
         self._control_dir = control_dir
         self._bus_name: str | None = None
+        #: The cart's ModelRuntime (``Cart`` attaches it when the profile names a registry): its
+        #: answers on frames with a moving hand raise ``model_uncertain`` / ``model_disagrees``.
+        self.models: Any = None
+        self._next_model_ns = 0
+        self._last_code: tuple[int, str] | None = None
         self.engine.add_listener(self._on_decision)
 
     def add_listener(self, fn: Callable[[Decision], None]) -> None:
@@ -205,6 +210,7 @@ class Collector:
         codes: list[Barcode] = []
         if m.regions and not m.recalibrated and self.barcodes.due(t_ns):
             codes = self.barcodes.decode_regions(image, m.regions, t_ns)
+        answer = self._model_answer(image, t_ns) if m.hand_activity else None
         if valid is not None and not valid():
             self.stats["overwritten"] += 1  # the producer lapped us: results may be torn
             return
@@ -222,9 +228,51 @@ class Collector:
             self.stats["barcodes"] += 1
             self.last_codes = codes
             self.engine.signal("barcode", t_ns)
+            self._last_code = (t_ns, code.text)
             if self.log:
                 self.log.event("/camera/barcodes", t_ns, {"t_ns": t_ns, **code.as_dict()})
+        if answer is not None:
+            self._model_signals(answer, t_ns)
         self.engine.tick(t_ns)
+
+    def _model_answer(self, image: Any, t_ns: int) -> tuple[str, float, str] | None:
+        """(label, score, GTIN-14) of the running model on this frame, at most
+        ``[model] rate_hz`` times a second; None when no model runs or it gave no answer."""
+        models = self.models
+        if models is None or not models.version or t_ns < self._next_model_ns:
+            return None
+        self._next_model_ns = t_ns + int(1e9 / self.profile.model.rate_hz)
+        from capsight_edge.errors import ModelRejected
+
+        try:
+            label, score, _box = models.predict([image])[0]
+        except ModelRejected:
+            return None
+        self.stats["model_runs"] += 1
+        return label, score, models.gtin_of(label)
+
+    def _model_signals(self, answer: tuple[str, float, str], t_ns: int) -> None:
+        label, score, gtin = answer
+        sure = score >= self.profile.model.uncertain_below
+        if label and not sure:
+            self.stats["model_uncertain"] += 1
+            self.engine.signal("model_uncertain", t_ns)
+        read = self._last_code
+        recent = read is not None and t_ns - read[0] <= 1_500_000_000
+        if recent:
+            assert read is not None
+            code = read[1].strip()
+            same = bool(label) and (not gtin or (code.isdigit() and code.zfill(14) == gtin))
+            disagrees = not same
+        else:
+            disagrees = bool(label) and sure  # a product in hand, and no read
+        if disagrees:
+            self.stats["model_disagrees"] += 1
+            self.engine.signal("model_disagrees", t_ns)
+        if self.log:
+            self.log.add(
+                "/model/answer", t_ns, label=label, score=round(score, 4), disagrees=disagrees
+            )
 
     def _poll_control(self, now: int) -> None:
         if self._control is None:

@@ -139,6 +139,22 @@ class BarcodeScanRecord(Record):
     duration_s: float
 
 
+class ModelRecord(Record):
+    """``capsight model ls|pull|rollback --json``: the cart's model runtime."""
+
+    type: Literal["model"] = "model"
+    running: str | None
+    sha256: str | None
+    providers: list[str]
+    last_good: str | None
+    channel: str
+    registry_url: str
+    installed: list[str]
+    rejected: int
+    pull: str | None = None
+    detail: str | None = None
+
+
 class ErrorRecord(Record):
     type: Literal["error"] = "error"
     file: str | None = None
@@ -266,6 +282,7 @@ RECORDS: tuple[type[Record], ...] = (
     GpsSummaryRecord,
     BarcodeScanRecord,
     ErrorRecord,
+    ModelRecord,
     TriggerDecisionRecord,
     TriggerSummaryRecord,
     RunStartedRecord,

@@ -513,7 +513,7 @@ def cmd_model_ls(args: argparse.Namespace) -> int:
             path=m["path"],
             length=m["length"],
             precision=m.get("precision"),
-            accuracy=m.get("accuracy"),
+            accuracy=float(m["accuracy"]) if m.get("accuracy") else None,
         )
         print(rec.model_dump_json() if args.json else f"{rec.name} {rec.version} ({rec.path})")
     for channel in ("canary", "stable"):

@@ -397,3 +397,109 @@ def test_a_model_that_goes_bad_in_service_is_rolled_back_by_the_cart(
     assert any("rolled back" in e for e in rt.events)
     rt.health.max_latency_ms = 1000.0
     assert rt.pull().status == "current"  # the bad model is not installed again
+
+
+def test_a_running_cart_pulls_its_model_and_the_fleet_view_shows_the_version(
+    push: Push, tmp_path: Path
+) -> None:
+    import httpx
+
+    from tests.conftest import SIM, start_run
+
+    token_file = tmp_path / "cart.token"
+    token_file.write_text(push.token)
+    admin = push.sink.add_device("ops", admin=True)
+    profile = tmp_path / "cart.toml"
+    profile.write_text(
+        f"extends = '{SIM}'\n[device]\nid = 'cart-1'\n"
+        f"[upload]\nsink_url = '{push.sink.url}/files/'\ntoken_file = '{token_file}'\n"
+        "heartbeat_s = 1\n"
+        f"[model]\nregistry_url = '{push.sink.url}'\ntrust_root = '{push.root}'\npoll_s = 5\n"
+    )
+    proc = start_run(tmp_path / "cart", "--duration", "12", profile=profile)
+    _out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-2000:]
+    fleet = httpx.get(
+        push.sink.url + "/api/fleet", headers={"Authorization": f"Bearer {admin}"}
+    ).json()
+    (cart,) = [d for d in fleet["devices"] if d["device_id"] == "cart-1"]
+    assert cart["model_version"] == "recogniser:1"
+    state = json.loads((tmp_path / "cart" / "models" / "state.json").read_text())
+    assert state["current"]["version"] == "1"
+
+
+def test_the_running_model_raises_model_signals_in_the_trigger_engine(
+    push: Push, tmp_path: Path
+) -> None:
+    from capsight_edge.collector import Collector
+    from capsight_edge.profile import load_profile
+    from tests.conftest import SIM
+
+    rt = push.runtime(tmp_path / "cart")
+    assert rt.pull().status == "updated"
+    prof = tmp_path / "p.toml"
+    prof.write_text(
+        f"extends = '{SIM}'\n[model]\nuncertain_below = 0.5\n"
+        '[[triggers]]\nname = "model_wrong"\nwhen = "model_disagrees | model_uncertain"\n'
+        "priority = 3\n"
+    )
+    profile = load_profile(prof, data_dir=tmp_path)
+    collector = Collector(profile)
+    collector.models = rt
+    t = 1_000_000_000
+    gtin = "00012345678905"
+    # The model's answers, as the runtime gives them, through the collector's rules.
+    collector._model_signals(("sku-0001", 0.9, gtin), t)  # a sure product and no read
+    assert collector.stats["model_disagrees"] == 1
+    collector._last_code = (t + 10_000_000, "012345678905")  # the same product, read
+    collector._model_signals(("sku-0001", 0.9, gtin), t + 20_000_000)
+    assert collector.stats["model_disagrees"] == 1
+    collector._model_signals(("sku-0002", 0.9, "00000000000017"), t + 30_000_000)  # another
+    assert collector.stats["model_disagrees"] == 2
+    collector._model_signals(("", 0.9, ""), t + 40_000_000)  # none, though one was read
+    assert collector.stats["model_disagrees"] == 3
+    collector._model_signals(("sku-0001", 0.3, gtin), t + 50_000_000)  # unsure
+    assert collector.stats["model_uncertain"] == 1
+    collector.engine.tick(t + 60_000_000)
+    assert "model_wrong" in {d.rule for d in collector.engine.decisions if d.kind == "fire"}
+    # On a real camera frame, the model runs (at most [model] rate_hz) and answers.
+    import cv2
+
+    frame = cv2.resize(np.full((90, 160, 3), 120, np.uint8), (1280, 720))
+    assert collector._model_answer(frame, t) is not None
+    assert collector._model_answer(frame, t + 1_000_000) is None  # the rate cap
+    assert collector.stats["model_runs"] == 1
+
+
+def test_a_technician_sees_pulls_and_rolls_back_the_model(push: Push, tmp_path: Path) -> None:
+    from tests.conftest import SIM, json_records
+
+    token_file = tmp_path / "cart.token"
+    token_file.write_text(push.token)
+    profile = tmp_path / "cart.toml"
+    profile.write_text(
+        f"extends = '{SIM}'\n[device]\nid = 'cart-1'\n[upload]\ntoken_file = '{token_file}'\n"
+        f"[model]\nregistry_url = '{push.sink.url}'\ntrust_root = '{push.root}'\n"
+    )
+    base = ["-m", "capsight_edge.cli.main", "model"]
+    where = ["--profile", str(profile), "--data", str(tmp_path / "cart"), "--json"]
+    res = cli(*base, "pull", *where)
+    assert res.returncode == 0, res.stderr
+    (rec,) = json_records(res.stdout)
+    assert rec["pull"] == "updated" and rec["running"] == "recogniser:1"
+    assert rec["providers"] == ["CPUExecutionProvider"]
+    (rec,) = json_records(cli(*base, "ls", *where).stdout)
+    assert rec["running"] == "recogniser:1" and rec["installed"] == ["recogniser:1"]
+    doctor = cli("-m", "capsight_edge.cli.main", "doctor", "--only", "model", *where)
+    checks = {c["name"]: c for c in json_records(doctor.stdout) if c["type"] == "check"}
+    assert checks["model trust root"]["status"] == "pass", checks
+    assert checks["model"]["status"] == "pass" and "recogniser:1" in checks["model"]["detail"]
+    res = cli(*base, "rollback", *where)
+    assert res.returncode == 1
+    assert json_records(res.stdout)[0]["detail"] == "no other good model to go back to"
+    push.sink.stop()
+    res = cli(*base, "pull", *where)
+    assert res.returncode == 1
+    (rec,) = json_records(res.stdout)
+    assert rec["pull"] == "refused" and rec["running"] == "recogniser:1"
+    push.sink.start()

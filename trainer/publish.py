@@ -130,7 +130,8 @@ def publish(model: Path, eval_json: Path, registry: Path, ml_key: Path) -> dict[
                 "version": card.version,
                 "precision": card.precision,
                 "dataset": card.dataset.model_dump() if card.dataset else None,
-                "accuracy": candidate.get("accuracy"),
+                # TUF's canonical JSON has no floats: the gate's figure as text.
+                "accuracy": f"{float(candidate.get('accuracy') or 0):.4f}",
             }
         md.signed.targets[target.path] = target
     md.signed.version += 1

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "capsight_edge.cli.run_cmd",
     "capsight_edge.cli.queue_cmd",
     "capsight_edge.cli.upload_cmd",
+    "capsight_edge.cli.model_cmd",
     "capsight_edge.cli.demo_cmd",
 )
 
@@ -60,6 +61,10 @@ EXAMPLES = {
     "upload pause": "capsight upload pause --reason 'store wifi busy'",
     "upload resume": "capsight upload resume",
     "demo": "capsight demo\ncapsight demo --carts 3 --minutes 2",
+    "model": "capsight model ls\ncapsight model pull --json",
+    "model ls": "capsight model ls --json",
+    "model pull": "capsight model pull",
+    "model rollback": "capsight model rollback",
 }
 
 

@@ -91,7 +91,71 @@ def probe_model_runtime(profile: Profile, factory: DeviceFactory) -> list[Check]
                 duration_s=result.seconds,
             )
         ]
-    return [Check("onnxruntime", PASS, detail, duration_s=result.seconds)]
+    return [Check("onnxruntime", PASS, detail, duration_s=result.seconds), *_model_checks(profile)]
+
+
+def _model_checks(profile: Profile) -> list[Check]:
+    """The model registry's trust root, and the model the cart would run (loaded, checked
+    against its card and self-tested, as at every start)."""
+    import os
+    import time
+
+    m = profile.model
+    if not m.registry_url:
+        return []
+    start = time.perf_counter()
+    if not m.trust_root:
+        return [
+            Check(
+                "model trust root",
+                FAIL,
+                f"{m.registry_url} is set but no trust root",
+                "set [model] trust_root to the registry's 1.root.json (from the ML team)",
+            )
+        ]
+    try:
+        from tuf.api.metadata import Metadata, Root
+
+        root = Metadata[Root].from_file(os.path.expanduser(m.trust_root))
+        signers = len(root.signed.roles["targets"].keyids)
+        checks = [
+            Check(
+                "model trust root",
+                PASS,
+                f"{m.trust_root}: root v{root.signed.version}, expires "
+                f"{root.signed.expires:%Y-%m-%d}, {signers} key(s) for targets",
+                duration_s=time.perf_counter() - start,
+            )
+        ]
+    except Exception as exc:
+        return [
+            Check(
+                "model trust root",
+                FAIL,
+                f"{m.trust_root}: not a TUF root: {exc}"[:300],
+                "copy the registry's metadata/1.root.json here again",
+            )
+        ]
+    from capsight_edge.runtime.models import runtime_from_profile
+
+    try:
+        rt = runtime_from_profile(profile, os.path.expanduser(profile.storage.data_dir))
+    except Exception as exc:
+        return [*checks, Check("model", WARN, str(exc)[:300], "see DETAIL")]
+    if not rt.version:
+        checks.append(Check("model", WARN, "no model installed yet", "capsight model pull"))
+    else:
+        cur = rt.current or {}
+        checks.append(
+            Check(
+                "model",
+                PASS,
+                f"{rt.version} loads, matches its card and passes its self-test on "
+                f"{', '.join(cur.get('providers', []))}",
+                duration_s=time.perf_counter() - start,
+            )
+        )
+    return checks
 
 
 def probe_disk(profile: Profile, factory: DeviceFactory) -> list[Check]:

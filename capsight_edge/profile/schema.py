@@ -229,6 +229,19 @@ class ModelSection:
         "", "model registry polled for new models; empty = no polling", pattern=r"^(|https?://\S+)$"
     )
     intra_op_threads: int = setting(1, "onnxruntime intra-op threads", min=1, max=64)
+    trust_root: str = setting(
+        "", "the model registry's root metadata the cart trusts (1.root.json from the ML team)"
+    )
+    channel: str = setting(
+        "stable", "the registry channel the cart follows", choices=("canary", "stable")
+    )
+    poll_s: float = setting(300.0, "seconds between polls of the model registry", min=5, max=86400)
+    uncertain_below: float = setting(
+        0.5, "a product named with a top score under this raises model_uncertain", min=0, max=1
+    )
+    rate_hz: float = setting(
+        5.0, "most model runs a second on camera frames (while a hand moves)", min=0.1, max=60
+    )
 
 
 @dataclass(frozen=True)

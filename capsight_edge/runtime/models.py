@@ -345,6 +345,16 @@ class ModelRuntime:
             out.append((model.card.labels[k], float(s[k]), [float(v) for v in b]))
         return out
 
+    def gtin_of(self, label: str) -> str:
+        """The GTIN-14 the running model's card gives ``label`` ("" when unknown)."""
+        model = self._current
+        if model is None or not label or not model.card.gtins:
+            return ""
+        try:
+            return model.card.gtins[model.card.labels.index(label)]
+        except (ValueError, IndexError):
+            return ""
+
     def _watch(self, model: Loaded, ok: bool) -> None:
         h = self.health
         h.recent.append(ok)
@@ -382,3 +392,26 @@ class ModelRuntime:
                 {"name": card.name, "version": card.version, "folder": str(card_file.parent)}
             )
         return out
+
+
+def runtime_from_profile(profile: Any, data_dir: str | os.PathLike[str]) -> ModelRuntime:
+    """The runtime a profile describes: ``[model]`` (registry, trust root, channel, providers,
+    threads), the device's name, and the upload token (the registry asks for it)."""
+    token = None
+    if profile.upload.token_file:
+        path = Path(os.path.expanduser(profile.upload.token_file))
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise ModelRejected(f"the token file {path} cannot be read: {exc}") from None
+    root = profile.model.trust_root
+    return ModelRuntime(
+        data_dir,
+        device_id=profile.device.id,
+        registry_url=profile.model.registry_url,
+        trust_root=os.path.expanduser(root) if root else None,
+        channel=profile.model.channel,
+        token=token,
+        providers=list(profile.model.providers),
+        threads=profile.model.intra_op_threads,
+    )

@@ -116,6 +116,11 @@ CHANNELS: dict[str, tuple[str, dict[str, Any], bool]] = {
         _batch({"moving_fraction": _NUM, "hand_activity": {"type": "boolean"}}),
         True,
     ),
+    "/model/answer": (
+        "capsight.ModelAnswer",
+        _batch({"label": {"type": "string"}, "score": _NUM, "disagrees": {"type": "boolean"}}),
+        True,
+    ),
     # Only a synthetic camera writes this channel; only tests, the simulated reviewer and the
     # evaluator may read it (never pre-labelling or training).
     "/sim/truth": (

@@ -35,9 +35,24 @@ SIGNALS: dict[str, str] = {
     "bump": "the IMU saw a jolt (kerb, collision)",
     "cart_moving": "the cart is moving (IMU or position)",
     "manual": "a person asked for a capture (`capsight trigger manual`)",
+    "model_uncertain": "the cart's model named a product with a top score under "
+    "[model] uncertain_below",
+    "model_disagrees": "the cart's model names another product than the barcode just read, "
+    "none when one was read, or a product when none was read",
 }
 #: Signals that happen at an instant (the others are states that last).
-PULSES = frozenset({"barcode", "weight_delta", "weight_added", "weight_removed", "bump", "manual"})
+PULSES = frozenset(
+    {
+        "barcode",
+        "weight_delta",
+        "weight_added",
+        "weight_removed",
+        "bump",
+        "manual",
+        "model_uncertain",
+        "model_disagrees",
+    }
+)
 DEFAULT_PULSE_S = 1.0
 MAX_WINDOW_S = 600.0
 
