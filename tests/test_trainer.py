@@ -20,12 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from capsight_edge.localsink import free_port
 from cloud_sink.datasets import Manifest, load_manifest
-from tests.conftest import ROOT
+from tests.conftest import ROOT, ray_head
 
 TRAIN = [sys.executable, "-m", "trainer.cli"]
-RAY = str(Path(sys.executable).with_name("ray"))
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
 SKUS = 6
 
@@ -101,27 +99,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     common = ["--dataset", str(dataset), "--epochs", "10", "--seed", "3", "--json"]
 
     # 1. On an existing cluster (`ray start --head`), killing one worker after the first epoch.
-    port = free_port()
-    started = subprocess.run(
-        [
-            RAY,
-            "start",
-            "--head",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--object-store-memory=150000000",
-            "--include-dashboard=false",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=ENV,
-    )
-    assert started.returncode == 0, started.stderr[-2000:]
     killed = root / "killed"
-    try:
+    with ray_head() as address:
         proc = subprocess.Popen(
-            [*TRAIN, "run", *common, "--out", str(killed), "--address", f"127.0.0.1:{port}"],
+            [*TRAIN, "run", *common, "--out", str(killed), "--address", address],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -139,8 +120,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
         os.kill(pid, signal.SIGKILL)
         _out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
-    finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120, env=ENV)
 
     # 2. The same run, uninterrupted, on a local cluster started for it (the default).
     clean = root / "clean"
