@@ -250,6 +250,7 @@ class Cart:
         if self._models_stop is not None:
             self._models_stop.set()
             self._models_thread.join(timeout=timeout_s)
+            self.models.close()
         if self._uploader_thread is not None:
             self._uploader_thread.stop()
         if self.journal is not None:

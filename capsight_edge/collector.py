@@ -29,7 +29,7 @@ from typing import Any
 from capsight_edge.camera.barcodes import Barcode, BarcodeDetector
 from capsight_edge.camera.framebus import FrameBus, FrameBusReader
 from capsight_edge.camera.motion import MotionDetector
-from capsight_edge.errors import FrameError
+from capsight_edge.errors import FrameError, ModelRejected
 from capsight_edge.profile.schema import Profile
 from capsight_edge.triggers.engine import Decision, TriggerEngine
 
@@ -242,8 +242,6 @@ class Collector:
         if models is None or not models.version or t_ns < self._next_model_ns:
             return None
         self._next_model_ns = t_ns + int(1e9 / self.profile.model.rate_hz)
-        from capsight_edge.errors import ModelRejected
-
         try:
             label, score, _box = models.predict([image])[0]
         except ModelRejected:

@@ -456,42 +456,35 @@ def cmd_model_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_model_promote(args: argparse.Namespace) -> int:
-    from cloud_sink.registry import Registry, RegistryError
-
-    try:
-        entry = Registry(args.data).promote(
-            args.channel, args.name, args.version, rollout_pct=args.rollout, who=args.by
-        )
-    except RegistryError as exc:
-        raise SinkError(str(exc)) from None
-    record = _channel_record(args.channel, entry)
-    print(
-        record.model_dump_json()
-        if args.json
-        else (
-            f"{args.channel}: {entry['name']} {entry['version']} for {entry['rollout_pct']}% "
-            f"of the fleet (change {entry['sequence']})"
-        )
-    )
-    return 0
+    return _change_channel(args, rollback=False)
 
 
 def cmd_model_rollback(args: argparse.Namespace) -> int:
+    return _change_channel(args, rollback=True)
+
+
+def _change_channel(args: argparse.Namespace, *, rollback: bool) -> int:
+    """``model promote`` and ``model rollback``: one signed change of a channel, printed."""
     from cloud_sink.registry import Registry, RegistryError
 
+    reg = Registry(args.data)
     try:
-        entry = Registry(args.data).rollback(args.channel, who=args.by)
+        if rollback:
+            entry = reg.rollback(args.channel, who=args.by)
+        else:
+            entry = reg.promote(
+                args.channel, args.name, args.version, rollout_pct=args.rollout, who=args.by
+            )
     except RegistryError as exc:
         raise SinkError(str(exc)) from None
-    record = _channel_record(args.channel, entry)
-    print(
-        record.model_dump_json()
-        if args.json
-        else (
-            f"{args.channel}: back to {entry['name']} {entry['version']} "
-            f"(change {entry['sequence']})"
+    if args.json:
+        print(_channel_record(args.channel, entry).model_dump_json())
+    else:
+        what = "back to " if rollback else ""
+        print(
+            f"{args.channel}: {what}{entry['name']} {entry['version']} for "
+            f"{entry['rollout_pct']}% of the fleet (change {entry['sequence']})"
         )
-    )
     return 0
 
 

@@ -124,6 +124,7 @@ class ModelRuntime:
         self.health = health or Health()
         self._lock = threading.Lock()
         self._current: Loaded | None = None
+        self._http: HttpxFetcher | None = None
         self.events: list[str] = []  # what happened, newest last (also logged)
         self._state = self._read_state()
         good = self._state.get("last_good") or self._state.get("current")
@@ -253,9 +254,20 @@ class ModelRuntime:
             metadata_base_url=f"{self.registry_url}/registry/metadata/",
             target_dir=str(staging),
             target_base_url=f"{self.registry_url}/registry/targets/",
-            fetcher=HttpxFetcher(self.token).fetcher,
+            fetcher=self._fetcher().fetcher,
             bootstrap=bootstrap,
         )
+
+    def _fetcher(self) -> HttpxFetcher:
+        """One HTTP client for every poll (its connections are reused, never leaked)."""
+        if self._http is None:
+            self._http = HttpxFetcher(self.token)
+        return self._http
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.client.close()
+            self._http = None
 
     def pull(self) -> PullResult:
         """One poll of the registry. Raises :class:`ModelRejected` with the reason when the
