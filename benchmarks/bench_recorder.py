@@ -6,7 +6,8 @@ and how fast a bundle is sealed.
 - preroll: keeping 3 s of pre-roll at 720p15 by encoding continuously into a packet ring, vs
   keeping raw I420 frames and encoding them only when a clip opens.
 - inference_regression: the reference inference loop (its own process, 1 thread, 15 Hz) with
-  collection off, vs while the Collector and the Recorder record 720p15 with the CPU encoder.
+  collection off, vs while the Collector and the Recorder record 720p15 with the CPU encoder;
+  the same with the cart's ModelRuntime (a recogniser pulled from a real registry) as the AI.
 - seal_latency: from the end of a clip's post-roll to its bundle sealed.
 """
 
@@ -234,6 +235,30 @@ def bench_inference_regression(ctx: BenchContext) -> BenchResult:
         ),
         Metric("late inference steps, recording", raw_rec["late"], "steps", off["late"], "off"),
         Metric("frames the encoder skipped while recording", raw_extra.get("skipped", 0), "frames"),
+    ]
+    # The same, with the cart's real ModelRuntime as the AI (the recogniser it pulled from a
+    # real registry and verified), its health watch included.
+    from benchmarks.push import served_registry
+
+    root = Path(tempfile.mkdtemp(prefix="capsight-runtime-"))
+    with served_registry(root) as served:
+        rt = served.runtime(root / "cart")
+        rt.pull()
+        rt.close()
+    rt_off, _ = _inference_case(str(root / "cart"), seconds, None, False)
+    rt_rec, _ = _inference_case(str(root / "cart"), seconds, "raw", True)
+    rt_ratio = rt_rec["p99_ms"] / rt_off["p99_ms"]
+    res.metrics += [
+        Metric("ModelRuntime p99, collection off", rt_off["p99_ms"], "ms"),
+        Metric(
+            "ModelRuntime p99, recording (CPU encoder)",
+            rt_rec["p99_ms"],
+            "ms",
+            rt_off["p99_ms"],
+            "off",
+            "<= 1.10x",
+            rt_ratio <= 1.10,
+        ),
     ]
     hw = [n for n, (_, _, _, is_hw) in BACKENDS.items() if is_hw and probe_encoder(n).opens]
     res.notes.append(

@@ -55,8 +55,8 @@ class _LoopThread:
 
 class CuttingProxy(_LoopThread):
     """Forwards 127.0.0.1:``port`` to ``target_port``; every ``cut_every`` client bytes (0:
-    never) both sockets are reset. ``cuts`` counts the resets, ``upstream_bytes`` what reached
-    the server."""
+    never) both sockets are reset; :meth:`cut_answer` cuts one answer halfway. ``cuts`` counts
+    the resets, ``upstream_bytes`` what reached the server, ``downstream_bytes`` what came back."""
 
     def __init__(self, target_port: int, cut_every: int = 0) -> None:
         super().__init__()
@@ -66,8 +66,15 @@ class CuttingProxy(_LoopThread):
         self.cuts = 0
         self.upstream_bytes = 0
         self._next_cut = cut_every
+        self.downstream_bytes = 0
+        self._cut_answer: tuple[bytes, int] | None = None
         self._stop: asyncio.Event | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+
+    def cut_answer(self, request_has: bytes, after: int) -> None:
+        """Once: reset the connection ``after`` bytes into the answer to the next request
+        whose bytes contain ``request_has`` (a download cut halfway)."""
+        self._cut_answer = (request_has, after)
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
@@ -94,6 +101,7 @@ class CuttingProxy(_LoopThread):
             return
         self._writers |= {cw, sw}
         cut = asyncio.Event()
+        answer_left = [-1]  # bytes of this connection's answer still allowed (-1: no limit)
 
         async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter, up: bool) -> None:
             try:
@@ -101,6 +109,19 @@ class CuttingProxy(_LoopThread):
                     data = await r.read(65536)
                     if not data:
                         break
+                    if up and self._cut_answer and self._cut_answer[0] in data:
+                        answer_left[0], self._cut_answer = self._cut_answer[1], None
+                    if not up:
+                        if 0 <= answer_left[0] <= len(data):
+                            w.write(data[: answer_left[0]])
+                            await w.drain()
+                            self.downstream_bytes += answer_left[0]
+                            self.cuts += 1
+                            cut.set()
+                            break
+                        if answer_left[0] > 0:
+                            answer_left[0] -= len(data)
+                        self.downstream_bytes += len(data)
                     if up and self.cut_every:
                         room = self._next_cut - self.upstream_bytes
                         if len(data) >= room:

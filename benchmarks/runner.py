@@ -26,6 +26,7 @@ MODULES = (
     "benchmarks.bench_abuse",
     "benchmarks.bench_prelabel",
     "benchmarks.bench_train",
+    "benchmarks.bench_models",
 )
 
 

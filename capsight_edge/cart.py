@@ -204,12 +204,15 @@ class Cart:
         return self
 
     def _start_models(self) -> None:
-        """The model runtime, polling the registry every ``[model] poll_s``; the running
-        version goes into the journal, whence the heartbeat reports it."""
+        """The model runtime, polling the registry every ``[model] poll_s`` while the upload
+        schedule allows traffic (a poll of an unchanged registry is one request, answered 304);
+        the running version goes into the journal, whence the heartbeat reports it."""
+        import datetime as dt
         import threading
 
         from capsight_edge.errors import ModelRejected
         from capsight_edge.runtime.models import runtime_from_profile
+        from capsight_edge.uploader.shaping import UploadSchedule
 
         p = self.profile
         self.models = runtime_from_profile(p, self.data_dir)
@@ -217,12 +220,16 @@ class Cart:
             self.collector.models = self.models
         self._models_stop = threading.Event()
 
+        schedule = UploadSchedule.from_profile(p.upload)
+
         def poll() -> None:
             while True:
                 try:
-                    result = self.models.pull()
-                    if result.status == "updated":
-                        log.info("model %s running", self.models.version)
+                    # Inside the upload windows only: a window at 0 bit/s keeps the link quiet.
+                    if schedule.rate_at(dt.datetime.now()) > 0:
+                        result = self.models.pull()
+                        if result.status == "updated":
+                            log.info("model %s running", self.models.version)
                 except ModelRejected as exc:
                     log.warning("model pull: %s", exc)
                 if self.journal is not None and self.models.version:

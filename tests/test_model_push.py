@@ -17,47 +17,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.push import LABELS, make_recogniser
 from capsight_edge.errors import ModelRejected
+from capsight_edge.runtime.card import card_path
 from capsight_edge.runtime.models import Health, ModelRuntime
 from tests.conftest import ROOT
 from tests.sink_helpers import Sink
-
-LABELS = ["", "sku-0000", "sku-0001", "sku-0002"]
+from trainer.publish import golden_path
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, *args], capture_output=True, text=True, timeout=180, cwd=ROOT
     )
-
-
-def make_model(folder: Path, version: str, seed: int, *, nan: bool = False) -> Path:
-    """A recogniser with random weights, exported as the trainer exports (card, golden), and an
-    eval.json that releases it (the gate itself is tested in test_trainer.py)."""
-    import torch
-
-    from capsight_edge.runtime.card import ModelCard
-    from trainer.export import export_onnx
-    from trainer.models import build, card_input
-    from trainer.publish import write_golden
-
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    model = build("recogniser", len(LABELS)).eval()
-    if nan:
-        with torch.no_grad():
-            model.cls.bias.fill_(float("nan"))
-    card = ModelCard(
-        name="recogniser", version=version, input=card_input("recogniser"), labels=LABELS
-    )
-    path = export_onnx(model, card, folder / "model.onnx")
-    inputs = np.random.default_rng(seed).normal(0, 1, (2, 3, 112, 112)).astype(np.float32)
-    write_golden(path, inputs)
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    (folder / "eval.json").write_text(
-        json.dumps({"decision": "release", "reasons": [], "candidate": {"sha256": sha}})
-    )
-    return path
 
 
 @dataclass
@@ -120,9 +92,10 @@ class Push:
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("models")
     return {
-        "1": make_model(base / "v1", "1", 1),
-        "2": make_model(base / "v2", "2", 2),
-        "nan": make_model(base / "nan", "nan", 3, nan=True),
+        "1": make_recogniser(base / "v1", "1", 1),
+        "2": make_recogniser(base / "v2", "2", 2),
+        "nan": make_recogniser(base / "nan", "nan", 3, nan=True),
+        "dead": make_recogniser(base / "dead", "dead", 4, dead=True),
     }
 
 
@@ -399,6 +372,27 @@ def test_a_model_that_goes_bad_in_service_is_rolled_back_by_the_cart(
     assert rt.pull().status == "current"  # the bad model is not installed again
 
 
+def test_a_model_whose_answers_do_not_depend_on_the_frame_is_rolled_back(
+    push: Push, tmp_path: Path
+) -> None:
+    rt = push.runtime(tmp_path / "cart", health=Health(window=10, bad_limit=3, good_after=5))
+    assert rt.pull().status == "updated"
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (90, 160, 3), np.uint8) for _ in range(20)]
+    for f in frames[:10]:
+        rt.predict([f])  # model 1 answers differently to different frames: healthy
+    push.publish("dead")
+    push.promote("stable", "dead")
+    assert rt.pull().status == "updated" and rt.version == "recogniser:dead"
+    for f in frames[:9]:
+        rt.predict([f])  # not yet a full window
+    for f in frames[9:12]:
+        with pytest.raises(ModelRejected):
+            rt.predict([f])
+    assert rt.version == "recogniser:1"
+    assert any("answers alike to different frames" in e for e in rt.events)
+
+
 def test_a_running_cart_pulls_its_model_and_the_fleet_view_shows_the_version(
     push: Push, tmp_path: Path
 ) -> None:
@@ -426,6 +420,27 @@ def test_a_running_cart_pulls_its_model_and_the_fleet_view_shows_the_version(
     assert cart["model_version"] == "recogniser:1"
     state = json.loads((tmp_path / "cart" / "models" / "state.json").read_text())
     assert state["current"]["version"] == "1"
+
+
+def test_a_cart_polls_the_registry_only_inside_its_upload_windows(
+    push: Push, tmp_path: Path
+) -> None:
+    from tests.conftest import SIM, start_run
+
+    token_file = tmp_path / "cart.token"
+    token_file.write_text(push.token)
+    profile = tmp_path / "cart.toml"
+    profile.write_text(  # all day, every day, no traffic: no poll either
+        f"extends = '{SIM}'\n[device]\nid = 'cart-1'\n"
+        f"[upload]\ntoken_file = '{token_file}'\n"
+        "[[upload.windows]]\nstart = '00:00'\nend = '24:00'\nmax_upload_bps = 0\n"
+        f"[model]\nregistry_url = '{push.sink.url}'\ntrust_root = '{push.root}'\npoll_s = 5\n"
+    )
+    proc = start_run(tmp_path / "cart", "--duration", "3", profile=profile)
+    _out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-2000:]
+    assert not (tmp_path / "cart" / "models" / "state.json").exists()
+    assert not (tmp_path / "cart" / "models" / "tuf").exists()
 
 
 def test_the_running_model_raises_model_signals_in_the_trigger_engine(
@@ -503,3 +518,155 @@ def test_a_technician_sees_pulls_and_rolls_back_the_model(push: Push, tmp_path: 
     (rec,) = json_records(res.stdout)
     assert rec["pull"] == "refused" and rec["running"] == "recogniser:1"
     push.sink.start()
+
+
+def test_a_poll_of_an_unchanged_registry_costs_one_request(push: Push, tmp_path: Path) -> None:
+    rt = push.runtime(tmp_path / "cart")
+    assert rt.pull().status == "updated"
+    http = rt._fetcher()
+    before = http.requests
+    res = rt.pull()
+    assert (res.status, res.detail) == ("current", "registry unchanged")
+    assert http.requests == before + 1  # timestamp.json answered 304, nothing else asked
+    push.publish("2")
+    push.promote("stable", "2")
+    assert rt.pull().status == "updated" and rt.version == "recogniser:2"
+    # The answer survives a restart of the cart: still one request for an unchanged registry.
+    again = push.runtime(tmp_path / "cart")
+    assert again.pull().detail == "registry unchanged" and again._fetcher().requests == 1
+
+
+def test_a_download_cut_halfway_resumes_where_it_stopped(push: Push, tmp_path: Path) -> None:
+    from benchmarks.faultnet import CuttingProxy
+
+    proxy = CuttingProxy(push.sink.port).start()
+    try:
+        rt = push.runtime(tmp_path / "cart")
+        rt.registry_url = f"http://127.0.0.1:{proxy.port}"
+        assert rt.pull().status == "updated"
+        push.publish("2")
+        push.promote("stable", "2")
+        size = push.models["2"].stat().st_size
+        proxy.cut_answer(b"/2/model.onnx", size // 2)
+        with pytest.raises(ModelRejected, match="cannot be used now"):
+            rt.pull()
+        assert proxy.cuts == 1 and rt.version == "recogniser:1"
+        (part,) = (tmp_path / "cart" / "models" / "partial").iterdir()
+        assert size // 4 < part.stat().st_size < size
+        got = proxy.downstream_bytes
+        assert rt.pull().status == "updated" and rt.version == "recogniser:2"
+        http = rt._fetcher()
+        assert size // 4 < http.resumed_bytes < size
+        # The second try fetched only the rest of the model, then the card and golden inputs
+        # (and some metadata and headers): never the first half again.
+        rest = size - http.resumed_bytes
+        m = push.models["2"]
+        others = card_path(m).stat().st_size + golden_path(m).stat().st_size
+        assert rest + others < proxy.downstream_bytes - got < rest + others + 50_000
+        assert not any((tmp_path / "cart" / "models" / "partial").iterdir())
+    finally:
+        proxy.stop()
+
+
+def test_a_partial_download_with_wrong_bytes_is_dropped_not_trusted(
+    push: Push, tmp_path: Path
+) -> None:
+    rt = push.runtime(tmp_path / "cart")
+    assert rt.pull().status == "updated"
+    push.publish("2")
+    push.promote("stable", "2")
+    good = push.models["2"].read_bytes()
+    sha = hashlib.sha256(good).hexdigest()
+    partial = tmp_path / "cart" / "models" / "partial"
+    partial.mkdir(exist_ok=True)
+    (partial / sha).write_bytes(b"\0" * (len(good) // 2))  # a prefix that is not the model's
+    with pytest.raises(ModelRejected, match="LengthOrHashMismatch"):
+        rt.pull()
+    assert rt.version == "recogniser:1" and not (partial / sha).exists()
+    assert rt.pull().status == "updated" and rt.version == "recogniser:2"
+
+
+def test_a_good_model_goes_canary_then_stable_across_a_fleet(push: Push, tmp_path: Path) -> None:
+    import httpx
+
+    from capsight_edge.runtime.trust import bucket
+
+    names = [f"cart-{i:02d}" for i in range(40)]
+    canary = names[:2]
+    stable_in = [n for n in names[2:] if bucket(n) < 50][:2]
+    stable_out = [n for n in names[2:] if bucket(n) >= 50][:2]
+    fleet = {}
+    for name in canary + stable_in + stable_out:
+        rt = ModelRuntime(
+            tmp_path / name,
+            device_id=name,
+            registry_url=push.sink.url,
+            trust_root=push.root,
+            channel="canary" if name in canary else "stable",
+            token=push.sink.add_device(name),
+            health=Health(window=10, good_after=10),
+        )
+        fleet[name] = rt
+    admin = push.sink.add_device("ops", admin=True)
+
+    def round_of_pulls() -> dict[str, str]:
+        """Every cart polls, then says what it runs in its heartbeat; the fleet view."""
+        for rt in fleet.values():
+            rt.pull()  # before the first promote to canary: "no_channel"
+            beat = {"queue_depth": 0, "disk_used_pct": 1.0, "model_version": rt.version}
+            r = httpx.post(
+                push.sink.url + "/api/heartbeat",
+                json=beat,
+                headers={"Authorization": f"Bearer {rt.token}"},
+            )
+            assert r.status_code == 200, r.text
+        view = httpx.get(
+            push.sink.url + "/api/fleet", headers={"Authorization": f"Bearer {admin}"}
+        ).json()
+        return {d["device_id"]: d.get("model_version", "") for d in view["devices"]}
+
+    v1, v2 = "recogniser:1", "recogniser:2"
+    seen = round_of_pulls()
+    assert {n: seen[n] for n in canary} == {n: "" for n in canary}  # canary offers nothing yet
+    assert all(seen[n] == v1 for n in stable_in + stable_out)
+    push.publish("2")
+    push.promote("canary", "2")
+    seen = round_of_pulls()
+    assert [seen[n] for n in canary] == [v2, v2]
+    assert all(seen[n] == v1 for n in stable_in + stable_out)
+    frames = np.random.default_rng(1).integers(0, 255, (10, 90, 160, 3), np.uint8)
+    for name in canary:  # model 2 proves itself on the canaries
+        for f in frames:
+            fleet[name].predict([f])
+        state = json.loads((tmp_path / name / "models" / "state.json").read_text())
+        assert state["last_good"]["version"] == "2"
+    push.promote("stable", "2", pct=50)
+    seen = round_of_pulls()
+    assert all(seen[n] == v2 for n in canary + stable_in)
+    assert all(seen[n] == v1 for n in stable_out)
+    push.promote("stable", "2")
+    seen = round_of_pulls()
+    assert all(seen[n] == v2 for n in fleet), seen
+    for rt in fleet.values():
+        rt.close()
+
+
+def test_swaps_under_inference_load_fail_no_inference(push: Push, tmp_path: Path) -> None:
+    from benchmarks.bench_models import Load
+    from cloud_sink.registry import Registry
+
+    push.publish("2")
+    rt = push.runtime(tmp_path / "cart")
+    assert rt.pull().status == "updated"
+    load = Load(rt)
+    load.thread.start()
+    registry = Registry(push.data)
+    versions = []
+    for version in ("2", "1", "2", "1"):
+        registry.promote("stable", "recogniser", version, who="test")
+        assert rt.pull().status == "updated"
+        versions.append(rt.version)
+    load.stop.set()
+    load.thread.join(10)
+    assert versions == ["recogniser:2", "recogniser:1", "recogniser:2", "recogniser:1"]
+    assert load.steps and all(ok for *_, ok in load.steps)

@@ -3,6 +3,8 @@
 It reads the newest frame from the FrameBus at a fixed rate, resizes it to 224x224, and runs a
 small CNN (about 0.3 GMAC, built here with random weights: the numbers it computes do not matter,
 its cost does) through onnxruntime with one intra-op thread, recording each step's latency.
+Given a cart's data folder instead of an ONNX file, the step is the cart's real
+:class:`~capsight_edge.runtime.models.ModelRuntime` (the model it last pulled and verified).
 """
 
 from __future__ import annotations
@@ -99,12 +101,22 @@ class InferenceLoop:
 
         from capsight_edge.camera.framebus import FrameBusReader
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            str(model_path), sess_options=opts, providers=providers or ["CPUExecutionProvider"]
-        )
+        self.runtime: Any = None
+        if Path(model_path).is_dir():  # a cart's data folder: its ModelRuntime's model
+            from capsight_edge.runtime.models import ModelRuntime
+
+            self.runtime = ModelRuntime(
+                model_path, device_id="inference-loop", providers=providers, threads=threads
+            )
+            if not self.runtime.version:
+                raise ValueError(f"{model_path} holds no model that loads")
+        else:
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            self.session = ort.InferenceSession(
+                str(model_path), sess_options=opts, providers=providers or ["CPUExecutionProvider"]
+            )
         self.reader = FrameBusReader(bus_name)
         self.period_s = 1.0 / rate_hz
         self.stats = InferenceStats()
@@ -113,6 +125,8 @@ class InferenceLoop:
         import cv2
         import numpy as np
 
+        if self.runtime is not None:
+            return self.runtime.predict([image])
         small = cv2.resize(image, (224, 224), interpolation=cv2.INTER_AREA)
         x = (small.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
         return self.session.run(None, {"input": x})[0]

@@ -11,11 +11,13 @@ really got are reported), checked against its card (input name and shape, output
 and must answer its golden inputs as the trainer recorded (no NaN). Only then does it replace the
 running model, in one reference swap under a lock: inferences in flight finish on the old one.
 
-Health: every inference is watched (errors, NaN, latency); ``bad_limit`` bad answers in the last
-``window`` make the runtime go back to the last good model by itself, and remember the bad one
-so that a pull does not install it again. A model becomes "last good" after ``good_after``
-healthy inferences. The state (current, last good, rejected) lives in ``DATA/models/state.json``:
-the last good model is loaded at start, with no network, after its sha256 is checked again.
+Health: every inference is watched (errors, NaN, latency, scores that are not probabilities, and
+the output distribution: the same answer to most of ``window`` different frames means a dead
+model); ``bad_limit`` bad answers in the last ``window`` make the runtime go back to the last good
+model by itself, and remember the bad one so that a pull does not install it again. A model becomes
+"last good" after ``good_after`` healthy inferences and a whole window. The state (current, last
+good, rejected) lives in ``DATA/models/state.json``: the last good model is loaded at start, with
+no network, after its sha256 is checked again.
 
 Anything refused raises :class:`~capsight_edge.errors.ModelRejected` with the reason; the model
 that was running keeps running.
@@ -72,29 +74,87 @@ class Health:
     max_latency_ms: float = 1000.0
     recent: deque[bool] = field(default_factory=lambda: deque(maxlen=50))
     served: int = 0
+    #: (frame fingerprint, answer) of the last ``window`` inferences: a model that gives the
+    #: same answer to many different frames has collapsed (its output distribution is dead).
+    answers: deque[tuple[float, bytes]] = field(default_factory=lambda: deque(maxlen=50))
+
+    def collapsed(self, frame: float, answer: bytes) -> bool:
+        self.answers.append((frame, answer))
+        if len(self.answers) < min(self.window, self.answers.maxlen or 0):
+            return False
+        frames = {f for f, _ in self.answers}
+        return len({a for _, a in self.answers}) == 1 and len(frames) > len(self.answers) // 2
 
 
 class HttpxFetcher:
-    """ngclient's fetcher over httpx, with the cart's bearer token and timeouts."""
+    """ngclient's fetcher over httpx, with the cart's bearer token and timeouts.
 
-    def __init__(self, token: str | None, timeout_s: float = 15.0) -> None:
+    Resumable: a download whose expected sha256 the runtime named (:meth:`expect`) is kept in
+    ``partial/<sha256>`` as it arrives; after a cut, the next try sends the bytes already here to
+    ngclient again and asks the registry only for the rest (``Range``). ngclient still checks the
+    length while the bytes flow and the hash of the whole, so a wrong prefix is caught and
+    dropped. ``requests`` counts the HTTP requests made (the cost of a poll)."""
+
+    def __init__(self, token: str | None, partial: Path, timeout_s: float = 15.0) -> None:
         import httpx
         from tuf.ngclient import FetcherInterface
 
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        client = httpx.Client(timeout=timeout_s, headers=headers, follow_redirects=True)
+        self.client = httpx.Client(timeout=timeout_s, headers=headers, follow_redirects=True)
+        self.partial = partial
+        self.requests = 0
+        self.resumed_bytes = 0  # bytes not fetched again thanks to a partial download
+        self._expected: dict[str, str] = {}  # url -> sha256
+        outer = self
 
         class _Fetcher(FetcherInterface):
             def _fetch(self, url: str) -> Iterator[bytes]:
-                from tuf.api.exceptions import DownloadHTTPError
-
-                with client.stream("GET", url) as resp:
-                    if resp.status_code != 200:
-                        raise DownloadHTTPError(f"{url}: HTTP {resp.status_code}", resp.status_code)
-                    yield from resp.iter_bytes(65536)
+                return outer._stream(url)
 
         self.fetcher = _Fetcher()
-        self.client = client
+
+    def expect(self, url: str, sha256: str) -> Path:
+        """Keep what arrives from ``url`` (whose bytes hash to ``sha256``) across cuts."""
+        self._expected[url] = sha256
+        return self.partial / sha256
+
+    def _stream(self, url: str) -> Iterator[bytes]:
+        from tuf.api.exceptions import DownloadHTTPError
+
+        sha = self._expected.get(url)
+        part = self.partial / sha if sha else None
+        have = part.stat().st_size if part is not None and part.is_file() else 0
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        self.requests += 1
+        with self.client.stream("GET", url, headers=headers) as resp:
+            if resp.status_code == 416 and part is not None:  # the partial is not a prefix
+                part.unlink(missing_ok=True)
+                raise DownloadHTTPError(f"{url}: the partial download is dropped", 416)
+            if resp.status_code not in (200, 206):
+                raise DownloadHTTPError(f"{url}: HTTP {resp.status_code}", resp.status_code)
+            if part is None:
+                yield from resp.iter_bytes(65536)
+                return
+            part.parent.mkdir(parents=True, exist_ok=True)
+            resumed = resp.status_code == 206 and have > 0
+            if resumed:  # what is here first, then the rest
+                self.resumed_bytes += have
+                with part.open("rb") as f:
+                    while chunk := f.read(65536):
+                        yield chunk
+            with part.open("ab" if resumed else "wb") as out:
+                for chunk in resp.iter_bytes(65536):
+                    out.write(chunk)
+                    yield chunk
+
+    def poll(self, url: str, etag: str | None) -> str | None:
+        """The metadata's ETag now, or None when it is still ``etag`` (HTTP 304)."""
+        self.requests += 1
+        resp = self.client.get(url, headers={"If-None-Match": etag} if etag else {})
+        if resp.status_code == 304:
+            return None
+        resp.raise_for_status()
+        return resp.headers.get("etag", "")
 
 
 class ModelRuntime:
@@ -223,6 +283,7 @@ class ModelRuntime:
         with self._lock:  # the last good model stays what it was until this one proves itself
             self._current = new
         self.health.recent.clear()
+        self.health.answers.clear()
         self.health.served = 0
         entry = {
             "name": new.name,
@@ -261,7 +322,7 @@ class ModelRuntime:
     def _fetcher(self) -> HttpxFetcher:
         """One HTTP client for every poll (its connections are reused, never leaked)."""
         if self._http is None:
-            self._http = HttpxFetcher(self.token)
+            self._http = HttpxFetcher(self.token, self.folder / "partial")
         return self._http
 
     def close(self) -> None:
@@ -280,34 +341,15 @@ class ModelRuntime:
         staging = self.folder / ".staging"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
+        polled = self._state.get("poll") or {}
         try:
-            updater = self._updater(staging)
-            updater.refresh()
-            info = updater.get_targetinfo(channel_path(self.channel))
-            if info is None:
-                return PullResult("no_channel", detail=f"the registry offers no {self.channel}")
-            entry = json.loads(Path(updater.download_target(info)).read_text())
-            version = str(entry.get("version", ""))
-            if bucket(self.device_id) >= int(entry.get("rollout_pct", 0)):
-                return PullResult("not_in_rollout", version, f"{entry.get('rollout_pct')}% rollout")
-            rel = str(entry["model"]).rsplit("/", 1)[0]
-            targets = {}
-            for name in FILES:
-                t = updater.get_targetinfo(f"{rel}/{name}")
-                if t is None:
-                    raise ModelRejected(f"{rel}/{name} is not in the signed targets")
-                if t.length > MAX_MODEL_BYTES:
-                    raise ModelRejected(f"{rel}/{name} is {t.length} bytes: above the limit")
-                targets[name] = t
-            sha = targets["model.onnx"].hashes.get("sha256", "")
-            if sha in self._state.get("rejected", []):
-                return PullResult("current", version, "this model was rolled back here")
-            if self._current is not None and self._current.sha256 == sha:
-                return PullResult("current", version)
-            dest = staging / "model"
-            dest.mkdir()
-            for name, t in targets.items():
-                updater.download_target(t, filepath=str(dest / name))
+            http = self._fetcher()
+            etag = http.poll(
+                f"{self.registry_url}/registry/metadata/timestamp.json", polled.get("etag")
+            )
+            if etag is None and self._current is not None:  # nothing signed has changed
+                return PullResult(polled["status"], polled.get("version"), "registry unchanged")
+            result = self._pull(staging, http)
         except ModelRejected:
             raise
         except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as exc:
@@ -318,14 +360,86 @@ class ModelRuntime:
             raise ModelRejected(
                 f"the registry cannot be used now: {type(exc).__name__}: {exc}"[:400]
             ) from None
-        candidate = self._load(dest)
-        final = self.folder / "store" / candidate.name / candidate.version
-        shutil.rmtree(final, ignore_errors=True)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(dest, final)
-        candidate.folder = final
-        self._swap(candidate, why=f"pulled from {self.channel}")
-        return PullResult("updated", candidate.version)
+        if isinstance(result, PullResult):
+            outcome = result
+        else:
+            try:
+                candidate = self._load(result)
+            except ModelRejected:  # its card, load or self-test: the same next time
+                refused = self._state.setdefault("rejected", [])
+                refused.append(hashlib.sha256((result / "model.onnx").read_bytes()).hexdigest())
+                del refused[:-50]
+                self._save_state()
+                raise
+            final = self.folder / "store" / candidate.name / candidate.version
+            shutil.rmtree(final, ignore_errors=True)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(result, final)
+            candidate.folder = final
+            self._swap(candidate, why=f"pulled from {self.channel}")
+            outcome = PullResult("updated", candidate.version)
+        if etag:  # the next poll of an unchanged registry costs one request and no body
+            self._state["poll"] = {
+                "etag": etag,
+                "status": "current" if outcome.status == "updated" else outcome.status,
+                "version": outcome.version,
+            }
+            self._save_state()
+        return outcome
+
+    def _pull(self, staging: Path, http: HttpxFetcher) -> PullResult | Path:
+        """Refresh the metadata and download the channel's model into ``staging``: the folder,
+        or a :class:`PullResult` when there is nothing to install."""
+        import httpx
+        from tuf.api import exceptions as tuf_errors
+
+        updater = self._updater(staging)
+        updater.refresh()
+        info = updater.get_targetinfo(channel_path(self.channel))
+        if info is None:
+            return PullResult("no_channel", detail=f"the registry offers no {self.channel}")
+        entry = json.loads(Path(updater.download_target(info)).read_text())
+        version = str(entry.get("version", ""))
+        if bucket(self.device_id) >= int(entry.get("rollout_pct", 0)):
+            return PullResult("not_in_rollout", version, f"{entry.get('rollout_pct')}% rollout")
+        rel = str(entry["model"]).rsplit("/", 1)[0]
+        targets = {}
+        for name in FILES:
+            t = updater.get_targetinfo(f"{rel}/{name}")
+            if t is None:
+                raise ModelRejected(f"{rel}/{name} is not in the signed targets")
+            if t.length > MAX_MODEL_BYTES:
+                raise ModelRejected(f"{rel}/{name} is {t.length} bytes: above the limit")
+            targets[name] = t
+        sha = targets["model.onnx"].hashes.get("sha256", "")
+        if sha in self._state.get("rejected", []):
+            return PullResult("current", version, "this model was refused or rolled back here")
+        if self._current is not None and self._current.sha256 == sha:
+            return PullResult("current", version)
+        dest = staging / "model"
+        dest.mkdir()
+        downloads = []
+        for name, t in targets.items():
+            url = f"{self.registry_url}/registry/targets/{t.path}"
+            downloads.append((name, t, http.expect(url, t.hashes.get("sha256", ""))))
+        keep = {part for _, _, part in downloads}
+        for old in http.partial.glob("*") if http.partial.is_dir() else []:
+            if old not in keep:  # a download nobody wants any more
+                old.unlink(missing_ok=True)
+        for name, t, part in downloads:
+            try:
+                updater.download_target(t, filepath=str(dest / name))
+            except Exception as exc:
+                # A cut keeps what arrived; wrong bytes or too many are thrown away.
+                cut = isinstance(exc, httpx.TransportError) or (
+                    isinstance(exc, tuf_errors.DownloadError)
+                    and not isinstance(exc, tuf_errors.DownloadLengthMismatchError)
+                )
+                if not cut:
+                    part.unlink(missing_ok=True)
+                raise
+            part.unlink(missing_ok=True)
+        return dest
 
     # -- serving -----------------------------------------------------------------------------
     def predict(self, images: list[Any]) -> list[tuple[str, float, list[float]]]:
@@ -339,11 +453,23 @@ class ModelRuntime:
         start = time.perf_counter()
         ok = True
         try:
+            batch = to_input(images, model.card.input)
             scores, boxes = model.session.run(
                 [model.card.outputs.scores, model.card.outputs.boxes],
-                {model.card.input.name: to_input(images, model.card.input)},
+                {model.card.input.name: batch},
             )
-            ok = bool(np.isfinite(scores).all() and np.isfinite(boxes).all())
+            # Errors, NaN, answers outside what the card promises (probabilities, fractions).
+            ok = bool(
+                np.isfinite(scores).all()
+                and np.isfinite(boxes).all()
+                and scores.min() >= -1e-3
+                and scores.max() <= 1 + 1e-3
+                and abs(float(scores[0].sum()) - 1) < 1e-2
+            )
+            frame = round(float(batch[0].mean()), 4)
+            if ok and self.health.collapsed(frame, np.round(scores[0], 4).tobytes()):
+                ok = False
+                self._say(f"{model.name} {model.version} answers alike to different frames")
         except Exception:
             ok = False
             scores = boxes = None
@@ -371,7 +497,8 @@ class ModelRuntime:
         h = self.health
         h.recent.append(ok)
         h.served += 1
-        if ok and h.served == h.good_after and model is self._current:
+        # "Last good" only after a whole healthy window has been judged, not before.
+        if ok and h.served == max(h.good_after, h.window) and model is self._current:
             self._state["last_good"] = self._state.get("current")
             self._save_state()
         if sum(1 for x in h.recent if not x) >= h.bad_limit and model is self._current:
