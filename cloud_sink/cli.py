@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     msub = mo.add_subparsers(dest="model_command", metavar="ACTION", required=True)
     mk = msub.add_parser("keygen", help="the sink's online key (snapshot, timestamp, rollout)")
     mk.add_argument("--data", required=True, metavar="DIR", help="the sink's data folder")
+    mk.add_argument(
+        "--next",
+        action="store_true",
+        help="the successor of the online key, for capsight-train rotate-keys --online-key",
+    )
     mk.set_defaults(handler=cmd_model_keygen)
     mp = msub.add_parser("promote", help="point a channel at a published model")
     mp.add_argument("channel", choices=("canary", "stable"), help="the channel")
@@ -188,7 +193,8 @@ EXAMPLES = {
     "audit": "capsight-sink audit --data /srv/sink --teacher teacher.onnx --min-score 0.95",
     "export": "capsight-sink export --data /srv/sink --name shelf-v1 --test-store store-07",
     "model": "capsight-sink model promote canary recogniser 20261203.1 --data /srv/sink",
-    "model keygen": "capsight-sink model keygen --data /srv/sink",
+    "model keygen": "capsight-sink model keygen --data /srv/sink\n"
+    "capsight-sink model keygen --next --data /srv/sink",
     "model promote": "capsight-sink model promote canary recogniser 20261203.1 --data /srv/sink\n"
     "capsight-sink model promote stable recogniser 20261203.1 --rollout 25 --data /srv/sink",
     "model rollback": "capsight-sink model rollback stable --data /srv/sink",
@@ -445,12 +451,17 @@ def cmd_model_keygen(args: argparse.Namespace) -> int:
     from cloud_sink.registry import RegistryError, keygen, registry_dir
 
     try:
-        pub = keygen(args.data)
+        pub = keygen(args.data, next_key=args.next)
     except RegistryError as exc:
         raise SinkError(str(exc)) from None
+    name, use = (
+        ("online.next.pub.json", "rotate-keys --online-key")
+        if args.next
+        else ("online.pub.json", "registry-init")
+    )
     print(
-        f"online key {pub['keyid'][:16]}...: give {registry_dir(args.data) / 'online.pub.json'} "
-        "to the ML team for capsight-train registry-init"
+        f"online key {pub['keyid'][:16]}...: give {registry_dir(args.data) / name} "
+        f"to the ML team for capsight-train {use}"
     )
     return 0
 

@@ -28,6 +28,7 @@ from capsight_edge.runtime.trust import (
     generate_key,
     load_signer,
     model_dir,
+    pub_path,
 )
 
 #: Online metadata is re-signed when less than this share of its life is left.
@@ -42,11 +43,16 @@ def registry_dir(data_dir: str | os.PathLike[str]) -> Path:
     return Path(data_dir).expanduser() / "registry"
 
 
-def keygen(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The sink's online key (``registry/online.json``, public half ``online.pub.json``)."""
-    path = registry_dir(data_dir) / "online.json"
+def keygen(data_dir: str | os.PathLike[str], *, next_key: bool = False) -> dict[str, Any]:
+    """The sink's online key (``registry/online.json``, public half ``online.pub.json``), or
+    with ``next_key`` its successor (``online.next.json``): the ML team names it in a new root
+    (``capsight-train rotate-keys --online-key``), and the sink signs with it from the moment
+    that root is in the registry."""
+    path = registry_dir(data_dir) / ("online.next.json" if next_key else "online.json")
     if path.exists():
-        raise RegistryError(f"{path} exists: the online key is rotated through root, not here")
+        raise RegistryError(
+            f"{path} exists: rotate with keygen --next and capsight-train rotate-keys"
+        )
     return generate_key(path)
 
 
@@ -62,10 +68,26 @@ class Registry:
         return (self.meta / "root.json").is_file() and (self.meta / "targets.json").is_file()
 
     def _signer(self) -> Any:
+        """The online key root names for timestamp. When a new root names the next key
+        (``online.next.json``), it becomes the key and the old one is destroyed."""
         path = self.folder / "online.json"
         if not path.is_file():
             raise RegistryError("the sink has no online key: capsight-sink model keygen")
-        return load_signer(path)
+        signer = load_signer(path)
+        trusted = self._load("root").signed.roles["timestamp"].keyids
+        if signer.public_key.keyid in trusted:
+            return signer
+        nxt = self.folder / "online.next.json"
+        if nxt.is_file() and load_signer(nxt).public_key.keyid in trusted:
+            with contextlib.suppress(FileNotFoundError):  # another process did it first
+                os.replace(nxt, path)
+                os.replace(pub_path(nxt), pub_path(path))
+            self._audit("sink", "online key rotated", {"keyid": trusted[0]})
+            return load_signer(path)
+        raise RegistryError(
+            "root trusts neither online.json nor online.next.json for timestamp: "
+            "the online key was rotated elsewhere"
+        )
 
     def _load(self, role: str) -> Any:
         from tuf.api.metadata import Metadata
@@ -104,6 +126,14 @@ class Registry:
             wrote = False
             if not (self.meta / f"{ROLLOUT}.json").is_file():
                 rollout = Metadata(Targets(expires=expires(ROLLOUT)))
+                rollout.sign(signer)
+                self._write(rollout, ROLLOUT)
+                wrote = True
+            rollout = self._load(ROLLOUT)
+            if signer.public_key.keyid not in rollout.signatures:  # after a key rotation
+                rollout.signed.version += 1
+                rollout.signed.expires = expires(ROLLOUT)
+                rollout.signatures.clear()
                 rollout.sign(signer)
                 self._write(rollout, ROLLOUT)
                 wrote = True

@@ -76,6 +76,10 @@ class Push:
         )
         assert res.returncode == 0, res.stderr
 
+    def sink_audit(self) -> list[dict]:  # type: ignore[type-arg]
+        path = self.data / "registry" / "audit.jsonl"
+        return [json.loads(x) for x in path.read_text().splitlines()]
+
     def runtime(self, cart: Path, device: str = "cart-1", **kw: object) -> ModelRuntime:
         return ModelRuntime(
             cart,
@@ -670,3 +674,54 @@ def test_swaps_under_inference_load_fail_no_inference(push: Push, tmp_path: Path
     load.thread.join(10)
     assert versions == ["recogniser:2", "recogniser:1", "recogniser:2", "recogniser:1"]
     assert load.steps and all(ok for *_, ok in load.steps)
+
+
+def test_keys_are_rotated_and_the_old_ones_are_refused(push: Push, tmp_path: Path) -> None:
+    from tuf.api.metadata import Metadata
+
+    from capsight_edge.runtime.trust import load_signer
+
+    rt = push.runtime(tmp_path / "cart")
+    assert rt.pull().status == "updated"
+    reg = push.data / "registry"
+    old_online = tmp_path / "old-online.json"
+    shutil.copyfile(reg / "online.json", old_online)
+    new_key = tmp_path / "ml-team-2.key"
+    assert cli("-m", "trainer.cli", "keygen", "--out", str(new_key)).returncode == 0
+    res = cli("-m", "cloud_sink.cli", "model", "keygen", "--next", "--data", str(push.data))
+    assert res.returncode == 0, res.stderr
+    res = cli(
+        "-m", "trainer.cli", "rotate-keys", "--registry", str(reg), "--key", str(push.key),
+        "--new-key", str(new_key), "--online-key", str(reg / "online.next.pub.json"), "--json",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    rotated = json.loads(res.stdout)
+    assert rotated["type"] == "keys_rotated" and rotated["root_version"] == 2
+    # The old ML key can no longer publish; the new one can, and the sink signs with its
+    # next key from the first change on.
+    m = push.models["2"]
+    publish = ["-m", "trainer.cli", "publish", "--model", str(m), "--eval"]
+    publish += [str(m.with_name("eval.json")), "--registry", str(reg), "--key"]
+    res = cli(*publish, str(push.key))
+    assert res.returncode != 0 and "not the key the registry's root trusts" in res.stderr
+    assert cli(*publish, str(new_key)).returncode == 0
+    push.promote("stable", "2")
+    assert not (reg / "online.next.json").exists()
+    assert load_signer(reg / "online.json").public_key.keyid == rotated["online_keyid"]
+    assert "online key rotated" in [a["action"] for a in push.sink_audit()]
+    # A running cart walks root 1 -> 2 by itself; a new cart given only root 1 does too.
+    assert rt.pull().status == "updated" and rt.version == "recogniser:2"
+    assert Metadata.from_file(str(tmp_path / "cart/models/tuf/root.json")).signed.version == 2
+    fresh = push.runtime(tmp_path / "new-cart", device="cart-new")
+    assert fresh.pull().status == "updated" and fresh.version == "recogniser:2"
+    # Whoever kept the old online key cannot sign for the carts any more.
+    for role in ("timestamp.json",):
+        md = Metadata.from_file(str(reg / "metadata" / role))
+        md.signed.version += 1
+        md.signatures.clear()
+        md.sign(load_signer(old_online))
+        (reg / "metadata" / role).write_bytes(md.to_bytes())
+    (reg / "online.json").rename(reg / "online.away")  # the sink cannot re-sign over it
+    with pytest.raises(ModelRejected, match=r"(?i)signature|threshold|unsigned"):
+        rt.pull()
+    assert rt.version == "recogniser:2"

@@ -38,6 +38,8 @@ EXAMPLES = {
     "keygen": "capsight-train keygen --out ml-team.key",
     "registry-init": "capsight-train registry-init --registry /srv/sink/registry "
     "--key ml-team.key --online-key /srv/sink/registry/online.pub.json",
+    "rotate-keys": "capsight-train rotate-keys --registry /srv/sink/registry --key ml-team.key "
+    "--new-key ml-team-2027.key --online-key /srv/sink/registry/online.next.pub.json",
 }
 
 
@@ -167,6 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
     ri.add_argument("--key", required=True, help="the ML team's offline key file")
     ri.add_argument("--online-key", required=True, help="the sink's online public key (.pub.json)")
     ri.set_defaults(handler=cmd_registry_init)
+    rk = sub.add_parser(
+        "rotate-keys", help="a new registry root naming a new ML team key and/or online key"
+    )
+    rk.add_argument("--registry", required=True, help="the registry folder (the sink's)")
+    rk.add_argument("--key", required=True, help="the ML team's current offline key file")
+    rk.add_argument("--new-key", help="the ML team's new offline key file (capsight-train keygen)")
+    rk.add_argument(
+        "--online-key",
+        help="the sink's next online public key (online.next.pub.json, from "
+        "capsight-sink model keygen --next)",
+    )
+    rk.add_argument("--json", action="store_true", help="a `keys_rotated` record")
+    rk.set_defaults(handler=cmd_rotate_keys)
     polish_help(parser, EXAMPLES)
     return parser
 
@@ -444,6 +459,29 @@ def cmd_registry_init(args: argparse.Namespace) -> int:
     except (PublishError, FileNotFoundError, ValueError, KeyError) as exc:
         raise CliError(str(exc)) from None
     print(f"registry root: {root} (give a copy to every cart as [model] trust_root)")
+    return 0
+
+
+def cmd_rotate_keys(args: argparse.Namespace) -> int:
+    from trainer.publish import PublishError, rotate_keys
+    from trainer.records import KeysRotatedRecord, emit
+
+    try:
+        out = rotate_keys(
+            Path(args.registry),
+            Path(args.key),
+            new_ml_key=Path(args.new_key) if args.new_key else None,
+            new_online=Path(args.online_key) if args.online_key else None,
+        )
+    except (PublishError, FileNotFoundError, ValueError, KeyError) as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        emit(KeysRotatedRecord(**out))
+    else:
+        print(
+            f"root v{out['root_version']}: {out['root']} (carts follow it at their next poll; "
+            f"new carts may be given it as [model] trust_root); targets v{out['targets_version']}"
+        )
     return 0
 
 

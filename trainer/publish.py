@@ -79,6 +79,71 @@ def init_registry(folder: Path, ml_key: Path, online_public: Path) -> Path:
     return meta / "1.root.json"
 
 
+def rotate_keys(
+    registry: Path,
+    ml_key: Path,
+    *,
+    new_ml_key: Path | None = None,
+    new_online: Path | None = None,
+) -> dict[str, Any]:
+    """A new root version that names new keys: the ML team's (root and targets) when
+    ``new_ml_key``, the sink's online key (snapshot, timestamp, and the rollout delegation) when
+    ``new_online`` (a ``.pub.json``; the sink makes it with ``capsight-sink model keygen --next``).
+
+    The new root is signed by the old root key and by the new one (a cart accepts root N+1 only
+    when root N's keys and root N+1's keys both signed it; carts walk ``N.root.json`` upwards at
+    their next poll, with nothing to install by hand). Targets is signed again with the key that
+    now holds the role. From then on, anything the old keys sign is refused by every cart."""
+    from tuf.api.metadata import Metadata, Root, Targets
+
+    if new_ml_key is None and new_online is None:
+        raise PublishError("nothing to rotate: give --new-key, --online-key or both")
+    meta = registry / "metadata"
+    old_signer = load_signer(ml_key)
+    root: Metadata[Root] = Metadata.from_file(str(meta / "root.json"))
+    if old_signer.public_key.keyid not in root.signed.roles["root"].keyids:
+        raise PublishError(f"{ml_key} is not the key the registry's root trusts for root")
+    new_signer = load_signer(new_ml_key) if new_ml_key else old_signer
+    if new_ml_key:
+        for role in ("root", "targets"):
+            for keyid in list(root.signed.roles[role].keyids):
+                root.signed.revoke_key(keyid, role)
+            root.signed.add_key(new_signer.public_key, role)
+    online = load_public(new_online) if new_online else None
+    if online is not None:
+        for role in ("snapshot", "timestamp"):
+            for keyid in list(root.signed.roles[role].keyids):
+                root.signed.revoke_key(keyid, role)
+            root.signed.add_key(online, role)
+    root.signed.version += 1
+    root.signed.expires = expires("root")
+    root.signatures.clear()
+    root.sign(old_signer)
+    if new_signer is not old_signer:
+        root.sign(new_signer, append=True)
+    targets: Metadata[Targets] = Metadata.from_file(str(meta / "targets.json"))
+    if online is not None and targets.signed.delegations is not None:
+        delegations = targets.signed.delegations
+        for keyid in list(delegations.keys):
+            targets.signed.revoke_key(keyid, ROLLOUT)
+        targets.signed.add_key(online, ROLLOUT)
+    targets.signed.version += 1
+    targets.signed.expires = expires("targets")
+    targets.signatures.clear()
+    targets.sign(new_signer)
+    version = root.signed.version
+    _write(root, meta / f"{version}.root.json")
+    _write(root, meta / "root.json")
+    _write(targets, meta / "targets.json")
+    return {
+        "root_version": version,
+        "root": str(meta / f"{version}.root.json"),
+        "ml_keyid": new_signer.public_key.keyid,
+        "online_keyid": root.signed.roles["timestamp"].keyids[0],
+        "targets_version": targets.signed.version,
+    }
+
+
 def publish(model: Path, eval_json: Path, registry: Path, ml_key: Path) -> dict[str, Any]:
     """Add ``model`` (with its card, golden self-test and eval report) to the registry's
     targets, signed with ``ml_key``."""

@@ -91,6 +91,17 @@ class KeyRecord(Record):
     keyid: str
 
 
+class KeysRotatedRecord(Record):
+    """A new root naming new keys (``capsight-train rotate-keys``)."""
+
+    type: Literal["keys_rotated"] = "keys_rotated"
+    root_version: int
+    root: str
+    ml_keyid: str
+    online_keyid: str
+    targets_version: int
+
+
 RECORDS: list[type[Record]] = [
     DatasetRenderedRecord,
     TrainEpochRecord,
@@ -98,6 +109,7 @@ RECORDS: list[type[Record]] = [
     EvalRecord,
     PublishedRecord,
     KeyRecord,
+    KeysRotatedRecord,
     ErrorRecord,
 ]
 
