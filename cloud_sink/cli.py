@@ -166,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--store", action="append", metavar="STORE", help="only these stores")
     ex.add_argument("--seed", type=int, default=0, help="picks test stores when none are given")
+    ex.add_argument(
+        "--prelabels",
+        action="store_true",
+        help="the items not reviewed yet, labelled by their pre-labels alone (what review adds)",
+    )
     ex.add_argument("--json", action="store_true", help="one `dataset` record")
     ex.set_defaults(handler=cmd_export)
 
@@ -412,6 +417,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             seed=args.seed,
             stores=args.store,
             gtins=catalogue.gtins(),
+            prelabels=args.prelabels,
         )
     except ExportError as exc:
         raise SinkError(f"export refused: {exc}") from None

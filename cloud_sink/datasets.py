@@ -123,6 +123,15 @@ def load_manifest(path: str | os.PathLike[str], *, verify: bool = True) -> Manif
     return manifest
 
 
+def versions(base: Path) -> list[int]:
+    """The versions of the dataset whose folder is ``base`` (``base/v1``, ``base/v2``, ...)."""
+    if not base.is_dir():
+        return []
+    return sorted(
+        int(p.name[1:]) for p in base.iterdir() if p.name[:1] == "v" and p.name[1:].isdigit()
+    )
+
+
 def write_manifest(folder: Path, manifest: Manifest) -> Path:
     check_no_leak(manifest.items)
     path = folder / "manifest.json"

@@ -27,6 +27,7 @@ from cloud_sink.datasets import (
     Manifest,
     Moment,
     load_manifest,
+    versions,
     write_manifest,
 )
 from cloud_sink.labels import LabelStore
@@ -36,12 +37,8 @@ class ExportError(ValueError):
     pass
 
 
-def _versions(root: Path) -> list[int]:
-    if not root.is_dir():
-        return []
-    return sorted(
-        int(p.name[1:]) for p in root.iterdir() if p.name[:1] == "v" and p.name[1:].isdigit()
-    )
+#: The states of an item that has a pre-label and no review yet.
+PRELABELLED = ("prelabelled", "quick_confirm", "needs_review")
 
 
 def assign_stores(stores: list[str], *, test_stores: list[str] | None, seed: int) -> dict[str, str]:
@@ -79,39 +76,45 @@ def export_dataset(
     seed: int = 0,
     stores: list[str] | None = None,
     gtins: dict[str, str] | None = None,
+    prelabels: bool = False,
 ) -> Path:
     """Write the next version of dataset ``name``; returns its folder. ExportError (nothing
-    written) when the selection is empty or a split would leak."""
+    written) when the selection is empty or a split would leak. ``prelabels``: the items no
+    one has reviewed yet, labelled by their pre-labels alone (to measure what review adds)."""
     base = Path(root) / "datasets" / name
-    versions = _versions(base)
+    known = versions(base)
+    store = LabelStore(index)
+    states = PRELABELLED if prelabels else ("reviewed",)
     rows = [
         r
-        for r in LabelStore(index).items(state="reviewed", limit=100_000)
-        if not stores or r["store_id"] in stores
+        for state in states
+        for r in store.items(state=state, limit=100_000)
+        if (not stores or r["store_id"] in stores) and (r["source"] or not prelabels)
     ]
     if not rows:
-        raise ExportError("no reviewed items in the selection: nothing to export")
+        what = "pre-labelled" if prelabels else "reviewed"
+        raise ExportError(f"no {what} items in the selection: nothing to export")
     fixed_test: dict[str, Item] = {}
-    if versions:  # the first version fixed the test set and the stores' sides
-        first = load_manifest(base / f"v{versions[0]}", verify=False)
+    if known:  # the first version fixed the test set and the stores' sides
+        first = load_manifest(base / f"v{known[0]}", verify=False)
         sides: dict[str, str] = dict(first.stores)
         fixed_test = {i.item_id: i for i in first.items if i.split == "test"}
         for s in {r["store_id"] for r in rows} - set(sides):
             sides[s] = "train"  # a store seen for the first time trains
     else:
         sides = assign_stores([r["store_id"] for r in rows], test_stores=test_stores, seed=seed)
-    version = (versions[-1] + 1) if versions else 1
+    version = (known[-1] + 1) if known else 1
     folder = base / f"v{version}"
     tmp = base / f".v{version}.partial"
     (tmp / "frames").mkdir(parents=True, exist_ok=True)
     items: list[Item] = []
-    known = set(classes)
+    valid = set(classes) | {NONE}
     for r in rows:
         split = sides[r["store_id"]]
         if split == "test" and fixed_test and r["item_id"] not in fixed_test:
             continue  # the test set is fixed: new test-store items stay out of every split
         sku = r["sku"] or NONE
-        if sku not in known:
+        if sku not in valid:
             raise ExportError(f"item {r['item_id']}: SKU {sku!r} is not in the catalogue")
         data = blobs.get_bytes(r["frame_key"])
         digest = hashlib.sha256(data).hexdigest()

@@ -29,6 +29,7 @@ from capsight_edge.runtime.trust import (
     load_signer,
     model_dir,
     pub_path,
+    resign,
 )
 
 #: Online metadata is re-signed when less than this share of its life is left.
@@ -131,10 +132,7 @@ class Registry:
                 wrote = True
             rollout = self._load(ROLLOUT)
             if signer.public_key.keyid not in rollout.signatures:  # after a key rotation
-                rollout.signed.version += 1
-                rollout.signed.expires = expires(ROLLOUT)
-                rollout.signatures.clear()
-                rollout.sign(signer)
+                resign(rollout, ROLLOUT, signer)
                 self._write(rollout, ROLLOUT)
                 wrote = True
             versions = {
@@ -228,10 +226,7 @@ class Registry:
             rollout.signed.targets[channel_path(channel)] = TargetFile.from_file(
                 channel_path(channel), str(cpath), ["sha256"]
             )
-            rollout.signed.version += 1
-            rollout.signed.expires = expires(ROLLOUT)
-            rollout.signatures.clear()
-            rollout.sign(self._signer())
+            resign(rollout, ROLLOUT, self._signer())
             self._write(rollout, ROLLOUT)
         self.refresh(force=True)
         self._audit(who, "promote", entry)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -120,34 +119,3 @@ def start_run(
         stderr=stderr,
         text=True,
     )
-
-
-@contextlib.contextmanager
-def ray_head():  # type: ignore[no-untyped-def]
-    """A real Ray cluster on this machine (`ray start --head`, 2 CPUs, a bounded object store)
-    for the test's duration; yields its address (host:port)."""
-    from capsight_edge.localsink import free_port
-
-    ray = str(Path(sys.executable).with_name("ray"))
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    port = free_port()
-    started = subprocess.run(
-        [
-            ray,
-            "start",
-            "--head",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--object-store-memory=150000000",
-            "--include-dashboard=false",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-    )
-    assert started.returncode == 0, started.stderr[-2000:]
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120, env=env)

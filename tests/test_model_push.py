@@ -80,6 +80,21 @@ class Push:
         path = self.data / "registry" / "audit.jsonl"
         return [json.loads(x) for x in path.read_text().splitlines()]
 
+    def cart_profile(self, folder: Path, upload: str = "") -> Path:
+        """A simulated cart named cart-1 with its token, following this registry (poll_s 5);
+        ``upload``: more of its ``[upload]`` table."""
+        from tests.conftest import SIM
+
+        token_file = folder / "cart.token"
+        token_file.write_text(self.token)
+        profile = folder / "cart.toml"
+        profile.write_text(
+            f"extends = '{SIM}'\n[device]\nid = 'cart-1'\n"
+            f"[upload]\ntoken_file = '{token_file}'\n{upload}"
+            f"[model]\nregistry_url = '{self.sink.url}'\ntrust_root = '{self.root}'\npoll_s = 5\n"
+        )
+        return profile
+
     def runtime(self, cart: Path, device: str = "cart-1", **kw: object) -> ModelRuntime:
         return ModelRuntime(
             cart,
@@ -402,18 +417,10 @@ def test_a_running_cart_pulls_its_model_and_the_fleet_view_shows_the_version(
 ) -> None:
     import httpx
 
-    from tests.conftest import SIM, start_run
+    from tests.conftest import start_run
 
-    token_file = tmp_path / "cart.token"
-    token_file.write_text(push.token)
     admin = push.sink.add_device("ops", admin=True)
-    profile = tmp_path / "cart.toml"
-    profile.write_text(
-        f"extends = '{SIM}'\n[device]\nid = 'cart-1'\n"
-        f"[upload]\nsink_url = '{push.sink.url}/files/'\ntoken_file = '{token_file}'\n"
-        "heartbeat_s = 1\n"
-        f"[model]\nregistry_url = '{push.sink.url}'\ntrust_root = '{push.root}'\npoll_s = 5\n"
-    )
+    profile = push.cart_profile(tmp_path, f"sink_url = '{push.sink.url}/files/'\nheartbeat_s = 1\n")
     proc = start_run(tmp_path / "cart", "--duration", "12", profile=profile)
     _out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err[-2000:]
@@ -429,16 +436,11 @@ def test_a_running_cart_pulls_its_model_and_the_fleet_view_shows_the_version(
 def test_a_cart_polls_the_registry_only_inside_its_upload_windows(
     push: Push, tmp_path: Path
 ) -> None:
-    from tests.conftest import SIM, start_run
+    from tests.conftest import start_run
 
-    token_file = tmp_path / "cart.token"
-    token_file.write_text(push.token)
-    profile = tmp_path / "cart.toml"
-    profile.write_text(  # all day, every day, no traffic: no poll either
-        f"extends = '{SIM}'\n[device]\nid = 'cart-1'\n"
-        f"[upload]\ntoken_file = '{token_file}'\n"
-        "[[upload.windows]]\nstart = '00:00'\nend = '24:00'\nmax_upload_bps = 0\n"
-        f"[model]\nregistry_url = '{push.sink.url}'\ntrust_root = '{push.root}'\npoll_s = 5\n"
+    # All day, every day, no traffic: no poll either.
+    profile = push.cart_profile(
+        tmp_path, "[[upload.windows]]\nstart = '00:00'\nend = '24:00'\nmax_upload_bps = 0\n"
     )
     proc = start_run(tmp_path / "cart", "--duration", "3", profile=profile)
     _out, err = proc.communicate(timeout=180)
@@ -491,15 +493,9 @@ def test_the_running_model_raises_model_signals_in_the_trigger_engine(
 
 
 def test_a_technician_sees_pulls_and_rolls_back_the_model(push: Push, tmp_path: Path) -> None:
-    from tests.conftest import SIM, json_records
+    from tests.conftest import json_records
 
-    token_file = tmp_path / "cart.token"
-    token_file.write_text(push.token)
-    profile = tmp_path / "cart.toml"
-    profile.write_text(
-        f"extends = '{SIM}'\n[device]\nid = 'cart-1'\n[upload]\ntoken_file = '{token_file}'\n"
-        f"[model]\nregistry_url = '{push.sink.url}'\ntrust_root = '{push.root}'\n"
-    )
+    profile = push.cart_profile(tmp_path)
     base = ["-m", "capsight_edge.cli.main", "model"]
     where = ["--profile", str(profile), "--data", str(tmp_path / "cart"), "--json"]
     res = cli(*base, "pull", *where)

@@ -186,6 +186,18 @@ def test_simulated_review_audit_and_versioned_exports(
     cat = Catalogue.load(fleet.catalogue)
     Prelabeler(index, blobs, cat).run()
     store = LabelStore(index)
+    # Before any review: the pre-labels alone, as a dataset (what review will add is measured
+    # against it); items no source had anything to say about are left out.
+    pre = load_manifest(
+        export_dataset(
+            index, blobs, data, "shelf-prelabels", cat.skus, test_stores=["store-east"],
+            prelabels=True,
+        )
+    )  # fmt: skip
+    labelled = [i for i in store.items(limit=100_000) if i["source"]]
+    assert len(pre.items) == len(labelled) > 0
+    assert {i.label.source for i in pre.items} <= {"barcode", "teacher", "vlm"}
+    assert all(i.label.reviewer == "" for i in pre.items)
     decisions = []
     for item in store.items():
         truth = truth_of(blobs, item["device_id"], item["bundle_id"], tmp_path)

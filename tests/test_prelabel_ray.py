@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from capsight_edge.localray import ray_head
 from cloud_sink.blobs import LocalBlobStore
 from cloud_sink.catalogue import Catalogue
 from cloud_sink.index import Index
 from cloud_sink.prelabel import Prelabeler
 from cloud_sink.teacher import Teacher
-from tests.conftest import ray_head
 from tests.labelling_helpers import Fleet, label_rows, make_teacher
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from capsight_edge.localray import ray_head
 from cloud_sink.datasets import Manifest, load_manifest
-from tests.conftest import ROOT, ray_head
+from tests.conftest import ROOT
 
 TRAIN = [sys.executable, "-m", "trainer.cli"]
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
@@ -125,9 +126,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     clean = root / "clean"
     res = train_cli("run", *common, "--out", str(clean))
     assert res.returncode == 0, res.stderr[-3000:]
-    # 3. A deliberately worse candidate: one epoch.
+    # 3. A deliberately worse candidate: five optimiser steps (a fixed budget, --steps).
     worse = root / "worse"
-    res = train_cli("run", "--dataset", str(dataset), "--epochs", "1", "--out", str(worse))
+    res = train_cli("run", "--dataset", str(dataset), "--steps", "5", "--out", str(worse))
     assert res.returncode == 0, res.stderr[-3000:]
     return Runs(root, dataset, stores_test, killed, clean, worse, pid)
 
@@ -351,6 +352,21 @@ def test_the_gate_rejects_a_worse_candidate_and_releases_a_better_one(
     assert pub.returncode == 2 and "judged another file" in pub.stderr
 
 
+def test_a_step_budget_trains_exactly_that_many_steps(runs: Runs) -> None:
+    from cloud_sink.datasets import load_manifest
+
+    epochs = [json.loads(x) for x in (runs.worse / "progress.jsonl").read_text().splitlines()]
+    report = json.loads((runs.worse / "train.json").read_text())
+    assert report["settings"]["steps"] == 5
+    # Two workers, up to 32 frames each a step; the epoch's last step takes what is left.
+    n = load_manifest(runs.dataset, verify=False).counts()["train"]
+    per_rank = -(-n // 2)
+    sizes = [min(32, per_rank - k) for k in range(0, per_rank, 32)]
+    steps = (sizes * 5)[:5]
+    assert len(epochs) == -(-5 // len(sizes))
+    assert sum(e["samples"] for e in epochs) == 2 * sum(steps)
+
+
 def test_the_int8_model_goes_through_the_same_gate(runs: Runs, tmp_path: Path) -> None:
     res = train_cli(
         "evaluate",
@@ -440,6 +456,48 @@ def test_bad_datasets_are_refused_before_any_worker_starts(
     (rec,) = records(res.stdout)
     assert rec["type"] == "error" and says in rec["error"]
     assert not out.exists()  # no worker, no cluster, nothing written
+
+
+def test_datasets_combine_with_the_added_ones_in_training(small: Path, tmp_path: Path) -> None:
+    from cloud_sink.datasets import load_manifest
+    from trainer.data import open_dataset
+
+    root = small.parent.parent
+    stores = ["--store", "shop-a", "--store", "shop-b", "--store", "shop-c", "--split", "by-store"]
+    shops = render(root, "--name", "shops", "--views", "6", "--seed", "5", *stores)
+    res = train_cli(
+        "combine-datasets", "--name", "both", "--base", "small", "--add", "shops",
+        "--root", str(root), "--json",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    (rec,) = records(res.stdout)
+    assert rec["type"] == "dataset_combined" and rec["combined"] == ["small@1", "shops@1"]
+    both = load_manifest(rec["path"])  # every frame's hash checked, no store on two sides
+    base, added = load_manifest(small), load_manifest(shops)
+    assert len(both.items) == len(base.items) + len(added.items)
+    assert both.counts()["train"] == base.counts()["train"] + len(added.items)
+    assert both.counts()["test"] == base.counts()["test"]
+    assert {s: both.stores[s] for s in added.stores} == dict.fromkeys(added.stores, "train")
+    assert open_dataset(rec["path"]).classes == base.classes
+    # The same stores twice, or another catalogue, are refused.
+    res = train_cli(
+        "combine-datasets", "--name", "twice", "--base", "small", "--add", "shops",
+        "--add", "shops", "--root", str(root),
+    )  # fmt: skip
+    assert res.returncode == 2 and "are in two of the datasets" in res.stderr
+    other = render(tmp_path, "--name", "other", "--views", "6", "--catalogue-size", "4", *stores)
+    res = train_cli(
+        "combine-datasets", "--name", "mixed", "--base", "small", "--add", str(other),
+        "--root", str(root),
+    )  # fmt: skip
+    assert res.returncode == 2 and "another catalogue" in res.stderr
+    # Frames of the base's test split added to training (the same bytes) are refused.
+    same = render(root, "--name", "same", "--views", "6", *stores)  # seed 0, as `small`
+    res = train_cli(
+        "combine-datasets", "--name", "leaky", "--base", "small", "--add", str(same),
+        "--root", str(root),
+    )  # fmt: skip
+    assert res.returncode == 2 and "would flatter the model" in res.stderr
 
 
 def test_a_dataset_name_resolves_to_its_newest_version(small: Path, tmp_path: Path) -> None:

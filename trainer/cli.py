@@ -38,6 +38,8 @@ EXAMPLES = {
     "keygen": "capsight-train keygen --out ml-team.key",
     "registry-init": "capsight-train registry-init --registry /srv/sink/registry "
     "--key ml-team.key --online-key /srv/sink/registry/online.pub.json",
+    "combine-datasets": "capsight-train combine-datasets --name shelf-plus-fleet --base shelf "
+    "--add fleet",
     "rotate-keys": "capsight-train rotate-keys --registry /srv/sink/registry --key ml-team.key "
     "--new-key ml-team-2027.key --online-key /srv/sink/registry/online.next.pub.json",
 }
@@ -93,6 +95,24 @@ def build_parser() -> argparse.ArgumentParser:
     common(r)
     r.set_defaults(handler=cmd_render)
 
+    cb = sub.add_parser(
+        "combine-datasets",
+        help="a new dataset: one on its own splits, plus others' items all in training",
+    )
+    cb.add_argument(
+        "--name", required=True, help="the new dataset's name (a new version each time)"
+    )
+    cb.add_argument("--base", required=True, help="the dataset kept on its own splits")
+    cb.add_argument(
+        "--add",
+        action="append",
+        required=True,
+        metavar="DATASET",
+        help="a dataset whose every item goes to training (repeat)",
+    )
+    common(cb)
+    cb.set_defaults(handler=cmd_combine)
+
     t = sub.add_parser("run", help="train a model through Ray Train, export it, check it")
     t.add_argument("--dataset", required=True, help="a dataset folder, NAME or NAME@VERSION")
     t.add_argument("--out", required=True, help="the run's folder (must be new or empty)")
@@ -103,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the cart's recogniser or the larger pre-labelling teacher",
     )
     t.add_argument("--epochs", type=int, default=20, help="passes over the training split")
+    t.add_argument(
+        "--steps",
+        type=int,
+        help="exactly this many optimiser steps instead of --epochs (a fixed training budget "
+        "whatever the dataset's size)",
+    )
     t.add_argument("--batch", type=int, default=32, help="frames per step per worker")
     t.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW)")
     t.add_argument("--seed", type=int, default=0, help="the run's seed (same seed, same model)")
@@ -205,9 +231,8 @@ def _progress(args: argparse.Namespace) -> Any:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from cloud_sink.datasets import load_manifest
     from trainer.data import datasets_root
-    from trainer.records import DatasetRenderedRecord, emit
+    from trainer.records import DatasetRenderedRecord
     from trainer.render import RenderSpec, render_dataset
 
     if not 2 <= args.catalogue_size <= 2000:
@@ -239,8 +264,19 @@ def cmd_render(args: argparse.Namespace) -> int:
         folder = render_dataset(
             spec, on_item=lambda done, total: bar.update(task, completed=done, total=total)
         )
+    _print_dataset(args, DatasetRenderedRecord, folder, t0)
+    return 0
+
+
+def _print_dataset(
+    args: argparse.Namespace, kind: Any, folder: Path, t0: float, **extra: Any
+) -> None:
+    """The record of a new dataset version (``kind``), or one line."""
+    from cloud_sink.datasets import load_manifest
+    from trainer.records import emit
+
     m = load_manifest(folder, verify=False)
-    record = DatasetRenderedRecord(
+    record = kind(
         name=m.name,
         version=m.version,
         path=str(folder),
@@ -250,6 +286,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         classes=len(m.classes),
         digest=m.digest(),
         duration_s=round(time.perf_counter() - t0, 3),
+        **extra,
     )
     if args.json:
         emit(record)
@@ -259,6 +296,20 @@ def cmd_render(args: argparse.Namespace) -> int:
             f"{m.name} v{m.version}: {record.items} frames ({c['train']} train, {c['val']} val, "
             f"{c['test']} test), {record.classes - 1} SKUs, in {folder}"
         )
+
+
+def cmd_combine(args: argparse.Namespace) -> int:
+    from trainer.data import combine_datasets, open_dataset
+    from trainer.records import DatasetCombinedRecord
+
+    t0 = time.perf_counter()
+    base = open_dataset(args.base, root=args.root, allow_empty_classes=True)
+    added = [
+        open_dataset(a, root=args.root, allow_empty_classes=True, test_only=True) for a in args.add
+    ]
+    folder = combine_datasets(args.name, base, added, root=args.root)
+    combined = [f"{d.manifest.name}@{d.manifest.version}" for d in [base, *added]]
+    _print_dataset(args, DatasetCombinedRecord, folder, t0, combined=combined)
     return 0
 
 
@@ -299,7 +350,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from trainer.data import open_dataset
     from trainer.records import TrainEpochRecord, TrainResultRecord, emit
     from trainer.run import run
-    from trainer.train import TrainError, TrainSettings
+    from trainer.train import TrainError, TrainSettings, epochs_for
 
     if not 1 <= args.epochs <= 1000:
         raise CliError("--epochs must be 1..1000")
@@ -314,11 +365,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError(f"{out} is not empty: give a new folder for the run")
     # Every check of the data happens here, before any worker starts.
     ds = open_dataset(args.dataset, root=args.root, allow_empty_classes=args.allow_empty_classes)
+    if args.steps is not None:
+        if not 1 <= args.steps <= 1_000_000:
+            raise CliError("--steps must be 1..1000000")
+        args.epochs = epochs_for(
+            args.steps, ds.manifest.counts()["train"], args.workers, args.batch
+        )
     settings = TrainSettings(
         dataset=str(ds.root.resolve()),
         out=str(out),
         arch=args.arch,
         epochs=args.epochs,
+        steps=args.steps or 0,
         batch=args.batch,
         lr=args.lr,
         seed=args.seed,

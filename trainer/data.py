@@ -199,3 +199,80 @@ def decode(ds: Dataset, items: list[Item], width: int, height: int) -> Arrays:
             boxes[k] = (x / item.width, y / item.height, w / item.width, h / item.height)
             has_box[k] = True
     return Arrays(images, labels, boxes, has_box, items)
+
+
+def combine_datasets(
+    name: str,
+    base: Dataset,
+    added: list[Dataset],
+    *,
+    root: str | os.PathLike[str] | None = None,
+) -> Path:
+    """A new dataset ``name`` (its next version under the datasets root): every item of
+    ``base`` on its own split, and every item of each ``added`` dataset in training (its stores
+    too: a store stays wholly on one side). For adding what a fleet captured to what the team had,
+    when the test set that judges lives elsewhere. The class lists must be the same; a store in
+    two of the datasets is refused. Frames are hard-linked (copied across filesystems)."""
+    import json
+    import shutil
+    import time
+
+    from cloud_sink.datasets import versions, write_manifest
+
+    for ds in added:
+        if ds.classes != base.classes:
+            raise DatasetError(f"{ds.root}: its classes are not {base.root}'s (another catalogue?)")
+    stores: dict[str, Any] = dict(base.manifest.stores)
+    for ds in added:
+        clash = sorted(set(ds.manifest.stores) & set(stores))
+        if clash:
+            raise DatasetError(f"store(s) {', '.join(clash)} are in two of the datasets")
+        stores.update(dict.fromkeys(ds.manifest.stores, "train"))
+    held_out = {i.sha256 for i in base.manifest.items if i.split != "train"}
+    clash_n = sum(1 for ds in added for i in ds.manifest.items if i.sha256 in held_out)
+    if clash_n:
+        raise DatasetError(
+            f"{clash_n} frame(s) of the added datasets are frames of {base.root}'s validation or "
+            "test split (same bytes): training on them would flatter the model"
+        )
+    folder_base = datasets_root(root) / name
+    version = (versions(folder_base) or [0])[-1] + 1
+    tmp = folder_base / f".v{version}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    items: list[Item] = []
+    for k, ds in enumerate([base, *added]):
+        prefix = f"{k}-{ds.manifest.name}-v{ds.manifest.version}"
+        for item in ds.manifest.items:
+            dest = tmp / "frames" / prefix / item.frame
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(ds.root / item.frame, dest)
+            except OSError:
+                shutil.copyfile(ds.root / item.frame, dest)
+            update = {
+                "item_id": f"{prefix}/{item.item_id}",
+                "frame": f"frames/{prefix}/{item.frame}",
+            }
+            if k:
+                update["split"] = "train"
+            items.append(item.model_copy(update=update))
+    manifest = Manifest(
+        name=name,
+        version=version,
+        created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        classes=base.classes,
+        gtins={**base.manifest.gtins},
+        items=items,
+        stores=stores,
+        notes=json.dumps(
+            {
+                "combined": [f"{d.manifest.name}@{d.manifest.version}" for d in [base, *added]],
+                "added_to_train": [d.digest() for d in added],
+                "base": base.digest(),
+            }
+        ),
+    )
+    write_manifest(tmp, manifest)
+    folder = folder_base / f"v{version}"
+    os.replace(tmp, folder)
+    return folder

@@ -26,6 +26,7 @@ from capsight_edge.runtime.trust import (
     load_public,
     load_signer,
     model_dir,
+    resign,
 )
 
 
@@ -104,33 +105,25 @@ def rotate_keys(
     if old_signer.public_key.keyid not in root.signed.roles["root"].keyids:
         raise PublishError(f"{ml_key} is not the key the registry's root trusts for root")
     new_signer = load_signer(new_ml_key) if new_ml_key else old_signer
-    if new_ml_key:
-        for role in ("root", "targets"):
-            for keyid in list(root.signed.roles[role].keyids):
-                root.signed.revoke_key(keyid, role)
-            root.signed.add_key(new_signer.public_key, role)
     online = load_public(new_online) if new_online else None
-    if online is not None:
-        for role in ("snapshot", "timestamp"):
+    for roles, key in (
+        (("root", "targets"), new_signer.public_key if new_ml_key else None),
+        (("snapshot", "timestamp"), online),
+    ):
+        if key is None:
+            continue
+        for role in roles:
             for keyid in list(root.signed.roles[role].keyids):
                 root.signed.revoke_key(keyid, role)
-            root.signed.add_key(online, role)
-    root.signed.version += 1
-    root.signed.expires = expires("root")
-    root.signatures.clear()
-    root.sign(old_signer)
-    if new_signer is not old_signer:
-        root.sign(new_signer, append=True)
+            root.signed.add_key(key, role)
+    resign(root, "root", *([old_signer] if new_signer is old_signer else [old_signer, new_signer]))
     targets: Metadata[Targets] = Metadata.from_file(str(meta / "targets.json"))
     if online is not None and targets.signed.delegations is not None:
         delegations = targets.signed.delegations
         for keyid in list(delegations.keys):
             targets.signed.revoke_key(keyid, ROLLOUT)
         targets.signed.add_key(online, ROLLOUT)
-    targets.signed.version += 1
-    targets.signed.expires = expires("targets")
-    targets.signatures.clear()
-    targets.sign(new_signer)
+    resign(targets, "targets", new_signer)
     version = root.signed.version
     _write(root, meta / f"{version}.root.json")
     _write(root, meta / "root.json")
@@ -199,10 +192,7 @@ def publish(model: Path, eval_json: Path, registry: Path, ml_key: Path) -> dict[
                 "accuracy": f"{float(candidate.get('accuracy') or 0):.4f}",
             }
         md.signed.targets[target.path] = target
-    md.signed.version += 1
-    md.signed.expires = expires("targets")
-    md.signatures.clear()
-    md.sign(signer)
+    resign(md, "targets", signer)
     _write(md, targets_path)
     return {
         "name": card.name,

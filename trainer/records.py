@@ -28,6 +28,13 @@ class DatasetRenderedRecord(Record):
     duration_s: float
 
 
+class DatasetCombinedRecord(DatasetRenderedRecord):
+    """A dataset made of others (``capsight-train combine-datasets``)."""
+
+    type: Literal["dataset_combined"] = "dataset_combined"  # type: ignore[assignment]
+    combined: list[str]
+
+
 class TrainEpochRecord(Record):
     type: Literal["train_epoch"] = "train_epoch"
     epoch: int
@@ -104,6 +111,7 @@ class KeysRotatedRecord(Record):
 
 RECORDS: list[type[Record]] = [
     DatasetRenderedRecord,
+    DatasetCombinedRecord,
     TrainEpochRecord,
     TrainResultRecord,
     EvalRecord,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cloud_sink.datasets import NONE, Item, Label, Manifest, write_manifest
+from cloud_sink.datasets import NONE, Item, Label, Manifest, versions, write_manifest
 
 STUDIO = {"studio-a": "train", "studio-b": "val", "studio-c": "test"}
 
@@ -53,12 +53,7 @@ def render_dataset(spec: RenderSpec, *, on_item: Any = None) -> Path:
 
     catalogue = Catalogue(spec.catalogue_size, seed=spec.catalogue_seed)
     base = spec.root / spec.name
-    versions = sorted(
-        int(p.name[1:])
-        for p in (base.iterdir() if base.is_dir() else [])
-        if p.name[:1] == "v" and p.name[1:].isdigit()
-    )
-    version = (versions[-1] + 1) if versions else 1
+    version = (versions(base) or [0])[-1] + 1
     tmp = base / f".v{version}.partial"
     (tmp / "frames").mkdir(parents=True, exist_ok=True)
     stores = spec.stores or {s: (CLEAN, split) for s, split in STUDIO.items()}

@@ -41,6 +41,10 @@ class TrainSettings:
     out: str
     arch: str = "recogniser"
     epochs: int = 20
+    #: When above 0: exactly this many optimiser steps (the last epoch may be cut short) and
+    #: ``epochs`` is what they need (:func:`epochs_for`): a fixed training budget, whatever the
+    #: dataset's size, for comparisons where only the data may differ.
+    steps: int = 0
     batch: int = 32
     lr: float = 3e-3
     seed: int = 0
@@ -123,6 +127,13 @@ def accuracy(model: Any, arrays: Any, spec: Any, device: Any, batch: int = 128) 
     return right / len(arrays.labels)
 
 
+def epochs_for(steps: int, train_items: int, workers: int, batch: int) -> int:
+    """Epochs that ``steps`` optimiser steps take on ``train_items`` (each worker takes
+    ``batch`` frames a step)."""
+    per_epoch = math.ceil(math.ceil(train_items / workers) / batch)
+    return max(1, math.ceil(steps / per_epoch))
+
+
 def loop(config: dict[str, Any], rank: int = 0, world: int = 1, *, ray_mode: bool = False) -> None:
     """Train as ``config`` (a :class:`TrainSettings` as a dict) says, as worker ``rank`` of
     ``world``."""
@@ -162,7 +173,7 @@ def loop(config: dict[str, Any], rank: int = 0, world: int = 1, *, ray_mode: boo
     n = len(train.labels)
     per_rank = math.ceil(n / world)
     steps = math.ceil(per_rank / s.batch)
-    total_steps = steps * s.epochs
+    total_steps = s.steps or steps * s.epochs
     start_epoch, resumed_from = 0, None
     checkpoint = ray.train.get_checkpoint() if ray_mode else None
     if checkpoint is not None:
@@ -180,8 +191,8 @@ def loop(config: dict[str, Any], rank: int = 0, world: int = 1, *, ray_mode: boo
         rng = np.random.default_rng([s.seed, epoch, rank, 1])
         torch.manual_seed(int(np.random.default_rng([s.seed, epoch, rank, 2]).integers(2**62)))
         model.train()  # dropout draws from the line above: an epoch run again draws the same
-        loss_sum, right = 0.0, 0
-        for step in range(steps):
+        loss_sum, right, seen = 0.0, 0, 0
+        for step in range(min(steps, total_steps - epoch * steps)):
             idx = mine[step * s.batch : (step + 1) * s.batch]
             for group in opt.param_groups:
                 group["lr"] = lr_at(epoch * steps + step, total_steps, s.lr)
@@ -200,16 +211,17 @@ def loop(config: dict[str, Any], rank: int = 0, world: int = 1, *, ray_mode: boo
             opt.step()
             loss_sum += float(loss.detach()) * len(idx)
             right += int((logits.argmax(1) == y).sum())
+            seen += len(idx)
         epoch_s = time.perf_counter() - t_epoch
         metrics: dict[str, Any] = {
             "epoch": epoch,
             "epochs": s.epochs,
-            "loss": loss_sum / len(mine),
-            "train_accuracy": right / len(mine),
+            "loss": loss_sum / max(1, seen),
+            "train_accuracy": right / max(1, seen),
             "val_accuracy": None,
-            "samples": len(mine) * world,
+            "samples": seen * world,
             "epoch_s": epoch_s,
-            "samples_per_s": len(mine) * world / epoch_s,
+            "samples_per_s": seen * world / epoch_s,
             "decode_s": decode_s,
             "attempt_pid": os.getpid(),
             "resumed_from": resumed_from,

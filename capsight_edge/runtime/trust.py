@@ -40,6 +40,16 @@ def expires(role: str) -> datetime:
     return datetime.now(UTC).replace(microsecond=0) + timedelta(days=EXPIRY_DAYS[role])
 
 
+def resign(md: Any, role: str, *signers: Any) -> None:
+    """The next version of ``md`` (a python-tuf ``Metadata``): version + 1, a fresh expiry for
+    ``role``, signed by ``signers`` alone (a new root: the old root's key and the new one)."""
+    md.signed.version += 1
+    md.signed.expires = expires(role)
+    md.signatures.clear()
+    for k, signer in enumerate(signers):
+        md.sign(signer, append=k > 0)
+
+
 def channel_path(channel: str) -> str:
     if channel not in CHANNELS:
         raise ValueError(f"unknown channel {channel!r} (choose from {', '.join(CHANNELS)})")

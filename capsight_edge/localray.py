@@ -1,0 +1,47 @@
+"""A Ray cluster on this machine, for the demo and the tests: ``ray start --head`` with 2 CPUs,
+a bounded object store and no dashboard, and ``ray stop`` when done (Ctrl-C included). Needs the
+``train`` extras (Ray); the edge itself never uses Ray."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from capsight_edge.localsink import free_port
+
+RAY = Path(sys.executable).with_name("ray")
+
+
+@contextlib.contextmanager
+def ray_head(cpus: int = 2, object_store_bytes: int = 150_000_000) -> Iterator[str]:
+    """Yields the cluster's address (``127.0.0.1:PORT``); RuntimeError when Ray is missing or
+    does not start."""
+    if not RAY.exists():
+        raise RuntimeError(f"Ray is not installed beside {sys.executable} (the train extras)")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    port = free_port()
+    started = subprocess.run(
+        [
+            str(RAY),
+            "start",
+            "--head",
+            f"--port={port}",
+            f"--num-cpus={cpus}",
+            f"--object-store-memory={object_store_bytes}",
+            "--include-dashboard=false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+    if started.returncode != 0:
+        raise RuntimeError(f"ray start failed: {started.stderr[-1500:]}")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([str(RAY), "stop", "--force"], capture_output=True, timeout=120, env=env)
