@@ -1,27 +1,115 @@
-"""`capsight demo`: simulated carts (separate processes) against a local sink, end to end."""
+"""`capsight demo`: the flywheel end to end (simulated carts in their own processes, a real sink,
+pre-labels, the simulated reviewer over HTTP, training through a real Ray cluster, the gate, the
+registry, the carts again), in its shortened `--quick` form."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
+
+STAGES = [
+    "fleet: round 1",
+    "teacher: render and train",
+    "prelabel",
+    "review",
+    "render: baseline and the stores' test set",
+    "train: baseline",
+    "train: fleet",
+    "train: prelabels",
+    "gate: the stores' test set",
+]
 
 
-def test_demo_runs_carts_against_a_sink_and_every_capture_is_verified(tmp_path: Path) -> None:
+def processes_naming(folder: Path) -> list[str]:
+    """Command lines of live processes that mention ``folder`` (the demo's children do)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(folder) in cmd and str(os.getpid()) != proc.name:
+            found.append(cmd)
+    return found
+
+
+def test_the_demo_closes_the_loop(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    res = run_cli("demo", "--minutes", "0.4", "--carts", "2", "--out", str(out), timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    res = run_cli(
+        "demo", "--quick", "--minutes", "0.5", "--carts", "2", "--stores", "2",
+        "--out", str(out), timeout=600,
+    )  # fmt: skip
     summary = json.loads((out / "demo-summary.json").read_text())
-    assert [c["cart"] for c in summary["carts"]] == ["demo-cart-1", "demo-cart-2"]
-    # Two stores of one fleet: each cart's bundles at the sink name its own store.
-    assert [c["store"] for c in summary["carts"]] == ["store-north", "store-south"]
-    for cart in summary["carts"]:
+    stages = [t["stage"] for t in summary["stages"]]
+    released = summary["gate"]["fleet"]["decision"] == "release"
+    assert stages == [*STAGES, *(["publish"] if released else []), "fleet: round 2"], res.stdout[
+        -3000:
+    ]
+    assert all(t["wall_s"] > 0 for t in summary["stages"])
+    # Round 1: two carts in two stores, every capture verified at the sink, clips complete.
+    carts = summary["round1"]["carts"]
+    assert [(c["cart"], c["store"]) for c in carts] == [
+        ("demo-cart-1", "store-north"),
+        ("demo-cart-2", "store-south"),
+    ]
+    for cart in carts:
         assert cart["sealed"] >= 1 and sum(cart["by_rule"].values()) == cart["sealed"]
         assert cart["verified"] == cart["sealed"] and cart["corrupt"] == 0
         assert cart["left_on_cart"] == 0 and cart["exit_code"] == 0
-        assert 0 < cart["bytes_uploaded"] <= cart["bytes_captured"] + 64 * 1024
-        assert cart["heartbeat"]["queue_depth"] >= 0  # the fleet view heard from the cart
+        assert cart["dropped_pct"] <= 1.0
+    # Labelling: what the reviewer saw is what pre-labelling proposed.
+    assert summary["prelabel"]["items"] > 0
+    assert summary["review"]["items"] == summary["prelabel"]["items"]
+    # Three models on the same test set; the per-slice table names both stores.
+    acc = summary["accuracy"]
+    assert acc["items"] > 0 and all(0 <= acc[k] <= 1 for k in ("baseline", "fleet", "prelabels"))
+    assert {r["value"] for r in acc["slices"] if r["slice"] == "store"} == {
+        "store-north",
+        "store-south",
+    }
+    train = summary["training"]
+    assert train["baseline"]["steps"] == train["fleet"]["steps"] == train["prelabels"]["steps"]
+    assert train["fleet"]["train_items"] > train["baseline"]["train_items"]
+    # Round 2: the carts run what the gate released (nothing when it released nothing).
+    versions = set(summary["models_on_carts"].values())
+    assert versions == ({"recogniser:1"} if released else {""})
+    assert res.returncode == (0 if released else 1), res.stdout[-3000:] + res.stderr[-3000:]
     report = (out / "demo-report.md").read_text()
-    assert "| demo-cart-1 | store-north |" in report and "verified at sink" in report
-    assert "sealed demo-cart-1-" in res.stdout and "upload now" in res.stdout
+    for heading in ("Round 1", "Labelling", "Accuracy on the stores' test set", "Stages"):
+        assert f"## {heading}" in report
+    assert (out / "demo-accuracy.png").stat().st_size > 0
+    assert (out / "demo-stages.png").stat().st_size > 0
+    assert not processes_naming(out)  # no cart, sink or trainer left behind
+
+
+def test_an_interrupted_demo_stops_everything_it_started(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "capsight_edge.cli.main", "demo", "--quick", "--minutes", "1",
+         "--carts", "2", "--stores", "2", "--out", str(out)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    seen = []
+    deadline = time.monotonic() + 180
+    for line in proc.stdout:  # until the carts are recording
+        seen.append(line)
+        if "sealed demo-cart-" in line or time.monotonic() > deadline:
+            break
+    assert any("sealed demo-cart-" in x for x in seen), "".join(seen)[-3000:]
+    assert len(processes_naming(out)) >= 4  # the demo, two carts and the sink
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, rest[-3000:]
+    assert "demo interrupted" in rest and str(out) in rest
+    assert not processes_naming(out)
+    assert (out / "demo-summary.json").is_file()

@@ -8,19 +8,42 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "demo", help="run simulated carts against a local sink on hw_profiles/sim.toml"
+        "demo",
+        help="the flywheel end to end: simulated carts, a sink, labels, training, model push",
     )
     p.add_argument("--profile", metavar="FILE", help="cart profile (default: hw_profiles/sim.toml)")
     p.add_argument("--out", metavar="DIR", default="demo-out", help="where the demo writes")
-    p.add_argument("--minutes", type=float, default=1.0, help="how long the carts run")
+    p.add_argument("--minutes", type=float, default=2.0, help="how long the carts run (round 1)")
     p.add_argument("--carts", type=int, default=3, help="how many simulated carts")
+    p.add_argument("--stores", type=int, default=3, help="how many stores (2..3)")
     p.add_argument("--seed", type=int, default=7, help="scenario seed of the first cart")
+    p.add_argument(
+        "--quick", action="store_true", help="a shortened loop (fewer renders and steps)"
+    )
     p.set_defaults(handler=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from capsight_edge.demo import run_demo
+    import sys
 
+    from capsight_edge.demo import Settings, run_demo
+
+    for ok, text in (
+        (0.1 <= args.minutes <= 120, "--minutes must be 0.1..120"),
+        (1 <= args.carts <= 16, "--carts must be 1..16"),
+        (2 <= args.stores <= 3, "--stores must be 2..3 (the demo's stores)"),
+    ):
+        if not ok:
+            print(f"capsight demo: {text}", file=sys.stderr)
+            return 2
     return run_demo(
-        args.profile, out=Path(args.out), minutes=args.minutes, carts=args.carts, seed=args.seed
+        Settings(
+            out=Path(args.out),
+            carts=args.carts,
+            stores=args.stores,
+            minutes=args.minutes,
+            seed=args.seed,
+            quick=args.quick,
+            profile=args.profile,
+        )
     )

@@ -1,0 +1,949 @@
+"""``capsight demo``: the flywheel, end to end, through the commands and HTTP APIs a user runs.
+
+Stages (each a progress bar; wall and CPU time of each in the summary):
+
+1. **doctor** on the simulated cart.
+2. **fleet**: a sink (``capsight-sink serve``, embedded defaults) and ``carts`` simulated carts
+   in ``stores`` stores (one catalogue, different conditions), each its own ``capsight run``;
+   then ``capsight upload now`` on each (what a technician runs).
+3. **teacher**: the ML team's pre-labelling model, trained by ``capsight-train`` on frames
+   rendered in the stores' conditions (a stand-in for the big model a team would have).
+4. **prelabel**: ``capsight-sink catalogue import`` and ``capsight-sink prelabel``; the
+   pre-labels alone are exported (``export --prelabels``) to measure what review adds.
+5. **review**: the simulated reviewer (:mod:`capsight_edge.demo.reviewer`) over the sink's
+   review API (``GET/POST /api/labels``), then ``capsight-sink export``.
+6. **train**: the **baseline** on clean studio renders (what a team collects by hand), the
+   **fleet model** on the same renders plus what the fleet captured and review confirmed, and the
+   fleet model on pre-labels alone: one architecture, the same number of optimiser steps, the same
+   seed; only the data differs (``capsight-train combine-datasets``, ``run --steps``), on one
+   ``ray start`` cluster.
+7. **gate**: ``capsight-train evaluate`` of each against the baseline on the stores' test set,
+   rendered once from a fixed seed in the stores' conditions and never trained on.
+8. **publish**: keys, the registry, ``capsight-train publish`` and ``capsight-sink model
+   promote stable`` (only a model the gate released).
+9. **fleet again**: the carts run with ``[model]`` pointing at the registry: they pull, verify,
+   hot-swap, and ``model_disagrees`` captures start; the fleet view shows each cart's version.
+
+The summary (``demo-report.md``, ``demo-summary.json``, PNG plots in ``--out``) says what each
+stage did. Ctrl-C stops every process the demo started and says where its output is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from capsight_edge.demo.fleet import (
+    CATALOGUE_SIZE,
+    STORES,
+    DemoCart,
+    DemoSink,
+    run_carts,
+    summarise_fleet,
+)
+
+PY = sys.executable
+SINK = (PY, "-m", "cloud_sink.cli")
+TRAIN = (PY, "-m", "trainer.cli")
+CAPSIGHT = (PY, "-m", "capsight_edge.cli.main", "--log-level", "ERROR")
+
+#: The rule that makes the carts capture what the model gets wrong (round 2).
+LEARNING_RULE = (
+    '\n[[triggers]]\nname = "model_wrong"\nwhen = "model_disagrees | model_uncertain & '
+    'hand_motion"\npriority = 3\npreroll_s = 1.0\npostroll_s = 1.0\ncooldown_s = 4.0\n'
+)
+
+
+#: Frames per step per worker: small datasets, so small batches (more steps for each epoch's
+#: fixed cost in Ray Train).
+BATCH = 16
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+@dataclass
+class Settings:
+    out: Path
+    carts: int = 3
+    stores: int = 3
+    minutes: float = 2.0
+    seed: int = 7
+    quick: bool = False
+    profile: str | None = None
+
+    @property
+    def views(self) -> int:  # rendered frames per SKU (baseline, stores' test set, teacher)
+        return 10 if self.quick else 24
+
+    @property
+    def epochs(self) -> int:  # the baseline's epochs: its steps are everyone's budget
+        return 4 if self.quick else 12
+
+    @property
+    def round2_s(self) -> float:  # how long the carts run with the new model
+        return 15.0 if self.quick else max(20.0, self.minutes * 30)
+
+
+def machine_cpu_s() -> float:
+    """CPU seconds this machine has spent (every process: the sink, Ray's workers, the carts),
+    from ``/proc/stat``; elsewhere, this process and its children."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@dataclass
+class StageTime:
+    stage: str
+    wall_s: float
+    cpu_s: float
+    detail: str = ""
+
+
+@dataclass
+class Demo:
+    """The running demo: its processes (all stopped on exit, Ctrl-C included), its stages'
+    bars and times."""
+
+    s: Settings
+    progress: Any
+    catalogue_seed: int = 1
+    procs: list[subprocess.Popen[Any]] = field(default_factory=list)
+    times: list[StageTime] = field(default_factory=list)
+    _bar: Any = None
+
+    def say(self, text: str) -> None:
+        self.progress.console.print(text, highlight=False, markup=False)
+
+    @contextlib.contextmanager
+    def stage(self, name: str, total: float | None = None) -> Iterator[StageTime]:
+        self._bar = self.progress.add_task(name, total=total)
+        t0, c0 = time.monotonic(), machine_cpu_s()
+        record = StageTime(name, 0.0, 0.0)
+        try:
+            yield record
+        finally:
+            record.wall_s = round(time.monotonic() - t0, 1)
+            record.cpu_s = round(machine_cpu_s() - c0, 1)
+            self.times.append(record)
+            task = self.progress.tasks[-1]
+            self.progress.update(
+                self._bar, completed=task.total or 1, total=task.total or 1, description=name
+            )
+
+    def advance(
+        self, completed: float | None = None, total: float | None = None, text: str | None = None
+    ) -> None:
+        kw: dict[str, Any] = {}
+        if completed is not None:
+            kw["completed"] = completed
+        if total is not None:
+            kw["total"] = total
+        if text is not None:
+            kw["description"] = text
+        self.progress.update(self._bar, **kw)
+
+    def run(
+        self,
+        args: tuple[str, ...] | list[str],
+        *,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
+        env: dict[str, str] | None = None,
+        timeout_s: float = 900,
+        ok: tuple[int, ...] = (0,),
+    ) -> list[dict[str, Any]]:
+        """Run one command (its own process group, stopped with the demo); its JSON Lines
+        records. A failure raises :class:`DemoError` with the end of its stderr."""
+        words = [a for a in args[1:] if not a.startswith("-") and a not in ("ERROR", "stable")]
+        what = "-".join(w.rsplit("/", 1)[-1] for w in words[:3])
+        log = self.s.out / "logs" / f"{len(self.procs):02d}-{what[:60]}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        records = []
+        with log.open("w") as err:
+            proc = subprocess.Popen(
+                list(args),
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
+            )
+            self.procs.append(proc)
+            assert proc.stdout is not None
+            watchdog = threading.Timer(timeout_s, proc.kill)  # a command that hangs ends
+            watchdog.start()
+            try:
+                for line in proc.stdout:
+                    if line.startswith("{"):
+                        with contextlib.suppress(ValueError):
+                            rec = json.loads(line)
+                            records.append(rec)
+                            if on_record is not None:
+                                on_record(rec)
+                rc = proc.wait()
+            finally:
+                watchdog.cancel()
+        if rc not in ok:
+            tail = log.read_text()[-1500:]
+            raise DemoError(f"`{' '.join(args[2:5])} ...` failed ({rc}):\n{tail}")
+        return records
+
+    def stop_all(self) -> None:
+        """SIGTERM to every process still running (to its group when it leads one: a command's
+        own children go too), SIGKILL to any still there 10 s later."""
+
+        def signal_to(proc: subprocess.Popen[Any], sig: int) -> None:
+            with contextlib.suppress(ProcessLookupError):
+                if os.getpgid(proc.pid) == proc.pid:
+                    os.killpg(proc.pid, sig)
+                else:
+                    proc.send_signal(sig)
+
+        for proc in self.procs:
+            if proc.poll() is None:
+                signal_to(proc, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                signal_to(proc, signal.SIGKILL)
+                proc.wait(10)
+
+
+# -- stages -----------------------------------------------------------------------------------
+
+
+def _carts_round(d: Demo, carts: list[DemoCart], seconds: float, seed: int, label: str) -> None:
+    import queue
+
+    events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+    with d.stage(label, total=seconds) as st:
+        start = time.monotonic()
+        for i, cart in enumerate(carts):
+            cart.start(seconds, seed + i, events)
+            assert cart.proc is not None
+            d.procs.append(cart.proc)
+        status = run_carts(
+            carts,
+            events,
+            start,
+            say=d.say,
+            tick=lambda: d.advance(completed=min(seconds, time.monotonic() - start)),
+        )
+        if status != 0:
+            raise DemoError(f"a cart exited with {status}: see {carts[0].dir.parent}/*/run.log")
+        d.advance(text=f"{label}: `capsight upload now` on each cart")
+        for cart in carts:
+            rec = d.run(
+                [
+                    *CAPSIGHT,
+                    "upload",
+                    "now",
+                    "--json",
+                    "--profile",
+                    str(cart.profile),
+                    "--data",
+                    str(cart.data),
+                ]
+            )
+            cart.flush = next((x for x in reversed(rec) if "uploaded" in x), {})
+        st.detail = f"{len(carts)} carts x {seconds:.0f} s"
+
+
+def _catalogue(d: Demo, sink: DemoSink, profile: Any) -> Path:
+    from capsight_edge.scene.catalogue import Catalogue
+
+    path = d.s.out / "catalogue.json"  # the carts' own: the profile's seed, the demo's size
+    path.write_text(Catalogue(CATALOGUE_SIZE, seed=profile.sim.catalogue_seed).as_json())
+    d.run([*SINK, "catalogue", "import", str(path), "--data", str(sink.data)])
+    return path
+
+
+def _store_profiles(d: Demo, stores: list[tuple[str, str]], base: Path) -> dict[str, Path]:
+    """One profile file per store (its ``[sim.store_conditions]``), for rendering."""
+    out = {}
+    for store, toml in stores:
+        p = d.s.out / "stores" / f"{store}.toml"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(f'extends = "{base.resolve()}"\n{toml}')
+        out[store] = p
+    return out
+
+
+def _render(
+    d: Demo, name: str, *extra: str, seed: int = 0, views: int | None = None
+) -> dict[str, Any]:
+    (rec,) = [
+        r
+        for r in d.run(
+            [
+                *TRAIN,
+                "render-dataset",
+                "--name",
+                name,
+                "--views",
+                str(views or d.s.views),
+                "--seed",
+                str(seed),
+                "--catalogue-seed",
+                str(d.catalogue_seed),
+                "--catalogue-size",
+                str(CATALOGUE_SIZE),
+                "--root",
+                str(d.s.out / "datasets"),
+                "--json",
+                *extra,
+            ]
+        )
+        if r.get("type") == "dataset_rendered"
+    ]
+    return rec
+
+
+def _train(
+    d: Demo,
+    dataset: str,
+    out: str,
+    address: str,
+    *,
+    steps: int | None = None,
+    epochs: int | None = None,
+    arch: str = "recogniser",
+    batch: int = BATCH,
+    version: str = "1",
+) -> dict[str, Any]:
+    args = [
+        *TRAIN,
+        "run",
+        "--dataset",
+        dataset,
+        "--out",
+        str(d.s.out / "runs" / out),
+        "--arch",
+        arch,
+        "--address",
+        address,
+        "--seed",
+        "0",
+        "--model-version",
+        version,
+        "--root",
+        str(d.s.out / "datasets"),
+        "--json",
+        "--allow-empty-classes",
+        "--batch",
+        str(batch),
+    ]
+    args += ["--steps", str(steps)] if steps else ["--epochs", str(epochs)]
+
+    def on(rec: dict[str, Any]) -> None:
+        if rec.get("type") == "train_epoch":
+            d.advance(
+                text=f"train {out}: epoch {rec['epoch'] + 1}/{rec['epochs']}, "
+                f"loss {rec['loss']:.3f}"
+            )
+
+    (result,) = [r for r in d.run(args, on_record=on) if r.get("type") == "train_result"]
+    return result
+
+
+def _evaluate(d: Demo, candidate: str, champion: str | None, test_set: str) -> dict[str, Any]:
+    runs = d.s.out / "runs"
+    args = [
+        *TRAIN,
+        "evaluate",
+        "--candidate",
+        str(runs / candidate / "model.onnx"),
+        "--test-set",
+        test_set,
+        "--out",
+        str(runs / candidate / "gate"),
+        "--root",
+        str(d.s.out / "datasets"),
+        "--json",
+    ]
+    if champion:
+        args += ["--champion", str(runs / champion / "model.onnx")]
+    # Exit 1 is the gate's "reject", a verdict like "release".
+    (rec,) = [r for r in d.run(args, ok=(0, 1)) if r.get("type") == "eval"]
+    return rec
+
+
+@contextlib.contextmanager
+def ray_cluster() -> Iterator[str]:
+    """One ``ray start --head`` for every training of the demo; stopped at the end."""
+    from capsight_edge.localray import ray_head
+
+    with contextlib.ExitStack() as stack:
+        try:
+            address = stack.enter_context(ray_head())
+        except RuntimeError as exc:
+            raise DemoError(f"{exc}: the learning half needs `./dev.sh setup`") from None
+        yield address
+
+
+def _review(d: Demo, sink: DemoSink) -> dict[str, Any]:
+    """The simulated reviewer over the review API: every item waiting for review."""
+    import httpx
+
+    from capsight_edge.demo import reviewer as sim
+
+    headers = {"Authorization": f"Bearer {sink.admin}"}
+    truths: dict[tuple[str, str], sim.Truth] = {}
+    decisions: list[sim.Decision] = []
+    by_source: dict[str, list[sim.Decision]] = {}
+    with httpx.Client(base_url=sink.url, headers=headers, timeout=60) as client:
+        waiting = []
+        for state in ("quick_confirm", "needs_review"):
+            r = client.get("/api/labels", params={"state": state, "limit": "1000"})
+            r.raise_for_status()
+            waiting += r.json()["items"]
+        d.advance(completed=0, total=max(1, len(waiting)))
+        for k, item in enumerate(waiting):
+            key = (item["device_id"], item["bundle_id"])
+            if key not in truths:  # the simulation's answer sheet, in the stored bundle
+                path = sink.data / "blobs" / "store" / "bundles" / key[0] / key[1] / "sensors.mcap"
+                truths[key] = sim.Truth.from_mcap(path)
+            dec = sim.review(item, truths[key])
+            body: dict[str, Any] = {
+                "version": item["version"],
+                "action": dec.action,
+                "seconds": dec.seconds,
+            }
+            if dec.action == "correct":
+                body["sku"] = (dec.sku if dec.sku is not None else item.get("sku")) or ""
+                body["box"] = dec.box if dec.box is not None else item.get("box")
+                if not body["sku"]:
+                    body["box"] = None
+            r = client.post(f"/api/labels/{item['item_id']}", json=body)
+            if r.status_code != 200:
+                raise DemoError(f"review of {item['item_id']} refused: {r.text[:300]}")
+            decisions.append(dec)
+            by_source.setdefault(item.get("source") or "none", []).append(dec)
+            d.advance(completed=k + 1)
+    out = sim.summary(decisions)
+    out["by_source"] = {k: sim.summary(v) for k, v in sorted(by_source.items())}
+    return out
+
+
+def _export(d: Demo, sink: DemoSink, name: str, test_store: str, *extra: str) -> dict[str, Any]:
+    (rec,) = [
+        r
+        for r in d.run(
+            [
+                *SINK,
+                "export",
+                "--data",
+                str(sink.data),
+                "--name",
+                name,
+                "--test-store",
+                test_store,
+                "--json",
+                *extra,
+            ]
+        )
+        if r.get("type") == "dataset"
+    ]
+    return rec
+
+
+def _steps_of(dataset_folder: Path, epochs: int, workers: int = 2, batch: int = BATCH) -> int:
+    manifest = json.loads((dataset_folder / "manifest.json").read_text())
+    train = sum(1 for i in manifest["items"] if i["split"] == "train")
+    return epochs * math.ceil(math.ceil(train / workers) / batch)
+
+
+def _publish(d: Demo, sink: DemoSink, model: Path, gate: Path) -> Path:
+    reg = sink.data / "registry"
+    key = d.s.out / "keys" / "ml-team.key"
+    key.parent.mkdir(parents=True, exist_ok=True)
+    d.run([*SINK, "model", "keygen", "--data", str(sink.data)])
+    d.run([*TRAIN, "keygen", "--out", str(key), "--json"])
+    d.run(
+        [
+            *TRAIN,
+            "registry-init",
+            "--registry",
+            str(reg),
+            "--key",
+            str(key),
+            "--online-key",
+            str(reg / "online.pub.json"),
+        ]
+    )
+    d.run(
+        [
+            *TRAIN,
+            "publish",
+            "--model",
+            str(model),
+            "--eval",
+            str(gate / "eval.json"),
+            "--registry",
+            str(reg),
+            "--key",
+            str(key),
+            "--json",
+        ]
+    )
+    return reg / "metadata" / "1.root.json"
+
+
+def _plots(out: Path, summary: dict[str, Any]) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    slices = summary.get("accuracy", {}).get("slices", [])
+    if slices:
+        fig, ax = plt.subplots(figsize=(7, 0.35 * len(slices) + 1.5))
+        names = [f"{r['slice']}={r['value']}" for r in slices]
+        y = range(len(slices))
+        for k, (model, colour) in enumerate(
+            (("baseline", "#999999"), ("prelabels", "#e0a030"), ("fleet", "#2070c0"))
+        ):
+            vals = [r.get(model) or 0 for r in slices]
+            ax.barh([v + (k - 1) * 0.27 for v in y], vals, height=0.27, label=model, color=colour)
+        ax.set_yticks(list(y), names)
+        ax.set_xlabel("accuracy on the stores' test set")
+        ax.set_xlim(0, 1)
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        fig.savefig(out / "demo-accuracy.png", dpi=110)
+        plt.close(fig)
+        written.append("demo-accuracy.png")
+    stages = summary.get("stages", [])
+    if stages:
+        fig, ax = plt.subplots(figsize=(7, 0.35 * len(stages) + 1.2))
+        y = range(len(stages))
+        ax.barh(list(y), [s["wall_s"] for s in stages], color="#2070c0", label="wall s")
+        ax.barh(
+            list(y),
+            [s["cpu_s"] / 2 for s in stages],
+            height=0.35,
+            color="#e0a030",
+            label="CPU s / 2 cores",
+        )
+        ax.set_yticks(list(y), [s["stage"] for s in stages])
+        ax.invert_yaxis()
+        ax.set_xlabel("seconds")
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        fig.savefig(out / "demo-stages.png", dpi=110)
+        plt.close(fig)
+        written.append("demo-stages.png")
+    return written
+
+
+# -- the whole demo -------------------------------------------------------------------------
+
+
+def run_demo(s: Settings) -> int:
+    """The whole demo (see the module docstring); returns the exit code."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from capsight_edge.doctor import doctor_ok, format_table, run_doctor
+    from capsight_edge.profile import load_profile
+
+    s.out.mkdir(parents=True, exist_ok=True)
+    for old in ("sink", "carts", "data", "datasets", "runs", "keys", "logs", "stores"):
+        shutil.rmtree(s.out / old, ignore_errors=True)
+    profile = load_profile(s.profile, data_dir=s.out / "data")
+    base = Path(profile.source_path)
+    n_stores = max(2, min(s.stores, len(STORES)))
+    stores = list(STORES[:n_stores])
+    n_carts = max(n_stores, s.carts)
+    seconds = max(10.0, s.minutes * 60)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(),
+        transient=False,
+    )
+    d = Demo(s, progress, catalogue_seed=profile.sim.catalogue_seed)
+    summary: dict[str, Any] = {
+        "settings": {
+            "carts": n_carts,
+            "stores": n_stores,
+            "seconds_per_round": seconds,
+            "seed": s.seed,
+            "quick": s.quick,
+            "profile": profile.name,
+        },
+    }
+    d.say(
+        f"== capsight demo: {n_carts} carts in {n_stores} stores on profile {profile.name}, "
+        f"output in {s.out}/"
+    )
+    checks = run_doctor(profile)
+    if not doctor_ok(checks):
+        print(format_table(checks))
+        print("demo stopped: a required device failed")
+        return 1
+    sink = DemoSink(s.out / "sink", log=s.out / "sink" / "sink.log")
+    (s.out / "sink").mkdir(parents=True)
+    names = [f"demo-cart-{i + 1}" for i in range(n_carts)]
+    status = 1
+    try:
+        with progress:
+            tokens = sink.start_with(names)
+            d.say(f"sink on {sink.url} (data in {s.out / 'sink'})")
+            carts = [
+                DemoCart(i + 1, s.out / "carts", base, sink, tokens[n], stores=stores)
+                for i, n in enumerate(names)
+            ]
+            _carts_round(d, carts, seconds, s.seed, "fleet: round 1")
+            sink.wait_ingested()
+            summary["round1"] = summarise_fleet(carts, sink, seconds, profile)
+            status = _learn(d, s, sink, carts, stores, base, profile, summary)
+    except DemoError as exc:
+        d.say(f"demo stopped: {exc}")
+        status = 1
+    except KeyboardInterrupt:
+        d.say(
+            f"demo interrupted: every process it started is being stopped; what it wrote so "
+            f"far is in {s.out}/"
+        )
+        status = 130
+    finally:
+        d.stop_all()
+        sink.stop()
+    summary["stages"] = [t.__dict__ for t in d.times]
+    summary["plots"] = _plots(s.out, summary)
+    report = report_markdown(summary)
+    (s.out / "demo-report.md").write_text(report + "\n")
+    (s.out / "demo-summary.json").write_text(json.dumps(summary, indent=2))
+    if status != 130:
+        print(report)
+    print(
+        f"\nwritten: {s.out / 'demo-report.md'}, {s.out / 'demo-summary.json'}"
+        + "".join(f", {s.out / p}" for p in summary["plots"])
+    )
+    return status
+
+
+def _learn(
+    d: Demo,
+    s: Settings,
+    sink: DemoSink,
+    carts: list[DemoCart],
+    stores: list[tuple[str, str]],
+    base: Path,
+    profile: Any,
+    summary: dict[str, Any],
+) -> int:
+    store_files = _store_profiles(d, stores, base)
+    store_ids = [st for st, _ in stores]
+    datasets = s.out / "datasets"
+    with ray_cluster() as address:
+        with d.stage("teacher: render and train") as st:
+            specs = [f"t{k}-{sid}:{store_files[sid]}" for k in range(2) for sid in store_ids]
+            specs = [x for spec in specs for x in ("--store", spec)]
+            teacher_data = _render(
+                d, "teacher", *specs, "--split", "by-store", seed=101, views=3 * s.views
+            )
+            d.advance(text="teacher: training")
+            teacher = _train(d, "teacher", "teacher", address, epochs=s.epochs + 4, batch=32)
+            st.detail = (
+                f"{teacher_data['items']} rendered frames, test accuracy "
+                f"{teacher['models']['fp32']['accuracy']:.1%}"
+            )
+        with d.stage("prelabel") as st:
+            _catalogue(d, sink, profile)
+            (pre,) = [
+                r
+                for r in d.run(
+                    [
+                        *SINK,
+                        "prelabel",
+                        "--data",
+                        str(sink.data),
+                        "--teacher",
+                        str(s.out / "runs" / "teacher" / "model.onnx"),
+                        "--json",
+                    ]
+                )
+                if r.get("type") == "prelabel_report"
+            ]
+            summary["prelabel"] = pre
+            test_store = store_ids[0]
+            pre_export = _export(d, sink, "fleet-prelabels", test_store, "--prelabels")
+            st.detail = f"{pre['items']} frames worth a label from {pre['bundles']} bundles"
+        with d.stage("review") as st:
+            summary["review"] = _review(d, sink)
+            fleet_export = _export(d, sink, "fleet", test_store)
+            r = summary["review"]
+            st.detail = f"{r['items']} items, {r['accepted_unchanged_pct']}% accepted unchanged"
+        with d.stage("render: baseline and the stores' test set") as st:
+            baseline = _render(d, "baseline", seed=0)
+            specs = [x for sid in store_ids for x in ("--store", f"{sid}:{store_files[sid]}")]
+            stores_test = _render(d, "stores-test", *specs, "--split", "test", seed=9001)
+            for name, export in (("fleet-train", fleet_export), ("prelabels-train", pre_export)):
+                d.run(
+                    [
+                        *TRAIN,
+                        "combine-datasets",
+                        "--name",
+                        name,
+                        "--base",
+                        "baseline",
+                        "--add",
+                        export["path"],
+                        "--root",
+                        str(datasets),
+                        "--json",
+                    ]
+                )
+            st.detail = f"baseline {baseline['items']} frames, test set {stores_test['items']}"
+        steps = _steps_of(Path(baseline["path"]), s.epochs)
+        trained = {}
+        for name, dataset in (
+            ("baseline", "baseline"),
+            ("fleet", "fleet-train"),
+            ("prelabels", "prelabels-train"),
+        ):
+            with d.stage(f"train: {name}") as st:
+                trained[name] = _train(d, dataset, name, address, steps=steps)
+                st.detail = f"{steps} steps on {trained[name]['dataset'].get('name', dataset)}"
+    with d.stage("gate: the stores' test set") as st:
+        gates = {
+            "fleet": _evaluate(d, "fleet", "baseline", "stores-test"),
+            "prelabels": _evaluate(d, "prelabels", "baseline", "stores-test"),
+        }
+        summary["accuracy"] = accuracy_table(gates)
+        a = summary["accuracy"]
+        st.detail = (
+            f"baseline {a['baseline']:.1%}, fleet {a['fleet']:.1%}, "
+            f"pre-labels only {a['prelabels']:.1%}"
+        )
+    summary["gate"] = {
+        k: {"decision": g["decision"], "reasons": g["reasons"]} for k, g in gates.items()
+    }
+    summary["training"] = {
+        k: {
+            "steps": steps,
+            "train_items": v["dataset"].get("counts", {}).get("train"),
+            "train_s": v["train_s"],
+            "start_s": v["start_s"],
+        }
+        for k, v in trained.items()
+    }
+    released = gates["fleet"]["decision"] == "release"
+    version = ""
+    if released:
+        with d.stage("publish") as st:
+            root = _publish(
+                d, sink, s.out / "runs" / "fleet" / "model.onnx", s.out / "runs" / "fleet" / "gate"
+            )
+            d.run(
+                [
+                    *SINK,
+                    "model",
+                    "promote",
+                    "stable",
+                    "recogniser",
+                    "1",
+                    "--by",
+                    "demo",
+                    "--data",
+                    str(sink.data),
+                    "--json",
+                ]
+            )
+            version = "recogniser:1"
+            st.detail = "the fleet model on stable, 100% of the fleet"
+        for cart in carts:
+            cart.add_model(sink.url, root, LEARNING_RULE)
+    else:
+        d.say(
+            "the gate did not release the fleet model: nothing is pushed; round 2 runs "
+            "without a model"
+        )
+    carts2 = [c.again() for c in carts]
+    _carts_round(d, carts2, s.round2_s, s.seed + 100, "fleet: round 2")
+    sink.wait_ingested()
+    summary["round2"] = summarise_fleet(carts2, sink, s.round2_s, profile)
+    summary["models_on_carts"] = {
+        c["cart"]: c["heartbeat"].get("model_version", "") for c in summary["round2"]["carts"]
+    }
+    ok = released and all(v == version for v in summary["models_on_carts"].values())
+    return 0 if ok else 1
+
+
+def accuracy_table(gates: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy overall and per slice of the baseline, the fleet model and the pre-labels-only
+    model on the stores' test set, from the gate's reports (the baseline is each one's champion,
+    scored on the same items)."""
+    fleet, pre = gates["fleet"], gates["prelabels"]
+    rows = []
+    pre_by = {(r["slice"], r["value"]): r for r in pre["slices"]}
+    for r in fleet["slices"]:
+        if r["slice"] == "sku":
+            continue
+        p = pre_by.get((r["slice"], r["value"]), {})
+        rows.append(
+            {
+                "slice": r["slice"],
+                "value": r["value"],
+                "items": r["items"],
+                "baseline": r["champion"],
+                "fleet": r["candidate"],
+                "prelabels": p.get("candidate"),
+            }
+        )
+    return {
+        "baseline": fleet["champion"]["accuracy"],
+        "fleet": fleet["candidate"]["accuracy"],
+        "prelabels": pre["candidate"]["accuracy"],
+        "items": fleet["candidate"]["items"],
+        "gain_points": round(
+            100 * (fleet["candidate"]["accuracy"] - fleet["champion"]["accuracy"]), 1
+        ),
+        "slices": rows,
+    }
+
+
+def report_markdown(summary: dict[str, Any]) -> str:
+    st = summary["settings"]
+    lines = [
+        f"# capsight demo: {st['carts']} carts in {st['stores']} stores",
+        "",
+        f"Profile `{st['profile']}`, {st['seconds_per_round']:.0f} s per cart in round 1, "
+        f"seed {st['seed']}" + (", --quick" if st["quick"] else "") + ".",
+    ]
+    released = summary.get("gate", {}).get("fleet", {}).get("decision") == "release"
+    for key, title in (
+        ("round1", "Round 1: the fleet collects"),
+        (
+            "round2",
+            "Round 2: the carts run the fleet model"
+            if released
+            else "Round 2: the carts again, with no new model (the gate released none)",
+        ),
+    ):
+        rows = summary.get(key, {}).get("carts", [])
+        if not rows:
+            continue
+        lines += [
+            "",
+            f"## {title}",
+            "",
+            "| cart | store | captures by rule | captured | uploaded | upload rate | "
+            "frames dropped | verified | model |",
+            "|---|---|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for r in rows:
+            rules = ", ".join(f"{k} {v}" for k, v in sorted(r["by_rule"].items())) or "-"
+            lines.append(
+                f"| {r['cart']} | {r['store']} | {rules} | {r['bytes_captured'] / 2**20:.1f} MiB "
+                f"({r['sealed']}) | {r['bytes_uploaded'] / 2**20:.1f} MiB | "
+                f"{r['upload_rate_bps'] / 1e6:.2f} Mbit/s | {r['dropped_pct']:.1f}% | "
+                f"{r['verified']}/{r['sealed']} | {r['heartbeat'].get('model_version') or '-'} |"
+            )
+    if "review" in summary:
+        r, p = summary["review"], summary["prelabel"]
+        lines += [
+            "",
+            "## Labelling",
+            "",
+            f"{p['items']} frames worth a label from {p['bundles']} bundles "
+            f"({p['skipped_empty']} empty-background bundles skipped). Pre-labels accepted "
+            f"unchanged: **{r['accepted_unchanged_pct']}%**; reviewer time "
+            f"{r['reviewer_s']:.0f} s with pre-labels against {r['from_scratch_s']:.0f} s "
+            f"from scratch ({r['saved_pct']}% saved).",
+            "",
+            "| source | items | accepted unchanged | reviewer s | from scratch s |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for src, x in r.get("by_source", {}).items():
+            lines.append(
+                f"| {src} | {x['items']} | {x['accepted_unchanged_pct']}% | "
+                f"{x['reviewer_s']:.0f} | {x['from_scratch_s']:.0f} |"
+            )
+    if "accuracy" in summary:
+        a = summary["accuracy"]
+        lines += [
+            "",
+            "## Accuracy on the stores' test set",
+            "",
+            f"{a['items']} frames rendered once in the stores' conditions (fixed seed), "
+            "never trained on. One architecture, the same optimiser steps and seed: only "
+            "the data differs.",
+            "",
+            "| model | trained on | accuracy |",
+            "|---|---|---:|",
+            f"| baseline | clean studio renders | {a['baseline']:.1%} |",
+            f"| fleet, pre-labels only | the renders + the fleet's pre-labels | "
+            f"{a['prelabels']:.1%} |",
+            f"| fleet | the renders + the fleet's reviewed labels | {a['fleet']:.1%} |",
+            "",
+            f"Fleet model vs baseline: **{a['gain_points']:+.1f} points**. Gate: "
+            f"{summary['gate']['fleet']['decision']}"
+            + (
+                f" ({'; '.join(summary['gate']['fleet']['reasons'])})"
+                if summary["gate"]["fleet"]["reasons"]
+                else ""
+            )
+            + ".",
+            "",
+            "| slice | items | baseline | pre-labels only | fleet |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for r in a["slices"]:
+            cells = [
+                f"{r[k]:.1%}" if r.get(k) is not None else "-"
+                for k in ("baseline", "prelabels", "fleet")
+            ]
+            lines.append(
+                f"| {r['slice']}={r['value']} | {r['items']} | " + " | ".join(cells) + " |"
+            )
+    if summary.get("models_on_carts"):
+        lines += [
+            "",
+            "## Which cart runs which model",
+            "",
+            ", ".join(f"{k}: {v or 'none'}" for k, v in summary["models_on_carts"].items()),
+        ]
+    if summary.get("stages"):
+        lines += [
+            "",
+            "## Stages",
+            "",
+            "| stage | wall s | CPU s (whole machine) | what |",
+            "|---|---:|---:|---|",
+        ]
+        for t in summary["stages"]:
+            lines.append(f"| {t['stage']} | {t['wall_s']:.0f} | {t['cpu_s']:.0f} | {t['detail']} |")
+        total = sum(t["wall_s"] for t in summary["stages"])
+        lines.append(f"| all | {total:.0f} | {sum(t['cpu_s'] for t in summary['stages']):.0f} | |")
+    for plot in summary.get("plots", []):
+        lines += ["", f"![{plot}]({plot})"]
+    return "\n".join(lines)
