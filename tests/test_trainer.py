@@ -500,6 +500,25 @@ def test_datasets_combine_with_the_added_ones_in_training(small: Path, tmp_path:
     assert res.returncode == 2 and "would flatter the model" in res.stderr
 
 
+def test_a_step_where_one_worker_has_no_box_does_not_hang(small: Path, tmp_path: Path) -> None:
+    from cloud_sink.datasets import load_manifest
+
+    # One frame per worker a step: some steps give one worker a "no product" frame (no box)
+    # and the other a product. Both must still all-reduce the box head's gradient (it used to
+    # hang there, as a run at batch 8 did after 12 epochs).
+    out = tmp_path / "run"
+    res = train_cli(
+        "run", "--dataset", str(small), "--batch", "1", "--steps", "20", "--out", str(out),
+        "--json", timeout=240,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = load_manifest(small, verify=False)
+    train = sorted((i for i in m.items if i.split == "train"), key=lambda i: i.item_id)
+    assert any(i.label.box for i in train) and any(not i.label.sku for i in train)
+    (rec,) = [r for r in records(res.stdout) if r["type"] == "train_result"]
+    assert sum(e["samples"] for e in rec["epochs"]) == 20 * 2
+
+
 def test_a_dataset_name_resolves_to_its_newest_version(small: Path, tmp_path: Path) -> None:
     from trainer.data import DatasetError, resolve
 

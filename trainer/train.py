@@ -200,12 +200,16 @@ def loop(config: dict[str, Any], rank: int = 0, world: int = 1, *, ray_mode: boo
             y = torch.from_numpy(train.labels[idx]).to(device)
             logits, box = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=0.05)
-            has = torch.from_numpy(train.has_box[idx]).to(device)
-            if bool(has.any()):
-                target = torch.from_numpy(train.boxes[idx]).to(device)
-                loss = loss + s.box_weight * F.smooth_l1_loss(
-                    torch.sigmoid(box[has]), target[has], beta=0.05
-                )
+            # The box loss over the items that have a box, always part of the graph: a batch
+            # with none (all "no product", or the few frames that end an epoch) contributes a
+            # zero gradient. Skipping the term there left the box head without a gradient on
+            # one worker while the other waited for it in DDP's all-reduce: the run hung.
+            has = torch.from_numpy(train.has_box[idx]).to(device).float()
+            target = torch.from_numpy(train.boxes[idx]).to(device)
+            per_item = F.smooth_l1_loss(
+                torch.sigmoid(box), target, beta=0.05, reduction="none"
+            ).mean(1)
+            loss = loss + s.box_weight * (per_item * has).sum() / has.sum().clamp(min=1)
             opt.zero_grad()
             loss.backward()
             opt.step()
