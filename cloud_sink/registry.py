@@ -63,17 +63,28 @@ class Registry:
         self.meta = self.folder / "metadata"
         self.targets_dir = self.folder / "targets"
         self._lock = threading.Lock()
+        self._signer_cache: tuple[tuple[int, int], Any] | None = None
 
     @property
     def ready(self) -> bool:
         return (self.meta / "root.json").is_file() and (self.meta / "targets.json").is_file()
 
     def _signer(self) -> Any:
-        """The online key root names for timestamp. When a new root names the next key
-        (``online.next.json``), it becomes the key and the old one is destroyed."""
+        """The online key, read again only when it or root changed (every cart's poll of
+        timestamp.json comes through here)."""
         path = self.folder / "online.json"
         if not path.is_file():
             raise RegistryError("the sink has no online key: capsight-sink model keygen")
+        stamp = (path.stat().st_mtime_ns, (self.meta / "root.json").stat().st_mtime_ns)
+        if self._signer_cache is None or self._signer_cache[0] != stamp:
+            signer = self._trusted_signer(path)
+            stamp = (path.stat().st_mtime_ns, stamp[1])  # a rotation replaced the key file
+            self._signer_cache = (stamp, signer)
+        return self._signer_cache[1]
+
+    def _trusted_signer(self, path: Path) -> Any:
+        """The online key root names for timestamp. When a new root names the next key
+        (``online.next.json``), it becomes the key and the old one is destroyed."""
         signer = load_signer(path)
         trusted = self._load("root").signed.roles["timestamp"].keyids
         if signer.public_key.keyid in trusted:
