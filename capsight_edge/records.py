@@ -114,8 +114,10 @@ class GpsSummaryRecord(Record):
     sentences: int
     fixes: int
     no_fix: int
+    no_fix_reasons: dict[str, int]
     other_sentences: int
     suspect_dates: int
+    corrected_dates: int
     rejected: dict[str, int]
     rejected_total: int
     talkers: dict[str, int]

@@ -193,7 +193,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_gps_parse(args: argparse.Namespace) -> int:
-    from capsight_edge.sensors.nmea import NmeaParser, read_log_lines
+    from capsight_edge.sensors.nmea import NmeaParser, parse_lines, read_log_lines
 
     status = EXIT_OK
     for name in args.files:
@@ -204,32 +204,34 @@ def cmd_gps_parse(args: argparse.Namespace) -> int:
             continue
         parser = NmeaParser()
         start = time.perf_counter()
-        for line in read_log_lines(path):
-            fix = parser.feed_line(line)
-            if fix is None:
-                continue
-            if args.json:
-                emit(
-                    GpsFixRecord(
-                        file=name,
-                        receiver_time=fix.receiver_time,
-                        receiver_date=fix.receiver_date,
-                        lat=round(fix.lat, 8),
-                        lon=round(fix.lon, 8),
-                        alt_m=fix.alt_m,
-                        quality=fix.quality,
-                        satellites=fix.satellites,
-                        hdop=fix.hdop,
-                        source=fix.source,
+        try:
+            for fix in parse_lines(read_log_lines(path, parser), parser):
+                if args.json:
+                    emit(
+                        GpsFixRecord(
+                            file=name,
+                            receiver_time=fix.receiver_time,
+                            receiver_date=fix.receiver_date,
+                            lat=round(fix.lat, 8),
+                            lon=round(fix.lon, 8),
+                            alt_m=fix.alt_m,
+                            quality=fix.quality,
+                            satellites=fix.satellites,
+                            hdop=fix.hdop,
+                            source=fix.source,
+                        )
                     )
-                )
-            else:
-                print(
-                    f"{fix.receiver_time:>16}  {fix.lat:12.7f} {fix.lon:13.7f}  "
-                    f"alt {fix.alt_m if fix.alt_m is not None else '-':>7}  q{fix.quality}  "
-                    f"sats {fix.satellites if fix.satellites is not None else '-':>2}  "
-                    f"hdop {fix.hdop if fix.hdop is not None else '-'}"
-                )
+                else:
+                    print(
+                        f"{fix.receiver_time:>16}  {fix.lat:12.7f} {fix.lon:13.7f}  "
+                        f"alt {fix.alt_m if fix.alt_m is not None else '-':>7}  q{fix.quality}  "
+                        f"sats {fix.satellites if fix.satellites is not None else '-':>2}  "
+                        f"hdop {fix.hdop if fix.hdop is not None else '-'}"
+                    )
+        except OSError as exc:
+            print(f"capsight: error: {name}: cannot read: {exc.strerror}", file=sys.stderr)
+            status = EXIT_USAGE
+            continue
         summary: dict[str, Any] = {
             "file": name,
             **parser.summary(),
