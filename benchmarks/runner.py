@@ -19,6 +19,7 @@ MODULES = (
     "benchmarks.bench_profile",
     "benchmarks.bench_sensors",
     "benchmarks.bench_camera",
+    "benchmarks.bench_field",
     "benchmarks.bench_recorder",
     "benchmarks.bench_journal",
     "benchmarks.bench_sink",

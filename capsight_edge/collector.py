@@ -26,12 +26,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from capsight_edge.camera.barcodes import Barcode, BarcodeDetector
+from capsight_edge.camera.barcodes import Barcode, BarcodeDetector, roi_backend
 from capsight_edge.camera.framebus import FrameBus, FrameBusReader
+from capsight_edge.camera.gs1 import net_weight_kg, same_gtin
 from capsight_edge.camera.motion import MotionDetector
 from capsight_edge.errors import FrameError, ModelRejected
 from capsight_edge.profile.schema import Profile
 from capsight_edge.triggers.engine import Decision, TriggerEngine
+from capsight_edge.triggers.weightcheck import DeclaredWeightCheck, WeightVerdict
 
 log = logging.getLogger("capsight.collector")
 CONTROL_SOCKET = "control.sock"
@@ -71,10 +73,17 @@ class Collector:
         self.log = sensor_log
         self.engine = TriggerEngine(profile.triggers)
         self.motion = MotionDetector()
-        configured = profile.camera.barcode_backend
         self.barcodes = BarcodeDetector(
-            barcode_backend or (None if configured == "auto" else configured),
+            roi_backend(
+                barcode_backend or profile.camera.barcode_backend,
+                profile.camera.barcode_formats,
+            ),
             max_rate_hz=barcode_rate_hz,
+        )
+        lc = profile.load_cells
+        self.weight_check = DeclaredWeightCheck(
+            tolerance_g=lc.declared_weight_tolerance_g,
+            tolerance_pct=lc.declared_weight_tolerance_pct,
         )
         self.bus: FrameBus | None = None
         self.stats: Counter[str] = Counter()
@@ -228,7 +237,10 @@ class Collector:
             self.stats["barcodes"] += 1
             self.last_codes = codes
             self.engine.signal("barcode", t_ns)
-            self._last_code = (t_ns, code.text)
+            self._last_code = (t_ns, code.key)
+            stated = net_weight_kg(code.ais)
+            if stated is not None:
+                self._weight_verdict(self.weight_check.read(t_ns, stated, code.key))
             if self.log:
                 self.log.event("/camera/barcodes", t_ns, {"t_ns": t_ns, **code.as_dict()})
         if answer is not None:
@@ -260,7 +272,7 @@ class Collector:
         if recent:
             assert read is not None
             code = read[1].strip()
-            same = bool(label) and (not gtin or (code.isdigit() and code.zfill(14) == gtin))
+            same = bool(label) and (not gtin or same_gtin(code, gtin))
             disagrees = not same
         else:
             disagrees = bool(label) and sure  # a product in hand, and no read
@@ -299,6 +311,22 @@ class Collector:
             self.engine.signal("weight_delta", ev.t_ns)
             self.engine.signal(
                 "weight_added" if ev.kind == "item_added" else "weight_removed", ev.t_ns
+            )
+        if ev.kind == "item_added":
+            self._weight_verdict(self.weight_check.weighed(ev.t_ns, ev.delta_g))
+
+    def _weight_verdict(self, verdict: WeightVerdict | None) -> None:
+        if verdict is None:
+            return
+        self.stats["weight_checked"] += 1
+        if verdict.mismatch:
+            self.stats["weight_mismatch"] += 1
+            self.engine.signal("weight_mismatch", verdict.t_ns)
+            log.info(
+                "weight mismatch: %s states %.0f g, the basket gained %.0f g",
+                verdict.key,
+                verdict.stated_g,
+                verdict.measured_g,
             )
 
     def _on_decision(self, d: Decision) -> None:

@@ -131,6 +131,9 @@ class BarcodeRead(BaseModel):
     text: str
     bbox: list[int]
     confirmed: bool
+    gtin: str | None = None
+    ais: dict[str, str] = {}
+    addon: str | None = None
 
 
 class BarcodeScanRecord(Record):
@@ -139,6 +142,8 @@ class BarcodeScanRecord(Record):
     codes: list[BarcodeRead]
     backend: str
     duration_s: float
+    width: int
+    height: int
 
 
 class ModelRecord(Record):

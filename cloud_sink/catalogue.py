@@ -10,12 +10,16 @@ GTINs are compared as GTIN-14 (zero-padded), so a UPC-A read matches its EAN-13 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from capsight_edge.camera.gs1 import GS1Error, expand_upce
+from capsight_edge.camera.gs1 import gtin14 as _gtin14
 
 MAX_PRODUCTS = 100_000
 
@@ -32,10 +36,17 @@ class _File(BaseModel):
 
 
 def gtin14(code: str) -> str | None:
+    """The code as a GTIN-14 (a UPC-E's 8 printed digits expanded), None when it is not one."""
     digits = code.strip()
     if not digits.isdigit() or not 8 <= len(digits) <= 14:
         return None
-    return digits.zfill(14)
+    try:
+        return _gtin14(digits)
+    except GS1Error:
+        if len(digits) == 8:
+            with contextlib.suppress(GS1Error):
+                return _gtin14(expand_upce(digits))
+        return digits.zfill(14)  # a catalogue's own number, check digit or not
 
 
 @dataclass(frozen=True)

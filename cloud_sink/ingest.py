@@ -148,8 +148,11 @@ def summarise_sensors(path: Path, limits: Limits) -> dict[str, Any]:
             kinds = ("item_added", "item_removed")
             if topic == "/weight/events" and msg.kind in kinds and len(events) < 10_000:
                 events.append({"kind": msg.kind, "delta_g": round(msg.delta_g or 0.0, 1)})
-            if topic == "/camera/barcodes" and msg.text and len(barcodes) < 1000:
-                barcodes.add(msg.text)
+            if topic == "/camera/barcodes" and len(barcodes) < 1000:
+                # the index holds what identifies an item: the GTIN, else a short text
+                code = msg.gtin or (msg.text if msg.text and len(msg.text) <= 64 else None)
+                if code and not any(c.isspace() for c in code):
+                    barcodes.add(code)
     except SensorLogError as exc:
         raise Corrupt(f"{SENSORS}: {exc}") from None
     channels = {}

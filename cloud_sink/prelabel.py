@@ -115,8 +115,9 @@ def moments_of(
         if m.get("kind") == "fire" and m.get("rule") != "manual":
             raw.append(Moment(int(m.get("t_ns", t)), [f"trigger:{m.get('rule', '')}"]))
     for t, m in sensors["/camera/barcodes"]:
-        if m.get("confirmed", True) and isinstance(m.get("text"), str):
-            raw.append(Moment(int(m.get("t_ns", t)), ["barcode"], [m["text"]]))
+        code = m.get("gtin") or m.get("text")
+        if m.get("confirmed", True) and isinstance(code, str):
+            raw.append(Moment(int(m.get("t_ns", t)), ["barcode"], [code]))
     for t, m in sensors["/weight/events"]:
         if m.get("kind") in ("item_added", "item_removed"):
             # The hand lets go before the scale settles: look at the start of the change.

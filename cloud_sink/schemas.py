@@ -80,7 +80,10 @@ class SensorMessage(BaseModel):
     ) = None
     kind: Annotated[str, Field(max_length=32)] | None = None
     delta_g: Annotated[float, Field(ge=-1e6, le=1e6)] | None = None
-    text: Annotated[str, Field(max_length=256)] | None = None
+    #: a barcode's content: a QR code holds up to 7089 characters
+    text: Annotated[str, Field(max_length=8192)] | None = None
+    #: a barcode's GTIN-14, when it is a GS1 code
+    gtin: Annotated[str, Field(pattern=r"^\d{14}$")] | None = None
 
 
 SENSOR_MESSAGE: TypeAdapter[SensorMessage] = TypeAdapter(SensorMessage)

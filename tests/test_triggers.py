@@ -207,4 +207,9 @@ def test_profile_chooses_the_barcode_backend(tmp_path) -> None:  # type: ignore[
     path = tmp_path / "z.toml"
     path.write_text(f"extends = '{SIM}'\n[camera]\nbarcode_backend = 'zxing-cpp'\n")
     assert Collector(load_profile(path)).barcodes.backend.name == "zxing-cpp"
-    assert Collector(load_profile(SIM)).barcodes.backend.name == "pyzbar"
+    assert Collector(load_profile(SIM)).barcodes.backend.name == "cascade"
+    path.write_text(f"extends = '{SIM}'\n[camera]\nbarcode_formats = ['EAN-13', 'QRCode']\n")
+    assert Collector(load_profile(path)).barcodes.backend.formats == ("EAN-13", "QRCode")  # type: ignore[attr-defined]
+    path.write_text(f"extends = '{SIM}'\n[camera]\nbarcode_formats = ['Aztec']\n")
+    with pytest.raises(ProfileError, match="Aztec"):
+        load_profile(path)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from capsight_edge.camera.gs1 import ALL_FORMATS as FORMATS
 from capsight_edge.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
@@ -24,6 +25,9 @@ from capsight_edge.records import (
     emit,
 )
 
+#: Largest image `barcode scan` decodes (a 12 MP phone photo is 12,000,000; 20000x20000 is not)
+MAX_PIXELS = 60_000_000
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("barcode", help="barcode tools")
@@ -32,9 +36,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("files", nargs="+", metavar="FILE", help="image files")
     s.add_argument(
         "--backend",
-        choices=("zxing-cpp", "pyzbar"),
+        choices=("cascade", "zxing-cpp", "pyzbar"),
         default=None,
-        help="decoder (default: pyzbar, chosen by measurement; zxing-cpp without libzbar)",
+        help="decoder (default: cascade, chosen by measurement on real photos)",
+    )
+    s.add_argument(
+        "--formats",
+        default="",
+        help=f"comma-separated symbologies to decode (default all: {','.join(FORMATS)})",
+    )
+    s.add_argument(
+        "--budget-ms",
+        type=float,
+        default=1500.0,
+        help="time the cascade may spend on one image before it gives up (default 1500)",
+    )
+    s.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        help=f"refuse images larger than this many pixels (default {MAX_PIXELS:,})",
     )
     s.add_argument("--json", action="store_true", help="one JSON record per file")
     s.set_defaults(handler=cmd_scan)
@@ -56,19 +77,53 @@ def register(sub: argparse._SubParsersAction) -> None:
     tm.set_defaults(handler=cmd_trigger_manual)
 
 
-def cmd_scan(args: argparse.Namespace) -> int:
+def _load_grey(name: str, max_pixels: int) -> tuple[Any, str]:
+    """(grey image, "") or (None, why not). The size is read from the header first, so a
+    huge image is refused before a byte of it is decoded."""
     import cv2
+    from PIL import Image, UnidentifiedImageError
 
-    from capsight_edge.camera.barcodes import BarcodeDetector
+    path = Path(name)
+    if not path.is_file():
+        return None, "file not found" if not path.exists() else "not a file"
+    Image.MAX_IMAGE_PIXELS = None  # only the header is read here; our own limit follows
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None, "not an image file (unknown format or damaged header)"
+    if width * height > max_pixels:
+        return None, (
+            f"image is {width}x{height} = {width * height:,} pixels, over the limit of "
+            f"{max_pixels:,} (--max-pixels)"
+        )
+    image = cv2.imread(name, cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        return None, "image data cannot be decoded (truncated or damaged)"
+    return image, ""
 
-    detector = BarcodeDetector(args.backend) if args.backend else BarcodeDetector()
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from capsight_edge.camera.barcodes import BarcodeDetector, CascadeBackend
+
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()] or None
+    unknown = [f for f in formats or [] if f not in FORMATS]
+    if unknown:
+        print(
+            f"capsight: error: unknown format {unknown[0]!r} (known: {', '.join(FORMATS)})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if args.backend in (None, "cascade"):
+        detector = BarcodeDetector(CascadeBackend(formats, budget_ms=args.budget_ms))
+    else:
+        detector = BarcodeDetector(args.backend, formats=formats)
     status = EXIT_OK
     for name in args.files:
         start = time.perf_counter()
-        image = cv2.imread(name, cv2.IMREAD_GRAYSCALE) if Path(name).is_file() else None
+        image, reason = _load_grey(name, args.max_pixels)
         if image is None:
             status = EXIT_FAIL
-            reason = "file not found" if not Path(name).exists() else "not an image OpenCV can read"
             if args.json:
                 emit(ErrorRecord(file=name, error=reason))
             else:
@@ -86,23 +141,35 @@ def cmd_scan(args: argparse.Namespace) -> int:
                             text=c.text,
                             bbox=list(c.bbox),
                             confirmed=c.confirmed,
+                            gtin=c.gtin,
+                            ais=c.ais,
+                            addon=c.addon,
                         )
                         for c in codes
                     ],
                     backend=detector.backend.name,
                     duration_s=round(ms / 1000, 5),
+                    width=int(image.shape[1]),
+                    height=int(image.shape[0]),
                 )
             )
         else:
-            found = (
-                ", ".join(
-                    f"{c.symbology} {c.text}" + ("" if c.confirmed else " (lenient read)")
-                    for c in codes
-                )
-                or "no barcode"
-            )
+            found = ", ".join(_describe(c) for c in codes) or "no barcode"
             print(f"{name}: {found} ({ms:.1f} ms, {detector.backend.name})")
     return status
+
+
+def _describe(c: Any) -> str:
+    text = c.text if len(c.text) <= 60 else c.text[:57] + "..."
+    out = f"{c.symbology} {text!r}" if not c.text.isdigit() else f"{c.symbology} {c.text}"
+    if c.gtin:
+        out += f" gtin {c.gtin}"
+    if c.addon:
+        out += f" add-on {c.addon}"
+    extra = {k: v for k, v in c.ais.items() if k != "01"}
+    if extra:
+        out += " " + " ".join(f"({k}){v}" for k, v in extra.items())
+    return out + ("" if c.confirmed else " (lenient read)")
 
 
 def cmd_trigger_test(args: argparse.Namespace) -> int:

@@ -106,6 +106,7 @@ def _barcode_check(source: Any, factory: DeviceFactory, last: Any) -> Check:
     """A simulated cart's shopper holds a product up: its code must decode. A real camera:
     the codes in view (advice only: nobody may be holding one)."""
     from capsight_edge.camera.barcodes import BarcodeDetector
+    from capsight_edge.camera.gs1 import same_gtin
 
     detector = BarcodeDetector()
     hands = factory.hands if factory.simulated("camera") else None
@@ -119,7 +120,7 @@ def _barcode_check(source: Any, factory: DeviceFactory, last: Any) -> Check:
         frame = source.read()
         if frame is None:
             break
-        decoded = any(c.text == product.code for c in detector.decode_full(frame.image))
+        decoded = any(same_gtin(c.key, product.code) for c in detector.decode_full(frame.image))
     return Check(
         "barcode",
         PASS if decoded else FAIL,

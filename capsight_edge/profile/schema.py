@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from capsight_edge.camera.gs1 import ALL_FORMATS as BARCODE_FORMATS
+
 ENCODERS = (
     "h264_nvenc",
     "hevc_nvenc",
@@ -71,8 +73,15 @@ class CameraSection:
     required: bool = setting(True, "doctor fails (non-zero exit) when the camera does not deliver")
     barcode_backend: str = setting(
         "auto",
-        "barcode decoder: auto (pyzbar, else zxing-cpp), pyzbar or zxing-cpp",
-        choices=("auto", "pyzbar", "zxing-cpp"),
+        "barcode decoder: auto (= cascade: zxing-cpp, then pyzbar, reads confirmed over "
+        "time), cascade, pyzbar or zxing-cpp",
+        choices=("auto", "cascade", "pyzbar", "zxing-cpp"),
+    )
+    barcode_formats: list[str] = setting(
+        list(BARCODE_FORMATS),
+        "symbologies decoded (fewer is faster)",
+        item_choices=BARCODE_FORMATS,
+        min_items=1,
     )
 
 
@@ -133,6 +142,19 @@ class LoadCellsSection:
     )
     stable_window_s: float = setting(
         0.3, "how long the weight must hold still to count as stable", min=0.05, max=5
+    )
+    declared_weight_tolerance_g: float = setting(
+        20.0,
+        "weight_mismatch: a weighed item may differ this much from the net weight its code "
+        "states (GS1 AI 310n), or declared_weight_tolerance_pct of it if larger",
+        min=0,
+        max=10000,
+    )
+    declared_weight_tolerance_pct: float = setting(
+        10.0,
+        "weight_mismatch: relative tolerance (see declared_weight_tolerance_g)",
+        min=0,
+        max=100,
     )
     stable_tolerance_g: float = setting(
         4.0, "allowed spread of the weight within the stable window", min=0.1, max=100

@@ -39,6 +39,8 @@ SIGNALS: dict[str, str] = {
     "[model] uncertain_below",
     "model_disagrees": "the cart's model names another product than the barcode just read, "
     "none when one was read, or a product when none was read",
+    "weight_mismatch": "a code stating its net weight (GS1 AI 310n) was read, and the item "
+    "added to the basket weighs more or less than that beyond [load_cells] tolerance",
 }
 #: Signals that happen at an instant (the others are states that last).
 PULSES = frozenset(
@@ -51,6 +53,7 @@ PULSES = frozenset(
         "manual",
         "model_uncertain",
         "model_disagrees",
+        "weight_mismatch",
     }
 )
 DEFAULT_PULSE_S = 1.0
