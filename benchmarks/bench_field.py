@@ -153,7 +153,8 @@ def bench_barcodes_real(ctx: BenchContext) -> BenchResult:
     )
     for group, (n, read) in sorted(ours.by_group.items()):
         res.metrics.append(Metric(f"cascade recall: {group} ({n} images)", read / n, ""))
-    _degraded(ctx, res, samples)
+    degraded = _degraded(ctx, res, samples)
+    res.plots.append(_plot(ctx, scores, degraded))
     res.notes.append(
         "the cascade's last step that produced each sure read: "
         + ", ".join(f"{k} {v}" for k, v in sorted(cascade.steps.items()))
@@ -168,7 +169,41 @@ def bench_barcodes_real(ctx: BenchContext) -> BenchResult:
     return res
 
 
-def _degraded(ctx: BenchContext, res: BenchResult, samples: list[Any]) -> None:
+def _plot(ctx: BenchContext, scores: dict[str, Any], degraded: dict[str, Any]) -> str:
+    """Recall of each decoder on the photos as they are and degraded, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(scores)
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], [scores[n].recall for n in names], 0.4, label="real photos")
+    ax.bar(
+        [x + 0.2 for x in xs],
+        [degraded[n].recall if n in degraded else 0 for n in names],
+        0.4,
+        label="the same photos degraded",
+    )
+    ax.set_xticks(list(xs), names, fontsize=8)
+    ax.set_ylabel("recall")
+    ax.set_ylim(0, 1.05)
+    ax.axhline(0.85, color="grey", linewidth=0.8, linestyle="--")
+    ax.legend(fontsize=8, loc="lower right")
+    ours = scores["capsight cascade"]
+    wrong = ours.misreads + ours.negative_misreads + degraded["capsight cascade"].misreads
+    ax.set_title(
+        f"barcodes_real: images whose code was read (cascade misreads: {wrong})", fontsize=9
+    )
+    fig.tight_layout()
+    path = Path(ctx.out_dir) / "barcodes_real.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def _degraded(ctx: BenchContext, res: BenchResult, samples: list[Any]) -> dict[str, Any]:
     """The same photos degraded the ways phone photos go wrong: how the strategy was chosen
     (not image by image), and an ablation that shows each image preparation still pays."""
     from capsight_edge.camera.barcodes import PREPARATIONS, BarcodeDetector, CascadeBackend
@@ -177,6 +212,13 @@ def _degraded(ctx: BenchContext, res: BenchResult, samples: list[Any]) -> None:
     ours = score_degraded(BarcodeDetector(CascadeBackend()).decode_full, subset)
     union = score_degraded(plain_union(), subset)
     zx = score_degraded(plain_zxing(), subset)
+    zb = score_degraded(plain_pyzbar(), subset)
+    out = {
+        "capsight cascade": ours,
+        "plain zxing-cpp": zx,
+        "plain pyzbar": zb,
+        "plain union": union,
+    }
     res.metrics += [
         Metric(
             f"degraded photos ({ours.images}): cascade recall",
@@ -188,6 +230,7 @@ def _degraded(ctx: BenchContext, res: BenchResult, samples: list[Any]) -> None:
             ours.read > union.read,
         ),
         Metric("degraded photos: plain zxing-cpp recall", zx.recall, ""),
+        Metric("degraded photos: plain pyzbar recall", zb.recall, ""),
         Metric(
             "degraded photos: cascade misreads",
             ours.misreads,
@@ -204,7 +247,7 @@ def _degraded(ctx: BenchContext, res: BenchResult, samples: list[Any]) -> None:
             Metric(f"degraded: {kind}: cascade vs union", read, "read", u, "plain union")
         )
     if ctx.quick:
-        return
+        return out
     for step in PREPARATIONS:
         rest = tuple(p for p in PREPARATIONS if p != step)
         without = score_degraded(
@@ -223,6 +266,7 @@ def _degraded(ctx: BenchContext, res: BenchResult, samples: list[Any]) -> None:
         "degradations of each real photo: " + ", ".join(DEGRADATIONS) + " (benchmarks/"
         "field_data.py); the ablation drops one preparation at a time"
     )
+    return out
 
 
 def _naive_pynmea2(log: Path) -> Iterator[tuple[float, float]]:

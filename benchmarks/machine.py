@@ -1,12 +1,66 @@
-"""What machine a benchmark ran on: CPU model, cores, memory, GPU."""
+"""What a benchmark run ran on and what it ran: CPU model, cores, memory, GPU, OS, Python and key
+package versions, and the git commit with a dirty flag (figures from uncommitted code say so)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
+
+#: Packages whose versions decide the figures (decoders, encoders, runtimes, the sink's stack).
+KEY_PACKAGES = (
+    "numpy",
+    "opencv-python-headless",
+    "av",
+    "onnxruntime",
+    "torch",
+    "ray",
+    "zxing-cpp",
+    "pyzbar",
+    "pynmea2",
+    "mcap",
+    "starlette",
+    "uvicorn",
+    "httpx",
+    "pydantic",
+    "tuspy",
+)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in KEY_PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_state(root: Path = ROOT) -> dict[str, Any]:
+    """The commit the code is at and whether tracked files differ from it (None: no git)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            res = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=20
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return res.stdout.strip() if res.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "commit": commit,
+        "dirty": None if status is None else bool(status),
+        "changed_files": [] if not status else [ln[3:] for ln in status.splitlines()][:50],
+    }
 
 
 def describe_machine() -> dict[str, Any]:
@@ -46,6 +100,9 @@ def describe_machine() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "memory_gib": mem_gib,
         "gpu": gpu,
+        "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "packages": package_versions(),
+        "git": git_state(),
     }

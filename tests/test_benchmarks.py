@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 
 def test_quick_run_writes_json_and_markdown(tmp_path: Path) -> None:
@@ -13,12 +13,32 @@ def test_quick_run_writes_json_and_markdown(tmp_path: Path) -> None:
         "--quick", "--only", "profile", "--out", str(tmp_path), prog="benchmarks", timeout=300
     )
     assert res.returncode == 0, res.stderr
-    report = json.loads((tmp_path / "report.json").read_text())
-    assert report["machine"]["cores"] >= 1 and report["machine"]["cpu"]
+    report = json.loads((tmp_path / "results.json").read_text())
+    machine = report["machine"]
+    assert machine["cores"] >= 1 and machine["cpu"] and machine["os"]
+    assert len(machine["git"]["commit"]) == 40 and isinstance(machine["git"]["dirty"], bool)
+    assert machine["packages"]["numpy"] and "onnxruntime" in machine["packages"]
     (bench,) = report["benchmarks"]
     load = next(m for m in bench["metrics"] if m["name"].startswith("profile load"))
     assert load["baseline"] > 0 and load["ratio"] > 0
-    assert "| profile load (median) |" in (tmp_path / "report.md").read_text()
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert "| profile load (median) |" in md and machine["git"]["commit"][:12] in md
+    assert (tmp_path / "targets.png").read_bytes()[:4] == b"\x89PNG"
+    # RESULTS.md is generated from results.json alone: rendering again gives the same file
+    (tmp_path / "RESULTS.md").unlink()
+    res = run_cli("--render", str(tmp_path), prog="benchmarks", timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "RESULTS.md").read_text() == md
+
+
+def test_the_committed_results_and_the_readme_table_are_generated_from_one_run() -> None:
+    from benchmarks.runner import readme_block, render_markdown
+
+    folder = ROOT / "benchmarks"
+    report = json.loads((folder / "results.json").read_text())
+    assert not report["quick"] and report["machine"]["git"]["commit"]
+    assert (folder / "RESULTS.md").read_text() == render_markdown(report)
+    assert readme_block(report) in (ROOT / "README.md").read_text()
 
 
 def test_a_run_leaves_no_temporary_folders_behind(tmp_path: Path) -> None:

@@ -213,3 +213,17 @@ def test_profile_chooses_the_barcode_backend(tmp_path) -> None:  # type: ignore[
     path.write_text(f"extends = '{SIM}'\n[camera]\nbarcode_formats = ['Aztec']\n")
     with pytest.raises(ProfileError, match="Aztec"):
         load_profile(path)
+
+
+def test_a_weight_mismatch_fires_its_rule() -> None:
+    from capsight_edge.triggers.weightcheck import DeclaredWeightCheck
+
+    rule = TriggerRule(name="wrong_weight", when="weight_mismatch", priority=3, preroll_s=3)
+    e = TriggerEngine([rule])
+    check = DeclaredWeightCheck()
+    # a DataBar Expanded label states 500 g (AI 3103 000500); the basket gains 650 g
+    assert check.read(int(4.0 * S), 0.500, "09506000134352") is None
+    verdict = check.weighed(int(5.0 * S), 650.0)
+    assert verdict is not None and verdict.mismatch
+    out = run(e, [(verdict.t_ns / S, "weight_mismatch", True)], 8)
+    assert [k for k in out if k[1] == "fire"] == [(5.0, "fire", "wrong_weight")]

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "capsight_edge.cli.upload_cmd",
     "capsight_edge.cli.model_cmd",
     "capsight_edge.cli.demo_cmd",
+    "capsight_edge.cli.bench_cmd",
 )
 
 
@@ -61,6 +62,7 @@ EXAMPLES = {
     "upload pause": "capsight upload pause --reason 'store wifi busy'",
     "upload resume": "capsight upload resume",
     "demo": "capsight demo\ncapsight demo --carts 3 --minutes 2",
+    "bench": "capsight bench --out bench-out\ncapsight bench --quick --only barcodes_real",
     "model": "capsight model ls\ncapsight model pull --json",
     "model ls": "capsight model ls --json",
     "model pull": "capsight model pull",
@@ -93,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # every option is the benchmark runner's, --help included
+        from capsight_edge.cli.bench_cmd import cmd_bench
+
+        return cmd_bench(argparse.Namespace(options=argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     logs.configure(args.log_format, args.log_level)
