@@ -10,6 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "bench",
         help="run the benchmarks into one folder per run (same options as python -m benchmarks)",
         add_help=False,
+        prefix_chars="\x00",  # every option belongs to the runner, which parses them itself
     )
     b.add_argument("options", nargs=argparse.REMAINDER, help="see `capsight bench --help`")
     b.set_defaults(handler=cmd_bench)
