@@ -385,38 +385,30 @@ def _mode_indicator_says_no_fix(msg: object) -> bool:
     return bool(mode) and set(mode) <= {"N"}
 
 
-def _rmc(msg: object) -> _Verdict:
+def _positioned(msg: object, void_reason: str | None) -> _Verdict:
+    """RMC, GLL (status A/V, ``void_reason`` when V) and GNS (no status field): a position,
+    unless the status or the mode indicator says there is no fix."""
     lat, lon = _latlon(msg)
     v = _Verdict(fix=True, lat=lat, lon=lon, time=_time(msg))
-    if getattr(msg, "status", "") != "A":
-        v.fix, v.no_fix_reason = False, "rmc_void"
+    if void_reason is not None and getattr(msg, "status", "") != "A":
+        v.fix, v.no_fix_reason = False, void_reason
     elif _mode_indicator_says_no_fix(msg):
         v.fix, v.no_fix_reason = False, "mode_indicator_n"
     elif lat is None:
         v.fix = None
     return v
+
+
+def _rmc(msg: object) -> _Verdict:
+    return _positioned(msg, "rmc_void")
 
 
 def _gll(msg: object) -> _Verdict:
-    lat, lon = _latlon(msg)
-    v = _Verdict(fix=True, lat=lat, lon=lon, time=_time(msg))
-    if getattr(msg, "status", "") != "A":
-        v.fix, v.no_fix_reason = False, "gll_void"
-    elif _mode_indicator_says_no_fix(msg):
-        v.fix, v.no_fix_reason = False, "mode_indicator_n"
-    elif lat is None:
-        v.fix = None
-    return v
+    return _positioned(msg, "gll_void")
 
 
 def _gns(msg: object) -> _Verdict:
-    lat, lon = _latlon(msg)
-    v = _Verdict(fix=True, lat=lat, lon=lon, time=_time(msg))
-    if _mode_indicator_says_no_fix(msg):
-        v.fix, v.no_fix_reason = False, "mode_indicator_n"
-    elif lat is None:
-        v.fix = None
-    return v
+    return _positioned(msg, None)
 
 
 def _gsa(msg: object) -> _Verdict:
