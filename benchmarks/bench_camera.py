@@ -239,13 +239,14 @@ def bench_barcode_roi(ctx: BenchContext) -> BenchResult:
         "barcode_roi",
         f"{len(scenes)} rendered 1280x720 clips at 30 fps "
         f"({n_frames} frames): a product held up at several sizes, angles and blur "
-        "levels; every frame decoded whole, vs the Collector's path (motion on "
-        "every frame, decoding only the moving regions, at most 10 times a second)",
+        "levels; whole frames decoded at every frame (full) and at 10 Hz like the Collector "
+        "(full10), vs the Collector's path (motion on every frame, decoding only the moving "
+        "regions, at most 10 times a second), each with the same decoder",
     )
     results: dict[tuple[str, str], tuple[int, int, float, float]] = {}
     backends = ("cascade", "zxing-cpp", "pyzbar")
     for backend in backends:
-        for mode in ("full", "roi"):
+        for mode in ("full", "full10", "roi"):
             ok = wrong = 0
             spent = 0.0
             passes = 0
@@ -259,11 +260,15 @@ def bench_barcode_roi(ctx: BenchContext) -> BenchResult:
                     if mode == "roi":
                         regions = md.push(frame, t_ns).regions
                         codes = det.decode_regions(frame, regions, t_ns)
+                    elif mode == "full10" and i % 3:
+                        codes = []  # 30 fps, decoded 10 times a second: the Collector's rate
                     else:
                         codes = det.decode_full(to_grey(frame))
                     spent += time.process_time() - start
                     texts |= {c.text for c in codes if c.confirmed}
-                passes += det.passes if mode == "roi" else len(frames)
+                passes += {"roi": det.passes, "full10": (len(frames) + 2) // 3}.get(
+                    mode, len(frames)
+                )
                 ok += code in texts
                 wrong += len(texts - {code})
             results[(backend, mode)] = (ok, wrong, 1000 * spent / n_frames, passes / n_frames)
@@ -280,32 +285,47 @@ def bench_barcode_roi(ctx: BenchContext) -> BenchResult:
         ok, wrong, ms, _ = results[(b, mode)]
         return (-wrong, ok, -ms)
 
-    best_full = max(backends, key=lambda b: rank(b, "full"))
-    roi_best = max(backends, key=lambda b: rank(b, "roi"))
-    r_ok, _, r_ms, _ = results[(roi_best, "roi")]
-    f_ok, _, f_ms, _ = results[(best_full, "full")]
-    res.metrics.append(
+    # Like for like: the decoder the Collector's path does best with, on whole frames at the
+    # same 10 Hz (what cropping to the moving regions saves), and at every frame (what the
+    # rate cap saves, separately).
+    best = max(backends, key=lambda b: rank(b, "roi"))
+    r_ok, _, r_ms, _ = results[(best, "roi")]
+    f_ok, _, f_ms, _ = results[(best, "full10")]
+    a_ok, _, a_ms, _ = results[(best, "full")]
+    res.metrics += [
         Metric(
-            f"clips read: ROI ({roi_best}) vs full frame ({best_full})",
+            f"clips read: ROI vs whole frame, both at 10 Hz ({best})",
             r_ok,
             "clips",
             f_ok,
-            f"full frame, {best_full}",
+            f"whole frame at 10 Hz, {best}",
             ">= baseline",
             r_ok >= f_ok,
-        )
-    )
-    res.metrics.append(
+        ),
         Metric(
-            f"CPU per frame: ROI ({roi_best}) vs full frame ({best_full})",
+            f"CPU per frame: ROI vs whole frame, both at 10 Hz ({best})",
             r_ms,
             "ms",
             f_ms,
-            f"full frame, {best_full}",
-            "<= 1/5 of baseline",
-            r_ms * 5 <= f_ms,
-        )
-    )
+            f"whole frame at 10 Hz, {best}",
+            "<= 1/2 of baseline",
+            r_ms * 2 <= f_ms,
+        ),
+        Metric(
+            f"the rate cap's own saving: whole frame at 10 Hz vs every frame ({best})",
+            f_ms,
+            "ms",
+            a_ms,
+            f"whole frame at 30 Hz, {best}",
+        ),
+        Metric(
+            f"clips read: whole frame at 10 Hz vs every frame ({best})",
+            f_ok,
+            "clips",
+            a_ok,
+            f"whole frame at 30 Hz, {best}",
+        ),
+    ]
     res.notes.append(
         "ROI CPU includes the motion detection on every frame; a clip counts as "
         "read when a confirmed read of its code came out of any of its frames"
