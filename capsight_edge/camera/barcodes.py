@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 from capsight_edge.camera.gs1 import ALL_FORMATS, EAN_UPC, GS1Error, identify
@@ -159,7 +159,7 @@ class ZxingBackend:
                 verdict = self._verify(grey, decoded)
                 if verdict is False:
                     continue  # the other decoder reads something else there: a misread
-                decoded = Decoded(**{**asdict(decoded), "sure": bool(verdict)})
+                decoded = replace(decoded, sure=bool(verdict))
             out.append(decoded)
         return out
 
@@ -358,7 +358,7 @@ class CascadeBackend:
             # The Collector's path: hand over what was read once, as not sure; the detector
             # counts it when the same code is read again in the next passes (a code in a
             # shopper's hand stays in view, a misread rarely repeats).
-            return [Decoded(**{**asdict(first[k]), "sure": False}) for k in seen]
+            return [replace(first[k], sure=False) for k in seen]
         return []
 
     @staticmethod
@@ -391,7 +391,7 @@ def _rescale(d: Decoded, scale: float) -> Decoded:
         return d
     x, y, w, h = d.bbox
     box = (int(x / scale), int(y / scale), max(1, int(w / scale)), max(1, int(h / scale)))
-    return Decoded(d.symbology, d.text, box, d.sure, d.gs1, d.addon)
+    return replace(d, bbox=box)
 
 
 def _rotated(grey: Any, angle: float) -> Any:
@@ -613,7 +613,7 @@ class BarcodeDetector:
                     self._pending[key] = t_ns
                     self.unconfirmed += 1
                     continue
-                found.setdefault(key, Barcode(**{**code.__dict__, "confirmed": True}))
+                found.setdefault(key, replace(code, confirmed=True))
         for key, seen in list(self._pending.items()):
             if t_ns - seen > self.confirm_ns:
                 del self._pending[key]

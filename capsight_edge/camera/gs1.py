@@ -46,15 +46,10 @@ def expand_upce(code: str) -> str:
     12-digit UPC-A it suppresses zeros of."""
     if len(code) == 6:
         code = "0" + code
-    if len(code) == 7:
-        body = code
-        ns, d = body[0], body[1:]
-        upca = ns + _upce_middle(d)
-        return upca + check_digit(upca)
-    if len(code) != 8 or not code.isdigit() or code[0] not in "01":
+    if len(code) not in (7, 8) or not code.isdigit() or code[0] not in "01":
         raise GS1Error(f"not a UPC-E: {code!r}")
-    ns, d, check = code[0], code[1:7], code[7]
-    return ns + _upce_middle(d) + check
+    upca = code[0] + _upce_middle(code[1:7])
+    return upca + (code[7] if len(code) == 8 else check_digit(upca))
 
 
 def _upce_middle(d: str) -> str:
