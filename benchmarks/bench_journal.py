@@ -70,7 +70,9 @@ def bench_crash(ctx: BenchContext) -> BenchResult:
 
     kills = 20 if ctx.quick else 200
     start = time.perf_counter()
-    totals = crash_loop(Path(tempfile.mkdtemp(prefix="capsight-crash-")) / "data", kills, seed=7)
+    totals = crash_loop(
+        Path(tempfile.mkdtemp(prefix="capsight-crash-")) / "data", kills, seed=7, strict=False
+    )
     res = BenchResult(
         "crash",
         f"{kills} SIGKILLs of a device sealing, uploading and evicting "
@@ -78,21 +80,43 @@ def bench_crash(ctx: BenchContext) -> BenchResult:
     )
     res.metrics += [
         Metric(
-            "kills survived with every invariant holding",
+            "kills survived (recovery ran, no half-written bundle left, integrity ok)",
             totals["kills"],
             "kills",
             target=f"{kills}",
             met=totals["kills"] == kills,
         ),
         Metric("bundles sealed in all", totals["sealed"], "bundles"),
-        Metric("sealed bundles lost", 0, "bundles", target="0", met=True),
+        Metric(
+            "sealed bundles lost (verifier, after the run)",
+            totals["lost"],
+            "bundles",
+            target="0",
+            met=totals["lost"] == 0,
+        ),
+        Metric(
+            "bundles duplicated (verifier, after the run)",
+            totals["duplicated"],
+            "bundles",
+            target="0",
+            met=totals["duplicated"] == 0,
+        ),
+        Metric(
+            "live bundles where journal and disk disagree",
+            totals["disagree"],
+            "bundles",
+            target="0",
+            met=totals["disagree"] == 0,
+        ),
         Metric(
             "half-written bundles removed at recovery", totals.get("removed_partial", 0), "bundles"
         ),
         Metric("complete bundles sealed at recovery", totals.get("resealed", 0), "bundles"),
     ]
     res.notes.append(
-        f"ran {time.perf_counter() - start:.0f} s; an invariant broken would have "
-        "stopped the run with the reason"
+        f"ran {time.perf_counter() - start:.0f} s; lost, duplicated and disagreeing bundles "
+        "are counted by a verifier over the worker's fsync'd ledger, the journal and the disk "
+        "(benchmarks/crash_harness.py: verify); a half-written bundle left after recovery or a "
+        "failed integrity check would have stopped the run with the reason"
     )
     return res

@@ -30,6 +30,8 @@ from typing import Any
 
 from benchmarks.registry import BenchContext, BenchResult, Metric, benchmark
 
+#: The teacher's training: rendered views per SKU and epochs (full run; --quick: 12 and 2).
+TEACHER_VIEWS, TEACHER_EPOCHS = 32, 20
 STORES = {"bench-north": "store-north", "bench-south": "store-south", "bench-east": "store-east"}
 
 
@@ -117,12 +119,12 @@ def _train_teacher(root: Path, ctx: BenchContext) -> tuple[Path, str]:
             root=root / "datasets",
             catalogue_seed=profile.sim.catalogue_seed,
             catalogue_size=profile.sim.catalogue_size,
-            views=12 if ctx.quick else 32,
+            views=12 if ctx.quick else TEACHER_VIEWS,
             stores={s: (cond, side) for s, side in sides.items()},
         )
     )
     ds = open_dataset(str(folder))
-    epochs = 2 if ctx.quick else 20
+    epochs = 2 if ctx.quick else TEACHER_EPOCHS
     settings = TrainSettings(
         dataset=str(folder),
         out=str(root / "teacher"),

@@ -1,4 +1,5 @@
-"""The loopback ceiling for the sink's throughput: an ASGI app that reads and discards bodies."""
+"""A baseline for the sink's throughput: an ASGI app on the same server stack (uvicorn) that reads
+and discards bodies. Not an upper bound: the raw socket receiver in bench_sink is."""
 
 from __future__ import annotations
 

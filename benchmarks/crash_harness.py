@@ -113,40 +113,81 @@ def worker(data: Path) -> None:
             shutil.rmtree(bundles / victim.id, ignore_errors=True)
 
 
-def check(data: Path) -> dict[str, Any]:
-    """Recover, then check every invariant; returns counts, raises AssertionError if broken.
-    The ledger's "evicted" lines are written before the eviction commits (an intent), so a
-    bundle killed mid-eviction may be either gone or still live, never lost unannounced."""
+def verify(data: Path) -> dict[str, Any]:
+    """The verifier, over the worker's ledger, the journal and the disk (no recovery, no
+    asserts): ``lost`` are bundles the ledger says were sealed and never evicted that are not
+    live in the journal or not on disk; ``duplicated`` are extra copies, a clip (by its sha256)
+    in more than one live folder or a bundle id the ledger saw sealed twice."""
+    from capsight_edge.bundle.manifest import CLIP, MANIFEST, Manifest
+    from capsight_edge.journal.journal import Journal
+
+    bundles = data / "bundles"
+    ledger = (data / "ledger.txt").read_text().split() if (data / "ledger.txt").exists() else []
+    sealed_lines = [ledger[i + 1] for i in range(0, len(ledger), 2) if ledger[i] == "sealed"]
+    sealed = set(sealed_lines)
+    evicted = {ledger[i + 1] for i in range(0, len(ledger), 2) if ledger[i] == "evicted"}
+    journal = Journal(data / "journal.db")
+    try:
+        rows = {r.id: r for r in journal.bundles()}
+    finally:
+        journal.close()
+    live_rows = {i for i, r in rows.items() if r.state in LIVE}
+    folders = {p.name for p in bundles.iterdir() if p.name != ".partial"}
+    lost = sorted(b for b in sealed - evicted if b not in live_rows or b not in folders)
+    clips: dict[str, int] = {}
+    for b in folders:
+        try:
+            digest = Manifest.from_json((bundles / b / MANIFEST).read_bytes()).files[CLIP].sha256
+        except (OSError, ValueError, KeyError):
+            continue
+        clips[digest] = clips.get(digest, 0) + 1
+    duplicated = sum(n - 1 for n in clips.values()) + len(sealed_lines) - len(sealed)
+    return {
+        "sealed": len(sealed),
+        "evicted": len(evicted),
+        "lost": lost,
+        "lost_detail": [(b, rows[b].state if b in rows else None, b in folders) for b in lost[:5]],
+        "duplicated": duplicated,
+        "live_rows": live_rows,
+        "folders": folders,
+    }
+
+
+def check(data: Path, *, strict: bool = True) -> dict[str, Any]:
+    """Recover, then check every invariant; returns counts. ``strict``: raise AssertionError
+    at the first broken one; otherwise lost and duplicated bundles are counted and returned
+    (a benchmark measures them), the other invariants still raise. The ledger's "evicted"
+    lines are written before the eviction commits (an intent), so a bundle killed
+    mid-eviction may be either gone or still live, never lost unannounced."""
     from capsight_edge.bundle.manifest import verify_bundle
     from capsight_edge.journal.journal import Journal
     from capsight_edge.journal.recovery import recover
 
     journal = Journal(data / "journal.db")
     report = recover(journal, data)
+    journal.close()
     bundles, partial = data / "bundles", data / "bundles" / ".partial"
-    ledger = (data / "ledger.txt").read_text().split() if (data / "ledger.txt").exists() else []
-    sealed = {ledger[i + 1] for i in range(0, len(ledger), 2) if ledger[i] == "sealed"}
-    evicted = {ledger[i + 1] for i in range(0, len(ledger), 2) if ledger[i] == "evicted"}
-    rows = {r.id: r for r in journal.bundles()}
-    live_rows = {i for i, r in rows.items() if r.state in LIVE}
-    folders = {p.name for p in bundles.iterdir() if p.name != ".partial"}
-    lost = sorted(b for b in sealed - evicted if b not in live_rows or b not in folders)
-    detail = [(b, rows[b].state if b in rows else None, b in folders) for b in lost[:5]]
-    assert not lost, f"sealed bundles lost (id, journal state, folder present): {detail}"
-    assert live_rows == folders, (
-        f"journal and disk disagree: rows only {live_rows - folders}, "
-        f"folders only {folders - live_rows}"
-    )
+    v = verify(data)
+    if strict:
+        assert not v["lost"], (
+            f"sealed bundles lost (id, journal state, folder present): {v['lost_detail']}"
+        )
+        assert not v["duplicated"], f"{v['duplicated']} bundles duplicated"
+        assert v["live_rows"] == v["folders"], (
+            f"journal and disk disagree: rows only {v['live_rows'] - v['folders']}, "
+            f"folders only {v['folders'] - v['live_rows']}"
+        )
     assert not list(partial.iterdir()), "half-written bundles left in .partial"
-    for b in folders:
+    for b in v["folders"] & v["live_rows"]:
         verify_bundle(bundles / b)
     with sqlite3.connect(data / "journal.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    journal.close()
     return {
-        "sealed": len(sealed),
-        "evicted": len(evicted),
-        "live": len(live_rows),
+        "sealed": v["sealed"],
+        "evicted": v["evicted"],
+        "live": len(v["live_rows"]),
+        "lost": len(v["lost"]),
+        "duplicated": v["duplicated"],
         "resealed": len(report.resealed),
         "removed_partial": len(report.removed_partial),
         "adopted": len(report.adopted),
@@ -154,7 +195,11 @@ def check(data: Path) -> dict[str, Any]:
     }
 
 
-def crash_loop(data: Path, kills: int, seed: int = 0, max_wait_s: float = 0.8) -> dict[str, Any]:
+def crash_loop(
+    data: Path, kills: int, seed: int = 0, max_wait_s: float = 0.8, *, strict: bool = True
+) -> dict[str, Any]:
+    """``kills`` SIGKILLs of the worker at random moments, recovery and :func:`check` after
+    each. The totals end with the verifier's figures over the final journal and disk."""
     rng = random.Random(seed)
     data.mkdir(parents=True, exist_ok=True)
     totals: dict[str, Any] = {"kills": 0}
@@ -169,12 +214,16 @@ def crash_loop(data: Path, kills: int, seed: int = 0, max_wait_s: float = 0.8) -
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         totals["kills"] += 1
-        result = check(data)
+        result = check(data, strict=strict)
         for k, v in result.items():
             if k in ("resealed", "removed_partial", "adopted", "discarded"):
                 totals[k] = totals.get(k, 0) + v
             else:
                 totals[k] = v
+    final = verify(data)
+    totals["lost"] = len(final["lost"])
+    totals["duplicated"] = final["duplicated"]
+    totals["disagree"] = len(final["live_rows"] ^ final["folders"])
     return totals
 
 

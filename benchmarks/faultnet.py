@@ -56,7 +56,8 @@ class _LoopThread:
 class CuttingProxy(_LoopThread):
     """Forwards 127.0.0.1:``port`` to ``target_port``; every ``cut_every`` client bytes (0:
     never) both sockets are reset; :meth:`cut_answer` cuts one answer halfway. ``cuts`` counts
-    the resets, ``upstream_bytes`` what reached the server, ``downstream_bytes`` what came back."""
+    the resets, ``upstream_bytes`` what reached the server, ``client_bytes`` what the client
+    sent (forwarded or cut off), ``downstream_bytes`` what came back."""
 
     def __init__(self, target_port: int, cut_every: int = 0) -> None:
         super().__init__()
@@ -65,6 +66,7 @@ class CuttingProxy(_LoopThread):
         self.port = free_port()
         self.cuts = 0
         self.upstream_bytes = 0
+        self.client_bytes = 0  # everything the client sent, forwarded or cut off
         self._next_cut = cut_every
         self.downstream_bytes = 0
         self._cut_answer: tuple[bytes, int] | None = None
@@ -122,6 +124,8 @@ class CuttingProxy(_LoopThread):
                         if answer_left[0] > 0:
                             answer_left[0] -= len(data)
                         self.downstream_bytes += len(data)
+                    if up:
+                        self.client_bytes += len(data)
                     if up and self.cut_every:
                         room = self._next_cut - self.upstream_bytes
                         if len(data) >= room:

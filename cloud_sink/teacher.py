@@ -81,31 +81,36 @@ class Teacher:
 
     def predict(self, images: list[Any]) -> list[Prediction]:
         """One prediction per image (BGR ``uint8`` arrays, the frames' own size)."""
-        import numpy as np
-
         preds: list[Prediction] = []
         for start in range(0, len(images), self.batch):
             chunk = images[start : start + self.batch]
-            scores, boxes = self.session.run(
-                [self.card.outputs.scores, self.card.outputs.boxes],
-                {self.card.input.name: self._prepare(chunk)},
+            preds += self._read(chunk, self._prepare(chunk))
+        return preds
+
+    def _read(self, chunk: list[Any], batch: Any) -> list[Prediction]:
+        """Run the model on one prepared batch and read its answers for ``chunk``'s frames."""
+        import numpy as np
+
+        scores, boxes = self.session.run(
+            [self.card.outputs.scores, self.card.outputs.boxes], {self.card.input.name: batch}
+        )
+        scores, boxes = np.asarray(scores), np.asarray(boxes)
+        if scores.shape != (len(chunk), len(self.labels)) or boxes.shape != (len(chunk), 4):
+            raise TeacherError(
+                f"the model returned scores {scores.shape} and boxes {boxes.shape}; its card "
+                f"says [{len(chunk)}, {len(self.labels)}] and [{len(chunk)}, 4]"
             )
-            scores, boxes = np.asarray(scores), np.asarray(boxes)
-            if scores.shape != (len(chunk), len(self.labels)) or boxes.shape != (len(chunk), 4):
-                raise TeacherError(
-                    f"the model returned scores {scores.shape} and boxes {boxes.shape}; its card "
-                    f"says [{len(chunk)}, {len(self.labels)}] and [{len(chunk)}, 4]"
-                )
-            if not (np.isfinite(scores).all() and np.isfinite(boxes).all()):
-                raise TeacherError("the model returned NaN or infinity")
-            for img, s, b in zip(chunk, scores, boxes, strict=True):
-                k = int(np.argmax(s))
-                h, w = img.shape[:2]
-                sku = self.labels[k]
-                x0 = min(w - 1, int(np.clip(b[0], 0, 1) * w))
-                y0 = min(h - 1, int(np.clip(b[1], 0, 1) * h))
-                bw = max(1, min(w - x0, int(np.clip(b[2], 0, 1) * w)))
-                bh = max(1, min(h - y0, int(np.clip(b[3], 0, 1) * h)))
-                box = [x0, y0, bw, bh]
-                preds.append(Prediction(sku, float(np.clip(s[k], 0, 1)), box if sku else None, box))
+        if not (np.isfinite(scores).all() and np.isfinite(boxes).all()):
+            raise TeacherError("the model returned NaN or infinity")
+        preds: list[Prediction] = []
+        for img, s, b in zip(chunk, scores, boxes, strict=True):
+            k = int(np.argmax(s))
+            h, w = img.shape[:2]
+            sku = self.labels[k]
+            x0 = min(w - 1, int(np.clip(b[0], 0, 1) * w))
+            y0 = min(h - 1, int(np.clip(b[1], 0, 1) * h))
+            bw = max(1, min(w - x0, int(np.clip(b[2], 0, 1) * w)))
+            bh = max(1, min(h - y0, int(np.clip(b[3], 0, 1) * h)))
+            box = [x0, y0, bw, bh]
+            preds.append(Prediction(sku, float(np.clip(s[k], 0, 1)), box if sku else None, box))
         return preds

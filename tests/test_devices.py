@@ -261,3 +261,48 @@ def test_the_simulated_hands_put_weight_on_the_scale(tmp_path: Path) -> None:
         )
         added = next(e for e in hub.event_history if e.kind == "item_added")
         assert abs(added.delta_g - 500.0) < 40
+
+
+def test_studio_frames_show_a_cart_in_use_and_label_the_product_in_the_hand() -> None:
+    """Rendered product frames carry earlier picks lying in the basket, as a fleet's frames
+    do; the label (sku, box) is the product in the hand, never one of those."""
+    from capsight_edge.devices.studio import product_frame
+    from capsight_edge.scene.catalogue import Catalogue
+    from capsight_edge.scene.conditions import CLEAN
+
+    cat = Catalogue(12, seed=1)
+    crowded = 0
+    for seed in range(12):
+        sku = cat.products[seed].sku
+        got = product_frame(cat, sku, CLEAN, (320, 180), seed)
+        if got is None:
+            continue
+        _frame, truth = got
+        assert truth.moving_sku == sku and truth.item_bbox is not None
+        assert sku not in truth.placed
+        crowded += bool(truth.placed)
+    assert crowded >= 6
+
+
+def test_model_input_is_area_averaged_from_any_frame_size() -> None:
+    """to_input's two-step area average stays within a grey level or two of OpenCV's plain
+    INTER_AREA on a rendered 720p frame, and passes a frame of the model's size through."""
+    import numpy as np
+
+    from capsight_edge.devices.studio import product_frame
+    from capsight_edge.runtime.card import CardInput, to_input
+    from capsight_edge.scene.catalogue import Catalogue
+    from capsight_edge.scene.conditions import CLEAN
+
+    cat = Catalogue(6, seed=1)
+    frame = next(
+        got[0]
+        for s in range(20)
+        if (got := product_frame(cat, cat.products[0].sku, CLEAN, (1280, 720), s)) is not None
+    )
+    spec = CardInput(name="image", width=144, height=144, scale=1.0, mean=[0, 0, 0], std=[1, 1, 1])
+    ours = to_input([frame], spec)[0].transpose(1, 2, 0)[..., ::-1]  # back to HWC BGR
+    plain = cv2.resize(frame, (144, 144), interpolation=cv2.INTER_AREA).astype(np.float32)
+    assert float(np.abs(ours - plain).mean()) < 1.5
+    small = cv2.resize(frame, (144, 144), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(to_input([small], spec)[0].transpose(1, 2, 0)[..., ::-1], small)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.crash_harness import crash_loop, make_bundle
+from benchmarks.crash_harness import crash_loop, make_bundle, verify
 from capsight_edge.bundle.manifest import (
     CLIP,
     Manifest,
@@ -181,8 +181,19 @@ def test_recovery_reconciles_every_case(tmp_path: Path) -> None:
 
 
 def test_crash_loop_loses_nothing(tmp_path: Path) -> None:
-    totals = crash_loop(tmp_path / "data", kills=6, seed=1)
+    data = tmp_path / "data"
+    totals = crash_loop(data, kills=6, seed=1)
     assert totals["kills"] == 6 and totals["sealed"] > 0
+    assert (totals["lost"], totals["duplicated"], totals["disagree"]) == (0, 0, 0)
+    # The verifier counts what it claims to: a sealed bundle gone and one copied are seen.
+    ledger = (data / "ledger.txt").read_text().split()
+    sealed = {ledger[i + 1] for i in range(0, len(ledger), 2) if ledger[i] == "sealed"}
+    live = sorted(verify(data)["folders"] & sealed)
+    assert len(live) >= 2
+    shutil.rmtree(data / "bundles" / live[0])
+    shutil.copytree(data / "bundles" / live[1], data / "bundles" / "a-copy")
+    after = verify(data)
+    assert after["lost"] == [live[0]] and after["duplicated"] == 1
 
 
 def test_guard_pauses_evicts_by_worth_and_resumes(tmp_path: Path) -> None:

@@ -47,7 +47,11 @@ def product_frame(
         scanned=rng.random() < 0.75,
         scan_s=scan_s,
     )
-    scenario = Scenario(duration_s=6.0, items=[ev], seed=seed)
+    # A cart in use: up to four products already lie in the basket, the shopper's earlier
+    # picks (a recogniser trained on lone products mistakes those for the one in the hand).
+    scenario = Scenario(
+        duration_s=6.0, items=[*_in_basket(catalogue, rng, avoid=sku), ev], seed=seed
+    )
     renderer = SceneRenderer(
         scenario,
         catalogue,
@@ -82,7 +86,19 @@ def no_product_frame(
     """A frame with no product in hand: the basket (empty or with items in it), a hand waving
     over it now and then."""
     rng = random.Random(seed)
-    items = [
+    items = _in_basket(catalogue, rng)
+    waves = [HandWave(t_s=3.0, duration_s=2.0)] if rng.random() < 0.4 else []
+    scenario = Scenario(duration_s=6.0, items=items, waves=waves, seed=seed)
+    renderer = SceneRenderer(
+        scenario, catalogue, width=size[0], height=size[1], seed=seed, conditions=store
+    )
+    return renderer.render(rng.uniform(3.1, 4.9) if waves else 5.0)
+
+
+def _in_basket(catalogue: Any, rng: random.Random, avoid: str = "") -> list[ItemEvent]:
+    """0 to 4 products put in the basket before the frame (none of them ``avoid``)."""
+    choices = [p for p in catalogue.products if p.sku != avoid]
+    return [
         ItemEvent(
             t_s=0.5 + i * 0.01,
             grams=p.weight_g,
@@ -93,11 +109,5 @@ def no_product_frame(
             scanned=False,
             scan_s=0.0,
         )
-        for i, p in enumerate(rng.sample(catalogue.products, rng.randrange(0, 4)))
+        for i, p in enumerate(rng.sample(choices, min(len(choices), rng.randrange(0, 5))))
     ]
-    waves = [HandWave(t_s=3.0, duration_s=2.0)] if rng.random() < 0.4 else []
-    scenario = Scenario(duration_s=6.0, items=items, waves=waves, seed=seed)
-    renderer = SceneRenderer(
-        scenario, catalogue, width=size[0], height=size[1], seed=seed, conditions=store
-    )
-    return renderer.render(rng.uniform(3.1, 4.9) if waves else 5.0)

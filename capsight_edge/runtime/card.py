@@ -112,10 +112,20 @@ def to_input(images: list[Any], spec: CardInput) -> Any:
 
     small = np.empty((len(images), spec.height, spec.width, 3), np.uint8)
     for i, img in enumerate(images):
-        if img.shape[:2] == (spec.height, spec.width):
+        h, w = img.shape[:2]
+        if (h, w) == (spec.height, spec.width):
             small[i] = img
-        else:
-            small[i] = cv2.resize(img, (spec.width, spec.height), interpolation=cv2.INTER_AREA)
+            continue
+        # Area averaging in two steps: first by the largest whole factor k (OpenCV's fast path
+        # for whole factors; the last w % k columns and h % k rows are dropped), then to the
+        # model's size. Near a plain INTER_AREA (within a grey level on average) at about half
+        # its cost on a 720p frame, where the plain resize was half of the teacher's time.
+        k = min(w // spec.width, h // spec.height)
+        if k >= 2:
+            img = cv2.resize(
+                img[: h - h % k, : w - w % k], (w // k, h // k), interpolation=cv2.INTER_AREA
+            )
+        small[i] = cv2.resize(img, (spec.width, spec.height), interpolation=cv2.INTER_AREA)
     if spec.color == "RGB":
         small = small[..., ::-1]
     # (x * scale - mean) / std as one multiply-add per value, NCHW.
