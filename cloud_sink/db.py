@@ -178,6 +178,23 @@ class IngestItem:
     attempts: int
 
 
+@dataclass(frozen=True)
+class _Result:
+    """A statement's rows, read whole, and how many rows it changed."""
+
+    rows: list[sqlite3.Row]
+    rowcount: int
+
+    def fetchone(self) -> Any:  # a Row, or None: as sqlite3's own cursor types it
+        return self.rows[0] if self.rows else None
+
+    def fetchall(self) -> list[sqlite3.Row]:
+        return self.rows
+
+    def __iter__(self) -> Iterator[sqlite3.Row]:
+        return iter(self.rows)
+
+
 class SinkDB:
     """Thread-safe (one connection, one lock)."""
 
@@ -204,10 +221,14 @@ class SinkDB:
         row = self._exec("SELECT MAX(version) FROM schema_migrations").fetchone()
         return int(row[0] or 0)
 
-    def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+    def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> _Result:
+        """Run one statement and read all its rows under the lock: a cursor read later, while
+        another thread writes through the same connection, can skip or repeat rows (SQLite
+        leaves that undefined; it once made the ingest queue look empty while it was not)."""
         with self._lock:
             try:
-                return self._db.execute(sql, args)
+                cur = self._db.execute(sql, args)
+                return _Result(cur.fetchall() if cur.description else [], cur.rowcount)
             except sqlite3.Error as exc:
                 raise SinkError(f"{self.path}: {exc}") from exc
 

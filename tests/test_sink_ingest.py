@@ -305,3 +305,38 @@ def test_an_ingest_that_keeps_failing_ends_corrupt_not_in_limbo(tmp_path: Path) 
         arrive(name, 2)
     ingest.run_pending()
     assert index.get("lim-1", "cart-a")["status"] == "ok"  # type: ignore[index]
+
+
+def test_queue_counts_read_while_another_thread_works_the_queue_are_whole(tmp_path: Path) -> None:
+    """The sink shares one SQLite connection between threads: a count read while the ingest
+    worker finishes items must see every item, pending or done (a cursor read outside the
+    lock once reported an empty queue while the last upload still waited)."""
+    import threading
+
+    from cloud_sink.db import SinkDB
+
+    db = SinkDB(tmp_path / "sink.db")
+    n = 400
+    for i in range(n):
+        upload_id = f"u{i}".ljust(32, "x")
+        db.create_upload(upload_id, "cart-a", 1, {}, 1e12)
+        assert db.complete(upload_id)
+    seen: list[dict[str, int]] = []
+    worker_done = threading.Event()
+
+    def work() -> None:
+        while (item := db.claim_ingest()) is not None:
+            db.finish_ingest(item.seq, "done")
+        worker_done.set()
+
+    t = threading.Thread(target=work)
+    t.start()
+    while not worker_done.is_set():
+        seen.append(db.ingest_counts())
+    t.join()
+    assert all(c["pending"] + c["done"] == n for c in seen), [
+        c for c in seen if c["pending"] + c["done"] != n
+    ][:3]
+    pending = [c["pending"] for c in seen]
+    assert pending == sorted(pending, reverse=True)
+    assert db.ingest_counts() == {"pending": 0, "done": n, "failed": 0}
