@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.machine import describe_machine
 from benchmarks.registry import BENCHMARKS, BenchContext, BenchResult, Metric
+from capsight_edge.machine import describe_machine, machine_line
 
 MODULES = (
     "benchmarks.bench_profile",
@@ -57,17 +57,6 @@ def _base(m: dict[str, Any]) -> str:
         return ""
     name = f" ({m['baseline_name']})" if m.get("baseline_name") else ""
     return f"{_fmt(m['baseline'])}{name}"
-
-
-def machine_line(machine: dict[str, Any]) -> str:
-    git = machine.get("git") or {}
-    commit = (git.get("commit") or "unknown")[:12]
-    dirty = " with uncommitted changes" if git.get("dirty") else ""
-    return (
-        f"{machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
-        f"GPU: {machine['gpu'] or 'none'}, {machine.get('os', '')}, Python {machine['python']}; "
-        f"code at commit {commit}{dirty}"
-    )
 
 
 def targets(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

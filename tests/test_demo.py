@@ -113,3 +113,17 @@ def test_an_interrupted_demo_stops_everything_it_started(tmp_path: Path) -> None
     assert "demo interrupted" in rest and str(out) in rest
     assert not processes_naming(out)
     assert (out / "demo-summary.json").is_file()
+
+
+def test_the_committed_demo_report_is_one_full_runs_output() -> None:
+    """README's "The last full run" links to docs/demo/ instead of quoting figures: it must be
+    what one default run wrote, from committed code."""
+    from capsight_edge.demo.flywheel import report_markdown
+
+    folder = ROOT / "docs" / "demo"
+    summary = json.loads((folder / "demo-summary.json").read_text())
+    assert not summary["settings"]["quick"]
+    assert summary["machine"]["git"]["commit"] and summary["machine"]["git"]["dirty"] is False
+    assert (folder / "demo-report.md").read_text() == report_markdown(summary) + "\n"
+    for plot in summary["plots"]:
+        assert (folder / plot).read_bytes()[:4] == b"\x89PNG"

@@ -54,6 +54,7 @@ from capsight_edge.demo.fleet import (
     run_carts,
     summarise_fleet,
 )
+from capsight_edge.machine import describe_machine, machine_line
 
 PY = sys.executable
 SINK = (PY, "-m", "cloud_sink.cli")
@@ -598,6 +599,8 @@ def run_demo(s: Settings) -> int:
             "quick": s.quick,
             "profile": profile.name,
         },
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": describe_machine(),
     }
     d.say(
         f"== capsight demo: {n_carts} carts in {n_stores} stores on profile {profile.name}, "
@@ -839,6 +842,8 @@ def report_markdown(summary: dict[str, Any]) -> str:
         f"Profile `{st['profile']}`, {st['seconds_per_round']:.0f} s per cart in round 1, "
         f"seed {st['seed']}" + (", --quick" if st["quick"] else "") + ".",
     ]
+    if "machine" in summary:
+        lines += ["", f"Run {summary['created_utc']} on {machine_line(summary['machine'])}."]
     released = summary.get("gate", {}).get("fleet", {}).get("decision") == "release"
     for key, title in (
         ("round1", "Round 1: the fleet collects"),

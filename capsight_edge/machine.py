@@ -1,5 +1,6 @@
-"""What a benchmark run ran on and what it ran: CPU model, cores, memory, GPU, OS, Python and key
-package versions, and the git commit with a dirty flag (figures from uncommitted code say so)."""
+"""What a run (a benchmark run, the demo) ran on and what it ran: CPU model, cores, memory, GPU,
+OS, Python and key package versions, and the git commit with a dirty flag (figures from
+uncommitted code say so; outside a git checkout, the commit is None)."""
 
 from __future__ import annotations
 
@@ -106,3 +107,15 @@ def describe_machine() -> dict[str, Any]:
         "packages": package_versions(),
         "git": git_state(),
     }
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    """One line for a report's reader: the machine and the code's commit."""
+    git = machine.get("git") or {}
+    commit = (git.get("commit") or "unknown")[:12]
+    dirty = " with uncommitted changes" if git.get("dirty") else ""
+    return (
+        f"{machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
+        f"GPU: {machine['gpu'] or 'none'}, {machine.get('os', '')}, Python {machine['python']}; "
+        f"code at commit {commit}{dirty}"
+    )
