@@ -100,6 +100,11 @@ MIGRATIONS: list[Migration] = [
     CREATE INDEX uploads_device ON uploads(device, completed_utc, terminated);
     ALTER TABLE bundle_files ADD COLUMN encoding TEXT NOT NULL DEFAULT '';
     """,
+    # 5: the sha256 the sink verified for a whole upload sent in one checksummed request (ingest
+    #    need not read the file again to know it)
+    """
+    ALTER TABLE uploads ADD COLUMN sha256 TEXT;
+    """,
 ]
 
 
@@ -151,6 +156,7 @@ class Upload:
     completed_utc: str | None
     terminated: bool
     removed_utc: str | None = None  # its data file is gone (expired, or its bundle is stored)
+    sha256: str | None = None  # hex; verified by the sink over the whole upload in one request
 
 
 @dataclass(frozen=True)
@@ -337,6 +343,7 @@ class SinkDB:
             r["completed_utc"],
             bool(r["terminated"]),
             r["removed_utc"],
+            r["sha256"],
         )
 
     def set_length(self, upload_id: str, length: int) -> None:
@@ -344,14 +351,15 @@ class SinkDB:
             "UPDATE uploads SET length = ? WHERE id = ? AND length IS NULL", (length, upload_id)
         )
 
-    def complete(self, upload_id: str) -> bool:
+    def complete(self, upload_id: str, sha256: str | None = None) -> bool:
         """Mark complete and queue its ingest, in one transaction; True only the first time
-        (an upload is ingested once)."""
+        (an upload is ingested once). ``sha256``: the whole upload's, when the sink verified
+        it in one request."""
         with self.transaction() as db:
             cur = db.execute(
-                "UPDATE uploads SET completed_utc = ?, completed_ts = ? WHERE id = ? AND "
-                "completed_utc IS NULL AND terminated = 0",
-                (utc_now(), time.time(), upload_id),
+                "UPDATE uploads SET completed_utc = ?, completed_ts = ?, sha256 = ? WHERE id = ? "
+                "AND completed_utc IS NULL AND terminated = 0",
+                (utc_now(), time.time(), sha256, upload_id),
             )
             if cur.rowcount != 1:
                 return False

@@ -532,7 +532,10 @@ class TusApp:
                     marker.unlink(missing_ok=True)
             new_offset = os.fstat(fd).st_size
         if up.length is not None and new_offset == up.length:
-            completed = await asyncio.to_thread(self.db.complete, up.id)  # and queued for ingest
+            # One sha256-checksummed request carried the whole upload: its digest is the file's.
+            whole = digest.hexdigest() if digest is not None and current == 0 else None
+            sha256 = whole if checksum and checksum.startswith("sha256 ") else None
+            completed = await asyncio.to_thread(self.db.complete, up.id, sha256)  # and queued
             if completed:
                 up = self.db.get_upload(up.id) or up
                 log.info("upload %s from %s complete (%d bytes)", up.id, up.device, new_offset)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,20 +36,35 @@ def sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sink, str, 
     s.stop()
 
 
-def upload(s: Sink, token: str, path: Path, bundle_id: str) -> None:
+def upload(s: Sink, token: str, path: Path, bundle_id: str, *, checksum: str = "") -> None:
+    """The whole file in the creation request; ``checksum``: with an ``Upload-Checksum`` of
+    that algorithm."""
     data = path.read_bytes()
     meta = ",".join(
         f"{k} {base64.b64encode(v.encode()).decode()}"
         for k, v in (("bundle_id", bundle_id), ("filename", path.name))
     )
-    r = httpx.post(
-        s.url + "/files/",
-        headers=tus_headers(
-            token, **OCTETS, **{"Upload-Length": str(len(data)), "Upload-Metadata": meta}
-        ),
-        content=data,
-    )
+    extra = {"Upload-Length": str(len(data)), "Upload-Metadata": meta}
+    if checksum:
+        digest = base64.b64encode(hashlib.new(checksum, data).digest()).decode()
+        extra["Upload-Checksum"] = f"{checksum} {digest}"
+    r = httpx.post(s.url + "/files/", headers=tus_headers(token, **OCTETS, **extra), content=data)
     assert r.status_code == 201 and r.headers["Upload-Offset"] == str(len(data)), r.text
+
+
+def verified_on_arrival(s: Sink, bundle_id: str) -> dict[str, str | None]:
+    """filename -> the sha256 the sink recorded for that upload (read from its database)."""
+    db = sqlite3.connect(s.data / "sink.db")
+    try:
+        rows = db.execute("SELECT metadata, sha256 FROM uploads").fetchall()
+    finally:
+        db.close()
+    out = {}
+    for meta, sha in rows:
+        m = json.loads(meta)
+        if m.get("bundle_id") == bundle_id:
+            out[m["filename"]] = sha
+    return out
 
 
 def ingested(s: Sink, admin: str) -> None:
@@ -340,3 +357,32 @@ def test_queue_counts_read_while_another_thread_works_the_queue_are_whole(tmp_pa
     pending = [c["pending"] for c in seen]
     assert pending == sorted(pending, reverse=True)
     assert db.ingest_counts() == {"pending": 0, "done": n, "failed": 0}
+
+
+def test_a_file_verified_whole_on_arrival_is_trusted_and_anything_else_is_hashed(
+    sink: tuple[Sink, str, str, str], tmp_path: Path
+) -> None:
+    """One sha256-checksummed request for a whole file: the sink records the digest it
+    verified, and ingest takes it for the manifest's instead of reading the file again. A sha1
+    checksum or none records nothing (ingest hashes), and a verified digest that is not the
+    manifest's is no shortcut: the file is hashed and the bundle is corrupt."""
+    s, a, _, admin = sink
+    good = make_bundle(tmp_path / "v1", "verified-1")
+    for name in (CLIP, SENSORS, MANIFEST):
+        upload(s, a, good / name, "verified-1", checksum="sha256" if name != SENSORS else "sha1")
+    manifest = json.loads((good / MANIFEST).read_text())
+    recorded = verified_on_arrival(s, "verified-1")
+    assert recorded[CLIP] == manifest["files"][CLIP]["sha256"]
+    assert recorded[SENSORS] is None  # sha1: not the manifest's kind of digest
+    (row,) = [r for r in query(s, admin) if r["bundle_id"] == "verified-1"]
+    assert row["status"] == "ok"
+
+    changed = make_bundle(tmp_path / "v2", "verified-2")
+    clip = changed / CLIP
+    clip.write_bytes(clip.read_bytes()[:-1] + b"\0")  # no longer what the manifest states
+    for name in (CLIP, SENSORS, MANIFEST):
+        upload(s, a, changed / name, "verified-2", checksum="sha256")
+    sent = hashlib.sha256(clip.read_bytes()).hexdigest()
+    assert verified_on_arrival(s, "verified-2")[CLIP] == sent
+    (row,) = [r for r in query(s, admin) if r["bundle_id"] == "verified-2"]
+    assert row["status"] == "corrupt" and "sha256/size differ" in str(row["reason"])
