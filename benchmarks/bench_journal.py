@@ -5,7 +5,9 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+from benchmarks.plots import save_plot
 from benchmarks.registry import BenchContext, BenchResult, Metric, benchmark
 
 
@@ -34,6 +36,20 @@ def bench_journal(ctx: BenchContext) -> BenchResult:
         latencies.append(time.perf_counter() - t0)
     single = m / (time.perf_counter() - start)
     latencies.sort()
+    # Transitions per second against the transaction's size, the same work at each size.
+    sweep: list[tuple[int, float]] = []
+    work = 2_000 if ctx.quick else 10_000
+    for size in (1, 2, 10, 50, 200, 1000):
+        count = work if size > 1 else m
+        start = time.perf_counter()
+        for b in range(0, count, size):
+            with j.batch():
+                for i in range(b, min(count, b + size) - 1, 2):
+                    j.add_recording(f"s{size}-{i}", priority=1, rule="r")
+                    j.mark_sealed(f"s{size}-{i}", {})
+                if size == 1:
+                    j.add_recording(f"s1-{b}", priority=1, rule="r")
+        sweep.append((size, count / (time.perf_counter() - start)))
     j.close()
     res = BenchResult("journal", "SQLite journal (WAL, synchronous=FULL) on this machine's disk")
     res.metrics += [
@@ -61,6 +77,17 @@ def bench_journal(ctx: BenchContext) -> BenchResult:
         f"{2 * n} batched and {m} single transitions; fsync per commit on this disk; "
         "SD cards and eMMC are far slower"
     )
+
+    def draw(ax: Any) -> None:
+        ax.plot([x for x, _ in sweep], [y for _, y in sweep], marker="o")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.axhline(20_000, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_xlabel("transitions per transaction")
+        ax.set_ylabel("transitions/s (dashed: target)")
+        ax.set_title("journal: SQLite WAL, synchronous=FULL, this machine's disk", fontsize=9)
+
+    res.plots.append(save_plot(ctx, "journal_batch", draw))
     return res
 
 

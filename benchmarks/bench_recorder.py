@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_camera import _frames, _publisher
+from benchmarks.plots import save_plot
 from benchmarks.registry import BenchContext, BenchResult, Metric, benchmark
 
 
@@ -123,6 +124,25 @@ def bench_preroll(ctx: BenchContext) -> BenchResult:
     res.notes.append(
         f"raw wins on CPU unless clips open more often than every {breakeven:.0f} s of cart time"
     )
+
+    def draw(ax: Any) -> None:
+        points = (
+            ("continuous encode, packet ring", 100 * encoded_cpu, ring.bytes / 2**20),
+            ("raw I420 ring", 100 * raw_cpu, raw.bytes / 2**20),
+        )
+        for label, cpu, mib in points:
+            ax.scatter([mib], [cpu], s=60, label=label)
+        ax.set_xlabel("memory held for 3 s of pre-roll (MiB)")
+        ax.set_ylabel("CPU with no clip open (% of one core)")
+        ax.set_title(
+            f"preroll at 1280x720, 15 fps (raw: + {1000 * burst_s:.0f} ms of CPU per clip)",
+            fontsize=9,
+        )
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
+
+    res.plots.append(save_plot(ctx, "preroll_cpu_memory", draw))
     return res
 
 
@@ -132,13 +152,14 @@ def _infer_proc(bus_q: Any, out_q: Any, model: str, seconds: float) -> None:
     loop = InferenceLoop(bus_q.get(timeout=60), model, rate_hz=15.0, threads=1)
     loop.run(1.0)  # warm up
     loop.stats = type(loop.stats)()
-    out_q.put(loop.run(seconds).summary())
+    stats = loop.run(seconds)
+    out_q.put({**stats.summary(), "latencies_ms": list(stats.latencies_ms)})
     loop.close()
 
 
 def _inference_case(
     model: str, seconds: float, mode: str | None, recording: bool
-) -> tuple[dict[str, float], dict[str, Any]]:
+) -> tuple[dict[str, Any], dict[str, Any]]:
     from capsight_edge.collector import Collector
     from capsight_edge.profile import load_profile
     from capsight_edge.recorder.recorder import Recorder
@@ -236,6 +257,20 @@ def bench_inference_regression(ctx: BenchContext) -> BenchResult:
         Metric("late inference steps, recording", raw_rec["late"], "steps", off["late"], "off"),
         Metric("frames the encoder skipped while recording", raw_extra.get("skipped", 0), "frames"),
     ]
+
+    def draw(ax: Any) -> None:
+        for label, case in (("collection off", off), ("recording (CPU encoder)", raw_rec)):
+            xs = sorted(case["latencies_ms"])
+            ax.step(xs, [(i + 1) / len(xs) for i in range(len(xs))], where="post", label=label)
+        ax.axhline(0.99, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_xlabel("inference latency (ms)")
+        ax.set_ylabel("share of steps at or under (dashed: p99)")
+        ax.set_title(
+            f"inference_regression: reference CNN, 15 Hz, {seconds:.0f} s each", fontsize=9
+        )
+        ax.legend(fontsize=8, loc="lower right")
+
+    res.plots.append(save_plot(ctx, "inference_latency_cdf", draw))
     # The same, with the cart's real ModelRuntime as the AI (the recogniser it pulled from a
     # real registry and verified), its health watch included.
     from benchmarks.push import served_registry

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.plots import save_plot
 from benchmarks.registry import BenchContext, BenchResult, Metric, benchmark
 from benchmarks.weight_eval import calibration_for, score, simulate_samples
 from capsight_edge.sensors.weight import RawSample, WeightEvent, WeightPipeline
@@ -138,6 +139,19 @@ def bench_weight_events(ctx: BenchContext) -> BenchResult:
         f"{truth} item events in {len(seeds)} scenarios, {len(bumpy.bumps)} bumps "
         "in the no-item scenario; settle = ringing below 2 g"
     )
+
+    def draw(ax: Any) -> None:
+        top = 1000 * max(ours_lat + base_lat)
+        bins = [top * i / 30 for i in range(31)]
+        ax.hist([1000 * x for x in base_lat], bins=bins, alpha=0.6, label="anchor (baseline)")
+        ax.hist([1000 * x for x in ours_lat], bins=bins, alpha=0.6, label="ours")
+        ax.axvline(600, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_xlabel("latency after the load settles (ms; dashed: the 600 ms target)")
+        ax.set_ylabel("item events")
+        ax.set_title(f"weight_events: event latency, {truth} events", fontsize=9)
+        ax.legend(fontsize=8)
+
+    res.plots.append(save_plot(ctx, "weight_events_latency", draw))
     return res
 
 

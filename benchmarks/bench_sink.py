@@ -16,9 +16,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from benchmarks.plots import save_plot
 from benchmarks.registry import BenchContext, BenchResult, Metric, benchmark
 from capsight_edge.localsink import LocalSink, free_port, wait_http
 
@@ -272,12 +274,21 @@ def bench_sink_fleet(ctx: BenchContext) -> BenchResult:
         return stored.read_bytes() == body
 
     start = time.perf_counter()
+    sweep: list[tuple[int, float]] = []  # (devices at once, MiB/s), the same work at each
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(devices, 32)) as pool:
             ok = list(pool.map(one, range(devices)))
+        spent = time.perf_counter() - start
+        files = 16 if ctx.quick else 32
+        for k, at_once in enumerate((1, 2, 4, 8, 16, 32)):
+            t0 = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(max_workers=at_once) as pool:
+                first = devices + k * files
+                ok_sweep = list(pool.map(one, range(first, first + files)))
+            assert all(ok_sweep), f"{at_once} at once: an upload was not byte-identical"
+            sweep.append((at_once, files * size / 2**20 / (time.perf_counter() - t0)))
     finally:
         sink.stop()
-    spent = time.perf_counter() - start
     res = BenchResult(
         "sink_fleet",
         f"{devices} simulated devices each uploading a "
@@ -293,6 +304,22 @@ def bench_sink_fleet(ctx: BenchContext) -> BenchResult:
         ),
         Metric("aggregate throughput", devices * size / 2**20 / spent, "MiB/s"),
     ]
+    res.notes.append(
+        "throughput against devices uploading at once, the same files at each count: "
+        + ", ".join(f"{k}: {v:.0f} MiB/s" for k, v in sweep)
+    )
+
+    def draw(ax: Any) -> None:
+        ax.plot([k for k, _ in sweep], [v for _, v in sweep], marker="o")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("devices uploading at once (threads of one client process)")
+        ax.set_ylabel("aggregate MiB/s")
+        ax.set_ylim(bottom=0)
+        ax.set_title(
+            f"sink_fleet: {size / 2**20:g} MiB files, 1 MiB checksummed chunks", fontsize=9
+        )
+
+    res.plots.append(save_plot(ctx, "sink_fleet_concurrency", draw))
     return res
 
 

@@ -17,11 +17,13 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from benchmarks.bench_sink import _sink
 from benchmarks.bundles import seal_bundle
 from benchmarks.crash_harness import make_bundle
 from benchmarks.faultnet import CuttingProxy
+from benchmarks.plots import save_plot
 from benchmarks.registry import BenchContext, BenchResult, Metric, benchmark
 from capsight_edge.bundle.manifest import CLIP, MANIFEST, SENSORS, sha256_file
 from capsight_edge.journal.journal import Journal
@@ -47,7 +49,11 @@ def payload_bundles(journal: Journal, data: Path, prefix: str, n: int, clip_byte
     return total
 
 
-def _rate_window(url: str, port: int, token: str, rate_bps: int, window_s: float) -> float:
+def _rate_window(
+    url: str, port: int, token: str, rate_bps: int, window_s: float
+) -> tuple[float, list[tuple[float, float]]]:
+    """The achieved rate over the window, and (seconds into the window, bit/s over the last
+    half second) every half second through it."""
     work = Path(tempfile.mkdtemp(prefix="capsight-rate-"))
     journal = Journal(work / "journal.db")
     need = int(rate_bps / 8 * (window_s + 4) * 1.3)
@@ -66,14 +72,20 @@ def _rate_window(url: str, port: int, token: str, rate_bps: int, window_s: float
     try:
         time.sleep(3.0)  # past the first chunk's creation: measure the steady state
         b0, t0 = proxy.upstream_bytes, time.monotonic()
-        time.sleep(window_s)
+        series: list[tuple[float, float]] = []
+        last_b, last_t = b0, t0
+        while (now := time.monotonic()) < t0 + window_s:
+            time.sleep(min(0.5, t0 + window_s - now))
+            b, t = proxy.upstream_bytes, time.monotonic()
+            series.append((t - t0, (b - last_b) * 8 / max(1e-6, t - last_t)))
+            last_b, last_t = b, t
         b1, t1 = proxy.upstream_bytes, time.monotonic()
     finally:
         runner.stop()
         proxy.stop()
         journal.close()
         shutil.rmtree(work, ignore_errors=True)
-    return (b1 - b0) * 8 / (t1 - t0)
+    return (b1 - b0) * 8 / (t1 - t0), series
 
 
 def _interrupted(
@@ -201,8 +213,9 @@ def bench_upload(ctx: BenchContext) -> BenchResult:
         "throughput against tuspy",
     )
     try:
+        over_time: dict[int, list[tuple[float, float]]] = {}
         for cap in (1_000_000, 8_000_000, 40_000_000):
-            got = _rate_window(url, port, token, cap, window)
+            got, over_time[cap] = _rate_window(url, port, token, cap, window)
             res.metrics.append(
                 Metric(
                     f"achieved rate, cap {cap / 1e6:g} Mbit/s ({window:.0f} s window)",
@@ -214,6 +227,22 @@ def bench_upload(ctx: BenchContext) -> BenchResult:
                     abs(got / cap - 1) <= 0.05,
                 )
             )
+
+        def draw(ax: Any) -> None:
+            for cap, series in over_time.items():
+                ax.plot(
+                    [t for t, _ in series],
+                    [r / cap for _, r in series],
+                    marker=".",
+                    label=f"cap {cap / 1e6:g} Mbit/s",
+                )
+            ax.axhspan(0.95, 1.05, color="grey", alpha=0.15)
+            ax.set_xlabel("seconds into the window")
+            ax.set_ylabel("rate on the wire / cap (each 0.5 s)")
+            ax.set_title("upload: achieved rate over time at each cap (band: +/-5%)", fontsize=9)
+            ax.legend(fontsize=8)
+
+        res.plots.append(save_plot(ctx, "upload_rate_over_time", draw))
         cut = _interrupted(sink, token, ctx.quick)
         clean = _interrupted(sink, sink.add_device("bench-clean"), ctx.quick, device="bench-clean",
                              cut_every=0)  # fmt: skip

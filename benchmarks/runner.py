@@ -28,6 +28,7 @@ MODULES = (
     "benchmarks.bench_journal",
     "benchmarks.bench_sink",
     "benchmarks.bench_upload",
+    "benchmarks.bench_wifi",
     "benchmarks.bench_abuse",
     "benchmarks.bench_prelabel",
     "benchmarks.bench_train",

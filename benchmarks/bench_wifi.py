@@ -1,0 +1,308 @@
+"""A store's network, not loopback: the sink in its own network namespace, the uploader (ours,
+then tuspy, on the same files) in this one, joined by a veth pair shaped with ``tc``: a rate
+(``tbf``), and where the kernel has ``sch_netem`` a round-trip delay and a loss rate; the link
+goes down for a few seconds on a fixed schedule (an access point dropping out).
+
+Reported: goodput as a share of the shaped rate over the seconds the link was up, the time to
+drain the queue, and the bytes that crossed the wire per byte of the files (headers, protocol,
+retransmissions and anything sent again), for both uploaders. Needs root, ``ip`` and ``tc``;
+without them it is skipped with the reason. Without ``sch_netem`` (this project's CI machine)
+it runs with the rate and the outages only and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.bench_upload import payload_bundles
+from benchmarks.registry import BenchContext, BenchResult, Metric, benchmark
+from capsight_edge.bundle.manifest import CLIP, MANIFEST, SENSORS
+from capsight_edge.journal.journal import Journal
+from capsight_edge.localsink import free_port, wait_http
+from capsight_edge.uploader.uploader import Uploader
+
+HOST_IP, SINK_IP = "10.77.0.1", "10.77.0.2"
+
+
+@dataclass
+class Link:
+    rate_mbit: float = 10.0
+    rtt_ms: float = 40.0
+    loss_pct: float = 1.0
+    outage_s: float = 5.0
+    outage_every_s: float = 60.0
+    first_outage_s: float = 20.0
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=30)
+
+
+def why_not() -> str:
+    """Why this machine cannot run the benchmark ('' when it can)."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces and tc)"
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            return f"needs {tool} (iproute2)"
+    return ""
+
+
+class ShapedNet:
+    """A namespace for the sink and a shaped veth pair to it; removed on close."""
+
+    def __init__(self, link: Link) -> None:
+        tag = f"{os.getpid() % 100000}"
+        self.ns, self.host_if, self.ns_if = f"capsight-wifi-{tag}", f"csw{tag}a", f"csw{tag}b"
+        self.link = link
+        self.netem = False
+        self.tx0 = 0
+
+    def __enter__(self) -> ShapedNet:
+        steps = [
+            ("ip", "netns", "add", self.ns),
+            ("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if),
+            ("ip", "link", "set", self.ns_if, "netns", self.ns),
+            ("ip", "addr", "add", f"{HOST_IP}/24", "dev", self.host_if),
+            ("ip", "link", "set", self.host_if, "up"),
+            *self._in_ns(("ip", "addr", "add", f"{SINK_IP}/24", "dev", self.ns_if)),
+            *self._in_ns(("ip", "link", "set", self.ns_if, "up")),
+            *self._in_ns(("ip", "link", "set", "lo", "up")),
+        ]
+        try:
+            for step in steps:
+                res = _run(*step)
+                if res.returncode != 0:
+                    raise RuntimeError(f"{' '.join(step)}: {res.stderr.strip()}")
+            self._shape()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _in_ns(self, cmd: tuple[str, ...]) -> list[tuple[str, ...]]:
+        return [("ip", "netns", "exec", self.ns, *cmd)]
+
+    def _shape(self) -> None:
+        """Upload direction (host -> sink): delay and loss (netem, where the kernel has it),
+        then the rate (tbf). The other direction (the sink's answers, TCP's ACKs): the delay."""
+        ln = self.link
+        rate = f"{ln.rate_mbit}mbit"
+        half = f"{ln.rtt_ms / 2:g}ms"
+        netem = _run(
+            "tc", "qdisc", "add", "dev", self.host_if, "root", "handle", "1:", "netem",
+            "delay", half, "loss", f"{ln.loss_pct:g}%",
+        )  # fmt: skip
+        self.netem = netem.returncode == 0
+        parent = ("parent", "1:1", "handle", "2:") if self.netem else ("root", "handle", "1:")
+        res = _run(
+            "tc", "qdisc", "add", "dev", self.host_if, *parent, "tbf", "rate", rate,
+            "burst", "32kbit", "latency", "400ms",
+        )  # fmt: skip
+        if res.returncode != 0:
+            raise RuntimeError(f"tc tbf: {res.stderr.strip()}")
+        if self.netem:
+            for step in self._in_ns(
+                ("tc", "qdisc", "add", "dev", self.ns_if, "root", "netem", "delay", half)
+            ):
+                _run(*step)
+
+    def tx_bytes(self) -> int:
+        return int(Path(f"/sys/class/net/{self.host_if}/statistics/tx_bytes").read_text())
+
+    def set_up(self, up: bool) -> None:
+        _run("ip", "link", "set", self.host_if, "up" if up else "down")
+
+    def close(self) -> None:
+        _run("ip", "link", "del", self.host_if)
+        _run("ip", "netns", "del", self.ns)
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Outages:
+    """Takes the link down for ``outage_s`` at ``first_outage_s`` and every ``outage_every_s``
+    after the start; counts the seconds it was down."""
+
+    def __init__(self, net: ShapedNet) -> None:
+        self.net, self.down_s = net, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Outages:
+        self.t0 = time.monotonic()
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        ln = self.net.link
+        at = ln.first_outage_s
+        while not self._stop.wait(max(0.0, self.t0 + at - time.monotonic())):
+            self.net.set_up(False)
+            began = time.monotonic()
+            self._stop.wait(ln.outage_s)
+            self.net.set_up(True)
+            self.down_s += time.monotonic() - began
+            at += ln.outage_every_s
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self.net.set_up(True)
+
+
+def _start_sink(net: ShapedNet, data: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+    data.mkdir(parents=True)
+    config = data.parent / "sink.toml"
+    config.write_text("[quotas]\ncreates_per_minute = 100000\nuploads_in_progress = 10000\n")
+    cli = (sys.executable, "-m", "cloud_sink.cli")
+    res = subprocess.run(
+        [*cli, "device", "add", "wifi-cart", "--data", str(data), "--json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    import json
+
+    token = json.loads(res.stdout)["token"]
+    port = free_port()
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", net.ns, *cli, "serve", "--data", str(data), "--host", SINK_IP,
+         "--port", str(port), "--config", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://{SINK_IP}:{port}"
+    if not wait_http(url + "/healthz", 60):
+        proc.terminate()
+        raise RuntimeError(f"the sink did not start in namespace {net.ns}")
+    return proc, url, token
+
+
+def _ours(url: str, token: str, work: Path) -> dict[str, float]:
+    journal = Journal(work / "journal.db")
+    up = Uploader(journal, work, sink_url=url, token=token, uncapped=True, heartbeat_s=0)
+    try:
+        stats = asyncio.run(up.run(until_idle=True, max_attempts=100))
+    finally:
+        journal.close()
+    return {"restarts": stats.restarts, "retries": stats.retries, "ok": stats.bundles_uploaded}
+
+
+def _tuspy(url: str, token: str, work: Path) -> dict[str, float]:
+    """tuspy one file after another, each whole (its default), retrying a failed file from
+    where the server says it stands (tuspy resumes by fingerprint within a client)."""
+    from tusclient import client as tus
+
+    c = tus.TusClient(url + "/files/", headers={"Authorization": f"Bearer {token}"})
+    ok = 0
+    for folder in sorted(p for p in (work / "bundles").iterdir() if p.name != ".partial"):
+        for name in (CLIP, SENSORS, MANIFEST):
+            uploader = c.uploader(
+                file_path=str(folder / name),
+                metadata={"bundle_id": folder.name, "filename": name},
+                retries=100,
+                retry_delay=1,
+            )
+            uploader.upload()
+        ok += 1
+    return {"ok": ok}
+
+
+@benchmark("upload_wifi")
+def bench_upload_wifi(ctx: BenchContext) -> BenchResult:
+    link = Link(outage_s=2.0, first_outage_s=4.0, outage_every_s=60.0) if ctx.quick else Link()
+    bundles, size = (2, 2 * 2**20) if ctx.quick else (6, 12 * 2**20)
+
+    def described(netem: bool) -> str:
+        shaped = (
+            f"{link.rate_mbit:g} Mbit/s, {link.rtt_ms:g} ms RTT and {link.loss_pct:g}% loss"
+            if netem
+            else f"{link.rate_mbit:g} Mbit/s (no netem in this kernel: no delay, no loss)"
+        )
+        return (
+            f"our uploader and tuspy over a veth pair between two network namespaces shaped to "
+            f"{shaped}, the link down {link.outage_s:g} s at {link.first_outage_s:g} s and "
+            f"every {link.outage_every_s:g} s; {bundles} bundles of {size >> 20} MiB, one "
+            "upload at a time"
+        )
+
+    res = BenchResult("upload_wifi", described(True))
+    reason = why_not()
+    if reason:
+        res.notes.append(f"skipped: {reason}")
+        return res
+    root = Path(tempfile.mkdtemp(prefix="capsight-wifi-"))
+    figures: dict[str, dict[str, float]] = {}
+    try:
+        with ShapedNet(link) as net:
+            proc, url, token = _start_sink(net, root / "sink")
+            try:
+                for who, send in (("ours", _ours), ("tuspy", _tuspy)):
+                    work = root / who
+                    journal = Journal(work / "journal.db")
+                    total = payload_bundles(journal, work, f"wifi-{who}", bundles, size)
+                    journal.close()
+                    tx0, t0 = net.tx_bytes(), time.monotonic()
+                    with Outages(net) as outages:
+                        extra = send(url, token, work)
+                    spent = time.monotonic() - t0
+                    up_s = max(1e-6, spent - outages.down_s)
+                    figures[who] = {
+                        "bytes": total,
+                        "spent": spent,
+                        "down": outages.down_s,
+                        "goodput_mbit": total * 8 / up_s / 1e6,
+                        "wire_per_byte": (net.tx_bytes() - tx0) / total,
+                        **extra,
+                    }
+            finally:
+                proc.terminate()
+                proc.wait(30)
+            res.description = described(net.netem)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    ours, theirs = figures["ours"], figures["tuspy"]
+    share = ours["goodput_mbit"] / link.rate_mbit
+    res.metrics += [
+        Metric(
+            "goodput while the link is up, as a share of the shaped rate",
+            share,
+            "x link",
+            theirs["goodput_mbit"] / link.rate_mbit,
+            "tuspy on the same link",
+            ">= 0.9 and > tuspy",
+            share >= 0.9 and ours["goodput_mbit"] > theirs["goodput_mbit"],
+        ),
+        Metric("time to drain the queue", ours["spent"], "s", theirs["spent"], "tuspy"),
+        Metric(
+            "bytes on the wire per byte of the files",
+            ours["wire_per_byte"],
+            "bytes",
+            theirs["wire_per_byte"],
+            "tuspy",
+        ),
+        Metric(
+            "bundles delivered",
+            ours["ok"],
+            "bundles",
+            bundles,
+            "queued",
+            "all",
+            ours["ok"] == bundles,
+        ),
+    ]
+    res.notes.append(
+        f"link down {ours['down']:.1f} s during ours, {theirs['down']:.1f} s during tuspy's; "
+        f"ours: {ours['restarts']:.0f} whole-file restarts, {ours['retries']:.0f} retries; "
+        "wire bytes are the host side's veth transmit counter (IP and TCP headers, "
+        "retransmissions and anything sent again)"
+    )
+    return res
