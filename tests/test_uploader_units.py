@@ -285,3 +285,30 @@ def test_chunk_reader_checksums_streams_and_hashes_the_whole_file_in_order(
         assert await short.sha256_from_disk() == hashlib.sha256(data[:5000]).hexdigest()
 
     asyncio.run(go())
+
+
+def test_uncapped_chunks_are_about_four_seconds_of_the_measured_rate(tmp_path: Path) -> None:
+    """A checksummed chunk cut by the network is lost whole: uncapped, a chunk is sized to
+    what the sink confirmed lately (requests under 1 MiB are round trips, not samples)."""
+    from capsight_edge.journal.journal import Journal
+    from capsight_edge.uploader.progress import UploadStats
+    from capsight_edge.uploader.uploader import MAX_CHUNK, MIN_CHUNK, UNCAPPED_CHUNK, Uploader
+
+    stats = UploadStats()
+    stats.measured(200_000, 0.01)  # a small file: its time is the round trip
+    assert stats.measured_bytes_per_s == 0
+    stats.measured(4 << 20, 4.0)
+    stats.measured(12 << 20, 4.0)  # smoothed: halfway between
+    assert stats.measured_bytes_per_s == ((1 << 20) + (3 << 20)) / 2
+    journal = Journal(tmp_path / "journal.db")
+    try:
+        up = Uploader(journal, tmp_path, sink_url="http://127.0.0.1:9", token="t", uncapped=True)
+        assert up._chunk_size() == MAX_CHUNK  # nothing measured yet
+        up.stats.measured(10 << 20, 8.0)  # a store's Wi-Fi: 1.25 MiB/s
+        assert up._chunk_size() == 5 << 20
+        up.stats.measured_bytes_per_s = 500 * 2**20  # loopback
+        assert up._chunk_size() == UNCAPPED_CHUNK
+        up.stats.measured_bytes_per_s = 1000.0  # a trickle
+        assert up._chunk_size() == MIN_CHUNK
+    finally:
+        journal.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,6 +242,7 @@ class BundleUpload:
             before_url, before_offset = up.url, up.offset
             sent = [0]  # body bytes of this request that went out
             progress.sending = sent
+            began = time.monotonic()
             try:
                 outcome = await self._exchange(up, req, reader, sent)
             except Interrupted as exc:
@@ -269,6 +271,8 @@ class BundleUpload:
                 stats.bytes_confirmed += max(0, up.offset - base)
                 progress.update(others + up.offset)
             if outcome.kind in (PROGRESS, COMPLETE):
+                if up.url == before_url:
+                    stats.measured(up.offset - before_offset, time.monotonic() - began)
                 if up.done or up.offset > before_offset:
                     fails = 0  # only bytes stored count as getting somewhere
                 continue

@@ -40,9 +40,19 @@ class UploadStats:
     lost_bytes: int = 0  # body bytes of requests that failed: what had to be sent again
     lost_bytes_max: int = 0  # the most lost to one failed request (at most one chunk)
     busy_s: float = 0.0  # time with at least one upload in flight
+    measured_bytes_per_s: float = 0.0  # bytes/s the sink confirmed over the last large request(s)
 
     def as_dict(self) -> dict[str, float]:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+    def measured(self, moved: int, seconds: float) -> None:
+        """One request's confirmed bytes and its duration. Requests under 1 MiB are not
+        samples (their time is the round trip, not the link); samples are smoothed."""
+        if moved < 1 << 20 or seconds <= 0:
+            return
+        sample = moved / seconds
+        old = self.measured_bytes_per_s
+        self.measured_bytes_per_s = sample if old == 0 else 0.5 * old + 0.5 * sample
 
     @property
     def rate_bps(self) -> float:

@@ -52,6 +52,7 @@ from capsight_edge.uploader.tus import ServerCaps
 
 log = logging.getLogger("capsight.uploader")
 MIN_CHUNK, MAX_CHUNK = 256 << 10, 8 << 20
+CHUNK_SECONDS = 4.0  # a chunk is about this long on the wire
 
 
 @functools.cache
@@ -202,12 +203,19 @@ class Uploader:
         return self.scheduler.rate_bps(self.now())
 
     def _chunk_size(self) -> int:
+        """About 4 s of the rate: the cap's, or uncapped the rate the sink confirmed lately
+        (a checksummed request cut by the network is applied whole or not at all, so a chunk
+        is what one interruption can cost). Uncapped, before anything was measured:
+        ``MAX_CHUNK``; at most ``UNCAPPED_CHUNK``."""
         if self.chunk_bytes:
             return self.chunk_bytes
         rate = self._bucket.bytes_per_s if self._bucket else None
         if not rate:
-            return UNCAPPED_CHUNK
-        return int(min(MAX_CHUNK, max(MIN_CHUNK, rate * 4)))  # about 4 s of the rate
+            measured = self.stats.measured_bytes_per_s
+            if not measured:
+                return MAX_CHUNK
+            return int(min(UNCAPPED_CHUNK, max(MIN_CHUNK, measured * CHUNK_SECONDS)))
+        return int(min(MAX_CHUNK, max(MIN_CHUNK, rate * CHUNK_SECONDS)))
 
     def status(self) -> dict[str, Any]:
         return self._status().as_dict()
