@@ -45,16 +45,17 @@ def _body(total: int) -> Iterator[bytes]:
         sent += n
 
 
-def _sink(data: Path) -> tuple[LocalSink, str]:
+def _sink(data: Path, **where: Any) -> tuple[LocalSink, str]:
     """Our sink for a benchmark, with one device token. One benchmark device makes hundreds of
     uploads a minute (ours and the baseline's, on the same sink): the per-device creation and
-    in-progress quotas, which exist against hostile carts, are lifted for it."""
+    in-progress quotas, which exist against hostile carts, are lifted for it. ``where``:
+    :class:`LocalSink`'s ``host`` and ``wrap``."""
     config = data.parent / f"{data.name}-sink.toml"
     config.write_text(
         "[quotas]\ncreates_per_minute = 1000000\nuploads_in_progress = 100000\n"
         f"bytes_in_progress = {1 << 40}\n"
     )
-    sink = LocalSink(data, "--max-size", str(4 * 2**30), "--config", str(config))
+    sink = LocalSink(data, "--max-size", str(4 * 2**30), "--config", str(config), **where)
     token = sink.add_device("bench")
     return sink.start(), token
 

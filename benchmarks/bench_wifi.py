@@ -16,18 +16,17 @@ import asyncio
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.bench_sink import _sink
 from benchmarks.bench_upload import payload_bundles
 from benchmarks.registry import BenchContext, BenchResult, Metric, benchmark
 from capsight_edge.bundle.manifest import CLIP, MANIFEST, SENSORS
 from capsight_edge.journal.journal import Journal
-from capsight_edge.localsink import free_port, wait_http
 from capsight_edge.uploader.uploader import Uploader
 
 HOST_IP, SINK_IP = "10.77.0.1", "10.77.0.2"
@@ -161,31 +160,6 @@ class Outages:
         self.net.set_up(True)
 
 
-def _start_sink(net: ShapedNet, data: Path) -> tuple[subprocess.Popen[bytes], str, str]:
-    data.mkdir(parents=True)
-    config = data.parent / "sink.toml"
-    config.write_text("[quotas]\ncreates_per_minute = 100000\nuploads_in_progress = 10000\n")
-    cli = (sys.executable, "-m", "cloud_sink.cli")
-    res = subprocess.run(
-        [*cli, "device", "add", "wifi-cart", "--data", str(data), "--json"],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    import json
-
-    token = json.loads(res.stdout)["token"]
-    port = free_port()
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", net.ns, *cli, "serve", "--data", str(data), "--host", SINK_IP,
-         "--port", str(port), "--config", str(config)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://{SINK_IP}:{port}"
-    if not wait_http(url + "/healthz", 60):
-        proc.terminate()
-        raise RuntimeError(f"the sink did not start in namespace {net.ns}")
-    return proc, url, token
-
-
 def _ours(url: str, token: str, work: Path) -> dict[str, float]:
     journal = Journal(work / "journal.db")
     up = Uploader(journal, work, sink_url=url, token=token, uncapped=True, heartbeat_s=0)
@@ -243,7 +217,8 @@ def bench_upload_wifi(ctx: BenchContext) -> BenchResult:
     figures: dict[str, dict[str, float]] = {}
     try:
         with ShapedNet(link) as net:
-            proc, url, token = _start_sink(net, root / "sink")
+            sink, token = _sink(root / "sink", host=SINK_IP, wrap=("ip", "netns", "exec", net.ns))
+            url = sink.url
             try:
                 for who, send in (("ours", _ours), ("tuspy", _tuspy)):
                     work = root / who
@@ -264,8 +239,7 @@ def bench_upload_wifi(ctx: BenchContext) -> BenchResult:
                         **extra,
                     }
             finally:
-                proc.terminate()
-                proc.wait(30)
+                sink.stop()
             res.description = described(net.netem)
     finally:
         shutil.rmtree(root, ignore_errors=True)

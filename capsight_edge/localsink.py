@@ -41,12 +41,23 @@ def wait_http(url: str, timeout_s: float = 60.0) -> bool:
 
 class LocalSink:
     """``serve_args`` go to ``capsight-sink serve`` (``--max-size``, ``--expire-hours``, ...);
-    the port stays the same across restarts; ``log`` takes the sink's output (default: none)."""
+    the port stays the same across restarts; ``log`` takes the sink's output (default: none).
+    ``host``: the address it listens on; ``wrap``: a command the server runs under (``ip netns
+    exec NS`` for a sink in its own network namespace)."""
 
-    def __init__(self, data: Path, *serve_args: str, port: int = 0, log: Path | None = None):
+    def __init__(
+        self,
+        data: Path,
+        *serve_args: str,
+        port: int = 0,
+        log: Path | None = None,
+        host: str = "127.0.0.1",
+        wrap: tuple[str, ...] = (),
+    ):
         self.data = Path(data)
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.host, self.wrap = host, wrap
+        self.url = f"http://{host}:{self.port}"
         self.serve_args = serve_args
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
@@ -88,9 +99,17 @@ class LocalSink:
         self.data.mkdir(parents=True, exist_ok=True)
         out: IO[bytes] | int = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
         try:
-            serve = ("serve", "--data", str(self.data), "--port", str(self.port))
+            serve = (
+                "serve",
+                "--data",
+                str(self.data),
+                "--host",
+                self.host,
+                "--port",
+                str(self.port),
+            )
             self.proc = subprocess.Popen(
-                [*SINK_CLI, *serve, *self.serve_args],
+                [*self.wrap, *SINK_CLI, *serve, *self.serve_args],
                 stdout=out,
                 stderr=out,
             )

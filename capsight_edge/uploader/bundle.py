@@ -263,16 +263,15 @@ class BundleUpload:
                 raise LocalFileProblem(
                     f"{f.name} no longer matches its sha256 in the manifest (changed on disk)"
                 )
+            base = before_offset if up.url == before_url else 0  # a new upload starts at 0
             if up.url != before_url or up.offset != before_offset or up.done:
                 ctx.journal.file_progress(
                     self.row.id, f.name, url=up.url, offset=up.offset, done=up.done
                 )
-                base = before_offset if up.url == before_url else 0
                 stats.bytes_confirmed += max(0, up.offset - base)
                 progress.update(others + up.offset)
             if outcome.kind in (PROGRESS, COMPLETE):
-                if up.url == before_url:
-                    stats.measured(up.offset - before_offset, time.monotonic() - began)
+                stats.measured(up.offset - base, time.monotonic() - began)
                 if up.done or up.offset > before_offset:
                     fails = 0  # only bytes stored count as getting somewhere
                 continue

@@ -53,6 +53,7 @@ from capsight_edge.uploader.tus import ServerCaps
 log = logging.getLogger("capsight.uploader")
 MIN_CHUNK, MAX_CHUNK = 256 << 10, 8 << 20
 CHUNK_SECONDS = 4.0  # a chunk is about this long on the wire
+UNCAPPED_CHUNK = 64 << 20  # fewer round trips and fsyncs when nothing paces us; streamed
 
 
 @functools.cache
@@ -62,7 +63,6 @@ def tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-UNCAPPED_CHUNK = 64 << 20  # fewer round trips and fsyncs when nothing paces us; streamed
 TIDY_EVERY_S = 60.0
 
 __all__ = ["PAUSE_KEY", "PUBLISH_IDLE_S", "STATUS_KEY", "Uploader"]
