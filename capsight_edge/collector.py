@@ -30,6 +30,7 @@ from capsight_edge.camera.barcodes import Barcode, BarcodeDetector, roi_backend
 from capsight_edge.camera.framebus import FrameBus, FrameBusReader
 from capsight_edge.camera.gs1 import net_weight_kg, same_gtin
 from capsight_edge.camera.motion import MotionDetector
+from capsight_edge.durable import make_dirs
 from capsight_edge.errors import FrameError, ModelRejected
 from capsight_edge.profile.schema import Profile
 from capsight_edge.triggers.engine import Decision, TriggerEngine
@@ -161,7 +162,7 @@ class Collector:
         self.stop()
 
     def _open_control(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(folder)
         path = folder / CONTROL_SOCKET
         with contextlib.suppress(FileNotFoundError):
             path.unlink()

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from capsight_edge.durable import data_folder
 from capsight_edge.errors import DeviceBusy
 
 log = logging.getLogger("capsight.hygiene")
@@ -66,7 +67,7 @@ class RunRecord:
     def claim(self) -> RunRecord:
         """Take the data folder (DeviceBusy when a live run holds it) and clean up after a dead
         one."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        data_folder(self.dir)  # its own name too, or a power cut takes all of it
         fd = os.open(self.dir / "run.lock", os.O_RDWR | os.O_CREAT, 0o600)
         deadline = time.monotonic() + 5.0
         while True:

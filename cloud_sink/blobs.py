@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
+from capsight_edge.durable import fsync_dir, make_dirs
 from cloud_sink.db import SinkError
 
 
@@ -38,8 +39,7 @@ class BlobStore(Protocol):
 
 class LocalBlobStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = make_dirs(Path(root))
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -51,7 +51,7 @@ class LocalBlobStore:
 
     def put_file(self, key: str, path: Path) -> None:
         target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(target.parent)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".put-")
         os.close(fd)
         try:
@@ -59,6 +59,7 @@ class LocalBlobStore:
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, target)
+            fsync_dir(target.parent)  # stored means stored after a power cut too
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

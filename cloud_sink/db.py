@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from capsight_edge.durable import data_folder, fsync_dir
 from capsight_edge.errors import CapsightError
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -206,7 +207,8 @@ class SinkDB:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data_folder(self.path.parent)
+        created = not self.path.exists()
         self._db = sqlite3.connect(
             str(self.path), isolation_level=None, timeout=30, check_same_thread=False
         )
@@ -221,6 +223,8 @@ class SinkDB:
                 apply_migrations(self._db, MIGRATIONS)
             except sqlite3.Error as exc:
                 raise SinkError(f"{self.path}: cannot migrate: {exc}") from exc
+        if created:  # SQLite syncs the folder for its -wal, never for the database file
+            fsync_dir(self.path.parent)
 
     @property
     def schema_version(self) -> int:

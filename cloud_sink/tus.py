@@ -37,6 +37,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from capsight_edge.durable import fsync_dir, make_dirs
 from cloud_sink.auth import Sessions, bearer_identity
 from cloud_sink.config import SinkConfig
 from cloud_sink.db import SinkDB, Upload
@@ -71,14 +72,16 @@ def _hash_and_write(fd: int, data: bytearray, digest: Any) -> int:
 
 def _durable_marker(marker: Path, size: int) -> None:
     """Record the verified size before any unverified byte is written, and make it durable
-    first, so a crash can always be rolled back. (On ext4 and XFS the fsync of a new file also
-    commits its directory entry: one fsync, not two.)"""
+    first (its content and its name), so a crash or a power cut can always be rolled back.
+    (On ext4 the file's fsync already committed the name: the folder's costs little there;
+    POSIX promises the name only with it.)"""
     fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         _write_all(fd, str(size).encode())
         os.fsync(fd)
     finally:
         os.close(fd)
+    fsync_dir(marker.parent)
 
 
 class TusError(Exception):
@@ -175,8 +178,7 @@ class TusApp:
         config: SinkConfig,
         on_complete: Callable[[], None] | None = None,
     ) -> None:
-        self.dir = data_dir / "blobs" / "uploads"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = make_dirs(data_dir / "blobs" / "uploads")
         self.db = db
         self.config = config
         self.max_size = config.limits.max_upload_bytes
@@ -350,6 +352,7 @@ class TusApp:
         upload_id = secrets.token_urlsafe(24)
         expires = time.time() + self.expire_s
         os.close(os.open(self.path(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        fsync_dir(self.dir)  # offsets it reports count bytes of this file: its name must last
         self.db.create_upload(upload_id, device, length, metadata, expires)
         up = self.own_upload(upload_id, device)
         location = str(request.url_for("upload", upload_id=upload_id))
@@ -530,6 +533,8 @@ class TusApp:
                     os.fsync(fd)
                 if marker is not None:
                     marker.unlink(missing_ok=True)
+                    # a marker back from a power cut would roll a reported offset back
+                    await asyncio.to_thread(fsync_dir, self.dir)
             new_offset = os.fstat(fd).st_size
         if up.length is not None and new_offset == up.length:
             # One sha256-checksummed request carried the whole upload: its digest is the file's.

@@ -12,19 +12,7 @@ import os
 from pathlib import Path
 
 from capsight_edge.bundle.manifest import MANIFEST, Manifest
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
+from capsight_edge.durable import fsync_dir, fsync_file
 
 
 def seal(partial: Path, bundles: Path, manifest: Manifest) -> Path:

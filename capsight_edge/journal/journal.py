@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from capsight_edge.durable import data_folder, fsync_dir
 from capsight_edge.errors import JournalError
 
 STATES = ("recording", "sealed", "uploading", "uploaded", "evicted", "quarantined", "discarded")
@@ -158,7 +159,8 @@ class Journal:
                     check_same_thread=False,
                 )
             else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                data_folder(self.path.parent)
+                created = not self.path.exists()
                 self._db = sqlite3.connect(
                     str(self.path), timeout=30, isolation_level=None, check_same_thread=False
                 )
@@ -175,6 +177,10 @@ class Journal:
             self._check_version()
         else:
             self._migrate()
+            if created:
+                # SQLite syncs the directory when it creates a WAL, never for the database
+                # file itself: without this a power cut could take the whole journal
+                fsync_dir(self.path.parent)
 
     def _check_version(self) -> None:
         try:

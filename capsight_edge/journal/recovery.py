@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from capsight_edge.bundle.manifest import MANIFEST, Manifest, ManifestError, verify_bundle
-from capsight_edge.bundle.seal import fsync_dir
+from capsight_edge.durable import fsync_dir, make_dirs
 from capsight_edge.journal.journal import BundleRow, Journal
 
 log = logging.getLogger("capsight.journal.recovery")
@@ -72,7 +72,7 @@ def _remove(path: Path) -> None:
 
 
 def _quarantine(path: Path, root: Path, reason: str, report: RecoveryReport) -> None:
-    root.mkdir(parents=True, exist_ok=True)
+    make_dirs(root)
     target = root / path.name
     n = 1
     while target.exists():
@@ -91,7 +91,7 @@ def recover(journal: Journal, data_dir: str | os.PathLike[str]) -> RecoveryRepor
         data / "bundles" / ".partial",
         data / "quarantine",
     )
-    partial.mkdir(parents=True, exist_ok=True)
+    make_dirs(partial)
     report = RecoveryReport()
 
     # 1. Half-finished seals.

@@ -34,6 +34,7 @@ from capsight_edge.bundle.manifest import (
     sha256_file,
 )
 from capsight_edge.bundle.seal import seal
+from capsight_edge.durable import make_dirs
 from capsight_edge.errors import CapsightError
 from capsight_edge.profile.schema import Profile
 from capsight_edge.recorder.messages import (
@@ -97,7 +98,7 @@ class Recorder:
         self.data_dir = Path(os.path.expanduser(data_dir or profile.storage.data_dir))
         self.bundles = self.data_dir / "bundles"
         self.partial = self.bundles / ".partial"
-        self.partial.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.partial)  # a cut must not take bundles/ with everything sealed in it
         self.sensors = sensors
         self.on_sealed = on_sealed
         self.on_opened = on_opened
@@ -193,13 +194,16 @@ class Recorder:
             time.sleep(0.05)
         self._send(Stop())
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=max(1.0, deadline - time.monotonic()))
         if self._proc is not None:
             self._proc.join(timeout=10)
             if self._proc.is_alive():
                 self._proc.kill()
                 self._proc.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=10)  # it seals what the encoder finished on Stop
+        # A clip the encoder never finished (it died, or was killed past the deadline) is not
+        # left half-written in .partial for the next start to find: it failed, and says so.
+        self._abandon("stopped before the clip was finished")
         # The command queue's feeder thread ends with it: stop() leaves no thread behind. (It
         # flushes what is buffered first; the process has read it all unless it died, and then
         # nothing is worth waiting for.)
@@ -263,13 +267,18 @@ class Recorder:
 
     # -- results ------------------------------------------------------------------------------
     def _results(self) -> None:
-        while not (self._stop.is_set() and self._result_q.empty()):
+        # Until the encoder says Stopped (it sends a clip it finishes on Stop before that) or
+        # is gone: an empty queue right after stop() does not mean nothing more is coming.
+        while True:
             try:
                 msg = self._result_q.get(timeout=0.2)
             except queue.Empty:
-                if self._proc is not None and not self._proc.is_alive() and not self._stop.is_set():
+                gone = self._proc is None or not self._proc.is_alive()
+                if gone and not self._stop.is_set():
                     log.error("the encoder process died")
                     self._abandon("the encoder process died")
+                    return
+                if gone and self._stop.is_set():
                     return
                 continue
             if isinstance(msg, EncoderChosen):
@@ -280,6 +289,7 @@ class Recorder:
                 self._sealing(msg)
             elif isinstance(msg, Stopped):
                 self.stats = msg.stats
+                return
             elif isinstance(msg, Crashed):
                 log.error("encoder process crashed:\n%s", msg.traceback)
                 self._abandon("the encoder process crashed")

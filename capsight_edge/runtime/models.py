@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from capsight_edge.durable import fsync_dir, make_dirs
 from capsight_edge.errors import ModelRejected
 from capsight_edge.runtime.card import ModelCard, card_path, check_io, read_card, to_input
 from capsight_edge.runtime.trust import bucket, channel_path
@@ -171,8 +172,7 @@ class ModelRuntime:
         threads: int = 1,
         health: Health | None = None,
     ) -> None:
-        self.folder = Path(data_dir) / "models"
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = make_dirs(Path(data_dir) / "models")
         self.device_id = device_id
         self.registry_url = registry_url.rstrip("/")
         self.trust_root = Path(trust_root) if trust_root else None
@@ -211,6 +211,7 @@ class ModelRuntime:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(self.folder)  # else a power cut brings the previous model back
 
     def _say(self, text: str) -> None:
         self.events.append(text)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from capsight_edge.durable import make_dirs
 from capsight_edge.errors import CalibrationError
 
 FILENAME = "calibration.json"
@@ -85,8 +86,7 @@ class Calibration:
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, data_dir: str | os.PathLike[str]) -> Path:
-        folder = Path(os.path.expanduser(data_dir))
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = make_dirs(Path(os.path.expanduser(data_dir)))
         path = folder / FILENAME
         payload = json.dumps(
             {

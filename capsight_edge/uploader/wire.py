@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from capsight_edge.bundle.manifest import CLIP, MANIFEST
+from capsight_edge.durable import fsync_dir, make_dirs
 
 COMPRESSIBLE = (MANIFEST, "sensors.mcap")
 MIN_SAVING = 0.05
@@ -52,13 +53,14 @@ def prepare(data_dir: Path, bundle_id: str, name: str, raw_sha256: str) -> WireF
     if not out.exists():
         import zstandard
 
-        out.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(out.parent)
         tmp = out.with_suffix(".tmp")
         with open(src, "rb") as fin, open(tmp, "wb") as fout:
             zstandard.ZstdCompressor(level=ZSTD_LEVEL).copy_stream(fin, fout, size=raw_bytes)
             fout.flush()
             os.fsync(fout.fileno())
         os.replace(tmp, out)
+        fsync_dir(out.parent)  # an upload's offset counts bytes of this very file
     size = out.stat().st_size
     if size > raw_bytes * (1 - MIN_SAVING):
         out.unlink()
