@@ -41,6 +41,17 @@ ensure_chromium() {
   DEBIAN_FRONTEND=noninteractive need_root apt-get install -y -qq chromium >/dev/null
 }
 
+ensure_fuse() {
+  # The power-cut tests mount tests/lazyfs.py with libfuse3 (mfusepy loads it through ctypes);
+  # they skip with the reason where FUSE cannot be used.
+  if ldconfig -p 2>/dev/null | grep -q 'libfuse3\.so\.3' && command -v fusermount3 >/dev/null; then
+    return 0; fi
+  log "installing Debian package fuse3 (the power-cut tests' filesystem)"
+  need_root apt-get update -qq || return 0
+  DEBIAN_FRONTEND=noninteractive need_root apt-get install -y -qq fuse3 >/dev/null || \
+    log "fuse3 not installed: the power-cut tests will skip"
+}
+
 pick_python() {
   # The pinned torch CPU wheel is built for CPython 3.11.
   for p in python3.11 python3; do
@@ -70,6 +81,6 @@ cmd="${1:-help}"; [ $# -gt 0 ] && shift
 case "$cmd" in
   setup) setup ;;
   demo) setup; exec "$venv/bin/capsight" demo "$@" ;;
-  test) setup; ensure_ffprobe; ensure_chromium; exec "$venv/bin/python" -m pytest "$@" ;;
+  test) setup; ensure_ffprobe; ensure_chromium; ensure_fuse; exec "$venv/bin/python" -m pytest "$@" ;;
   *) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -28,8 +28,8 @@ from typing import Any
 LIVE = ("sealed", "uploading", "uploaded")
 
 
-def _ledger(data: Path, line: str) -> None:
-    with open(data / "ledger.txt", "a") as fh:
+def _ledger(path: Path, line: str) -> None:
+    with open(path, "a") as fh:
         fh.write(line + "\n")
         fh.flush()
         os.fsync(fh.fileno())
@@ -80,7 +80,10 @@ def make_bundle(
     return m
 
 
-def worker(data: Path) -> None:
+def worker(data: Path, ledger: Path | None = None) -> None:
+    """Seal, upload and evict until killed; each seal and each eviction's intent goes to the
+    ledger (``data/ledger.txt`` unless given: the power-cut test keeps it off the filesystem
+    that gets cut, as the truth the journal is checked against)."""
     from capsight_edge.journal.journal import Journal
     from capsight_edge.journal.recovery import recover
 
@@ -96,7 +99,7 @@ def worker(data: Path) -> None:
         journal.add_recording(bid, priority=prio, rule="crash")
         m = make_bundle(data, bid, priority=prio, size=16 * 1024 * rng.randint(1, 8))
         journal.mark_sealed(bid, {k: asdict(v) for k, v in m.files.items()}, duration_s=1.0)
-        _ledger(data, f"sealed {bid}")
+        _ledger(ledger or data / "ledger.txt", f"sealed {bid}")
         live = journal.bundles(("sealed",))
         if live and rng.random() < 0.5:
             b = rng.choice(live)
@@ -108,12 +111,13 @@ def worker(data: Path) -> None:
         done = journal.bundles(("uploaded",))
         if len(done) > 5:
             victim = min(done, key=lambda r: r.created_ns)
-            _ledger(data, f"evicted {victim.id}")  # the intent, before the journal commits
+            # the intent, before the journal commits
+            _ledger(ledger or data / "ledger.txt", f"evicted {victim.id}")
             journal.mark_evicted(victim.id, "crash test eviction")
             shutil.rmtree(bundles / victim.id, ignore_errors=True)
 
 
-def verify(data: Path) -> dict[str, Any]:
+def verify(data: Path, ledger_path: Path | None = None) -> dict[str, Any]:
     """The verifier, over the worker's ledger, the journal and the disk (no recovery, no
     asserts): ``lost`` are bundles the ledger says were sealed and never evicted that are not
     live in the journal or not on disk; ``duplicated`` are extra copies, a clip (by its sha256)
@@ -122,7 +126,8 @@ def verify(data: Path) -> dict[str, Any]:
     from capsight_edge.journal.journal import Journal
 
     bundles = data / "bundles"
-    ledger = (data / "ledger.txt").read_text().split() if (data / "ledger.txt").exists() else []
+    ledger_path = ledger_path or data / "ledger.txt"
+    ledger = ledger_path.read_text().split() if ledger_path.exists() else []
     sealed_lines = [ledger[i + 1] for i in range(0, len(ledger), 2) if ledger[i] == "sealed"]
     sealed = set(sealed_lines)
     evicted = {ledger[i + 1] for i in range(0, len(ledger), 2) if ledger[i] == "evicted"}
@@ -153,7 +158,7 @@ def verify(data: Path) -> dict[str, Any]:
     }
 
 
-def check(data: Path, *, strict: bool = True) -> dict[str, Any]:
+def check(data: Path, *, strict: bool = True, ledger: Path | None = None) -> dict[str, Any]:
     """Recover, then check every invariant; returns counts. ``strict``: raise AssertionError
     at the first broken one; otherwise lost and duplicated bundles are counted and returned
     (a benchmark measures them), the other invariants still raise. The ledger's "evicted"
@@ -167,7 +172,7 @@ def check(data: Path, *, strict: bool = True) -> dict[str, Any]:
     report = recover(journal, data)
     journal.close()
     bundles, partial = data / "bundles", data / "bundles" / ".partial"
-    v = verify(data)
+    v = verify(data, ledger)
     if strict:
         assert not v["lost"], (
             f"sealed bundles lost (id, journal state, folder present): {v['lost_detail']}"
@@ -228,7 +233,7 @@ def crash_loop(
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "worker":
-        worker(Path(sys.argv[2]))
+    if len(sys.argv) in (3, 4) and sys.argv[1] == "worker":
+        worker(Path(sys.argv[2]), Path(sys.argv[3]) if len(sys.argv) == 4 else None)
     else:
         print(crash_loop(Path(sys.argv[1]), int(sys.argv[2])))
