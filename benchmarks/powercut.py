@@ -77,7 +77,7 @@ def powercut_loop(
                     "worker",
                     str(data),
                     str(ledger),
-                ],  # noqa: E501
+                ],
                 cwd=ROOT,
                 stdout=subprocess.DEVNULL,
             )

@@ -113,6 +113,7 @@ class Recorder:
         ctx = mp.get_context("spawn")
         self._cmd_q: Any = ctx.Queue(maxsize=64)
         self._closed = False
+        self._stopping = False  # stop() began: no new clip opens (nothing would finish it)
         self._result_q: Any = ctx.Queue()
         self._proc: Any = None
         self._ctx = ctx
@@ -185,6 +186,7 @@ class Recorder:
     def stop(self, timeout_s: float = 15.0) -> None:
         """Finish an open clip (its post-roll, bounded by ``timeout_s``), seal it, stop."""
         with self._lock:
+            self._stopping = True
             clip = self._clip
             if clip is not None and not clip.close_sent:
                 end = max(clip.end_ns, time.monotonic_ns())
@@ -216,6 +218,8 @@ class Recorder:
     # -- decisions (called on the Collector's thread) -----------------------------------------
     def on_decision(self, d: Decision) -> None:
         with self._lock:
+            if self._stopping:
+                return  # a clip opened now would be left empty in .partial
             if d.kind == "fire":
                 self._fire(d)
             elif d.kind == "end":
