@@ -95,15 +95,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
 
 
 def start_run(
-    data: Path,
-    *args: str,
-    profile: Path | None = None,
-    stderr: int = subprocess.PIPE,
-    new_session: bool = False,
+    data: Path, *args: str, profile: Path | None = None, stderr: int = subprocess.PIPE
 ) -> subprocess.Popen[str]:
     """`capsight run --json` on ``data`` as a real process (errors only on stderr); its first
-    stdout line is the `run_started` record, written once everything runs. ``new_session``: in
-    its own process group, so a test can stop it and its children at once (a power cut)."""
+    stdout line is the `run_started` record, written once everything runs."""
     return subprocess.Popen(
         [
             sys.executable,
@@ -123,5 +118,4 @@ def start_run(
         stdout=subprocess.PIPE,
         stderr=stderr,
         text=True,
-        start_new_session=new_session,
     )
