@@ -91,6 +91,18 @@ def bench_journal(ctx: BenchContext) -> BenchResult:
     return res
 
 
+def verifier_metrics(totals: dict[str, Any], prefix: str = "") -> list[Metric]:
+    """The crash verifier's figures (benchmarks/crash_harness.py: verify), each with target 0."""
+    return [
+        Metric(prefix + name, totals[key], "bundles", target="0", met=totals[key] == 0)
+        for key, name in (
+            ("lost", "sealed bundles lost (verifier, after the run)"),
+            ("duplicated", "bundles duplicated (verifier, after the run)"),
+            ("disagree", "live bundles where journal and disk disagree"),
+        )
+    ]
+
+
 @benchmark("crash")
 def bench_crash(ctx: BenchContext) -> BenchResult:
     from benchmarks.crash_harness import crash_loop
@@ -119,12 +131,7 @@ def bench_crash(ctx: BenchContext) -> BenchResult:
         ),
         Metric("complete bundles sealed at recovery", totals.get("resealed", 0), "bundles"),
     ]
-    for key, name in (
-        ("lost", "sealed bundles lost (verifier, after the run)"),
-        ("duplicated", "bundles duplicated (verifier, after the run)"),
-        ("disagree", "live bundles where journal and disk disagree"),
-    ):
-        res.metrics.append(Metric(name, totals[key], "bundles", target="0", met=totals[key] == 0))
+    res.metrics += verifier_metrics(totals)
     res.notes.append(
         f"ran {time.perf_counter() - start:.0f} s; lost, duplicated and disagreeing bundles "
         "are counted by a verifier over the worker's fsync'd ledger, the journal and the disk "
@@ -208,12 +215,7 @@ def bench_power_cut(ctx: BenchContext) -> BenchResult:
         ),
         Metric("worker: bundles reported sealed", totals["sealed"], "bundles"),
     ]
-    for key, name in (
-        ("lost", "worker: sealed bundles lost (verifier, after the run)"),
-        ("duplicated", "worker: bundles duplicated (verifier, after the run)"),
-        ("disagree", "worker: live bundles where journal and disk disagree"),
-    ):
-        res.metrics.append(Metric(name, totals[key], "bundles", target="0", met=totals[key] == 0))
+    res.metrics += verifier_metrics(totals, "worker: ")
     res.metrics += [
         Metric("worker: recovery at boot, p50", totals["recovery_p50_s"], "s"),
         Metric(
