@@ -21,7 +21,14 @@ from capsight_edge.localsink import free_port
 from capsight_edge.profile.schema import UploadWindow
 from capsight_edge.uploader.service import UploaderThread
 from capsight_edge.uploader.shaping import Backoff, UploadSchedule
-from capsight_edge.uploader.uploader import STATUS_KEY, Uploader
+from capsight_edge.uploader.status import RATE_KEY
+from capsight_edge.uploader.uploader import (
+    MAX_CHUNK,
+    MIN_CHUNK,
+    STATUS_KEY,
+    UNCAPPED_CHUNK,
+    Uploader,
+)
 from cloud_sink.tus import make_app
 from tests.conftest import wait_until
 
@@ -252,6 +259,25 @@ def test_a_restart_mid_upload_resumes_from_the_journal(
     assert stats.bytes_sent <= total - held  # nothing the sink held was sent again
     assert [m for m, _, _ in sink.faults.seen].count("HEAD") >= 1
     assert_identical(sink, data, "resume")
+
+
+def test_a_restarted_uploader_sizes_its_chunks_from_the_rate_it_measured_before(
+    sink: SinkUnderTest, cart: tuple[Journal, Path]
+) -> None:
+    """The link rate the sink confirmed is kept in the journal: after a restart, chunks are
+    about 4 s of it from the first request, not the blind ``MAX_CHUNK``."""
+    journal, data = cart
+    seal_bundle(journal, data, "measure", noise_frames=30)  # a clip of about 3 MB
+    first = uploader(journal, data, sink.url, sink.token)
+    assert asyncio.run(first.run(until_idle=True)).bundles_uploaded == 1
+    kept = float(journal.kv_get(RATE_KEY) or 0)
+    assert kept == pytest.approx(first.stats.measured_bytes_per_s, rel=0.01) and kept > 0
+    second = uploader(journal, data, sink.url, sink.token)
+    assert second._chunk_size() == MAX_CHUNK  # nothing measured in this process yet
+    asyncio.run(second.run(until_idle=True))  # nothing to send: it only recalls the rate
+    assert second.stats.measured_bytes_per_s == kept
+    expected = int(min(UNCAPPED_CHUNK, max(MIN_CHUNK, kept * 4.0)))
+    assert second._chunk_size() == expected != MAX_CHUNK
 
 
 def test_the_pause_hook_stops_sending_at_once_and_resume_finishes(

@@ -312,3 +312,21 @@ def test_uncapped_chunks_are_about_four_seconds_of_the_measured_rate(tmp_path: P
         assert up._chunk_size() == MIN_CHUNK
     finally:
         journal.close()
+
+
+def test_a_failed_request_can_only_lower_the_measured_rate() -> None:
+    """A link that got slower (or a rate remembered from a faster one) must not keep chunks
+    too large to ever get through: what a failed request got out, over its time, lowers the
+    rate; it never raises it, and a failure within a second is no sample."""
+    from capsight_edge.uploader.progress import UploadStats
+
+    stats = UploadStats()
+    stats.measured(64 << 20, 0.25)  # 256 MiB/s confirmed
+    stats.measured(100 << 20, 0.1, failed=True)  # faster, but failed: ignored
+    assert stats.measured_bytes_per_s == 256 * 2**20
+    stats.measured(1 << 20, 0.5, failed=True)  # failed within a second: no sample
+    assert stats.measured_bytes_per_s == 256 * 2**20
+    stats.measured(3 << 20, 6.0, failed=True)  # half a MiB/s before the link dropped
+    assert stats.measured_bytes_per_s == 0.5 * 2**20
+    stats.measured(200_000, 2.0, failed=True)  # a stall: even under 1 MiB, it is the link
+    assert stats.measured_bytes_per_s == 100_000

@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from capsight_edge.bundle.manifest import MANIFEST, Manifest, ManifestError, sha256_file
 from capsight_edge.errors import UploadError
@@ -39,6 +39,7 @@ from capsight_edge.uploader.progress import (
 from capsight_edge.uploader.reader import ChunkReader, LocalFileProblem
 from capsight_edge.uploader.shaping import Backoff
 from capsight_edge.uploader.sinkside import Interrupted, SinkClient
+from capsight_edge.uploader.status import RATE_KEY
 from capsight_edge.uploader.tus import (
     COMPLETE,
     MISCONFIGURED,
@@ -62,6 +63,12 @@ SAME_FAILURE_LIMIT = 3  # restarts or checksum re-sends in a row before giving t
 Pacer = Callable[[AsyncIterator[bytes], list[int]], AsyncIterator[bytes]]
 
 
+class ChunkSizer(Protocol):
+    """The uploader's chunk size now; ``ahead``: the likely size of the next one."""
+
+    def __call__(self, ahead: bool = False) -> int: ...
+
+
 @dataclass(frozen=True)
 class BundleOutcome:
     kind: str  # uploaded | retry_later | quarantined | token_refused | misconfigured
@@ -80,10 +87,28 @@ class UploadContext:
     sink: SinkClient
     stats: UploadStats
     pace: Pacer
-    chunk_size: Callable[[], int]
+    chunk_size: ChunkSizer
     backoff: Backoff
     caps: ServerCaps | None = None
     progress: dict[str, BundleProgress] = field(default_factory=dict)
+    remembered_rate: float = 0.0  # the rate last kept in the journal (RATE_KEY)
+
+    def recall_rate(self) -> None:
+        """Start from the rate a previous run kept, if nothing was measured yet."""
+        try:
+            rate = float(self.journal.kv_get(RATE_KEY) or 0)
+        except ValueError:
+            rate = 0.0
+        if rate > 0 and not self.stats.measured_bytes_per_s:
+            self.stats.measured_bytes_per_s = self.remembered_rate = rate
+
+    def remember_rate(self) -> None:
+        """Keep the measured rate for the next run, when it moved by more than a tenth (one
+        small journal write per bundle at most)."""
+        rate = self.stats.measured_bytes_per_s
+        if rate > 0 and abs(rate - self.remembered_rate) > 0.1 * self.remembered_rate:
+            self.journal.kv_set(RATE_KEY, f"{rate:.0f}")
+            self.remembered_rate = rate
 
 
 class BundleUpload:
@@ -146,6 +171,7 @@ class BundleUpload:
             if not plan[f.name].done:
                 await self._file(f, plan[f.name].url, progress)
         ctx.journal.mark_uploaded(bundle_id)
+        ctx.remember_rate()
         ctx.journal.forget_upload_plan(bundle_id)
         wire.remove(ctx.data_dir, bundle_id)
         ctx.stats.bundles_uploaded += 1
@@ -253,6 +279,7 @@ class BundleUpload:
             if not outcome.ok:
                 stats.lost_bytes += sent[0]
                 stats.lost_bytes_max = max(stats.lost_bytes_max, sent[0])
+                stats.measured(sent[0], time.monotonic() - began, failed=True)
             # Every byte is at the sink; it is only "done" if it is what the manifest says.
             if (
                 up.done
@@ -328,7 +355,7 @@ class BundleUpload:
                 raise LocalFileProblem(f"{reader.path.name} changed size during its upload")
             headers["Content-Length"] = str(length)
             if req.checksum:
-                digest = await reader.checksum_of(offset, length, self.ctx.chunk_size())
+                digest = await reader.checksum_of(offset, length, self.ctx.chunk_size(ahead=True))
                 headers["Upload-Checksum"] = f"sha256 {digest}"
             content = self.ctx.pace(reader.blocks(offset, length), sent)
         elif req.method in ("POST", "PATCH"):

@@ -45,13 +45,23 @@ class UploadStats:
     def as_dict(self) -> dict[str, float]:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
-    def measured(self, moved: int, seconds: float) -> None:
+    def measured(self, moved: int, seconds: float, *, failed: bool = False) -> None:
         """One request's confirmed bytes and its duration. Requests under 1 MiB are not
-        samples (their time is the round trip, not the link); samples are smoothed."""
-        if moved < 1 << 20 or seconds <= 0:
+        samples (their time is the round trip, not the link); samples are smoothed.
+
+        ``failed``: the bytes a failed request got out and its time. It can only lower the
+        rate (a link that got slower, or a rate remembered from a faster one, must not keep
+        chunks too large to ever get through); one that failed within 1 s says nothing."""
+        if seconds <= 0:
             return
         sample = moved / seconds
         old = self.measured_bytes_per_s
+        if failed:
+            if seconds >= 1.0 and (old == 0 or sample < old):
+                self.measured_bytes_per_s = sample
+            return
+        if moved < 1 << 20:
+            return
         self.measured_bytes_per_s = sample if old == 0 else 0.5 * old + 0.5 * sample
 
     @property

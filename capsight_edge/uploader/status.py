@@ -17,6 +17,9 @@ from typing import Any
 
 STATUS_KEY = "uploader"
 PAUSE_KEY = "upload_paused"  # set by `capsight upload pause` (or any process) to hold uploads
+# The link rate the sink confirmed, kept across restarts: a restarted uploader sizes its first
+# chunk from it instead of starting blind.
+RATE_KEY = "upload_measured_bytes_per_s"
 PUBLISH_IDLE_S = 30.0
 LIVE_S = 45.0  # a status older than this is not a running uploader's
 

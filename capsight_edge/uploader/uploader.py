@@ -202,18 +202,23 @@ class Uploader:
         """None: uncapped; 0: no uploads now."""
         return self.scheduler.rate_bps(self.now())
 
-    def _chunk_size(self) -> int:
+    def _chunk_size(self, ahead: bool = False) -> int:
         """About 4 s of the rate: the cap's, or uncapped the rate the sink confirmed lately
         (a checksummed request cut by the network is applied whole or not at all, so a chunk
         is what one interruption can cost). Uncapped, before anything was measured:
-        ``MAX_CHUNK``; at most ``UNCAPPED_CHUNK``."""
+        ``MAX_CHUNK``; at most ``UNCAPPED_CHUNK``.
+
+        ``ahead``: the size to hash the next chunk ahead with while this one is sent. Before
+        anything was measured, the first answer decides it: guessed at ``UNCAPPED_CHUNK`` (on
+        a fast link the rest of the file goes in one request, and it was hashed while the
+        first chunk was on the wire; a wrong guess costs one hash, not a byte)."""
         if self.chunk_bytes:
             return self.chunk_bytes
         rate = self._bucket.bytes_per_s if self._bucket else None
         if not rate:
             measured = self.stats.measured_bytes_per_s
             if not measured:
-                return MAX_CHUNK
+                return UNCAPPED_CHUNK if ahead else MAX_CHUNK
             return int(min(UNCAPPED_CHUNK, max(MIN_CHUNK, measured * CHUNK_SECONDS)))
         return int(min(MAX_CHUNK, max(MIN_CHUNK, rate * CHUNK_SECONDS)))
 
@@ -263,6 +268,7 @@ class Uploader:
             caps=self.caps,
             progress=self.progress,
         )
+        self._ctx.recall_rate()
         heartbeat: asyncio.Task[None] | None = None
         next_tidy = next_publish = next_heartbeat = 0.0
         try:
