@@ -201,9 +201,9 @@ def _roi_scenes(quick: bool) -> list[tuple[str, list[Any], str]]:
     cat = Catalogue(80, seed=11)
     background = SceneRenderer(Scenario(duration_s=1), cat).render(0.0)[0]
     fh, fw = background.shape[:2]
-    scales = (0.7, 1.0, 1.3) if quick else (0.6, 0.8, 1.0, 1.2, 1.4)
+    scales = (0.7, 1.3) if quick else (0.6, 0.8, 1.0, 1.2, 1.4)
     angles = (0, 12) if quick else (0, 6, 12, 20)
-    blurs = (0.0, 1.5) if quick else (0.0, 1.0, 2.0)
+    blurs = (1.5,) if quick else (0.0, 1.0, 2.0)
     scenes = []
     k = 0
     for scale in scales:

@@ -107,7 +107,7 @@ def verifier_metrics(totals: dict[str, Any], prefix: str = "") -> list[Metric]:
 def bench_crash(ctx: BenchContext) -> BenchResult:
     from benchmarks.crash_harness import crash_loop
 
-    kills = 20 if ctx.quick else 200
+    kills = 10 if ctx.quick else 200
     start = time.perf_counter()
     totals = crash_loop(
         Path(tempfile.mkdtemp(prefix="capsight-crash-")) / "data", kills, seed=7, strict=False
@@ -151,7 +151,7 @@ def bench_power_cut(ctx: BenchContext) -> BenchResult:
     )
     from tests.lazyfs import unavailable
 
-    cuts, cart_cuts = (3, 2) if ctx.quick else (100, 100)
+    cuts, cart_cuts = (2, 1) if ctx.quick else (100, 100)
     res = BenchResult(
         "power_cut",
         f"{cart_cuts} power cuts of `capsight run` (simulated devices, uploading to a sink on the "

@@ -30,7 +30,7 @@ from typing import Any
 
 from benchmarks.registry import BenchContext, BenchResult, Metric, benchmark
 
-#: The teacher's training: rendered views per SKU and epochs (full run; --quick: 12 and 2).
+#: The teacher's training: rendered views per SKU and epochs (full run; --quick: 12 and 1).
 TEACHER_VIEWS, TEACHER_EPOCHS = 32, 20
 STORES = {"bench-north": "store-north", "bench-south": "store-south", "bench-east": "store-east"}
 
@@ -124,7 +124,7 @@ def _train_teacher(root: Path, ctx: BenchContext) -> tuple[Path, str]:
         )
     )
     ds = open_dataset(str(folder))
-    epochs = 2 if ctx.quick else TEACHER_EPOCHS
+    epochs = 1 if ctx.quick else TEACHER_EPOCHS
     settings = TrainSettings(
         dataset=str(folder),
         out=str(root / "teacher"),
@@ -162,7 +162,7 @@ def bench_prelabel(ctx: BenchContext) -> BenchResult:
     from cloud_sink.teacher import Teacher
 
     result = BenchResult("prelabel", __doc__.split("\n\n")[0].strip())
-    seconds = 30.0 if ctx.quick else 90.0
+    seconds = 20.0 if ctx.quick else 90.0
     root = Path(tempfile.mkdtemp(prefix="capsight-prelabel-"))
     try:
         _record(root, ctx.profile_path, seconds)

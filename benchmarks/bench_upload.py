@@ -211,7 +211,7 @@ def _tuspy_once(
 
 @benchmark("upload")
 def bench_upload(ctx: BenchContext) -> BenchResult:
-    window = 5.0 if ctx.quick else 30.0
+    window = 3.0 if ctx.quick else 30.0
     data = Path(tempfile.mkdtemp(prefix="capsight-upsink-"))
     sink, token = _sink(data)
     url, port = sink.url, sink.port

@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,22 @@ from capsight_edge.triggers.weightcheck import DeclaredWeightCheck, WeightVerdic
 
 log = logging.getLogger("capsight.collector")
 CONTROL_SOCKET = "control.sock"
+MAX_UNIX_PATH = 100  # bytes: AF_UNIX holds 107 and a NUL
+
+
+@contextlib.contextmanager
+def unix_socket_path(path: Path) -> Iterator[str]:
+    """``path`` as bind() and sendto() can take it. A Unix socket's path holds 107 bytes; a
+    longer one (a data folder deep in a tree) is reached through its folder's descriptor in
+    /proc/self/fd, which names the same file."""
+    if len(os.fsencode(path)) <= MAX_UNIX_PATH:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
 
 
 def send_manual_trigger(data_dir: str | os.PathLike[str], note: str = "") -> None:
@@ -46,7 +62,8 @@ def send_manual_trigger(data_dir: str | os.PathLike[str], note: str = "") -> Non
     path = Path(os.path.expanduser(data_dir)) / CONTROL_SOCKET
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         try:
-            s.sendto(b"manual " + note.encode()[:200], str(path))
+            with unix_socket_path(path) as where:
+                s.sendto(b"manual " + note.encode()[:200], where)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise FrameError(f"no collector is running on {path} ({exc.strerror})") from exc
 
@@ -167,7 +184,8 @@ class Collector:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        s.bind(str(path))
+        with unix_socket_path(path) as where:
+            s.bind(where)
         s.setblocking(False)
         self._control = s
 

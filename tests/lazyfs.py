@@ -38,6 +38,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -45,6 +46,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 PAGE = 4096
+MAX_SOCKET_PATH = 100  # bytes; AF_UNIX allows 107 and a NUL
 
 
 def unavailable() -> str | None:
@@ -489,12 +491,18 @@ class LazyMount:
         self.root = root
         self.backing, self.state, self.mnt = root / "backing", root / "state", root / "mnt"
         self.sock = root / "ctl.sock"
+        self._short: Path | None = None  # a short folder for the socket, when root's path is long
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = root / "lazyfs.log"
         for p in (self.backing, self.mnt):
             p.mkdir(parents=True, exist_ok=True)
 
     def start(self, timeout_s: float = 20.0) -> Path:
+        if len(os.fsencode(self.root / "ctl.sock")) > MAX_SOCKET_PATH:
+            # a Unix socket's path has room for 107 bytes: deep under pytest's or a benchmark
+            # run's temporary folder, it goes in a short one of its own, removed at unmount
+            self._short = Path(tempfile.mkdtemp(prefix="lazyfs-", dir="/tmp"))
+            self.sock = self._short / "ctl.sock"
         self.sock.unlink(missing_ok=True)
         repo = Path(__file__).resolve().parent.parent
         with open(self.log, "ab") as log:
@@ -561,6 +569,10 @@ class LazyMount:
                 self.proc.kill()
                 self.proc.wait()
             self.proc = None
+        if self._short is not None:
+            shutil.rmtree(self._short, ignore_errors=True)
+            self._short = None
+            self.sock = self.root / "ctl.sock"
 
     def __enter__(self) -> LazyMount:
         self.start()

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import ROOT, run_cli
 
@@ -59,6 +63,109 @@ def test_a_run_leaves_no_temporary_folders_behind(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "journal_batch.png").read_bytes()[:4] == b"\x89PNG"
     from benchmarks.bench_wifi import why_not
 
+    if why_not():
+        assert wifi["notes"][0] == f"skipped: {why_not()}"
+    else:
+        names = {m["name"]: m for m in wifi["metrics"]}
+        assert names["bundles delivered"]["met"], wifi
+        assert names["goodput while the link is up, as a share of the shaped rate"]["value"] > 0
+        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+        assert "capsight-wifi" not in namespaces.stdout and "csw" not in links
+
+
+def test_the_gpu_benchmarks_reference_cnn_is_the_cart_models_network(tmp_path: Path) -> None:
+    """Where onnxruntime has no CUDA provider, GPU inference runs the reference CNN in PyTorch:
+    the same network and weights, read from the ONNX file, giving onnxruntime's answers."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from benchmarks.gpu import TorchReference
+    from capsight_edge.runtime.inference import build_reference_cnn
+
+    model = build_reference_cnn(tmp_path / "reference_cnn.onnx")
+    x = np.random.default_rng(3).random((1, 3, 224, 224), dtype=np.float32)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    want = session.run(None, {"input": x})[0]
+    got = TorchReference(model, "cpu")(x)
+    assert got.shape == want.shape == (1, 10)
+    assert np.abs(got - want).max() < 1e-4 and np.abs(want).max() > 0.01
+
+
+def test_the_device_script_runs_here_and_says_what_it_could_not_measure(tmp_path: Path) -> None:
+    """benchmarks/device/run.sh is for a GPU host; on a machine without a GPU (this one, CI) it
+    still writes the same report, and each GPU figure it cannot take is skipped with why."""
+    import subprocess
+
+    from benchmarks.gpu import gpu_backend
+
+    out = tmp_path / "device"
+    res = subprocess.run(
+        [str(ROOT / "benchmarks" / "device" / "run.sh"), str(out), "--quick"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "DEVICE_BENCHMARKS": "gpu_inference encoders", "DEVICE_WHEELS": "",
+             "PYTHON": sys.executable},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads((out / "results.json").read_text())
+    by_name = {b["name"]: b for b in report["benchmarks"]}
+    assert set(by_name) == {"gpu_inference", "encoders"}
+    assert by_name["encoders"]["metrics"], by_name["encoders"]
+    backend, why = gpu_backend()
+    if backend:
+        assert by_name["gpu_inference"]["metrics"]
+    else:
+        assert by_name["gpu_inference"]["notes"][0] == f"skipped: no GPU inference here ({why})"
+    assert (out / "RESULTS.md").exists() and (out / "targets.png").exists()
+
+
+@pytest.mark.skipif(
+    os.environ.get("CAPSIGHT_BENCH_QUICK_ALL") != "1",
+    reason="all of --quick takes about 5.5 minutes here, over what the 20-minute suite has left; "
+    "CAPSIGHT_BENCH_QUICK_ALL=1 runs it",
+)
+def test_every_benchmark_runs_in_quick_form_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    """`python -m benchmarks --quick`, all of it: every registered benchmark produces metrics
+    (or says why it was skipped), none fails; the report names the machine and the commit, and
+    RESULTS.md is what results.json renders to. Targets are not asserted: a smoke run's figures
+    are not the full run's. Every temporary folder goes, and the benchmark that needs network
+    namespaces leaves no namespace or veth behind."""
+    import subprocess
+
+    from benchmarks.bench_wifi import why_not
+    from benchmarks.runner import BENCHMARKS, _load
+
+    _load()
+    scratch, out = tmp_path / "tmp", tmp_path / "out"
+    scratch.mkdir()
+    res = run_cli(
+        "--quick", "--out", str(out), prog="benchmarks", timeout=900, env={"TMPDIR": str(scratch)}
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert list(scratch.iterdir()) == []
+    report = json.loads((out / "results.json").read_text())
+    machine = report["machine"]
+    assert machine["cores"] >= 1 and machine["cpu"] and machine["os"] and report["quick"]
+    assert len(machine["git"]["commit"]) == 40 and isinstance(machine["git"]["dirty"], bool)
+    assert machine["packages"]["numpy"] and "onnxruntime" in machine["packages"]
+    by_name = {b["name"]: b for b in report["benchmarks"]}
+    assert set(by_name) == set(BENCHMARKS)
+    for name, bench in by_name.items():
+        assert not any(n.startswith("failed:") for n in bench["notes"]), (name, bench["notes"])
+        if not bench["notes"][0].startswith("skipped:"):
+            assert bench["metrics"], name
+    load = next(m for m in by_name["profile"]["metrics"] if m["name"].startswith("profile load"))
+    assert load["baseline"] > 0 and load["ratio"] > 0
+    for png in ("targets", "journal_batch", "upload_rate_over_time", "inference_latency_cdf"):
+        assert (out / f"{png}.png").read_bytes()[:4] == b"\x89PNG", png
+    md = (out / "RESULTS.md").read_text()
+    assert "| profile load (median) |" in md and machine["git"]["commit"][:12] in md
+    # RESULTS.md is generated from results.json alone: rendering again gives the same file
+    (out / "RESULTS.md").unlink()
+    res = run_cli("--render", str(out), prog="benchmarks", timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert (out / "RESULTS.md").read_text() == md
+    wifi = by_name["upload_wifi"]
     if why_not():
         assert wifi["notes"][0] == f"skipped: {why_not()}"
     else:

@@ -50,6 +50,26 @@ def _rows(batch: dict) -> list[dict]:  # type: ignore[type-arg]
     return [{k: batch[k][i] for k in batch} for i in range(len(batch["t_ns"]))]
 
 
+def test_the_control_socket_works_in_a_data_folder_deeper_than_a_socket_path_holds(
+    tmp_path: Path,
+) -> None:
+    """A Unix socket's path holds 107 bytes; a data folder deep in a tree (a test's, a
+    benchmark's, an integrator's) still gets its control socket and its manual triggers."""
+    import socket
+
+    from capsight_edge.collector import CONTROL_SOCKET, unix_socket_path
+
+    deep = tmp_path / ("a" * 70) / ("b" * 70)
+    deep.mkdir(parents=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        with unix_socket_path(deep / CONTROL_SOCKET) as where:
+            assert where.startswith("/proc/self/fd/") and len(where) < 100
+            server.bind(where)
+        assert (deep / CONTROL_SOCKET).exists()
+        send_manual_trigger(deep, "deep")
+        assert server.recv(300) == b"manual deep"
+
+
 def test_manual_trigger_without_a_collector_is_a_clear_error(tmp_path: Path) -> None:
     res = subprocess.run(
         [

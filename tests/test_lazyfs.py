@@ -164,3 +164,24 @@ def test_sqlite_commits_survive_a_cut_and_the_database_stays_whole(fs: LazyMount
     n = again.execute("SELECT count(*) FROM t").fetchone()[0]
     again.close()
     assert 50 <= n <= 80
+
+
+def test_it_mounts_deep_in_a_temporary_folder(tmp_path: Path) -> None:
+    """A Unix socket's path holds 107 bytes: under a benchmark run's or pytest's folders the
+    control socket goes in a short folder of its own, which goes at unmount."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    fs = LazyMount(deep)
+    mnt = fs.start()
+    try:
+        short = fs.sock.parent
+        assert short != deep and short.exists()
+        write_synced(mnt / "kept", b"synced")
+        fsync_path(mnt)
+        assert fs.stats()["fsync"] >= 1
+        fs.cut()
+        assert not short.exists()
+        mnt = fs.start()
+        assert (mnt / "kept").read_bytes() == b"synced"
+    finally:
+        fs.stop()
+    assert not fs.sock.parent.exists() or fs.sock.parent == deep
