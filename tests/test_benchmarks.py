@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,7 +49,6 @@ def test_the_committed_results_and_the_readme_table_are_generated_from_one_run()
 def test_a_run_leaves_no_temporary_folders_behind(tmp_path: Path) -> None:
     """Also the benchmark that needs network namespaces: it runs (as root with iproute2) or
     says why not, and leaves no namespace or veth behind either way."""
-    import subprocess
 
     scratch = tmp_path / "tmp"
     scratch.mkdir()
@@ -61,17 +61,25 @@ def test_a_run_leaves_no_temporary_folders_behind(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "out" / "results.json").read_text())
     _journal, wifi = sorted(report["benchmarks"], key=lambda b: b["name"])
     assert (tmp_path / "out" / "journal_batch.png").read_bytes()[:4] == b"\x89PNG"
+    assert_wifi_ran_or_said_why(wifi)
+
+
+def assert_wifi_ran_or_said_why(wifi: dict[str, Any]) -> None:
+    """upload_wifi ran (as root with iproute2) or says why not, and left no namespace or veth
+    behind either way."""
+    import subprocess
+
     from benchmarks.bench_wifi import why_not
 
     if why_not():
         assert wifi["notes"][0] == f"skipped: {why_not()}"
-    else:
-        names = {m["name"]: m for m in wifi["metrics"]}
-        assert names["bundles delivered"]["met"], wifi
-        assert names["goodput while the link is up, as a share of the shaped rate"]["value"] > 0
-        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-        namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
-        assert "capsight-wifi" not in namespaces.stdout and "csw" not in links
+        return
+    names = {m["name"]: m for m in wifi["metrics"]}
+    assert names["bundles delivered"]["met"], wifi
+    assert names["goodput while the link is up, as a share of the shaped rate"]["value"] > 0
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    assert "capsight-wifi" not in namespaces.stdout and "csw" not in links
 
 
 def test_the_gpu_benchmarks_reference_cnn_is_the_cart_models_network(tmp_path: Path) -> None:
@@ -130,9 +138,7 @@ def test_every_benchmark_runs_in_quick_form_and_leaves_nothing_behind(tmp_path: 
     RESULTS.md is what results.json renders to. Targets are not asserted: a smoke run's figures
     are not the full run's. Every temporary folder goes, and the benchmark that needs network
     namespaces leaves no namespace or veth behind."""
-    import subprocess
 
-    from benchmarks.bench_wifi import why_not
     from benchmarks.runner import BENCHMARKS, _load
 
     _load()
@@ -165,13 +171,4 @@ def test_every_benchmark_runs_in_quick_form_and_leaves_nothing_behind(tmp_path: 
     res = run_cli("--render", str(out), prog="benchmarks", timeout=120)
     assert res.returncode == 0, res.stderr
     assert (out / "RESULTS.md").read_text() == md
-    wifi = by_name["upload_wifi"]
-    if why_not():
-        assert wifi["notes"][0] == f"skipped: {why_not()}"
-    else:
-        names = {m["name"]: m for m in wifi["metrics"]}
-        assert names["bundles delivered"]["met"], wifi
-        assert names["goodput while the link is up, as a share of the shaped rate"]["value"] > 0
-        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-        namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
-        assert "capsight-wifi" not in namespaces.stdout and "csw" not in links
+    assert_wifi_ran_or_said_why(by_name["upload_wifi"])

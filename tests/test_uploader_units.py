@@ -316,8 +316,9 @@ def test_uncapped_chunks_are_about_four_seconds_of_the_measured_rate(tmp_path: P
 
 def test_a_failed_request_can_only_lower_the_measured_rate() -> None:
     """A link that got slower (or a rate remembered from a faster one) must not keep chunks
-    too large to ever get through: what a failed request got out, over its time, lowers the
-    rate; it never raises it, and a failure within a second is no sample."""
+    too large to ever get through: what a request cut by the network got out, over its time,
+    lowers the rate; it never raises it, and a cut within a second is no sample. Once the link
+    is back, whole chunks, however small, measure it again."""
     from capsight_edge.uploader.progress import UploadStats
 
     stats = UploadStats()
@@ -330,3 +331,9 @@ def test_a_failed_request_can_only_lower_the_measured_rate() -> None:
     assert stats.measured_bytes_per_s == 0.5 * 2**20
     stats.measured(200_000, 2.0, failed=True)  # a stall: even under 1 MiB, it is the link
     assert stats.measured_bytes_per_s == 100_000
+    # ... and it recovers: small chunks that the chunk size (not the file) sized are samples
+    stats.measured(256 << 10, 0.1)  # a small file: a round trip, not the link
+    assert stats.measured_bytes_per_s == 100_000
+    for _ in range(12):
+        stats.measured(256 << 10, 0.1, whole_chunk=True)
+    assert stats.measured_bytes_per_s > 2.4 * 2**20  # the link: 2.5 MiB/s

@@ -269,16 +269,19 @@ class BundleUpload:
             sent = [0]  # body bytes of this request that went out
             progress.sending = sent
             began = time.monotonic()
+            cut = False
             try:
                 outcome = await self._exchange(up, req, reader, sent)
             except Interrupted as exc:
                 stats.interruptions += 1
                 outcome = up.interrupted(str(exc))
+                cut = True
             if up.endpoint != ctx.sink.endpoint:  # the sink moved its endpoint (307/308)
                 ctx.sink.endpoint = up.endpoint
             if not outcome.ok:
                 stats.lost_bytes += sent[0]
                 stats.lost_bytes_max = max(stats.lost_bytes_max, sent[0])
+            if cut:  # the network, not the sink's answer: what got out says how fast it is
                 stats.measured(sent[0], time.monotonic() - began, failed=True)
             # Every byte is at the sink; it is only "done" if it is what the manifest says.
             if (
@@ -298,7 +301,8 @@ class BundleUpload:
                 stats.bytes_confirmed += max(0, up.offset - base)
                 progress.update(others + up.offset)
             if outcome.kind in (PROGRESS, COMPLETE):
-                stats.measured(up.offset - base, time.monotonic() - began)
+                whole_chunk = req.body is not None and req.body[1] >= up.chunk_bytes
+                stats.measured(up.offset - base, time.monotonic() - began, whole_chunk=whole_chunk)
                 if up.done or up.offset > before_offset:
                     fails = 0  # only bytes stored count as getting somewhere
                 continue

@@ -45,13 +45,17 @@ class UploadStats:
     def as_dict(self) -> dict[str, float]:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
-    def measured(self, moved: int, seconds: float, *, failed: bool = False) -> None:
-        """One request's confirmed bytes and its duration. Requests under 1 MiB are not
-        samples (their time is the round trip, not the link); samples are smoothed.
+    def measured(
+        self, moved: int, seconds: float, *, failed: bool = False, whole_chunk: bool = False
+    ) -> None:
+        """One request's confirmed bytes and its duration; samples are smoothed. Requests
+        under 1 MiB are not samples (their time is the round trip, not the link), unless they
+        carried a whole chunk (``whole_chunk``: the chunk size, not the file, set their size):
+        otherwise a rate that fell would keep chunks small and never be measured again.
 
-        ``failed``: the bytes a failed request got out and its time. It can only lower the
-        rate (a link that got slower, or a rate remembered from a faster one, must not keep
-        chunks too large to ever get through); one that failed within 1 s says nothing."""
+        ``failed``: the bytes a request cut by the network got out, and its time. It can only
+        lower the rate (a link that got slower, or a rate remembered from a faster one, must not
+        keep chunks too large to ever get through); one cut within 1 s says nothing."""
         if seconds <= 0:
             return
         sample = moved / seconds
@@ -60,7 +64,7 @@ class UploadStats:
             if seconds >= 1.0 and (old == 0 or sample < old):
                 self.measured_bytes_per_s = sample
             return
-        if moved < 1 << 20:
+        if moved < 1 << 20 and not whole_chunk:
             return
         self.measured_bytes_per_s = sample if old == 0 else 0.5 * old + 0.5 * sample
 
