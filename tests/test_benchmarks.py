@@ -132,6 +132,7 @@ def test_the_device_script_runs_here_and_says_what_it_could_not_measure(tmp_path
     reason="all of --quick takes about 5.5 minutes here, over what the 20-minute suite has left; "
     "CAPSIGHT_BENCH_QUICK_ALL=1 runs it",
 )
+@pytest.mark.timeout(1200)
 def test_every_benchmark_runs_in_quick_form_and_leaves_nothing_behind(tmp_path: Path) -> None:
     """`python -m benchmarks --quick`, all of it: every registered benchmark produces metrics
     (or says why it was skipped), none fails; the report names the machine and the commit, and
