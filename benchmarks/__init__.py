@@ -2,3 +2,5 @@
 
 Run ``python -m benchmarks [--quick] [--only NAME] [--profile FILE] [--out DIR]``.
 """
+
+import capsight_edge  # noqa: F401  (before onnxruntime: its telemetry off)

@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,25 +35,10 @@ from capsight_edge.errors import FrameError, ModelRejected
 from capsight_edge.profile.schema import Profile
 from capsight_edge.triggers.engine import Decision, TriggerEngine
 from capsight_edge.triggers.weightcheck import DeclaredWeightCheck, WeightVerdict
+from capsight_edge.unixsock import unix_socket_path
 
 log = logging.getLogger("capsight.collector")
 CONTROL_SOCKET = "control.sock"
-MAX_UNIX_PATH = 100  # bytes: AF_UNIX holds 107 and a NUL
-
-
-@contextlib.contextmanager
-def unix_socket_path(path: Path) -> Iterator[str]:
-    """``path`` as bind() and sendto() can take it. A Unix socket's path holds 107 bytes; a
-    longer one (a data folder deep in a tree) is reached through its folder's descriptor in
-    /proc/self/fd, which names the same file."""
-    if len(os.fsencode(path)) <= MAX_UNIX_PATH:
-        yield str(path)
-        return
-    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
-    try:
-        yield f"/proc/self/fd/{fd}/{path.name}"
-    finally:
-        os.close(fd)
 
 
 def send_manual_trigger(data_dir: str | os.PathLike[str], note: str = "") -> None:

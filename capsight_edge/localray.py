@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from capsight_edge.localsink import free_port
+from capsight_edge.unixsock import ray_temp_dir
 
 RAY = Path(sys.executable).with_name("ray")
 
@@ -24,24 +25,26 @@ def ray_head(cpus: int = 2, object_store_bytes: int = 150_000_000) -> Iterator[s
         raise RuntimeError(f"Ray is not installed beside {sys.executable} (the train extras)")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     port = free_port()
-    started = subprocess.run(
-        [
-            str(RAY),
-            "start",
-            "--head",
-            f"--port={port}",
-            f"--num-cpus={cpus}",
-            f"--object-store-memory={object_store_bytes}",
-            "--include-dashboard=false",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-    )
-    if started.returncode != 0:
-        raise RuntimeError(f"ray start failed: {started.stderr[-1500:]}")
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        subprocess.run([str(RAY), "stop", "--force"], capture_output=True, timeout=120, env=env)
+    with ray_temp_dir() as temp_dir:
+        started = subprocess.run(
+            [
+                str(RAY),
+                "start",
+                "--head",
+                f"--port={port}",
+                f"--num-cpus={cpus}",
+                f"--object-store-memory={object_store_bytes}",
+                "--include-dashboard=false",
+                *([f"--temp-dir={temp_dir}"] if temp_dir else []),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=env,
+        )
+        try:
+            if started.returncode != 0:
+                raise RuntimeError(f"ray start failed: {started.stderr[-1500:]}")
+            yield f"127.0.0.1:{port}"
+        finally:
+            subprocess.run([str(RAY), "stop", "--force"], capture_output=True, timeout=120, env=env)

@@ -30,6 +30,7 @@ Run ``python -m tests.lazyfs serve BACKING STATE MOUNT SOCKET`` for the filesyst
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -38,15 +39,15 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, NoReturn
 
+from capsight_edge.unixsock import socket_folder
+
 PAGE = 4096
-MAX_SOCKET_PATH = 100  # bytes; AF_UNIX allows 107 and a NUL
 
 
 def unavailable() -> str | None:
@@ -491,18 +492,17 @@ class LazyMount:
         self.root = root
         self.backing, self.state, self.mnt = root / "backing", root / "state", root / "mnt"
         self.sock = root / "ctl.sock"
-        self._short: Path | None = None  # a short folder for the socket, when root's path is long
+        self._short: contextlib.ExitStack | None = None  # the socket's folder, when made for it
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = root / "lazyfs.log"
         for p in (self.backing, self.mnt):
             p.mkdir(parents=True, exist_ok=True)
 
     def start(self, timeout_s: float = 20.0) -> Path:
-        if len(os.fsencode(self.root / "ctl.sock")) > MAX_SOCKET_PATH:
-            # a Unix socket's path has room for 107 bytes: deep under pytest's or a benchmark
-            # run's temporary folder, it goes in a short one of its own, removed at unmount
-            self._short = Path(tempfile.mkdtemp(prefix="lazyfs-", dir="/tmp"))
-            self.sock = self._short / "ctl.sock"
+        # deep under pytest's or a benchmark run's temporary folder, the socket goes in a short
+        # folder of its own, removed at unmount
+        self._short = contextlib.ExitStack()
+        self.sock = self._short.enter_context(socket_folder(self.root, 9, "lazyfs-")) / "ctl.sock"
         self.sock.unlink(missing_ok=True)
         repo = Path(__file__).resolve().parent.parent
         with open(self.log, "ab") as log:
@@ -570,7 +570,7 @@ class LazyMount:
                 self.proc.wait()
             self.proc = None
         if self._short is not None:
-            shutil.rmtree(self._short, ignore_errors=True)
+            self._short.close()
             self._short = None
             self.sock = self.root / "ctl.sock"
 

@@ -57,7 +57,8 @@ def test_the_control_socket_works_in_a_data_folder_deeper_than_a_socket_path_hol
     benchmark's, an integrator's) still gets its control socket and its manual triggers."""
     import socket
 
-    from capsight_edge.collector import CONTROL_SOCKET, unix_socket_path
+    from capsight_edge.collector import CONTROL_SOCKET
+    from capsight_edge.unixsock import unix_socket_path
 
     deep = tmp_path / ("a" * 70) / ("b" * 70)
     deep.mkdir(parents=True)

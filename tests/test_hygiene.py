@@ -1,5 +1,6 @@
 """A cart that cleans up after crashes: `kill -9` of `capsight run`, twenty times, leaves no
-orphan process and no shared-memory segment behind; one run per data folder; stop twice."""
+orphan process and no shared-memory segment behind; one run per data folder; stop twice;
+onnxruntime leaves nothing in the temporary folder and reports nothing."""
 
 from __future__ import annotations
 
@@ -92,3 +93,32 @@ def test_a_cart_stops_twice_without_complaint(tmp_path: Path) -> None:
     cart.stop()
     cart.stop()
     assert not (tmp_path / "run.json").exists()
+
+
+@pytest.mark.parametrize("package", ["capsight_edge", "cloud_sink", "trainer", "benchmarks"])
+def test_onnxruntime_neither_phones_home_nor_writes_to_tmp(package: str, tmp_path: Path) -> None:
+    """onnxruntime 1.32 for Linux starts Microsoft's telemetry when imported, and leaves its
+    session file ``.ses`` in $TMPDIR; importing any of the project's packages first turns that
+    off (a cart's temporary folder stays as it was, and nothing is reported anywhere)."""
+    from benchmarks.teachers import make_teacher
+
+    model = make_teacher(tmp_path, ["", "sku-1"])
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    code = (
+        f"import {package}, os, onnxruntime\n"
+        f"onnxruntime.InferenceSession({str(model)!r}, providers=['CPUExecutionProvider'])\n"
+        "print(os.environ['ORT_DISABLE_TELEMETRY'])\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "TMPDIR": str(scratch)},
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "1"
+    assert list(scratch.iterdir()) == []

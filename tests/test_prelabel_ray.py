@@ -4,6 +4,8 @@ exactly what the in-process stage labels."""
 from __future__ import annotations
 
 import shutil
+import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,15 @@ from tests.labelling_helpers import Fleet, label_rows, make_teacher
 
 
 @pytest.mark.slow
-def test_the_ray_path_labels_exactly_as_in_process(fleet: Fleet, tmp_path: Path) -> None:
+def test_the_ray_path_labels_exactly_as_in_process(
+    fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also: under a temporary folder too deep for Ray's session sockets, the cluster gets a
+    short one of its own, removed after."""
+    deep = tmp_path / ("t" * 60) / ("m" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setenv("TMPDIR", str(deep))
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
     cat = Catalogue.load(fleet.catalogue)
     teacher = make_teacher(tmp_path, ["", *cat.skus])
     here, there = tmp_path / "here", tmp_path / "there"
@@ -34,3 +44,5 @@ def test_the_ray_path_labels_exactly_as_in_process(fleet: Fleet, tmp_path: Path)
 
     assert report.items > 0 and not report.failed
     assert label_rows(a) == label_rows(b)
+    left = {p.name: stat.filemode(p.lstat().st_mode) for p in deep.iterdir()}
+    assert left == {}

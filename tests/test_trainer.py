@@ -29,9 +29,16 @@ ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
 SKUS = 6
 
 
-def train_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def train_cli(
+    *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*TRAIN, *args], capture_output=True, text=True, timeout=timeout, env=ENV, cwd=ROOT
+        [*TRAIN, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**ENV, **(env or {})},
+        cwd=ROOT,
     )
 
 
@@ -122,10 +129,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
         _out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
 
-    # 2. The same run, uninterrupted, on a local cluster started for it (the default).
-    clean = root / "clean"
-    res = train_cli("run", *common, "--out", str(clean))
+    # 2. The same run, uninterrupted, on a local cluster started for it (the default), with a
+    # temporary folder too deep for Ray's session sockets: Ray gets a short one, removed after.
+    clean, deep = root / "clean", root / ("t" * 60) / ("m" * 60)
+    deep.mkdir(parents=True)
+    res = train_cli("run", *common, "--out", str(clean), env={"TMPDIR": str(deep)})
     assert res.returncode == 0, res.stderr[-3000:]
+    assert list(deep.iterdir()) == []
     # 3. A deliberately worse candidate: five optimiser steps (a fixed budget, --steps).
     worse = root / "worse"
     res = train_cli("run", "--dataset", str(dataset), "--steps", "5", "--out", str(worse))

@@ -16,6 +16,7 @@ what the command line shows while the run goes on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -344,6 +345,8 @@ def train_ray(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from capsight_edge.unixsock import ray_temp_dir
+
     out = Path(settings.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     settings.out = str(out)
@@ -358,18 +361,20 @@ def train_ray(
         POLL_ENV: os.environ.get(POLL_ENV, str(POLL_S)),
     }
     started_here = not ray.is_initialized()
-    if started_here:
-        if address:
+    temp = contextlib.ExitStack()  # the cluster's short temporary folder, when it needs one
+    try:
+        if started_here and address:
             ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": job_env})
-        else:
+        elif started_here:
+            # a cluster of its own: its session sockets must fit a Unix socket path
             ray.init(
                 num_cpus=os.cpu_count() or 2,
                 object_store_memory=object_store_bytes,
                 include_dashboard=False,
                 log_to_driver=False,
                 runtime_env={"env_vars": job_env},
+                _temp_dir=temp.enter_context(ray_temp_dir()),
             )
-    try:
         gpus = float(ray.cluster_resources().get("GPU", 0))
         settings.use_gpu = settings.use_gpu or gpus >= settings.workers
         per_worker: dict[str, float] = {"CPU": settings.cpus_per_worker}
@@ -413,6 +418,7 @@ def train_ray(
     finally:
         if started_here:
             ray.shutdown()
+        temp.close()
     epochs = read_progress(out)
     return TrainResult(
         state_path,
