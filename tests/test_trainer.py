@@ -131,9 +131,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
 
     # 2. The same run, uninterrupted, on a local cluster started for it (the default), with a
     # temporary folder too deep for Ray's session sockets: Ray gets a short one, removed after.
+    # (torch keeps its compile cache, torchinductor_USER, in $TMPDIR on purpose: put elsewhere.)
     clean, deep = root / "clean", root / ("t" * 60) / ("m" * 60)
     deep.mkdir(parents=True)
-    res = train_cli("run", *common, "--out", str(clean), env={"TMPDIR": str(deep)})
+    env = {"TMPDIR": str(deep), "TORCHINDUCTOR_CACHE_DIR": str(root / "inductor")}
+    res = train_cli("run", *common, "--out", str(clean), env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert list(deep.iterdir()) == []
     # 3. A deliberately worse candidate: five optimiser steps (a fixed budget, --steps).
