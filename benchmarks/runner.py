@@ -33,6 +33,7 @@ MODULES = (
     "benchmarks.bench_prelabel",
     "benchmarks.bench_train",
     "benchmarks.bench_models",
+    "benchmarks.bench_fleet_cost",
 )
 
 

@@ -173,3 +173,26 @@ def test_every_benchmark_runs_in_quick_form_and_leaves_nothing_behind(tmp_path: 
     assert res.returncode == 0, res.stderr
     assert (out / "RESULTS.md").read_text() == md
     assert_wifi_ran_or_said_why(by_name["upload_wifi"])
+
+
+def test_the_fleet_cost_benchmark_reports_every_stage_per_capture_at_each_size(
+    tmp_path: Path,
+) -> None:
+    """`fleet_cost` in quick form (2 and 4 carts): every stage's CPU per capture, the bytes and
+    the reviewer's seconds at each size, the two targets against the smallest fleet, the plot."""
+    res = run_cli(
+        "--quick", "--only", "fleet_cost", "--out", str(tmp_path), prog="benchmarks", timeout=600
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    (bench,) = json.loads((tmp_path / "results.json").read_text())["benchmarks"]
+    assert not any(n.startswith("failed:") for n in bench["notes"]), bench["notes"]
+    values = {m["name"]: m for m in bench["metrics"]}
+    for n in (2, 4):
+        assert values[f"{n} carts: captures"]["value"] > 0
+        assert values[f"{n} carts: bytes uploaded per capture"]["value"] > 0
+        for stage in ("ingest", "pre-label", "export", "training"):
+            assert values[f"{n} carts: {stage} CPU per capture"]["value"] > 0, (n, stage)
+        assert values[f"{n} carts: reviewer seconds per capture"]["value"] > 0
+    for name in ("cloud CPU per capture, 4 carts", "reviewer seconds per capture, 4 carts"):
+        assert values[name]["baseline"] > 0 and values[name]["met"] is not None
+    assert (tmp_path / "fleet_cost.png").read_bytes()[:4] == b"\x89PNG"
