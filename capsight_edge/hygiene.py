@@ -19,6 +19,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -104,6 +105,12 @@ class RunRecord:
         self.record["segments"].append(name)
         self._write()
 
+    def add_temp_dir(self, path: str | os.PathLike[str]) -> None:
+        """A temporary folder of the run (the simulated MCU's pty link): removed by the next
+        start if this run dies before it removes it itself."""
+        self.record.setdefault("temp_dirs", []).append(str(path))
+        self._write()
+
     def release(self) -> None:
         if self._fd is None:
             return
@@ -140,5 +147,11 @@ class RunRecord:
                     seg.unlink()
                 if name not in self.cleaned["segments"]:
                     self.cleaned["segments"].append(name)
-        if self.cleaned["processes"] or self.cleaned["segments"]:
+        for folder in old.get("temp_dirs", []):
+            where = Path(str(folder))
+            # only what a run of ours made: a capsight-* folder in the temporary folder
+            if where.name.startswith("capsight-") and where.is_dir() and not where.is_symlink():
+                shutil.rmtree(where, ignore_errors=True)
+                self.cleaned.setdefault("temp_dirs", []).append(str(where))
+        if self.cleaned["processes"] or self.cleaned["segments"] or self.cleaned.get("temp_dirs"):
             log.warning("cleaned up after an earlier run that died: %s", self.cleaned)

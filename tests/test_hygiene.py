@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,10 @@ from tests.conftest import SIM, start_run, wait_until
 
 def segments() -> set[str]:
     return {p.name for p in Path("/dev/shm").glob("capsight-fb-*")}
+
+
+def mcu_links() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("capsight-mcu-*")}
 
 
 def orphans() -> list[int]:
@@ -46,7 +51,10 @@ def run(data: Path) -> subprocess.Popen[str]:
 
 @pytest.mark.slow
 def test_twenty_kills_leave_no_orphans_and_no_segments(tmp_path: Path) -> None:
+    """Nor the simulated MCU's pty folders in the temporary folder: each start removes the one
+    the killed run before it left."""
     before_segments, before_orphans = segments(), set(orphans())
+    before_links = mcu_links()
     for _ in range(20):
         proc = run(tmp_path)
         assert proc.stdout is not None
@@ -58,7 +66,9 @@ def test_twenty_kills_leave_no_orphans_and_no_segments(tmp_path: Path) -> None:
     assert wait_until(lambda: segments() <= before_segments, timeout_s=20), segments()
     # And a start after a kill cleans up what it can find of the dead run.
     record = json.loads((tmp_path / "run.json").read_text())
-    assert record["children"] and record["segments"]
+    assert record["children"] and record["segments"] and record["temp_dirs"]
+    RunRecord(tmp_path).claim().release()  # the start after the last kill
+    assert mcu_links() <= before_links, mcu_links() - before_links
 
 
 def test_one_run_per_data_folder_and_a_dead_runs_leftovers_go(tmp_path: Path) -> None:
@@ -71,6 +81,12 @@ def test_one_run_per_data_folder_and_a_dead_runs_leftovers_go(tmp_path: Path) ->
     seg.write_bytes(b"x")
     first.add_child(child.pid)
     first.add_segment(seg.name)
+    link = Path(tempfile.mkdtemp(prefix="capsight-mcu-"))
+    (link / "ttyCART0").symlink_to("/dev/null")
+    not_ours = tmp_path / "somebody-elses"  # a recorded folder not named as ours stays
+    not_ours.mkdir()
+    first.add_temp_dir(link)
+    first.add_temp_dir(not_ours)
     first.record["pid"] = 999_999_999  # not alive
     first._write()
     os.close(first._fd)  # type: ignore[arg-type]  # the lock goes as the process would
@@ -78,8 +94,12 @@ def test_one_run_per_data_folder_and_a_dead_runs_leftovers_go(tmp_path: Path) ->
     second = RunRecord(tmp_path).claim()
     try:
         assert child.wait(5) == -signal.SIGKILL
-        assert not seg.exists()
-        assert second.cleaned == {"processes": [child.pid], "segments": [seg.name]}
+        assert not seg.exists() and not link.exists() and not_ours.is_dir()
+        assert second.cleaned == {
+            "processes": [child.pid],
+            "segments": [seg.name],
+            "temp_dirs": [str(link)],
+        }
     finally:
         second.release()
 

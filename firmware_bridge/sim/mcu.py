@@ -110,6 +110,12 @@ class McuSimulator:
         self.clock = clock or ScenarioClock()
         self._boot()
 
+    @property
+    def temp_dir(self) -> str | None:
+        """The folder this simulator made for its link (None when given one): removed by
+        ``stop()``; a run killed first records it for the next start to remove."""
+        return self._tmp
+
     # -- time --------------------------------------------------------------------------------
     def scenario_time(self, host_ns: int | None = None) -> float:
         return self.clock.at(host_ns if host_ns is not None else time.monotonic_ns())
