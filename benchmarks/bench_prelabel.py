@@ -223,15 +223,10 @@ def bench_prelabel(ctx: BenchContext) -> BenchResult:
             Metric("frames skipped as empty background", report.empty_frames, "frames")
         )
         # The simulated reviewer, per source of the pre-label.
-        truths: dict[tuple[str, str], sim.Truth] = {}
+        truths = sim.Truths(blobs, root)
         by_source: dict[str, list[sim.Decision]] = {}
         for item in items:
-            key = (item["device_id"], item["bundle_id"])
-            if key not in truths:
-                tmp = root / "truth.mcap"
-                tmp.write_bytes(blobs.get_bytes(f"bundles/{key[0]}/{key[1]}/sensors.mcap"))
-                truths[key] = sim.Truth.from_mcap(tmp)
-            d = sim.review(item, truths[key])
+            d = sim.review(item, truths.of(item))
             by_source.setdefault(item["source"] or "none", []).append(d)
         everything = [d for ds in by_source.values() for d in ds]
         s = sim.summary(everything)

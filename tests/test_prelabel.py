@@ -34,12 +34,6 @@ def sink(fleet: Fleet, tmp_path: Path) -> Iterator[tuple[Index, LocalBlobStore, 
     yield index, LocalBlobStore(data / "blobs" / "store"), data
 
 
-def truth_of(blobs: LocalBlobStore, device: str, bundle: str, tmp: Path) -> sim_reviewer.Truth:
-    path = tmp / f"{bundle}.mcap"
-    path.write_bytes(blobs.get_bytes(f"bundles/{device}/{bundle}/{SENSORS}"))
-    return sim_reviewer.Truth.from_mcap(path)
-
-
 def test_barcode_as_label_names_the_product_in_the_hand(
     fleet: Fleet, sink: tuple[Index, LocalBlobStore, Path], tmp_path: Path
 ) -> None:
@@ -51,8 +45,9 @@ def test_barcode_as_label_names_the_product_in_the_hand(
     by_barcode = [i for i in items if i["source"] == "barcode"]
     assert by_barcode, "no barcode was read in the fleet's captures"
     right = 0
+    truths = sim_reviewer.Truths(blobs, tmp_path)
     for item in by_barcode:
-        truth = truth_of(blobs, item["device_id"], item["bundle_id"], tmp_path)
+        truth = truths.of(item)
         right += truth.at(item["t_ns"])[0] == item["sku"]
         assert item["score"] == 1.0 and item["candidates"][0]["detail"]  # the code read
     assert right / len(by_barcode) >= 0.9, (right, len(by_barcode))
@@ -198,20 +193,8 @@ def test_simulated_review_audit_and_versioned_exports(
     assert len(pre.items) == len(labelled) > 0
     assert {i.label.source for i in pre.items} <= {"barcode", "teacher", "vlm"}
     assert all(i.label.reviewer == "" for i in pre.items)
-    decisions = []
-    for item in store.items():
-        truth = truth_of(blobs, item["device_id"], item["bundle_id"], tmp_path)
-        d = sim_reviewer.review(item, truth)
-        decisions.append(d)
-        store.review(
-            item["item_id"],
-            version=item["version"],
-            action=d.action,
-            who="sim",
-            seconds=d.seconds,
-            sku=d.sku,
-            box=d.box,
-        )
+    truths = sim_reviewer.Truths(blobs, tmp_path)
+    decisions = [sim_reviewer.review_into(store, i, truths.of(i)) for i in store.items()]
     figures = sim_reviewer.summary(decisions)
     assert figures["reviewer_s"] < figures["from_scratch_s"]
     # The audit: a label a barcode contradicts goes back to review.

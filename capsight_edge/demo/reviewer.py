@@ -30,6 +30,7 @@ from __future__ import annotations
 import bisect
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 VERIFY_S = 1.6
@@ -89,6 +90,38 @@ class Truth:
         )
         _t, sku, box = self.samples[best]
         return sku, box
+
+
+class Truths:
+    """The answer sheets of the bundles in a sink's blob store, each read once (``scratch``: a
+    folder for the sensor log while it is read)."""
+
+    def __init__(self, blobs: Any, scratch: Path) -> None:
+        self.blobs, self.scratch = blobs, scratch
+        self._read: dict[tuple[str, str], Truth] = {}
+
+    def of(self, item: dict[str, Any]) -> Truth:
+        key = (item["device_id"], item["bundle_id"])
+        if key not in self._read:
+            path = self.scratch / "truth.mcap"
+            path.write_bytes(self.blobs.get_bytes(f"bundles/{key[0]}/{key[1]}/sensors.mcap"))
+            self._read[key] = Truth.from_mcap(path)
+        return self._read[key]
+
+
+def review_into(store: Any, item: dict[str, Any], truth: Truth) -> Decision:
+    """Review ``item`` and record the verdict in the label store ``store`` as reviewer "sim"."""
+    d = review(item, truth)
+    store.review(
+        item["item_id"],
+        version=item["version"],
+        action=d.action,
+        who="sim",
+        seconds=d.seconds,
+        sku=d.sku,
+        box=d.box,
+    )
+    return d
 
 
 def review(item: dict[str, Any], truth: Truth) -> Decision:
