@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from capsight_edge.durable import data_folder
+from capsight_edge.durable import data_folder, fsync_dir, fsync_file
 from capsight_edge.errors import DeviceBusy
 
 log = logging.getLogger("capsight.hygiene")
@@ -127,9 +127,13 @@ class RunRecord:
         return data if isinstance(data, dict) else {}
 
     def _write(self) -> None:
+        # Durable: after a power cut the next start must still find what this run left on disk
+        # (its temporary folders; processes and segments die with the power).
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.record))
+        fsync_file(tmp)
         os.replace(tmp, self.path)
+        fsync_dir(self.path.parent)
 
     def _clean(self, old: dict[str, Any]) -> None:
         if not old or _alive(old):

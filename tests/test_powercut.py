@@ -4,6 +4,7 @@ not yet made durable (tests/lazyfs.py), cut at random moments and booted again."
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from pathlib import Path
 
 import httpx
@@ -37,8 +38,11 @@ def test_capsight_run_through_power_cuts(tmp_path: Path) -> None:
     """`capsight run` (journal, sealing, recovery, uploader) on the cutting filesystem, the sink
     on the real disk, cut three times mid-upload: every bundle the run reported sealed survives
     and verifies, upload offsets never run ahead of what the sink holds, nothing half-written is
-    left or reaches the sink, each bundle is ingested once."""
+    left or reaches the sink, each bundle is ingested once. The run record is durable: each
+    boot removes the simulated MCU's folder the cut run left in the temporary folder."""
+    links = set(Path(tempfile.gettempdir()).glob("capsight-mcu-*"))
     t = cart_powercut_loop(tmp_path, cuts=3, seed=11, wait_for_seal=True)
+    assert set(Path(tempfile.gettempdir()).glob("capsight-mcu-*")) <= links
     assert t["cuts"] == 3 and t["reported"] >= 3
     assert t["lost"] == 0, t["lost_detail"]
     assert t["offsets_checked"] > 0, "no cut came mid-upload"
