@@ -57,6 +57,10 @@ def git_state(root: Path = ROOT) -> dict[str, Any]:
 
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
+    if commit is None and os.environ.get("CAPSIGHT_SOURCE_COMMIT"):
+        # A copy of the tree without .git (a device host): the commit it was copied at, as the
+        # copier says; whether the copy differs from it is then unknown.
+        return {"commit": os.environ["CAPSIGHT_SOURCE_COMMIT"], "dirty": None, "changed_files": []}
     return {
         "commit": commit,
         "dirty": None if status is None else bool(status),

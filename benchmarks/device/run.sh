@@ -9,6 +9,8 @@
 # machine without a GPU: every benchmark then runs on the CPU or says why it is skipped.
 # DEVICE_BENCHMARKS (space-separated names) replaces the default list; DEVICE_WHEELS names another
 # folder of wheels ("" for none); PYTHON another interpreter (default python3).
+# A copy of the tree without .git (the device tool sends none) records the commit named by
+# CAPSIGHT_SOURCE_COMMIT in results.json, with its dirty flag unknown.
 set -euo pipefail
 out="$(realpath -m "${1:?usage: benchmarks/device/run.sh OUT_DIR [--quick]}")"
 shift
