@@ -53,14 +53,15 @@ def git_state(root: Path = ROOT) -> dict[str, Any]:
             )
         except (OSError, subprocess.SubprocessError):
             return None
-        return res.stdout.strip() if res.returncode == 0 else None
+        # rstrip: porcelain lines begin with a status column that may be a space
+        return res.stdout.rstrip() if res.returncode == 0 else None
 
+    if os.environ.get("CAPSIGHT_SOURCE_COMMIT"):
+        # A copy of the tree (a device host) whose .git, if any, can be older than the files:
+        # the commit the copy was made at, as the copier says; whether it differs is unknown.
+        return {"commit": os.environ["CAPSIGHT_SOURCE_COMMIT"], "dirty": None, "changed_files": []}
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
-    if commit is None and os.environ.get("CAPSIGHT_SOURCE_COMMIT"):
-        # A copy of the tree without .git (a device host): the commit it was copied at, as the
-        # copier says; whether the copy differs from it is then unknown.
-        return {"commit": os.environ["CAPSIGHT_SOURCE_COMMIT"], "dirty": None, "changed_files": []}
     return {
         "commit": commit,
         "dirty": None if status is None else bool(status),

@@ -112,7 +112,7 @@ def test_the_device_script_runs_here_and_says_what_it_could_not_measure(tmp_path
         [str(ROOT / "benchmarks" / "device" / "run.sh"), str(out), "--quick"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
         env={**os.environ, "DEVICE_BENCHMARKS": "gpu_inference encoders", "DEVICE_WHEELS": "",
-             "PYTHON": sys.executable},
+             "PYTHON": sys.executable, "CAPSIGHT_SOURCE_COMMIT": "ab" * 20},
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     report = json.loads((out / "results.json").read_text())
@@ -125,6 +125,28 @@ def test_the_device_script_runs_here_and_says_what_it_could_not_measure(tmp_path
     else:
         assert by_name["gpu_inference"]["notes"][0] == f"skipped: no GPU inference here ({why})"
     assert (out / "RESULTS.md").exists() and (out / "targets.png").exists()
+    # the device tool's copy may carry a .git older than its files: the commit it was sent at
+    assert report["machine"]["git"] == {"commit": "ab" * 20, "dirty": None, "changed_files": []}
+
+
+def test_the_run_names_each_changed_file_whole(tmp_path: Path) -> None:
+    """git status's first line begins with a space (" M file"): it is not cut short."""
+    import subprocess
+
+    from capsight_edge.machine import git_state
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "alpha.txt").write_text("a\n")
+    (tmp_path / "beta.txt").write_text("b\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    (tmp_path / "alpha.txt").write_text("a2\n")
+    (tmp_path / "beta.txt").write_text("b2\n")
+    state = git_state(tmp_path)
+    assert state["dirty"] is True and state["changed_files"] == ["alpha.txt", "beta.txt"]
 
 
 @pytest.mark.skipif(

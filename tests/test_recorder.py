@@ -346,3 +346,21 @@ def test_an_encoder_that_dies_between_clips_is_tried_last(spare_encoder: str) ->
     assert chain.died(spare_encoder, "gone").name == "libx264"
     assert chain.open().name == "libx264"  # not back to the one that died
     assert chain.order == ["libx264", spare_encoder] and changes == [spare_encoder, "libx264"]
+
+
+def test_a_hardware_encoder_that_does_not_open_says_ffmpegs_reason_quietly(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The probe's reason carries FFmpeg's own log line (on an H200, which has no encoder engine:
+    "OpenEncodeSessionEx failed: unsupported device"), and the probe prints nothing itself."""
+    import av
+
+    if "h264_nvenc" not in av.codecs_available:
+        pytest.skip("this PyAV has no h264_nvenc")
+    probe = probe_encoder("h264_nvenc")
+    if probe.opens:
+        pytest.skip("h264_nvenc opens here")
+    assert "last error log: [h264_nvenc]" in probe.reason, probe.reason
+    out, err = capfd.readouterr()
+    assert "h264_nvenc" not in out + err
+    assert av.logging.get_level() is None  # the probe leaves PyAV's logging as it found it

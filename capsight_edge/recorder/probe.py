@@ -26,6 +26,7 @@ def probe_encoder(name: str, width: int = 320, height: int = 240) -> EncoderProb
     start = time.perf_counter()
     try:
         import av
+        import av.logging
         import numpy as np
     except ImportError as exc:  # edge extra not installed
         return EncoderProbe(
@@ -40,6 +41,21 @@ def probe_encoder(name: str, width: int = 320, height: int = 240) -> EncoderProb
             f"not built into this PyAV ({type(exc).__name__})",
             time.perf_counter() - start,
         )
+    # FFmpeg's own log line says why a hardware encoder failed ("Cannot load libcuda.so.1",
+    # "OpenEncodeSessionEx failed: unsupported device" on a GPU without an encoder engine); PyAV
+    # adds it to the exception only while its logging is on. Capture keeps it off the console.
+    previous = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)
+    try:
+        with av.logging.Capture():
+            return _open_and_encode(av, np, codec, name, width, height, start)
+    finally:
+        av.logging.set_level(previous)
+
+
+def _open_and_encode(
+    av: Any, np: Any, codec: Any, name: str, width: int, height: int, start: float
+) -> EncoderProbe:
     try:
         ctx: Any = av.codec.CodecContext.create(codec)
         ctx.width, ctx.height = width, height
