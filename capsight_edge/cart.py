@@ -143,9 +143,8 @@ class Cart:
         self.hub = SensorHub(p, factory=self.factory)
         self.hub.add_event_listener(self.events.publish)
         self.hub.start()
-        sim_mcu = getattr(self.factory, "mcu_sim", None)
-        if sim_mcu is not None and sim_mcu.temp_dir:
-            self.run_record.add_temp_dir(sim_mcu.temp_dir)
+        for folder in self.factory.temp_dirs():
+            self.run_record.add_temp_dir(folder)
         if self.hub.link is not None:
             link = self.hub.link
 

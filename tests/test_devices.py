@@ -148,6 +148,10 @@ def test_a_mixed_profile_routes_each_device_and_shares_one_scenario(tmp_path: Pa
         transport = factory.mcu_transport()
         assert transport.name == factory.sim.mcu_sim.port  # the simulator's pty
         assert factory.hands is factory.sim.hands
+        # the simulator's pty folder is reported through the routed factory too, so a cart
+        # with a real camera and a simulated MCU records it for the next start to remove
+        assert factory.temp_dirs() == [factory.sim.mcu_sim.temp_dir]
+        assert Path(factory.temp_dirs()[0]).is_dir()
     with factory_from_profile(load_profile(SIM)) as factory:
         assert isinstance(factory, SimFactory)
         with pytest.raises(DeviceBusy):  # one consumer per device

@@ -178,6 +178,11 @@ class DeviceFactory:
         """A short name for messages (the port, the bus, "simulated MCU on a pty")."""
         return device
 
+    def temp_dirs(self) -> list[str]:
+        """Temporary folders the devices handed out so far made (a simulator's pty links):
+        a run that dies leaves them, so the cart records them for the next start to remove."""
+        return []
+
     # -- reservations and closing ----------------------------------------------------------------
     def _claim(self, device: str, key: str | None = None, label: str = "") -> None:
         """Reserve ``device`` for this factory's one consumer; ``key`` (a device path) also

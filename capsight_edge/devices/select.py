@@ -53,6 +53,9 @@ class RoutedFactory(DeviceFactory):
     def describe(self, device: str) -> str:
         return self._for(device).describe(device)
 
+    def temp_dirs(self) -> list[str]:
+        return self.hardware.temp_dirs() + self.sim.temp_dirs()
+
 
 def factory_from_profile(
     profile: Profile,

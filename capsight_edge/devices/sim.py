@@ -145,6 +145,9 @@ class SimFactory(DeviceFactory):
         self.on_close(transport.close)
         return transport
 
+    def temp_dirs(self) -> list[str]:
+        return [self.mcu_sim.temp_dir] if self.mcu_sim is not None and self.mcu_sim.temp_dir else []
+
     def i2c_bus(self) -> Any:
         from firmware_bridge.sim.smbus import simulated_cart_bus
 
