@@ -106,6 +106,11 @@ MIGRATIONS: list[Migration] = [
     """
     ALTER TABLE uploads ADD COLUMN sha256 TEXT;
     """,
+    # 6: when an ingest finished, as a number (done_utc has whole seconds): how long after its
+    #    upload a bundle was verified and indexed
+    """
+    ALTER TABLE ingest_queue ADD COLUMN done_ts REAL;
+    """,
 ]
 
 
@@ -446,10 +451,15 @@ class SinkDB:
 
     def finish_ingest(self, seq: int, result: str, *, failed: bool = False) -> None:
         self._exec(
-            "UPDATE ingest_queue SET state = ?, done_utc = ?, result = ?, claimed_until = 0 "
-            "WHERE seq = ?",
-            ("failed" if failed else "done", utc_now(), result, seq),
+            "UPDATE ingest_queue SET state = ?, done_utc = ?, done_ts = ?, result = ?, "
+            "claimed_until = 0 WHERE seq = ?",
+            ("failed" if failed else "done", utc_now(), time.time(), result, seq),
         )
+
+    def last_ingest_ts(self) -> float | None:
+        """When the most recent ingest finished (seconds since the epoch), None if none has."""
+        row = self._exec("SELECT max(done_ts) FROM ingest_queue").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     def release_claims(self) -> int:
         """At start: claims held by a previous run of this sink are void (it is gone)."""

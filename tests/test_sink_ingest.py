@@ -386,3 +386,27 @@ def test_a_file_verified_whole_on_arrival_is_trusted_and_anything_else_is_hashed
     assert verified_on_arrival(s, "verified-2")[CLIP] == sent
     (row,) = [r for r in query(s, admin) if r["bundle_id"] == "verified-2"]
     assert row["status"] == "corrupt" and "sha256/size differ" in str(row["reason"])
+
+
+def test_the_queue_says_when_its_last_ingest_finished(tmp_path: Path) -> None:
+    """Each finished ingest is stamped to the sub-second (the benchmark times uploads until
+    the sink has verified and indexed them): None before any, then the latest finish."""
+    import time
+
+    from cloud_sink.db import SinkDB
+
+    db = SinkDB(tmp_path / "sink.db")
+    assert db.last_ingest_ts() is None
+    stamps = []
+    for i in range(3):
+        upload_id = f"t{i}".ljust(32, "x")
+        db.create_upload(upload_id, "cart-a", 1, {}, 1e12)
+        assert db.complete(upload_id)
+        item = db.claim_ingest()
+        assert item is not None
+        before = time.time()
+        db.finish_ingest(item.seq, "done", failed=i == 1)  # a failed ingest finished too
+        stamps.append((before, time.time()))
+        last = db.last_ingest_ts()
+        assert last is not None and before <= last <= stamps[-1][1]
+    db.close()
