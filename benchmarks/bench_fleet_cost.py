@@ -187,7 +187,7 @@ def _fleet(
     }
 
 
-@benchmark("fleet_cost")
+@benchmark("fleet_cost", needs=("simulated carts",))
 def bench_fleet_cost(ctx: BenchContext) -> BenchResult:
     from benchmarks.teachers import make_teacher
     from capsight_edge.devices.sim import fleet_catalogue

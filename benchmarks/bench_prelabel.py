@@ -144,7 +144,7 @@ def _train_teacher(root: Path, ctx: BenchContext) -> tuple[Path, str]:
     )
 
 
-@benchmark("prelabel")
+@benchmark("prelabel", needs=("simulated carts",))
 def bench_prelabel(ctx: BenchContext) -> BenchResult:
     import cv2
     import numpy as np

@@ -51,10 +51,50 @@ class BenchContext:
 Benchmark = Callable[[BenchContext], BenchResult]
 BENCHMARKS: dict[str, Benchmark] = {}
 
+#: What a benchmark needs beyond this host's CPU and disk, by name. "simulated carts": it runs
+#: whole carts (``capsight run``) on the profile, which needs the profile's camera and MCU to be
+#: simulated. (Benchmarks that find out for themselves, such as a GPU, FUSE or network
+#: namespaces, skip with their own reason.)
+NEEDS: dict[str, frozenset[str]] = {}
 
-def benchmark(name: str) -> Callable[[Benchmark], Benchmark]:
+
+def benchmark(name: str, *, needs: tuple[str, ...] = ()) -> Callable[[Benchmark], Benchmark]:
     def deco(fn: Benchmark) -> Benchmark:
         BENCHMARKS[name] = fn
+        NEEDS[name] = frozenset(needs)
         return fn
 
     return deco
+
+
+def unmet_needs(name: str, profile_path: str) -> str:
+    """Why ``name`` cannot run with ``profile_path`` ("" when it can)."""
+    if "simulated carts" not in NEEDS.get(name, frozenset()):
+        return ""
+    from capsight_edge.devices.factory import device_kinds
+    from capsight_edge.profile import load_profile
+
+    kinds = device_kinds(load_profile(profile_path))
+    real = sorted(d for d in ("camera", "mcu") if d not in kinds.simulated)
+    if not real:
+        return ""
+    which = ", ".join(f"{d} ({getattr(kinds, d)})" for d in real)
+    return (
+        f"it runs whole simulated carts on the profile, and {profile_path} has a real {which}; "
+        "it measures the sink and the trainer, not the cart: run it with hw_profiles/sim.toml"
+    )
+
+
+def profile_note(profile_path: str) -> str:
+    """For a run on a profile with real devices: what the other benchmarks measured."""
+    from capsight_edge.devices.factory import device_kinds
+    from capsight_edge.profile import load_profile
+
+    kinds = device_kinds(load_profile(profile_path))
+    real = sorted(kinds.used - kinds.simulated)
+    if not real:
+        return ""
+    return (
+        f"real {', '.join(real)}. This host's CPU, disk, encoders and accelerators were "
+        "measured on synthetic or recorded inputs; the devices themselves were not opened"
+    )

@@ -16,7 +16,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.registry import BENCHMARKS, BenchContext, BenchResult, Metric
+from benchmarks.registry import (
+    BENCHMARKS,
+    BenchContext,
+    BenchResult,
+    Metric,
+    profile_note,
+    unmet_needs,
+)
 from capsight_edge.machine import describe_machine, machine_line
 
 MODULES = (
@@ -85,6 +92,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         + (" (`--quick`: smoke figures)" if report["quick"] else ""),
         f"- Machine: {machine_line(machine)}",
         f"- Packages: {pkgs}",
+        *profile_lines(report.get("profile")),
         f"- Targets: {len(tg) - len(missed)} of {len(tg)} met"
         + (f"; missed: {'; '.join(missed)}" if missed else ""),
         "",
@@ -231,8 +239,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
     try:
         for name in args.only or sorted(BENCHMARKS):
             start = time.perf_counter()
+            why = unmet_needs(name, args.profile)
             try:
-                result = BENCHMARKS[name](ctx)
+                if why:
+                    result = BenchResult(name, "not run")
+                    result.notes.append(f"skipped: {why}")
+                else:
+                    result = BENCHMARKS[name](ctx)
             except Exception as exc:  # one broken benchmark does not lose the others' figures
                 import traceback
 
@@ -252,6 +265,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
             os.environ["TMPDIR"] = saved[1]
         shutil.rmtree(scratch, ignore_errors=True)
     report = build_report(machine, results, args.quick)
+    report["profile"] = {"path": args.profile, "note": profile_note(args.profile)}
     write_run(out, report)
     print((out / "RESULTS.md").read_text())
     print(f"written: {out / 'results.json'}, {out / 'RESULTS.md'}, {out / 'targets.png'}")
@@ -259,6 +273,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
     if failed:
         print("targets missed: " + "; ".join(failed))
     return 0
+
+
+def profile_lines(profile: dict[str, Any] | None) -> list[str]:
+    """The header line naming the run's profile (none for runs written before it was kept)."""
+    if not profile:
+        return []
+    return [f"- Profile: `{profile['path']}`" + (f": {profile['note']}" if profile["note"] else "")]
 
 
 def build_report(

@@ -129,6 +129,32 @@ def test_the_device_script_runs_here_and_says_what_it_could_not_measure(tmp_path
     assert report["machine"]["git"] == {"commit": "ab" * 20, "dirty": None, "changed_files": []}
 
 
+def test_a_hardware_profile_runs_what_it_can_and_says_why_the_rest_is_skipped(
+    tmp_path: Path,
+) -> None:
+    """`--profile hw_profiles/jetson-orin.toml`: the benchmarks that run whole simulated carts
+    are skipped with the reason (the profile's real camera and MCU); the others run on this
+    host, and the report's header says what was and was not measured."""
+    res = run_cli(
+        "--quick", "--profile", "hw_profiles/jetson-orin.toml", "--only", "profile",
+        "--only", "prelabel", "--only", "fleet_cost", "--out", str(tmp_path),
+        prog="benchmarks", timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads((tmp_path / "results.json").read_text())
+    by_name = {b["name"]: b for b in report["benchmarks"]}
+    for name in ("prelabel", "fleet_cost"):
+        (note,) = by_name[name]["notes"][:1]
+        assert note.startswith("skipped: it runs whole simulated carts"), note
+        assert "camera (v4l2)" in note and "mcu (serial)" in note and not by_name[name]["metrics"]
+    assert by_name["profile"]["metrics"]
+    assert report["profile"]["path"] == "hw_profiles/jetson-orin.toml"
+    assert "real camera, imu, mcu" in report["profile"]["note"]
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert "- Profile: `hw_profiles/jetson-orin.toml`: real camera, imu, mcu." in md
+    assert "skipped: it runs whole simulated carts" in md
+
+
 def test_the_run_names_each_changed_file_whole(tmp_path: Path) -> None:
     """git status's first line begins with a space (" M file"): it is not cut short."""
     import subprocess
