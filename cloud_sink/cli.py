@@ -68,6 +68,25 @@ def build_parser() -> argparse.ArgumentParser:
         "for a sink that has some)",
     )
     s.set_defaults(handler=cmd_serve)
+    dr = sub.add_parser(
+        "doctor",
+        help="check the data folder, databases, ingest queue, blob store, catalogue and registry "
+        "(reads only); non-zero exit when a required check fails",
+    )
+    dr.add_argument("--data", required=True, metavar="DIR", help="the sink's data folder")
+    dr.add_argument("--s3-bucket", metavar="NAME", help="the bucket serve keeps bundles in")
+    dr.add_argument("--s3-endpoint", metavar="URL", help="endpoint URL of an S3-compatible store")
+    dr.add_argument("--s3-prefix", default="", help="key prefix inside the bucket")
+    dr.add_argument("--json", action="store_true", help="`check` records, then `sink_doctor`")
+    dr.set_defaults(handler=cmd_doctor)
+    mg = sub.add_parser(
+        "migrate",
+        help="bring the sink's databases up to this version's schema (a failed step is rolled "
+        "back)",
+    )
+    mg.add_argument("--data", required=True, metavar="DIR", help="the sink's data folder")
+    mg.add_argument("--json", action="store_true", help="one `migrate` record per database")
+    mg.set_defaults(handler=cmd_migrate)
     d = sub.add_parser("device", help="devices and their tokens")
     dsub = d.add_subparsers(dest="device_command", metavar="ACTION", required=True)
     a = dsub.add_parser("add", help="add a device; prints its token once")
@@ -185,6 +204,9 @@ EXAMPLES = {
     "capsight-sink serve --data /srv/sink --host 0.0.0.0",
     "serve": "capsight-sink serve --data /srv/sink\n"
     "capsight-sink serve --data /srv/sink --config sink.toml --log-format json",
+    "doctor": "capsight-sink doctor --data /srv/sink\n"
+    "capsight-sink doctor --data /srv/sink --s3-bucket capsight-bundles --json",
+    "migrate": "capsight-sink migrate --data /srv/sink",
     "device": "capsight-sink device add cart-0001 --data /srv/sink",
     "device add": "capsight-sink device add cart-0001 --data /srv/sink\n"
     "capsight-sink device add ops --admin --json --data /srv/sink",
@@ -245,6 +267,55 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"s3://{args.s3_bucket}/{args.s3_prefix}" if args.s3_bucket else "local",
     )
     serve(app, args.host, args.port, app.state.config.timeouts)
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from capsight_edge.doctor.report import doctor_ok, format_table
+    from capsight_edge.records import CheckRecord
+    from cloud_sink.doctor import run_doctor
+    from cloud_sink.schemas import SinkDoctorRecord
+
+    s3 = (
+        {"bucket": args.s3_bucket, "endpoint": args.s3_endpoint, "prefix": args.s3_prefix}
+        if args.s3_bucket
+        else None
+    )
+    checks = run_doctor(args.data, s3=s3)
+    ok = doctor_ok(checks)
+    if args.json:
+        for c in checks:
+            print(CheckRecord(**c.as_dict()).model_dump_json())  # type: ignore[arg-type]
+        failed = [c.name for c in checks if c.status == "fail"]
+        print(
+            SinkDoctorRecord(
+                data=args.data, ok=ok, checks=len(checks), failed=failed
+            ).model_dump_json()
+        )
+    else:
+        print(f"capsight-sink doctor: data {args.data}")
+        print(format_table(checks))
+        print("result: " + ("ok" if ok else "FAILED: a required check failed (see REMEDY)"))
+    return 0 if ok else 1
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from cloud_sink.doctor import migrate
+    from cloud_sink.schemas import MigrateRecord
+
+    for name, before, after in migrate(args.data):
+        if args.json:
+            print(
+                MigrateRecord(
+                    database=name, version_before=before, version_after=after
+                ).model_dump_json()
+            )
+        else:
+            print(
+                f"{name}: version {before} -> {after}"
+                if after != before
+                else f"{name}: version {after}, nothing to do"
+            )
     return 0
 
 

@@ -187,6 +187,26 @@ class DeviceRecord(_Out):
     token: str | None = None
 
 
+class SinkDoctorRecord(_Out):
+    """``capsight-sink doctor --json``: after one ``check`` record per check (the cart
+    doctor's record), this summary."""
+
+    type: Literal["sink_doctor"] = "sink_doctor"
+    data: str
+    ok: bool
+    checks: int
+    failed: list[str]
+
+
+class MigrateRecord(_Out):
+    """``capsight-sink migrate --json``: one per database of the sink."""
+
+    type: Literal["migrate"] = "migrate"
+    database: str
+    version_before: int
+    version_after: int
+
+
 class PrelabelRecord(_Out):
     """``capsight-sink prelabel --json``."""
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,23 @@ def start_run(
         stderr=stderr,
         text=True,
     )
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1 (a real HTTP S3 endpoint), for one test module."""
+    from capsight_edge.localsink import free_port, wait_http
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url, 30)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)

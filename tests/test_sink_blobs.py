@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,25 +9,6 @@ import pytest
 
 from cloud_sink.blobs import LocalBlobStore, S3BlobStore
 from cloud_sink.db import SinkError
-from tests.sink_helpers import free_port, wait_http
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    port = free_port()
-    bindir = Path(sys.executable).parent
-    proc = subprocess.Popen(
-        [str(bindir / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url, 30)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def s3_store(url: str) -> S3BlobStore:

@@ -1,0 +1,263 @@
+"""`capsight-sink doctor` and `capsight-sink migrate`: what an operator checks before and after
+an upgrade.
+
+The doctor only reads: each database is opened read-only, so a sink whose schema is behind the
+code is reported, not upgraded. ``migrate`` applies what each database lacks, every step in the
+transaction that records it (SQLite's DDL is transactional): a step that fails leaves that
+database's schema as it was, and the error names the database and the step.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from capsight_edge.doctor.report import FAIL, PASS, SKIP, WARN, Check
+from cloud_sink.db import SinkError
+
+#: Free space under which the data folder is a warning: a few clips of a fleet's uploads.
+LOW_FREE_BYTES = 2 * 2**30
+
+
+def databases() -> dict[str, list[Any]]:
+    """The sink's databases (file name: its migrations)."""
+    from cloud_sink import db, index
+
+    return {"sink.db": db.MIGRATIONS, "index.db": index.MIGRATIONS}
+
+
+def schema_version(path: Path) -> int:
+    """The highest migration recorded in ``path`` (0: none), read without writing."""
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = con.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return 0
+        raise
+    finally:
+        con.close()
+    return int(row[0] or 0)
+
+
+def _timed(name: str, probe: Callable[..., Check], *args: Any) -> Check:
+    start = time.perf_counter()
+    try:
+        check = probe(*args)
+    except Exception as exc:  # a probe that breaks is a failed check, not a crashed doctor
+        check = Check(name, FAIL, f"{type(exc).__name__}: {exc}"[:300], required=True)
+    check.duration_s = round(time.perf_counter() - start, 4)
+    return check
+
+
+def _data_folder(data: Path) -> Check:
+    if not data.is_dir():
+        return Check(
+            "data folder",
+            FAIL,
+            f"{data} does not exist",
+            "capsight-sink serve --data DIR makes it; or give the right --data",
+            required=True,
+        )
+    if not os.access(data, os.W_OK | os.X_OK):
+        return Check("data folder", FAIL, f"{data} is not writable by this user", required=True)
+    free = shutil.disk_usage(data).free
+    status = WARN if free < LOW_FREE_BYTES else PASS
+    return Check(
+        "data folder",
+        status,
+        f"{data}: {free / 2**30:.1f} GiB free",
+        "free space, or move the data folder to a bigger disk" if status == WARN else "",
+        required=True,
+    )
+
+
+def _database(data: Path, name: str, migrations: list[Any]) -> Check:
+    path = data / name
+    want = len(migrations)
+    if not path.is_file():
+        return Check(
+            name, WARN, f"{path} does not exist yet", "capsight-sink migrate --data DIR creates it"
+        )
+    have = schema_version(path)
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        integrity = con.execute("PRAGMA quick_check").fetchone()[0]
+    finally:
+        con.close()
+    if integrity != "ok":
+        return Check(
+            name,
+            FAIL,
+            f"quick_check: {integrity}"[:300],
+            "restore the file from a backup; the sink must not serve from it",
+            required=True,
+        )
+    if have > want:
+        return Check(
+            name,
+            FAIL,
+            f"schema version {have}, newer than this capsight-sink's {want}",
+            "run the capsight-sink that wrote it (a downgrade does not undo migrations)",
+            required=True,
+        )
+    if have < want:
+        return Check(
+            name,
+            FAIL,
+            f"schema version {have}, this capsight-sink needs {want}",
+            "capsight-sink migrate --data DIR (serve also migrates when it starts)",
+            required=True,
+        )
+    return Check(name, PASS, f"schema version {have}, integrity ok", required=True)
+
+
+def _ingest_queue(data: Path) -> Check:
+    path = data / "sink.db"
+    if not path.is_file():
+        return Check("ingest queue", SKIP, "no sink.db yet")
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        counts = dict(con.execute("SELECT state, COUNT(*) FROM ingest_queue GROUP BY state"))
+    except sqlite3.OperationalError as exc:
+        return Check("ingest queue", SKIP, f"not readable yet ({exc})")
+    finally:
+        con.close()
+    pending, failed = counts.get("pending", 0), counts.get("failed", 0)
+    detail = f"{pending} pending, {counts.get('done', 0)} done, {failed} failed"
+    if failed:
+        return Check(
+            "ingest queue",
+            WARN,
+            detail,
+            "GET /api/ingest and the sink's log name each failure (a corrupt bundle is indexed "
+            "as corrupt with its reason)",
+        )
+    return Check("ingest queue", PASS, detail)
+
+
+def _blob_store(data: Path, s3: dict[str, Any] | None) -> Check:
+    if s3:
+        from cloud_sink.blobs import S3BlobStore
+
+        store = S3BlobStore(
+            s3["bucket"], endpoint_url=s3.get("endpoint"), prefix=s3.get("prefix", "")
+        )
+        where = f"s3://{s3['bucket']}/{s3.get('prefix', '')}"
+        try:
+            store.s3.head_bucket(Bucket=s3["bucket"])
+            key = store._key(f".doctor/{uuid.uuid4().hex}")
+            store.s3.put_object(Bucket=s3["bucket"], Key=key, Body=b"capsight-sink doctor")
+            store.s3.delete_object(Bucket=s3["bucket"], Key=key)
+        except Exception as exc:
+            return Check(
+                "blob store",
+                FAIL,
+                f"{where}: {type(exc).__name__}: {exc}"[:300],
+                "check the bucket's name, the endpoint and the AWS credentials in the environment",
+                required=True,
+            )
+        return Check(
+            "blob store",
+            PASS,
+            f"{where}: reachable, a probe object written and removed",
+            required=True,
+        )
+    folder = data / "blobs" / "store"
+    if not folder.exists():
+        return Check("blob store", WARN, f"{folder} does not exist yet (nothing ingested)")
+    probe = folder / f".doctor-{uuid.uuid4().hex}"
+    try:
+        probe.write_bytes(b"capsight-sink doctor")
+        probe.unlink()
+    except OSError as exc:
+        return Check("blob store", FAIL, f"{folder}: {exc.strerror or exc}", required=True)
+    return Check("blob store", PASS, f"{folder}: writable", required=True)
+
+
+def _catalogue(data: Path) -> Check:
+    from cloud_sink.catalogue import Catalogue, catalogue_path
+
+    path = catalogue_path(data)
+    if not path.is_file():
+        return Check(
+            "catalogue",
+            WARN,
+            "none imported: pre-labelling has no barcode-as-label",
+            "capsight-sink catalogue import catalogue.json --data DIR",
+        )
+    return Check("catalogue", PASS, f"{len(Catalogue.load(path).products)} products")
+
+
+def _registry(data: Path) -> Check:
+    from cloud_sink.registry import Registry
+
+    reg = Registry(data)
+    if not reg.ready:
+        return Check(
+            "model registry",
+            WARN,
+            "not set up: the sink serves no models",
+            "capsight-train registry-init --registry DATA/registry; capsight-sink model keygen",
+        )
+    if not (reg.folder / "online.json").is_file():
+        return Check(
+            "model registry",
+            WARN,
+            "no online key: the sink cannot sign what carts poll",
+            "capsight-sink model keygen --data DIR",
+        )
+    return Check("model registry", PASS, f"{len(reg.models())} published models")
+
+
+def run_doctor(data_dir: str | Path, *, s3: dict[str, Any] | None = None) -> list[Check]:
+    data = Path(data_dir).expanduser()
+    checks = [_timed("data folder", _data_folder, data)]
+    if checks[0].status == FAIL:
+        return checks
+    for name, migrations in databases().items():
+        checks.append(_timed(name, _database, data, name, migrations))
+    checks.append(_timed("ingest queue", _ingest_queue, data))
+    checks.append(_timed("blob store", _blob_store, data, s3))
+    checks.append(_timed("catalogue", _catalogue, data))
+    checks.append(_timed("model registry", _registry, data))
+    return checks
+
+
+def migrate(data_dir: str | Path) -> list[tuple[str, int, int]]:
+    """Bring every database of the sink in ``data_dir`` up to this code's schema: (file, version
+    before, version after) each. SinkError names the database whose step failed; that step
+    left its schema unchanged."""
+    from cloud_sink.db import SinkDB
+    from cloud_sink.index import Index
+
+    data = Path(data_dir).expanduser()
+    if not data.is_dir():
+        raise SinkError(f"{data} does not exist")
+
+    def open_sink(path: Path) -> None:
+        SinkDB(path).close()
+
+    def open_index(path: Path) -> None:
+        Index(path).db.conn.close()
+
+    out = []
+    for name, opener in (("sink.db", open_sink), ("index.db", open_index)):
+        path = data / name
+        before = schema_version(path) if path.is_file() else 0
+        try:
+            opener(path)
+        except (sqlite3.Error, SinkError) as exc:
+            now = schema_version(path) if path.is_file() else 0
+            raise SinkError(
+                f"{path}: migration {now + 1} failed and was rolled back; the schema stays at "
+                f"version {now}: {exc}"
+            ) from None
+        out.append((name, before, schema_version(path)))
+    return out
