@@ -14,6 +14,17 @@ from cloud_sink.db import SinkError
 from cloud_sink.schemas import DeviceRecord
 
 
+def add_s3_options(p: argparse.ArgumentParser, bucket_help: str) -> None:
+    """The bucket's options, the same for every command that reaches it."""
+    p.add_argument(
+        "--s3-bucket",
+        metavar="NAME",
+        help=f"{bucket_help} (credentials from the usual AWS environment)",
+    )
+    p.add_argument("--s3-endpoint", metavar="URL", help="endpoint URL of an S3-compatible store")
+    p.add_argument("--s3-prefix", default="", help="key prefix inside the bucket")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="capsight-sink", description="capsight cloud sink: a tus 1.0 upload endpoint"
@@ -51,14 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="incomplete uploads expire after this long (sweep.expire_hours)",
     )
-    s.add_argument(
-        "--s3-bucket",
-        metavar="NAME",
-        help="keep ingested bundles in this S3-compatible bucket "
-        "(credentials from the usual AWS environment)",
-    )
-    s.add_argument("--s3-endpoint", metavar="URL", help="endpoint URL of an S3-compatible store")
-    s.add_argument("--s3-prefix", default="", help="key prefix inside the bucket")
+    add_s3_options(s, "keep ingested bundles in this S3-compatible bucket")
     s.add_argument(
         "--ingest-workers",
         type=int,
@@ -74,9 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(reads only); non-zero exit when a required check fails",
     )
     dr.add_argument("--data", required=True, metavar="DIR", help="the sink's data folder")
-    dr.add_argument("--s3-bucket", metavar="NAME", help="the bucket serve keeps bundles in")
-    dr.add_argument("--s3-endpoint", metavar="URL", help="endpoint URL of an S3-compatible store")
-    dr.add_argument("--s3-prefix", default="", help="key prefix inside the bucket")
+    add_s3_options(dr, "the bucket serve keeps bundles in")
     dr.add_argument("--json", action="store_true", help="`check` records, then `sink_doctor`")
     dr.set_defaults(handler=cmd_doctor)
     mg = sub.add_parser(
