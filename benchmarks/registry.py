@@ -56,9 +56,14 @@ BENCHMARKS: dict[str, Benchmark] = {}
 #: simulated. (Benchmarks that find out for themselves, such as a GPU, FUSE or network
 #: namespaces, skip with their own reason.)
 NEEDS: dict[str, frozenset[str]] = {}
+KNOWN_NEEDS = frozenset({"simulated carts"})
 
 
 def benchmark(name: str, *, needs: tuple[str, ...] = ()) -> Callable[[Benchmark], Benchmark]:
+    unknown = set(needs) - KNOWN_NEEDS
+    if unknown:  # a misspelt need would never skip anything
+        raise ValueError(f"benchmark {name}: unknown needs {sorted(unknown)}")
+
     def deco(fn: Benchmark) -> Benchmark:
         BENCHMARKS[name] = fn
         NEEDS[name] = frozenset(needs)
