@@ -268,7 +268,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.ingest_workers,
         f"s3://{args.s3_bucket}/{args.s3_prefix}" if args.s3_bucket else "local",
     )
-    serve(app, args.host, args.port, app.state.config.timeouts)
+    serve(app, args.host, args.port, app.state.config.timeouts, app.state.config.limits)
     return 0
 
 

@@ -43,6 +43,12 @@ class Limits(_Section):
     metadata_pairs: int = Field(default=16, ge=1, le=256, description="Upload-Metadata pairs")
     metadata_value_chars: int = Field(default=1024, ge=16, description="one Upload-Metadata value")
     heartbeat_bytes: int = Field(default=4096, ge=256, description="a heartbeat body")
+    head_bytes: int = Field(
+        default=64 * 1024,
+        ge=8 * 1024,
+        le=1024 * 1024,
+        description="a request head (request line and headers); over it: 431",
+    )
 
 
 class Quotas(_Section):

@@ -5,6 +5,12 @@ a time keeps its connection for as long as it likes (slowloris). :class:`Guarded
 gives every connection ``[timeouts] header_s`` to deliver a whole request head, from when it
 opens and again after each response; a connection that misses it is closed. Bodies have their
 own deadline in the tus endpoint (``body_stall_s``).
+
+A request head has a size limit too (``[limits] head_bytes``), counted before the parser sees
+it, so that the answer does not depend on how TCP cut the stream: a head over it is answered
+431 and the connection is closed gracefully (our side shuts its writing, then reads and
+discards what the client still sends for a moment), so the client reads the 431 instead of a
+connection reset.
 """
 
 from __future__ import annotations
@@ -12,17 +18,29 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from cloud_sink.config import Timeouts
+from cloud_sink.config import Limits, Timeouts
+
+#: After a 431, how long and how much the client may still send before the connection closes.
+LINGER_S, LINGER_BYTES = 2.0, 4 * 1024 * 1024
+TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"content-type: text/plain; charset=utf-8\r\n"
+    b"connection: close\r\n"
+    b"content-length: %d\r\n\r\n%s"
+)
 
 
 class GuardedH11Protocol(H11Protocol):
     header_s = 10.0
+    head_bytes = 64 * 1024
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._discarding = -1  # bytes still accepted while lingering; -1: not lingering
         self._arm()
 
     def _awaiting_head(self) -> bool:
@@ -42,7 +60,34 @@ class GuardedH11Protocol(H11Protocol):
         if self._awaiting_head() and not self.transport.is_closing():
             self.transport.close()
 
+    def _head_too_large(self, data: bytes) -> bool:
+        """Whether, awaiting a request head, the bytes so far pass ``head_bytes`` with no end
+        of the head among them."""
+        if self.conn.their_state is not h11.IDLE:
+            return False
+        buffered = self.conn.trailing_data[0]
+        if len(buffered) + len(data) <= self.head_bytes:
+            return False
+        return b"\r\n\r\n" not in (buffered + data)[: self.head_bytes + 4]
+
+    def _refuse_head(self) -> None:
+        self._disarm()
+        msg = f"the request head is over {self.head_bytes} bytes".encode()
+        self.transport.write(TOO_LARGE % (len(msg), msg))
+        self._discarding = LINGER_BYTES
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
+
     def data_received(self, data: bytes) -> None:
+        if self._discarding >= 0:
+            self._discarding -= len(data)
+            if self._discarding < 0:
+                self.transport.close()
+            return
+        if self._head_too_large(data):
+            self._refuse_head()
+            return
         super().data_received(data)
         if self._awaiting_head():
             self._arm()
@@ -58,7 +103,7 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
 
-def serve(app: Any, host: str, port: int, timeouts: Timeouts) -> None:
+def serve(app: Any, host: str, port: int, timeouts: Timeouts, limits: Limits) -> None:
     """Serve until SIGINT/SIGTERM. Logging is the caller's (``capsight_edge.logs.configure``):
     uvicorn's own lines go through the same handler and format; its access log is off (the
     app writes its own, :mod:`cloud_sink.observe`)."""
@@ -72,7 +117,11 @@ def serve(app: Any, host: str, port: int, timeouts: Timeouts) -> None:
         lg.handlers = list(ours.handlers)
         lg.setLevel(max(ours.level, logging.INFO))
         lg.propagate = False
-    protocol = type("SinkH11Protocol", (GuardedH11Protocol,), {"header_s": timeouts.header_s})
+    protocol = type(
+        "SinkH11Protocol",
+        (GuardedH11Protocol,),
+        {"header_s": timeouts.header_s, "head_bytes": limits.head_bytes},
+    )
     uvicorn.run(
         app,
         host=host,
@@ -80,5 +129,6 @@ def serve(app: Any, host: str, port: int, timeouts: Timeouts) -> None:
         log_config=None,
         access_log=False,
         http=protocol,
+        h11_max_incomplete_event_size=limits.head_bytes + 4,
         timeout_keep_alive=max(1, round(timeouts.keep_alive_s)),
     )
