@@ -1,9 +1,13 @@
-"""The fleet's product catalogue as the sink knows it: SKU, GTIN, name. Barcode-as-label maps a
-confirmed read through it; exports list its SKUs as the classes.
+"""The fleet's product catalogue as the sink knows it: SKU, GTIN, name and, where the retailer
+has it, the weight as sold (``weight_g``, what a self-checkout's weight check compares).
+Barcode-as-label maps a confirmed read through it; pre-labelling weighs the teacher's answer at a
+weight event by how well each product's weight explains the scale's change; exports list its
+SKUs as the classes.
 
 ``DIR/catalogue.json`` (``capsight-sink catalogue import FILE --data DIR``)::
 
-    {"products": [{"sku": "sku-0001", "gtin": "4006381333931", "name": "..."}, ...]}
+    {"products": [{"sku": "sku-0001", "gtin": "4006381333931", "name": "...",
+                   "weight_g": 412.0}, ...]}
 
 GTINs are compared as GTIN-14 (zero-padded), so a UPC-A read matches its EAN-13 form.
 """
@@ -29,6 +33,7 @@ class _Product(BaseModel):
     sku: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     gtin: str = Field(pattern=r"^\d{8,14}$")
     name: str = Field(default="", max_length=200)
+    weight_g: float | None = Field(default=None, gt=0, le=100_000, allow_inf_nan=False)
 
 
 class _File(BaseModel):
@@ -54,6 +59,7 @@ class Product:
     sku: str
     gtin: str
     name: str
+    weight_g: float | None = None
 
 
 class Catalogue:
@@ -61,13 +67,14 @@ class Catalogue:
         self.products = products
         self._by_gtin = {gtin14(p.gtin): p for p in products}
         self.skus = [p.sku for p in products]
+        self.weights = {p.sku: p.weight_g for p in products if p.weight_g is not None}
         if len(set(self.skus)) != len(self.skus):
             raise ValueError("the catalogue names a SKU twice")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Catalogue:
         data = _File.model_validate_json(Path(path).read_bytes())
-        return cls([Product(p.sku, p.gtin, p.name) for p in data.products])
+        return cls([Product(p.sku, p.gtin, p.name, p.weight_g) for p in data.products])
 
     def gtins(self) -> dict[str, str]:
         """SKU -> GTIN-14 (what a dataset manifest and a model card list)."""
@@ -79,7 +86,13 @@ class Catalogue:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"products": [{"sku": p.sku, "gtin": p.gtin, "name": p.name} for p in self.products]}
+            {
+                "products": [
+                    {"sku": p.sku, "gtin": p.gtin, "name": p.name}
+                    | ({"weight_g": p.weight_g} if p.weight_g is not None else {})
+                    for p in self.products
+                ]
+            }
         )
 
 

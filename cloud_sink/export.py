@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud_sink.datasets import (
+    MACHINE_SOURCES,
     NONE,
     Item,
     Label,
@@ -133,7 +134,7 @@ def export_dataset(
                 label=Label(
                     sku=sku,
                     box=r["box"] if sku else None,
-                    source=r["source"] if r["source"] in ("barcode", "teacher", "vlm") else "human",
+                    source=r["source"] if r["source"] in MACHINE_SOURCES else "human",
                     model_version=r["model_version"],
                     score=min(1.0, max(0.0, float(r["score"]))),
                     reviewer=r["reviewer"],

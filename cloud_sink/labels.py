@@ -43,7 +43,7 @@ def utc_now() -> str:
 class Candidate:
     """One pre-label: what a source says about the frame."""
 
-    source: str  # barcode | teacher | vlm
+    source: str  # barcode | weight | teacher | vlm
     sku: str  # "" = no product
     score: float
     box: list[int] | None = None
@@ -67,19 +67,27 @@ class NewItem:
     moment: dict[str, Any] = field(default_factory=dict)
 
 
+#: Which source's answer is the pre-label when several spoke (higher first; others by score).
+PRIORITY = {"barcode": 2, "weight": 1}
+
+
 def route(
     candidates: list[Candidate], *, agree_score: float, alone_score: float
 ) -> tuple[Candidate | None, str]:
-    """The pre-label and the queue it goes to. Agreeing sources (every source that spoke names
-    the same SKU) with the teacher at least ``agree_score`` confident go to quick confirmation;
-    so does a lone source at least ``alone_score`` confident; anything else, and any product
-    label without a box (a barcode read alone names the product, not where it is), to full
-    review."""
+    """The pre-label and the queue it goes to. The pre-label is a barcode's if there is one,
+    else the teacher weighed by the scale (``weight``: it holds the teacher's answer and more),
+    else the most confident source. Agreeing sources (every source that spoke names the same
+    SKU) with the model at least ``agree_score`` confident (the weighed answer where there is
+    one, else the teacher's) go to quick confirmation; so does a lone source at least
+    ``alone_score`` confident; anything else, and any product label without a box (a barcode
+    read alone names the product, not where it is), to full review."""
     if not candidates:
         return None, "needs_review"
     skus = {c.sku for c in candidates}
-    teacher = next((c for c in candidates if c.source == "teacher"), None)
-    best = max(candidates, key=lambda c: (c.source == "barcode", c.score))
+    teacher = next((c for c in candidates if c.source == "weight"), None) or next(
+        (c for c in candidates if c.source == "teacher"), None
+    )
+    best = max(candidates, key=lambda c: (PRIORITY.get(c.source, 0), c.score))
     if best.box is None and teacher is not None and teacher.sku == best.sku:
         best = Candidate(best.source, best.sku, best.score, teacher.box, best.model_version)
     complete = best.box is not None or best.sku == ""  # a product label needs its box

@@ -10,9 +10,15 @@ what they show, so a person only confirms or corrects.
    changed pixels are under ``empty_changed_pct`` shows only the basket: skipped, as are
    bundles indexed ``empty_background`` or ``corrupt``. Times: the manifest's ``start_ns``
    plus the frame's presentation time.
-3. **Sources**: barcode-as-label (the read's GTIN through the fleet catalogue: the product in the
-   hand at that moment, score 1), and the teacher (:mod:`cloud_sink.teacher`, batched), whose
-   box also serves the barcode's label. Agreement and confidence route the item
+3. **Boxes** fitted to the changed pixels (:func:`cloud_sink.evidence.fit_box`): the
+   teacher's box, moved to where the frame differs from the clip's median frame.
+4. **Sources**: barcode-as-label (the read's GTIN through the fleet catalogue: the product in
+   the hand at that moment, score 1); the same read carried to the item placed after it, when
+   the scale's change matches the scanned product's catalogue weight (scan, then place: a
+   self-checkout's weight check); the teacher (:mod:`cloud_sink.teacher`, batched), whose box
+   also serves the barcode's label; and at a weight event, ``weight``: the teacher's
+   probabilities weighed by how well each product's catalogue weight explains the change
+   (:func:`cloud_sink.evidence.weigh`). Agreement and confidence route the item
    (:func:`cloud_sink.labels.route`).
 
 Pre-labelling never reads ``/sim/truth``: that channel is the simulation's answer sheet.
@@ -29,15 +35,16 @@ import pickle
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from capsight_edge.bundle.manifest import CLIP, MANIFEST, SENSORS, Manifest
 from capsight_edge.sensors.sensorlog import iter_messages_bounded
+from cloud_sink import evidence
 from cloud_sink.catalogue import Catalogue
 from cloud_sink.labels import Candidate, LabelStore, NewItem
-from cloud_sink.teacher import Teacher, TeacherError
+from cloud_sink.teacher import Prediction, Teacher, TeacherError
 
 log = logging.getLogger("capsight.sink.prelabel")
 TRUTH = "/sim/truth"  # never read here
@@ -55,6 +62,17 @@ class PrelabelConfig:
     agree_score: float = 0.8
     alone_score: float = 0.95
     jpeg_quality: int = 92
+    #: fitting the teacher's box to the changed pixels (cloud_sink.evidence.fit_box)
+    fit_boxes: bool = True
+    fit_level: float = 45.0
+    fit_share: float = 0.8
+    fit_samples: int = 16
+    #: the scale against the catalogue's weights: the standard deviation of a product's weight
+    #: change, max(weight_sd_g, weight_sd_rel x its weight)
+    weight_sd_g: float = 5.0
+    weight_sd_rel: float = 0.02
+    #: a read is carried to an item placed at most this long after it (scan, then place)
+    scan_to_place_s: float = 10.0
 
 
 @dataclass
@@ -63,6 +81,8 @@ class Moment:
     reasons: list[str] = field(default_factory=list)
     codes: list[str] = field(default_factory=list)
     weight_delta_g: float | None = None
+    #: (code, read time) of the read this item was placed after (scan, then place)
+    scanned: tuple[str, int] | None = None
 
 
 @dataclass
@@ -139,6 +159,16 @@ def moments_of(
                 last.t_ns = mo.t_ns  # a read's time is the best moment to look
         else:
             merged.append(mo)
+    # Scan, then place: the first item added after a read (within scan_to_place_s, no other
+    # read between) is the read's candidate; whether the scale agrees is the catalogue's to say.
+    read: tuple[str, int] | None = None
+    for mo in merged:
+        if mo.codes:
+            read = None if "weight:item_added" in mo.reasons else (mo.codes[0], mo.t_ns)
+        elif read is not None and "weight:item_added" in mo.reasons:
+            if mo.t_ns - read[1] <= cfg.scan_to_place_s * 1e9:
+                mo.scanned = read
+            read = None
     return merged[: cfg.max_moments]
 
 
@@ -167,7 +197,7 @@ def _nearest_batched(
 
 def frames_at(
     clip: Path, start_ns: int, moments: list[Moment], cfg: PrelabelConfig
-) -> tuple[list[tuple[int, Any] | None], list[bool]]:
+) -> tuple[list[tuple[int, Any] | None], list[bool], Any]:
     """For each moment, (time, BGR frame) of the frame to label, and whether it shows only the
     background. A barcode read's moment takes the frame nearest the read; any other moment (a
     trigger, a weight change: the hand has let go by then) takes, of the frames from
@@ -175,21 +205,31 @@ def frames_at(
     clip's median frame: where the product is in view. A frame whose share of changed pixels
     (more than ``changed_grey`` levels at 160 px wide) is under ``empty_changed_pct`` shows only
     the basket. Two decoding passes: the first measures every frame, the second keeps only
-    the chosen ones."""
+    the chosen ones. Also returns the clip's median frame in colour (``fit_samples`` frames
+    spread over the clip, :class:`cloud_sink.evidence.Background`; None when boxes are not
+    fitted), for fitting boxes."""
     import av
     import numpy as np
 
     times: list[int] = []
     small: list[Any] = []
+    samples: list[Any] = []
     with av.open(str(clip)) as container:
         first: float | None = None
-        for frame in container.decode(video=0):
+        stream = container.streams.video[0]
+        total = stream.frames or (container.duration or 0) / 1e6 * float(stream.average_rate or 0)
+        every = max(1, -(-int(total) // max(1, cfg.fit_samples))) if total else 4
+        for k, frame in enumerate(container.decode(video=0)):
             t = float(frame.time or 0.0)
             first = t if first is None else first
             times.append(start_ns + int((t - first) * 1e9))
             small.append(_small(frame.to_ndarray(format="gray")))
+            if cfg.fit_boxes and k % every == 0:
+                samples.append(evidence.small_frame(frame))
     if not times:
-        return [None] * len(moments), [True] * len(moments)
+        return [None] * len(moments), [True] * len(moments), None
+    samples = samples[:: max(1, -(-len(samples) // max(1, cfg.fit_samples)))]
+    colour_bg = evidence.Background(samples) if samples else None
     background = np.median(np.stack(small[:: max(1, len(small) // 60)]), axis=0)
     changed = [float(np.mean(np.abs(f - background) > cfg.changed_grey)) * 100 for f in small]
     chosen: list[int | None] = []
@@ -217,7 +257,19 @@ def frames_at(
             continue
         frames.append((times[pick], images[pick]))
         empty.append(changed[pick] < cfg.empty_changed_pct)
-    return frames, empty
+    return frames, empty, colour_bg
+
+
+def _fit(pred: Prediction, img: Any, background: Any, cfg: PrelabelConfig) -> Prediction:
+    """The teacher's prediction with its boxes fitted to the changed pixels, where they can be."""
+    fitted = evidence.fit_box(
+        img, background, pred.product_box, level=cfg.fit_level, share=cfg.fit_share
+    )
+    if fitted is None:
+        return pred
+    return replace(
+        pred, box=fitted if pred.box is not None else None, product_box=fitted, fitted=True
+    )
 
 
 def _small(grey: Any) -> Any:
@@ -369,13 +421,17 @@ class Prelabeler:
             fh.flush()
             self.blobs.put_file(key, Path(fh.name))
         candidates: list[Candidate] = []
+        box = pred.product_box if pred is not None else None
         if self.catalogue is not None:
             for code in m.codes:
                 product = self.catalogue.by_code(code)
                 if product is not None:
-                    box = pred.product_box if pred is not None else None
                     candidates.append(Candidate("barcode", product.sku, 1.0, box, "", code))
                     break
+            else:
+                carried = self._scanned_then_placed(m)
+                if carried is not None:
+                    candidates.append(replace(carried, box=box))
         if self.vlm is not None:
             answer = self.vlm.ask(data)
             if answer is not None:
@@ -383,15 +439,30 @@ class Prelabeler:
                     Candidate("vlm", answer.sku, round(answer.score, 4), None, self.vlm.version)
                 )
         if pred is not None:
+            version = self.teacher.version if self.teacher else ""
             candidates.append(
                 Candidate(
                     "teacher",
                     pred.sku,
                     round(pred.score, 4),
                     pred.box,
-                    self.teacher.version if self.teacher else "",
+                    version,
+                    "box fitted to the changed pixels" if pred.fitted else "",
                 )
             )
+            weighed = self._weighed(m, pred)
+            if weighed is not None:
+                sku, score = weighed
+                candidates.append(
+                    Candidate(
+                        "weight",
+                        sku,
+                        round(score, 4),
+                        pred.product_box if sku else None,
+                        version,
+                        f"teacher x scale: {m.weight_delta_g:+.0f} g",
+                    )
+                )
         moment = {"reasons": m.reasons, "weight_delta_g": m.weight_delta_g, **f["at"]}
         h, w = f["height"], f["width"]
         return self.labels.add(
@@ -411,6 +482,48 @@ class Prelabeler:
             ),
             agree_score=self.cfg.agree_score,
             alone_score=self.cfg.alone_score,
+        )
+
+    def _scanned_then_placed(self, m: Moment) -> Candidate | None:
+        """The read an added item was placed after, as its label, when the scale's change is
+        the scanned product's catalogue weight (a product with no weight is not carried)."""
+        if m.scanned is None or m.weight_delta_g is None or self.catalogue is None:
+            return None
+        code, t_read = m.scanned
+        product = self.catalogue.by_code(code)
+        if product is None or product.weight_g is None:
+            return None
+        sd = dict(sd_g=self.cfg.weight_sd_g, sd_rel=self.cfg.weight_sd_rel)
+        if not evidence.weight_agrees(product.weight_g, m.weight_delta_g, **sd):
+            return None
+        return Candidate(
+            "barcode",
+            product.sku,
+            1.0,
+            None,
+            "",
+            f"{code} (scanned {(m.t_ns - t_read) / 1e9:.1f} s before this item was placed; "
+            f"the scale {m.weight_delta_g:+.0f} g, the catalogue {product.weight_g:g} g)",
+        )
+
+    def _weighed(self, m: Moment, pred: Prediction) -> tuple[str, float] | None:
+        """The teacher's answer weighed by the scale at a weight event, when the catalogue
+        has weights."""
+        if (
+            m.weight_delta_g is None
+            or not pred.probs
+            or self.teacher is None
+            or self.catalogue is None
+            or not self.catalogue.weights
+        ):
+            return None
+        return evidence.weigh(
+            pred.probs,
+            self.teacher.labels,
+            self.catalogue.weights,
+            m.weight_delta_g,
+            sd_g=self.cfg.weight_sd_g,
+            sd_rel=self.cfg.weight_sd_rel,
         )
 
 
@@ -433,7 +546,7 @@ def compute_bundle(
         t0 = time.perf_counter()
         sensors = read_sensors(tmp / SENSORS)
         moments = moments_of(sensors, cfg)
-        frames, empty = frames_at(tmp / CLIP, manifest.start_ns, moments, cfg)
+        frames, empty, background = frames_at(tmp / CLIP, manifest.start_ns, moments, cfg)
         decode_s = time.perf_counter() - t0
         keep: list[tuple[Moment, tuple[int, Any]]] = []
         for m, f, e in zip(moments, frames, empty, strict=True):
@@ -447,12 +560,17 @@ def compute_bundle(
                 same[0].codes += [c for c in m.codes if c not in same[0].codes]
                 if m.weight_delta_g is not None:
                     same[0].weight_delta_g = m.weight_delta_g
+                same[0].scanned = same[0].scanned or m.scanned
         preds: list[Any] = [None] * len(keep)
         model_s = 0.0
         if teacher is not None and keep:
             t1 = time.perf_counter()
             preds = list(teacher.predict([f[1] for _m, f in keep]))
             model_s = time.perf_counter() - t1
+            if cfg.fit_boxes and background is not None:
+                preds = [
+                    _fit(p, f[1], background, cfg) for p, (_m, f) in zip(preds, keep, strict=True)
+                ]
         out = []
         for (m, (t_ns, img)), pred in zip(keep, preds, strict=True):
             ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])

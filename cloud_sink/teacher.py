@@ -41,6 +41,10 @@ class Prediction:
     #: Where the box head puts a product, whatever the class says: the box a barcode-as-label
     #: takes (the read names the product; the teacher only has to find it).
     product_box: list[int] | None = None
+    #: Every label's probability, in the model card's label order (what other evidence weighs).
+    probs: tuple[float, ...] = ()
+    #: Whether the boxes were fitted to the frame after the model (cloud_sink.evidence.fit_box).
+    fitted: bool = False
 
 
 class Teacher:
@@ -112,5 +116,6 @@ class Teacher:
             bw = max(1, min(w - x0, int(np.clip(b[2], 0, 1) * w)))
             bh = max(1, min(h - y0, int(np.clip(b[3], 0, 1) * h)))
             box = [x0, y0, bw, bh]
-            preds.append(Prediction(sku, float(np.clip(s[k], 0, 1)), box if sku else None, box))
+            probs = tuple(float(v) for v in np.clip(s, 0, 1))
+            preds.append(Prediction(sku, probs[k], box if sku else None, box, probs))
         return preds

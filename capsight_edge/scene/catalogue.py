@@ -262,11 +262,17 @@ class Catalogue:
 
     def as_json(self) -> str:
         """The catalogue as the sink imports it (``capsight-sink catalogue import``): SKU, GTIN
-        (the code as printed), name. Nothing of the look: the sink never renders."""
+        (the code as printed), name and weight as sold (a retailer's catalogue has it: the
+        self-checkout's weight check). Nothing of the look: the sink never renders."""
         import json
 
         return json.dumps(
-            {"products": [{"sku": p.sku, "gtin": p.code, "name": p.name} for p in self.products]}
+            {
+                "products": [
+                    {"sku": p.sku, "gtin": p.code, "name": p.name, "weight_g": p.weight_g}
+                    for p in self.products
+                ]
+            }
         )
 
     def __init__(self, n: int = 200, seed: int = 0) -> None:

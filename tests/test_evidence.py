@@ -1,0 +1,137 @@
+"""What the clip and the scale add to the teacher's answer (cloud_sink/evidence.py), and how
+pre-labelling carries a scan to the item placed after it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cloud_sink import evidence
+from cloud_sink.catalogue import Catalogue
+from cloud_sink.labels import Candidate, route
+from cloud_sink.prelabel import Moment, PrelabelConfig, Prelabeler, moments_of
+
+SD = {"sd_g": 5.0, "sd_rel": 0.02}
+
+
+def test_the_scale_decides_between_products_the_teacher_confuses() -> None:
+    labels = ["", "tea", "rice", "salt"]
+    weights = {"tea": 100.0, "rice": 500.0}  # salt: no weight in the catalogue
+    probs = [0.1, 0.3, 0.5, 0.1]  # the teacher prefers rice
+    assert evidence.weigh(probs, labels, weights, 101.0, **SD)[0] == "tea"
+    sku, score = evidence.weigh(probs, labels, weights, -497.0, **SD)  # taken out: rice
+    assert sku == "rice" and score > 0.95
+    # A change no known product explains: neither known one; the rest as the teacher has it.
+    assert evidence.weigh([0.1, 0.3, 0.5, 0.2], labels, weights, 300.0, **SD)[0] == "salt"
+    # The scale never invents what the teacher rules out.
+    assert evidence.weigh([0.5, 0.0, 0.5, 0.0], labels, weights, 100.0, **SD)[0] != "tea"
+    with pytest.raises(ValueError, match="3 probabilities for 4 labels"):
+        evidence.weigh([0.2, 0.3, 0.5], labels, weights, 1.0, **SD)
+
+
+def test_a_change_agrees_with_a_weight_within_three_deviations() -> None:
+    assert evidence.weight_agrees(1000.0, 1055.0, **SD)  # sd 20 g: 2.75 of them
+    assert not evidence.weight_agrees(1000.0, 1065.0, **SD)
+    assert evidence.weight_agrees(100.0, -114.0, **SD)  # sd 5 g (the floor); taken out
+    assert not evidence.weight_agrees(100.0, 116.0, **SD)
+
+
+def _basket(w: int = 1280, h: int = 720) -> np.ndarray:
+    img = np.full((h, w, 3), 90, np.uint8)
+    img[::40, :] = 130  # the basket's grid
+    img[:, ::40] = 130
+    return img
+
+
+def test_a_box_is_fitted_to_the_product_and_not_the_arm_holding_it() -> None:
+    import cv2
+
+    background = _basket()
+    frame = background.copy()
+    true = [500, 220, 280, 170]
+    x, y, w, h = true
+    frame[y : y + h, x : x + w] = (40, 160, 220)  # the product
+    frame[y + 40 : y + 60, x + 20 : x + w - 20] = (200, 40, 40)  # a band printed on it
+    cv2.line(frame, (x + w, y + 60), (x + w + 260, 0), (120, 170, 230), 40)  # the arm
+    cv2.circle(frame, (x + w, y + 70), 40, (120, 170, 230), -1)  # the hand on its side
+    teacher = [x + 18, y - 12, w + 30, h - 10]  # a few of the teacher's pixels off
+    small_bg = evidence.Background([evidence.small_colour(background)] * 3)
+    fitted = evidence.fit_box(frame, small_bg, teacher)
+    assert fitted is not None
+    assert evidence._iou(teacher, true) < 0.8 and evidence._iou(fitted, true) > 0.93, fitted
+    # Nothing changed: nothing to fit to, the teacher's box stays.
+    assert evidence.fit_box(background, small_bg, teacher) is None
+    assert evidence.fit_box(frame, small_bg, None) is None
+
+
+def _sensors(reads: list[float], adds: list[tuple[float, float]]) -> dict[str, list]:
+    s: dict[str, list] = {t: [] for t in ("/triggers", "/camera/barcodes", "/weight/events")}
+    for t in reads:
+        s["/camera/barcodes"].append((int(t * 1e9), {"gtin": "4006381333931"}))
+    for t, g in adds:
+        kind = "item_added" if g > 0 else "item_removed"
+        s["/weight/events"].append((int(t * 1e9), {"kind": kind, "delta_g": g}))
+    return s
+
+
+def test_a_scan_is_carried_to_the_first_item_placed_after_it() -> None:
+    cfg = PrelabelConfig()
+    ms = moments_of(_sensors([1.0, 20.0], [(3.0, 412.0), (5.0, 412.0), (31.0, 412.0)]), cfg)
+    carried = {round(m.t_ns / 1e9): m.scanned for m in ms if not m.codes}
+    assert carried[3] == ("4006381333931", 1_000_000_000)  # placed 2 s after the read
+    assert carried[5] is None  # one read, one item
+    assert carried[31] is None  # 11 s after the read: over scan_to_place_s
+    # A read merged with its own weight event is that item's already.
+    ms = moments_of(_sensors([1.0], [(1.2, 412.0), (4.0, 412.0)]), cfg)
+    assert [m.scanned for m in ms if not m.codes] == [None]
+    # Taken out after a read: not the scanned item.
+    ms = moments_of(_sensors([1.0], [(3.0, -412.0)]), cfg)
+    assert [m.scanned for m in ms if not m.codes] == [None]
+
+
+def test_a_carried_scan_needs_the_scale_to_agree(tmp_path: Path) -> None:
+    cat = tmp_path / "catalogue.json"
+    cat.write_text(
+        '{"products": [{"sku": "tea", "gtin": "4006381333931", "weight_g": 412},'
+        ' {"sku": "salt", "gtin": "0012345678905"}]}'
+    )
+    p = Prelabeler(None, None, Catalogue.load(cat))
+    placed = Moment(3_000_000_000, ["weight:item_added"], [], 409.0, ("4006381333931", 10**9))
+    c = p._scanned_then_placed(placed)
+    assert c is not None and (c.source, c.sku, c.score) == ("barcode", "tea", 1.0)
+    assert c.detail.startswith("4006381333931 (scanned 2.0 s before")
+    wrong = Moment(3_000_000_000, ["weight:item_added"], [], 950.0, ("4006381333931", 10**9))
+    assert p._scanned_then_placed(wrong) is None  # something else went in
+    unknown = Moment(3_000_000_000, ["weight:item_added"], [], 409.0, ("0012345678905", 10**9))
+    assert p._scanned_then_placed(unknown) is None  # no weight to check against
+
+
+def test_a_catalogue_weight_must_be_a_positive_number(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    cat = tmp_path / "catalogue.json"
+    for bad in ('"-1"', "-1", "0", "1e9", '"NaN"'):
+        cat.write_text(
+            f'{{"products": [{{"sku": "a", "gtin": "4006381333931", "weight_g": {bad}}}]}}'
+        )
+        with pytest.raises(ValidationError):
+            Catalogue.load(cat)
+    cat.write_text('{"products": [{"sku": "a", "gtin": "4006381333931", "weight_g": 412.5}]}')
+    loaded = Catalogue.load(cat)
+    assert loaded.weights == {"a": 412.5} and '"weight_g": 412.5' in loaded.to_json()
+
+
+def test_the_weighed_answer_outranks_the_teacher_and_a_barcode_outranks_both() -> None:
+    box = [1, 2, 3, 4]
+    teacher = Candidate("teacher", "rice", 0.6, box)
+    weighed = Candidate("weight", "tea", 0.9, box)
+    best, state = route([teacher, weighed], agree_score=0.8, alone_score=0.95)
+    assert best is not None and best.sku == "tea" and state == "needs_review"  # they disagree
+    agree = Candidate("weight", "rice", 0.97, box)
+    best, state = route([teacher, agree], agree_score=0.8, alone_score=0.95)
+    assert best is not None and best.source == "weight" and state == "quick_confirm"
+    scan = Candidate("barcode", "salt", 1.0, box, "", "4006381333931")
+    best, _ = route([teacher, weighed, scan], agree_score=0.8, alone_score=0.95)
+    assert best is not None and best.source == "barcode"
