@@ -6,7 +6,9 @@
   labelled frame that differ from it are the product and the hand. :func:`fit_box` moves each
   side of the teacher's box to where the share of changed pixels falls below ``share`` of the
   product's own (measured in the middle of the box): an arm reaching across a side covers
-  only part of it and is left out. It keeps the teacher's box where the evidence is weak (too
+  only part of it and is left out. The median frame is first brought to the frame's exposure
+  (a cart moving under other lights changes every pixel a little and the basket's bright grid
+  a lot). It keeps the teacher's box where the evidence is weak (too
   few changed columns or rows, or a fit that overlaps the teacher's box by less than
   ``min_overlap``).
 - **The class, weighed by the scale.** At a weight event the change on the scale is the weight
@@ -113,6 +115,16 @@ class Background:
             raise ValueError("a background needs at least one frame")
         self.stack = np.stack(samples)
         self.shape = self.stack.shape[1:]
+        self._coarse: Any = None
+
+    def coarse(self) -> Any:
+        """The whole median frame, every fourth pixel each way (computed once)."""
+        import numpy as np
+
+        if self._coarse is None:
+            part = self.stack[:, ::4, ::4]
+            self._coarse = np.partition(part, len(part) // 2, axis=0)[len(part) // 2]
+        return self._coarse
 
     def crop(self, x0: int, y0: int, x1: int, y1: int) -> Any:
         import numpy as np
@@ -154,7 +166,8 @@ def fit_box(
     if cx1 - cx0 < 4 or cy1 - cy0 < 4:
         return None
     changed = np.zeros((H, W), bool)
-    diff = np.abs(small[cy0:cy1, cx0:cx1].astype(np.int16) - background.crop(cx0, cy0, cx1, cy1))
+    seen = background.crop(cx0, cy0, cx1, cy1).astype(np.float32)
+    diff = np.abs(small[cy0:cy1, cx0:cx1].astype(np.float32) - _exposed(seen, small, background))
     changed[cy0:cy1, cx0:cx1] = diff.max(axis=2) > level
     for _ in range(2):  # the second pass measures along the first pass's sides
         x0, x1 = int(max(0, x - grow * w)), int(min(W, x + w + grow * w))
@@ -182,6 +195,25 @@ def fit_box(
     if _iou(fitted, box) < min_overlap:
         return None
     return fitted
+
+
+def _exposed(seen: Any, frame: Any, background: Background) -> Any:
+    """The median frame's pixels ``seen`` as the camera would show them with ``frame``'s
+    exposure: per channel, the line through the pairs of their quantiles (10 % to 90 % of the
+    whole frame, mostly basket: the product is a small part of it). A cart moving under other
+    lights, or a camera adjusting its exposure, changes every pixel a little and the basket's
+    bright grid a lot; without this, the grid counts as changed."""
+    import numpy as np
+
+    qs = np.linspace(10, 90, 9)
+    out = np.empty_like(seen)
+    whole = background.coarse()
+    for ch in range(seen.shape[2]):
+        a, b = np.polyfit(
+            np.percentile(whole[..., ch], qs), np.percentile(frame[::4, ::4, ch], qs), 1
+        )
+        out[..., ch] = a * seen[..., ch] + b
+    return out
 
 
 def _iou(a: list[int], b: list[int]) -> float:
