@@ -207,7 +207,8 @@ def frames_at(
     the basket. Two decoding passes: the first measures every frame, the second keeps only
     the chosen ones. Also returns the clip's median frame in colour (``fit_samples`` frames
     spread over the clip, :class:`cloud_sink.evidence.Background`; None when boxes are not
-    fitted), for fitting boxes."""
+    fitted), for fitting boxes. At most twice ``fit_samples`` colour frames are held at once,
+    whatever length the container states."""
     import av
     import numpy as np
 
@@ -226,9 +227,13 @@ def frames_at(
             small.append(_small(frame.to_ndarray(format="gray")))
             if cfg.fit_boxes and k % every == 0:
                 samples.append(evidence.small_frame(frame))
+                if len(samples) > 2 * cfg.fit_samples:  # longer than the container said
+                    samples, every = samples[::2], every * 2
     if not times:
         return [None] * len(moments), [True] * len(moments), None
-    samples = samples[:: max(1, -(-len(samples) // max(1, cfg.fit_samples)))]
+    if len(samples) > cfg.fit_samples > 0:  # fit_samples of them, spread evenly
+        step = (len(samples) - 1) / max(1, cfg.fit_samples - 1)
+        samples = [samples[round(i * step)] for i in range(cfg.fit_samples)]
     colour_bg = evidence.Background(samples) if samples else None
     background = np.median(np.stack(small[:: max(1, len(small) // 60)]), axis=0)
     changed = [float(np.mean(np.abs(f - background) > cfg.changed_grey)) * 100 for f in small]

@@ -3,6 +3,7 @@ pre-labelling carries a scan to the item placed after it."""
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -141,3 +142,42 @@ def test_the_weighed_answer_outranks_the_teacher_and_a_barcode_outranks_both() -
     scan = Candidate("barcode", "salt", 1.0, box, "", "4006381333931")
     best, _ = route([teacher, weighed, scan], agree_score=0.8, alone_score=0.95)
     assert best is not None and best.source == "barcode"
+
+
+def test_the_median_frame_holds_a_bounded_number_of_frames_whatever_the_clip_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A raw H.264 stream states no length: sampling every fourth frame of a long one would
+    hold them all. At most twice ``fit_samples`` colour frames are held at once."""
+    import av
+
+    from cloud_sink.prelabel import frames_at
+
+    clip = tmp_path / "clip.h264"
+    with av.open(str(clip), "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=15)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(200):
+            img = np.full((48, 64, 3), i % 256, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    with av.open(str(clip)) as probe:
+        assert not probe.streams.video[0].frames and not probe.duration  # it says nothing
+    held: list[weakref.ref[np.ndarray]] = []
+    most = 0
+
+    def counted(frame: av.VideoFrame) -> np.ndarray:
+        nonlocal most
+        img = small_frame(frame)
+        held.append(weakref.ref(img))
+        most = max(most, sum(r() is not None for r in held))
+        return img
+
+    small_frame = evidence.small_frame
+    monkeypatch.setattr(evidence, "small_frame", counted)
+    frames, empty, background = frames_at(clip, 0, [], PrelabelConfig(fit_samples=3))
+    assert len(held) > 10 and most <= 2 * 3 + 1, (len(held), most)
+    assert frames == [] and empty == []
+    assert background is not None and len(background.stack) == 3
