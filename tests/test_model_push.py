@@ -552,11 +552,15 @@ def test_a_download_cut_halfway_resumes_where_it_stopped(push: Push, tmp_path: P
             rt.pull()
         assert proxy.cuts == 1 and rt.version == "recogniser:1"
         (part,) = (tmp_path / "cart" / "models" / "partial").iterdir()
-        assert size // 4 < part.stat().st_size < size
+        # What was kept is what the cart read before the cut: the proxy resets the connection,
+        # and the bytes the cart's kernel held unread go with it, so how much that is depends
+        # on how fast the cart read. Some of it, never all of it.
+        saved = part.stat().st_size
+        assert 0 < saved <= size // 2
         got = proxy.downstream_bytes
         assert rt.pull().status == "updated" and rt.version == "recogniser:2"
         http = rt._fetcher()
-        assert size // 4 < http.resumed_bytes < size
+        assert http.resumed_bytes == saved  # it went on from exactly there
         # The second try fetched only the rest of the model, then the card and golden inputs
         # (and some metadata and headers): never the first half again.
         rest = size - http.resumed_bytes
