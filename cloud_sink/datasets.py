@@ -25,6 +25,15 @@ Source = Literal["barcode", "weight", "teacher", "vlm", "human", "render"]
 MACHINE_SOURCES = ("barcode", "weight", "teacher", "vlm")
 
 
+def box_iou(a: list[int] | list[float], b: list[int] | list[float]) -> float:
+    """Intersection over union of two boxes as a label stores them (x, y, width, height)."""
+    iw = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 

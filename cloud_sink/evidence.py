@@ -28,6 +28,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from cloud_sink.datasets import box_iou
+
 #: The width the clip's median frame is kept at for fitting boxes (the frame is scaled alike).
 FIT_WIDTH = 640
 
@@ -192,7 +194,7 @@ def fit_box(
         max(1, round(w * sx)),
         max(1, round(h * sy)),
     ]
-    if _iou(fitted, box) < min_overlap:
+    if box_iou(fitted, box) < min_overlap:
         return None
     return fitted
 
@@ -214,11 +216,3 @@ def _exposed(seen: Any, frame: Any, background: Background) -> Any:
         )
         out[..., ch] = a * seen[..., ch] + b
     return out
-
-
-def _iou(a: list[int], b: list[int]) -> float:
-    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0

@@ -11,6 +11,7 @@ import pytest
 
 from cloud_sink import evidence
 from cloud_sink.catalogue import Catalogue
+from cloud_sink.datasets import box_iou
 from cloud_sink.labels import Candidate, route
 from cloud_sink.prelabel import Moment, PrelabelConfig, Prelabeler, moments_of
 
@@ -62,12 +63,12 @@ def test_a_box_is_fitted_to_the_product_and_not_the_arm_holding_it() -> None:
     small_bg = evidence.Background([evidence.small_colour(background)] * 3)
     fitted = evidence.fit_box(frame, small_bg, teacher)
     assert fitted is not None
-    assert evidence._iou(teacher, true) < 0.8 and evidence._iou(fitted, true) > 0.93, fitted
+    assert box_iou(teacher, true) < 0.8 and box_iou(fitted, true) > 0.93, fitted
     # The camera's exposure changed (the cart moved under brighter lights): every pixel a
     # little, the grid a lot; the product is still where it is, not the grid around it.
     brighter = np.clip(frame.astype(np.float32) * 1.3 + 12, 0, 255).astype(np.uint8)
     fitted = evidence.fit_box(brighter, small_bg, teacher)
-    assert fitted is not None and evidence._iou(fitted, true) > 0.9, fitted
+    assert fitted is not None and box_iou(fitted, true) > 0.9, fitted
     # Nothing changed: nothing to fit to, the teacher's box stays.
     assert evidence.fit_box(background, small_bg, teacher) is None
     assert evidence.fit_box(frame, small_bg, None) is None

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cloud_sink.datasets import box_iou
 from trainer.data import Dataset
 
 SLICES = ("store", "sku", "lighting", "blur", "glare", "occlusion", "crumpled")
@@ -122,15 +123,6 @@ def load_tests(datasets: list[Dataset]) -> TestItems:
     return out
 
 
-def _iou(a: list[float], b: list[float]) -> float:
-    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
-    iw = max(0.0, min(ax2, bx2) - max(a[0], b[0]))
-    ih = max(0.0, min(ay2, by2) - max(a[1], b[1]))
-    inter = iw * ih
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
-
-
 def score(model: Path, tests: TestItems) -> Scored:
     from capsight_edge.runtime.card import read_card
     from trainer.export import run_onnx
@@ -141,7 +133,7 @@ def score(model: Path, tests: TestItems) -> Scored:
     correct = [p == t for p, t in zip(predicted, tests.truth, strict=True)]
     iou: list[float | None] = []
     for ok, truth_box, box in zip(correct, tests.boxes, boxes, strict=True):
-        iou.append(_iou([float(v) for v in box], truth_box) if ok and truth_box else None)
+        iou.append(box_iou([float(v) for v in box], truth_box) if ok and truth_box else None)
     return Scored(
         path=str(model),
         sha256=hashlib.sha256(model.read_bytes()).hexdigest(),
