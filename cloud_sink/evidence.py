@@ -76,21 +76,10 @@ def weigh(
     return labels[k], post[k] / total
 
 
-def small_colour(img: Any) -> Any:
-    """A BGR frame at :data:`FIT_WIDTH` pixels wide (area averaging, as :func:`fit_box` scales
-    the frame it fits)."""
-    import cv2
-
-    h_img, w_img = img.shape[:2]
-    if w_img <= FIT_WIDTH:
-        return img
-    return cv2.resize(img, (FIT_WIDTH, _height(w_img, h_img)), interpolation=cv2.INTER_AREA)
-
-
 def small_frame(frame: Any) -> Any:
     """A decoded PyAV frame as BGR at :data:`FIT_WIDTH` pixels wide, scaled while converted
-    (area averaging, as :func:`small_colour`; a third of the time of converting, then
-    scaling)."""
+    (area averaging, as :func:`fit_box` scales the frame it fits; a third of the time of
+    converting, then scaling)."""
     if frame.width <= FIT_WIDTH:
         return frame.to_ndarray(format="bgr24")
     return frame.reformat(

@@ -60,7 +60,8 @@ def test_a_box_is_fitted_to_the_product_and_not_the_arm_holding_it() -> None:
     cv2.line(frame, (x + w, y + 60), (x + w + 260, 0), (120, 170, 230), 40)  # the arm
     cv2.circle(frame, (x + w, y + 70), 40, (120, 170, 230), -1)  # the hand on its side
     teacher = [x + 18, y - 12, w + 30, h - 10]  # a few of the teacher's pixels off
-    small_bg = evidence.Background([evidence.small_colour(background)] * 3)
+    small = cv2.resize(background, (evidence.FIT_WIDTH, 360), interpolation=cv2.INTER_AREA)
+    small_bg = evidence.Background([small] * 3)
     fitted = evidence.fit_box(frame, small_bg, teacher)
     assert fitted is not None
     assert box_iou(teacher, true) < 0.8 and box_iou(fitted, true) > 0.93, fitted
