@@ -96,6 +96,7 @@ class Collector:
         self._ready = threading.Event()
         self._jolts = 0
         self._control: socket.socket | None = None
+        self._control_path: Path | None = None
         self._control_dir = control_dir
         self._bus_name: str | None = None
         #: The cart's ModelRuntime (``Cart`` attaches it when the profile names a registry): its
@@ -150,10 +151,12 @@ class Collector:
         if self.source is not None and self._bus_name is None:
             self.source.close()
         if self._control is not None:
-            path = self._control.getsockname()
             self._control.close()
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            # the path it was made at, not getsockname(): a path too long for AF_UNIX was bound
+            # through a /proc/self/fd/N/ name whose descriptor is closed by now
+            if self._control_path is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self._control_path)
         if self.bus is not None:
             self.bus.close()
 
@@ -172,7 +175,7 @@ class Collector:
         with unix_socket_path(path) as where:
             s.bind(where)
         s.setblocking(False)
-        self._control = s
+        self._control, self._control_path = s, path
 
     # -- threads ----------------------------------------------------------------------------
     def _camera_loop(self) -> None:

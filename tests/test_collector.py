@@ -69,6 +69,17 @@ def test_the_control_socket_works_in_a_data_folder_deeper_than_a_socket_path_hol
         assert (deep / CONTROL_SOCKET).exists()
         send_manual_trigger(deep, "deep")
         assert server.recv(300) == b"manual deep"
+    (deep / CONTROL_SOCKET).unlink()
+    # The Collector's own: it takes a manual trigger there and removes its socket when it stops
+    # (it had unlinked the /proc/self/fd/N/ name it was bound through, long closed, and left a
+    # socket behind that a copy of the data folder then failed on).
+    profile = load_profile(SIM, data_dir=deep)
+    factory = SimFactory(profile, seed=1, conditions=CLEAN)
+    with Collector(profile, factory=factory, control_dir=deep) as collector:
+        assert (deep / CONTROL_SOCKET).exists()
+        send_manual_trigger(deep, "deep")
+        assert wait_until(lambda: collector.stats["manual"] == 1, timeout_s=10)
+    assert not (deep / CONTROL_SOCKET).exists()
 
 
 def test_manual_trigger_without_a_collector_is_a_clear_error(tmp_path: Path) -> None:
