@@ -13,6 +13,7 @@ Run ``python -m benchmarks.crash_harness worker DIR`` for the worker alone.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -185,7 +186,9 @@ def check(data: Path, *, strict: bool = True, ledger: Path | None = None) -> dic
     assert not list(partial.iterdir()), "half-written bundles left in .partial"
     for b in v["folders"] & v["live_rows"]:
         verify_bundle(bundles / b)
-    with sqlite3.connect(data / "journal.db") as db:
+    # closed here, not when collected: an open file keeps a lazily unmounted test filesystem
+    # (tests/lazyfs.py) alive, and its orderly stop then waited 20 s for it
+    with contextlib.closing(sqlite3.connect(data / "journal.db")) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     return {
         "sealed": v["sealed"],
