@@ -165,7 +165,9 @@ def bench_power_cut(ctx: BenchContext) -> BenchResult:
         return res
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="capsight-powercut-"))
-    cart = cart_powercut_loop(tmp / "cart", cart_cuts, seed=7, max_wait_s=12.0)
+    cart = cart_powercut_loop(
+        tmp / "cart", cart_cuts, seed=7, max_wait_s=6.0 if ctx.quick else 12.0
+    )
     totals = powercut_loop(tmp / "loop", cuts, seed=7, strict=False)
     cost = seal_cost(tmp / "cost", bundles=10 if ctx.quick else 50)
     problems = {

@@ -70,7 +70,7 @@ def _pct(values: list[float], q: float) -> float:
 def bench_model_swap(ctx: BenchContext) -> BenchResult:
     from benchmarks.push import served_registry
 
-    swaps = 6 if ctx.quick else 20
+    swaps = 4 if ctx.quick else 20
     res = BenchResult("model_swap", __doc__.split("\n\n")[0].strip())
     root = Path(tempfile.mkdtemp(prefix="capsight-swap-"))
     try:

@@ -254,7 +254,7 @@ def _inference_case(
 def bench_inference_regression(ctx: BenchContext) -> BenchResult:
     from capsight_edge.runtime.inference import build_reference_cnn
 
-    seconds = 6.0 if ctx.quick else 30.0
+    seconds = 4.0 if ctx.quick else 30.0
     model = str(build_reference_cnn(Path(tempfile.mkdtemp()) / "reference_cnn.onnx"))
     res = BenchResult(
         "inference_regression",

@@ -330,7 +330,7 @@ def bench_clock_sync(ctx: BenchContext) -> BenchResult:
     res.metrics.append(Metric("drift estimate", clock.drift_ppm, "ppm", 50.0, "true crystal"))
     # Frames count once the mapping has 10 exchanges (a ping a second): a quick run needs more
     # than 10 s to measure anything at all.
-    pty_s = 15.0 if ctx.quick else 60.0
+    pty_s = 11.0 if ctx.quick else 60.0
     errs = _pty_clock_errors(pty_s, ctx.profile_path)
     if not errs:
         raise RuntimeError(f"no weight frame was mapped in {pty_s:g} s on the pty")

@@ -43,11 +43,11 @@ def bench_train(ctx: BenchContext) -> BenchResult:
                 root=root / "datasets",
                 catalogue_seed=profile.sim.catalogue_seed,
                 catalogue_size=profile.sim.catalogue_size,
-                views=12 if ctx.quick else 24,
+                views=8 if ctx.quick else 24,
             )
         )
         ds = open_dataset(str(folder))
-        epochs, batch = (3, 32) if ctx.quick else (8, 32)
+        epochs, batch = (2, 32) if ctx.quick else (8, 32)
         ray_settings = TrainSettings(
             dataset=str(folder),
             out=str(root / "ray"),

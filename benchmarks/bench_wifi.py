@@ -193,7 +193,7 @@ def _tuspy(url: str, token: str, work: Path) -> dict[str, float]:
 @benchmark("upload_wifi")
 def bench_upload_wifi(ctx: BenchContext) -> BenchResult:
     link = Link(outage_s=1.5, first_outage_s=1.0, outage_every_s=60.0) if ctx.quick else Link()
-    bundles, size = (2, 2 * 2**20) if ctx.quick else (6, 12 * 2**20)
+    bundles, size = (2, 1 * 2**20) if ctx.quick else (6, 12 * 2**20)
 
     def described(netem: bool) -> str:
         shaped = (

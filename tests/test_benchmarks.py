@@ -1,39 +1,18 @@
-"""The benchmark runner's smoke run (`--quick`) writes its reports."""
+"""The benchmark runner: its smoke run (`--quick`, every benchmark, in the suite) writes its
+reports and leaves nothing behind; the committed results are one run's."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import ROOT, run_cli
-
-
-def test_quick_run_writes_json_and_markdown(tmp_path: Path) -> None:
-    res = run_cli(
-        "--quick", "--only", "profile", "--out", str(tmp_path), prog="benchmarks", timeout=300
-    )
-    assert res.returncode == 0, res.stderr
-    report = json.loads((tmp_path / "results.json").read_text())
-    machine = report["machine"]
-    assert machine["cores"] >= 1 and machine["cpu"] and machine["os"]
-    assert len(machine["git"]["commit"]) == 40 and isinstance(machine["git"]["dirty"], bool)
-    assert machine["packages"]["numpy"] and "onnxruntime" in machine["packages"]
-    (bench,) = report["benchmarks"]
-    load = next(m for m in bench["metrics"] if m["name"].startswith("profile load"))
-    assert load["baseline"] > 0 and load["ratio"] > 0
-    md = (tmp_path / "RESULTS.md").read_text()
-    assert "| profile load (median) |" in md and machine["git"]["commit"][:12] in md
-    assert (tmp_path / "targets.png").read_bytes()[:4] == b"\x89PNG"
-    # RESULTS.md is generated from results.json alone: rendering again gives the same file
-    (tmp_path / "RESULTS.md").unlink()
-    res = run_cli("--render", str(tmp_path), prog="benchmarks", timeout=120)
-    assert res.returncode == 0, res.stderr
-    assert (tmp_path / "RESULTS.md").read_text() == md
 
 
 def test_the_committed_results_and_the_readme_table_are_generated_from_one_run() -> None:
@@ -44,24 +23,6 @@ def test_the_committed_results_and_the_readme_table_are_generated_from_one_run()
     assert not report["quick"] and report["machine"]["git"]["commit"]
     assert (folder / "RESULTS.md").read_text() == render_markdown(report)
     assert readme_block(report) in (ROOT / "README.md").read_text()
-
-
-def test_a_run_leaves_no_temporary_folders_behind(tmp_path: Path) -> None:
-    """Also the benchmark that needs network namespaces: it runs (as root with iproute2) or
-    says why not, and leaves no namespace or veth behind either way."""
-
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    res = run_cli(
-        "--quick", "--only", "journal", "--only", "upload_wifi", "--out", str(tmp_path / "out"),
-        prog="benchmarks", timeout=300, env={"TMPDIR": str(scratch)},
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    assert list(scratch.iterdir()) == []
-    report = json.loads((tmp_path / "out" / "results.json").read_text())
-    _journal, wifi = sorted(report["benchmarks"], key=lambda b: b["name"])
-    assert (tmp_path / "out" / "journal_batch.png").read_bytes()[:4] == b"\x89PNG"
-    assert_wifi_ran_or_said_why(wifi)
 
 
 def assert_wifi_ran_or_said_why(wifi: dict[str, Any]) -> None:
@@ -175,30 +136,44 @@ def test_the_run_names_each_changed_file_whole(tmp_path: Path) -> None:
     assert state["dirty"] is True and state["changed_files"] == ["alpha.txt", "beta.txt"]
 
 
-@pytest.mark.skipif(
-    os.environ.get("CAPSIGHT_BENCH_QUICK_ALL") != "1",
-    reason="all of --quick takes about 5.5 minutes here, over what the 20-minute suite has left; "
-    "CAPSIGHT_BENCH_QUICK_ALL=1 runs it",
-)
-@pytest.mark.timeout(1200)
-def test_every_benchmark_runs_in_quick_form_and_leaves_nothing_behind(tmp_path: Path) -> None:
-    """`python -m benchmarks --quick`, all of it: every registered benchmark produces metrics
-    (or says why it was skipped), none fails; the report names the machine and the commit, and
-    RESULTS.md is what results.json renders to. Targets are not asserted: a smoke run's figures
-    are not the full run's. Every temporary folder goes, and the benchmark that needs network
-    namespaces leaves no namespace or veth behind."""
+@dataclass
+class QuickRun:
+    out: Path
+    scratch: Path
+    returncode: int
+    stderr: str
+    report: dict[str, Any]
 
-    from benchmarks.runner import BENCHMARKS, _load
 
-    _load()
-    scratch, out = tmp_path / "tmp", tmp_path / "out"
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
+    """`python -m benchmarks --quick`, all of it, once for this module (about 4 minutes here),
+    with every temporary folder under a scratch folder of its own."""
+    root = tmp_path_factory.mktemp("quick")
+    scratch, out = root / "tmp", root / "out"
     scratch.mkdir()
     res = run_cli(
         "--quick", "--out", str(out), prog="benchmarks", timeout=900, env={"TMPDIR": str(scratch)}
     )
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert list(scratch.iterdir()) == []
-    report = json.loads((out / "results.json").read_text())
+    results = out / "results.json"
+    report = json.loads(results.read_text()) if results.is_file() else {}
+    return QuickRun(out, scratch, res.returncode, res.stderr, report)
+
+
+@pytest.mark.timeout(1200)
+def test_every_benchmark_runs_in_quick_form_and_leaves_nothing_behind(quick_run: QuickRun) -> None:
+    """Every registered benchmark produces metrics (or says why it was skipped), none fails; the
+    report names the machine and the commit, and RESULTS.md is what results.json renders to.
+    Targets are not asserted: a smoke run's figures are not the full run's. Every temporary
+    folder goes, and the benchmark that needs network namespaces leaves no namespace or veth
+    behind."""
+    from benchmarks.runner import BENCHMARKS, _load
+
+    _load()
+    out = quick_run.out
+    assert quick_run.returncode == 0, quick_run.stderr[-3000:]
+    assert list(quick_run.scratch.iterdir()) == []
+    report = quick_run.report
     machine = report["machine"]
     assert machine["cores"] >= 1 and machine["cpu"] and machine["os"] and report["quick"]
     assert len(machine["git"]["commit"]) == 40 and isinstance(machine["git"]["dirty"], bool)
@@ -223,16 +198,13 @@ def test_every_benchmark_runs_in_quick_form_and_leaves_nothing_behind(tmp_path: 
     assert_wifi_ran_or_said_why(by_name["upload_wifi"])
 
 
+@pytest.mark.timeout(1200)
 def test_the_fleet_cost_benchmark_reports_every_stage_per_capture_at_each_size(
-    tmp_path: Path,
+    quick_run: QuickRun,
 ) -> None:
     """`fleet_cost` in quick form (2 and 4 carts): every stage's CPU per capture, the bytes and
     the reviewer's seconds at each size, the two targets against the smallest fleet, the plot."""
-    res = run_cli(
-        "--quick", "--only", "fleet_cost", "--out", str(tmp_path), prog="benchmarks", timeout=600
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    (bench,) = json.loads((tmp_path / "results.json").read_text())["benchmarks"]
+    (bench,) = [b for b in quick_run.report["benchmarks"] if b["name"] == "fleet_cost"]
     assert not any(n.startswith("failed:") for n in bench["notes"]), bench["notes"]
     values = {m["name"]: m for m in bench["metrics"]}
     for n in (2, 4):
@@ -243,4 +215,4 @@ def test_the_fleet_cost_benchmark_reports_every_stage_per_capture_at_each_size(
         assert values[f"{n} carts: reviewer seconds per capture"]["value"] > 0
     for name in ("cloud CPU per capture, 4 carts", "reviewer seconds per capture, 4 carts"):
         assert values[name]["baseline"] > 0 and values[name]["met"] is not None
-    assert (tmp_path / "fleet_cost.png").read_bytes()[:4] == b"\x89PNG"
+    assert (quick_run.out / "fleet_cost.png").read_bytes()[:4] == b"\x89PNG"

@@ -14,7 +14,7 @@ import pytest
 from capsight_edge.profile import load_profile
 from tests.conftest import SIM, wait_until
 
-SIZE_MB = 14
+SIZE_MB = 9
 
 
 @pytest.fixture
