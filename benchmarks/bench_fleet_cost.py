@@ -40,7 +40,7 @@ from typing import Any
 from benchmarks.plots import save_plot
 from benchmarks.registry import BenchContext, BenchResult, Metric, benchmark
 
-SIZES, SECONDS = (2, 4, 8), 30.0
+SIZES, SECONDS, AT_ONCE = (2, 4, 8), 30.0, 2
 #: --quick: all four carts at once, for 12 s (8 s: a cart could capture nothing); their
 #: encoders drop frames on two cores, which a smoke run may.
 QUICK_SIZES, QUICK_SECONDS, QUICK_AT_ONCE = (2, 4), 12.0, 4
@@ -58,7 +58,7 @@ def _proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _record(root: Path, profile: str, carts: int, seconds: float, at_once: int = 2) -> list[str]:
+def _record(root: Path, profile: str, carts: int, seconds: float, at_once: int) -> list[str]:
     """Record ``carts`` carts, ``at_once`` at a time; returns their device ids."""
     devices = [f"fleet-{i:02d}" for i in range(carts)]
     for start in range(0, carts, at_once):
@@ -198,7 +198,7 @@ def bench_fleet_cost(ctx: BenchContext) -> BenchResult:
 
     result = BenchResult("fleet_cost", __doc__.split("\n\n")[0].strip())
     sizes, seconds, at_once = (
-        (QUICK_SIZES, QUICK_SECONDS, QUICK_AT_ONCE) if ctx.quick else (SIZES, SECONDS, 2)
+        (QUICK_SIZES, QUICK_SECONDS, QUICK_AT_ONCE) if ctx.quick else (SIZES, SECONDS, AT_ONCE)
     )
     root = Path(tempfile.mkdtemp(prefix="capsight-fleetcost-"))
     try:
