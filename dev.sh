@@ -52,6 +52,17 @@ ensure_fuse() {
     log "fuse3 not installed: the power-cut tests will skip"
 }
 
+ensure_postgres() {
+  # The sink's tests run against a real PostgreSQL server too (initdb in a temporary folder,
+  # see cloud_sink/localpg.py); they skip with the reason where it cannot be installed.
+  if command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    return 0; fi
+  log "installing Debian package postgresql (the sink's PostgreSQL tests)"
+  need_root apt-get update -qq || return 0
+  DEBIAN_FRONTEND=noninteractive need_root apt-get install -y -qq postgresql >/dev/null || \
+    log "postgresql not installed: the sink's PostgreSQL tests will skip"
+}
+
 pick_python() {
   # The pinned torch CPU wheel is built for CPython 3.11.
   for p in python3.11 python3; do
@@ -81,6 +92,6 @@ cmd="${1:-help}"; [ $# -gt 0 ] && shift
 case "$cmd" in
   setup) setup ;;
   demo) setup; exec "$venv/bin/capsight" demo "$@" ;;
-  test) setup; ensure_ffprobe; ensure_chromium; ensure_fuse; exec "$venv/bin/python" -m pytest "$@" ;;
+  test) setup; ensure_ffprobe; ensure_chromium; ensure_fuse; ensure_postgres; exec "$venv/bin/python" -m pytest "$@" ;;
   *) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

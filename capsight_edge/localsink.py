@@ -43,7 +43,8 @@ class LocalSink:
     """``serve_args`` go to ``capsight-sink serve`` (``--max-size``, ``--expire-hours``, ...);
     the port stays the same across restarts; ``log`` takes the sink's output (default: none).
     ``host``: the address it listens on; ``wrap``: a command the server runs under (``ip netns
-    exec NS`` for a sink in its own network namespace)."""
+    exec NS`` for a sink in its own network namespace); ``db``: a database server's URL
+    (``serve --db``) instead of the data folder's ``sink.db``."""
 
     def __init__(
         self,
@@ -53,8 +54,10 @@ class LocalSink:
         log: Path | None = None,
         host: str = "127.0.0.1",
         wrap: tuple[str, ...] = (),
+        db: str = "",
     ):
         self.data = Path(data)
+        self.db = db
         self.port = port or free_port()
         self.host, self.wrap = host, wrap
         self.url = f"http://{host}:{self.port}"
@@ -67,7 +70,8 @@ class LocalSink:
         """A device (or admin) token, from ``capsight-sink device add``."""
         res = subprocess.run(
             [*SINK_CLI, "device", "add", name, "--data", str(self.data), "--json"]
-            + (["--admin"] if admin else []),
+            + (["--admin"] if admin else [])
+            + (["--db", self.db] if self.db else []),
             capture_output=True,
             text=True,
             timeout=60,
@@ -107,6 +111,7 @@ class LocalSink:
                 self.host,
                 "--port",
                 str(self.port),
+                *(("--db", self.db) if self.db else ()),
             )
             self.proc = subprocess.Popen(
                 [*self.wrap, *SINK_CLI, *serve, *self.serve_args],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,19 @@ def add_s3_options(p: argparse.ArgumentParser, bucket_help: str) -> None:
     )
     p.add_argument("--s3-endpoint", metavar="URL", help="endpoint URL of an S3-compatible store")
     p.add_argument("--s3-prefix", default="", help="key prefix inside the bucket")
+
+
+def add_db_option(p: argparse.ArgumentParser) -> None:
+    """``--db``: the sink's database server, the same for every command that opens it."""
+    from cloud_sink.sql import DB_ENV
+
+    p.add_argument(
+        "--db",
+        metavar="URL",
+        default=os.environ.get(DB_ENV) or None,
+        help="a postgresql:// URL that several sink instances share (password from the URL, "
+        f"PGPASSWORD or ~/.pgpass); default: ${DB_ENV}, else sink.db in the data folder",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="incomplete uploads expire after this long (sweep.expire_hours)",
     )
     add_s3_options(s, "keep ingested bundles in this S3-compatible bucket")
+    add_db_option(s)
+    s.add_argument(
+        "--instance",
+        metavar="NAME",
+        default=None,
+        help="this instance's name, on its ingest claims and its metrics (default: host:port)",
+    )
     s.add_argument(
         "--ingest-workers",
         type=int,
@@ -79,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dr.add_argument("--data", required=True, metavar="DIR", help="the sink's data folder")
     add_s3_options(dr, "the bucket serve keeps bundles in")
+    add_db_option(dr)
     dr.add_argument("--json", action="store_true", help="`check` records, then `sink_doctor`")
     dr.set_defaults(handler=cmd_doctor)
     mg = sub.add_parser(
@@ -87,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         "back)",
     )
     mg.add_argument("--data", required=True, metavar="DIR", help="the sink's data folder")
+    add_db_option(mg)
+    mg.add_argument(
+        "--from-sqlite",
+        metavar="DIR",
+        help="with --db: copy an embedded sink's sink.db (devices, uploads, ingest queue) from "
+        "DIR into the database server, which must hold none yet",
+    )
     mg.add_argument("--json", action="store_true", help="one `migrate` record per database")
     mg.set_defaults(handler=cmd_migrate)
     d = sub.add_parser("device", help="devices and their tokens")
@@ -94,16 +123,19 @@ def build_parser() -> argparse.ArgumentParser:
     a = dsub.add_parser("add", help="add a device; prints its token once")
     a.add_argument("name", help="the device's name (letters, digits, . _ -)")
     a.add_argument("--data", required=True, metavar="DIR", help="the sink's data folder")
+    add_db_option(a)
     a.add_argument("--admin", action="store_true", help="an admin token (API and UI)")
     a.add_argument("--json", action="store_true", help="one `device` record (JSON)")
     a.set_defaults(handler=cmd_add)
     ls = dsub.add_parser("list", help="the devices (never their tokens)")
     ls.add_argument("--data", required=True, metavar="DIR", help="the sink's data folder")
+    add_db_option(ls)
     ls.add_argument("--json", action="store_true", help="one `device` record per line")
     ls.set_defaults(handler=cmd_list)
     r = dsub.add_parser("revoke", help="revoke a device's token")
     r.add_argument("name", help="the device's name")
     r.add_argument("--data", required=True, metavar="DIR", help="the sink's data folder")
+    add_db_option(r)
     r.set_defaults(handler=cmd_revoke)
     c = sub.add_parser("catalogue", help="the fleet's product catalogue (SKU, GTIN, name)")
     csub = c.add_subparsers(dest="catalogue_command", metavar="ACTION", required=True)
@@ -234,7 +266,7 @@ EXAMPLES = {
 def _db(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from cloud_sink.db import SinkDB
 
-    return SinkDB(Path(args.data).expanduser() / "sink.db")
+    return SinkDB(args.db or Path(args.data).expanduser() / "sink.db")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -257,14 +289,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         expire_s=args.expire_hours * 3600 if args.expire_hours is not None else None,
         blobs=blobs,
         ingest_workers=args.ingest_workers,
+        db=args.db,
+        instance=args.instance or f"{socket.gethostname()}:{args.port}",
     )
     logs.get_logger("sink").info(
-        "capsight-sink %s serving http://%s:%d/ (tus at /files/), data %s, %d ingest workers, "
-        "blobs %s",
+        "capsight-sink %s serving http://%s:%d/ (tus at /files/), data %s, database %s, "
+        "%d ingest workers, blobs %s",
         __version__,
         args.host,
         args.port,
         args.data,
+        app.state.db.name,
         args.ingest_workers,
         f"s3://{args.s3_bucket}/{args.s3_prefix}" if args.s3_bucket else "local",
     )
@@ -283,7 +318,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         if args.s3_bucket
         else None
     )
-    checks = run_doctor(args.data, s3=s3)
+    checks = run_doctor(args.data, s3=s3, db=args.db)
     ok = doctor_ok(checks)
     if args.json:
         for c in checks:
@@ -305,7 +340,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from cloud_sink.doctor import migrate
     from cloud_sink.schemas import MigrateRecord
 
-    for name, before, after in migrate(args.data):
+    if args.from_sqlite and not args.db:
+        raise SinkError("--from-sqlite copies into a database server: give --db URL too")
+    for name, before, after in migrate(args.data, db=args.db, from_sqlite=args.from_sqlite):
         if args.json:
             print(
                 MigrateRecord(

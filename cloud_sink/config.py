@@ -83,6 +83,12 @@ class Timeouts(_Section):
         le=60,
         description="a second writer of one upload waits this long, then 423",
     )
+    ingest_lease_s: float = Field(
+        default=300.0,
+        ge=1,
+        le=86400,
+        description="an ingest claimed by a worker that died is retried after this long",
+    )
 
 
 class Sweep(_Section):

@@ -23,21 +23,24 @@ import os
 import re
 import secrets
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from capsight_edge.durable import data_folder, fsync_dir
-from capsight_edge.errors import CapsightError
+from cloud_sink.sql import (
+    Database,
+    DatabaseUnavailable,
+    Migration,
+    Result,
+    SinkError,
+    Transaction,
+)
+
+__all__ = ["DatabaseUnavailable", "Migration", "SinkDB", "SinkError", "apply_migrations"]
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-
-#: A migration: SQL statements separated by ``;``, or a tuple of whole statements (those with
-#: ``;`` inside, such as triggers), or a function of the connection.
-Migration = str | tuple[str, ...] | Callable[[sqlite3.Connection], None]
 
 #: The sink's schema, one step per number; never edit a step that has shipped: add one.
 MIGRATIONS: list[Migration] = [
@@ -111,11 +114,12 @@ MIGRATIONS: list[Migration] = [
     """
     ALTER TABLE ingest_queue ADD COLUMN done_ts REAL;
     """,
+    # 7: which sink instance holds a claim (several share one database server): an instance
+    #    that restarts lets go of its own claims at once, never of another's
+    """
+    ALTER TABLE ingest_queue ADD COLUMN claimed_by TEXT NOT NULL DEFAULT '';
+    """,
 ]
-
-
-class SinkError(CapsightError):
-    """A sink operation failed (bad device name, unknown device, database error)."""
 
 
 def utc_now() -> str:
@@ -126,29 +130,18 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def apply_migrations(db: sqlite3.Connection, migrations: list[Migration]) -> None:
-    """Apply what ``db`` lacks of ``migrations``, each in the transaction that records it."""
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
-        "applied_utc TEXT NOT NULL)"
-    )
-    done = {r[0] for r in db.execute("SELECT version FROM schema_migrations")}
-    for version, step in enumerate(migrations, start=1):
-        if version in done:
-            continue
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if callable(step):
-                step(db)
-            else:
-                statements = step if isinstance(step, tuple) else step.split(";")
-                for statement in (s for s in statements if s.strip()):
-                    db.execute(statement)
-            db.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, utc_now()))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+def apply_migrations(db: sqlite3.Connection | Database, migrations: list[Migration]) -> None:
+    """Apply what ``db`` lacks of ``migrations``, each in the transaction that records it
+    (a plain sqlite3 connection: an older tool's file, as the tests make one)."""
+    if isinstance(db, Database):
+        db.migrate(migrations)
+        return
+    path = db.execute("PRAGMA database_list").fetchone()[2]
+    database = Database(path)
+    try:
+        database.migrate(migrations)
+    finally:
+        database.close()
 
 
 @dataclass(frozen=True)
@@ -190,76 +183,39 @@ class IngestItem:
     attempts: int
 
 
-@dataclass(frozen=True)
-class _Result:
-    """A statement's rows, read whole, and how many rows it changed."""
-
-    rows: list[sqlite3.Row]
-    rowcount: int
-
-    def fetchone(self) -> Any:  # a Row, or None: as sqlite3's own cursor types it
-        return self.rows[0] if self.rows else None
-
-    def fetchall(self) -> list[sqlite3.Row]:
-        return self.rows
-
-    def __iter__(self) -> Iterator[sqlite3.Row]:
-        return iter(self.rows)
-
-
 class SinkDB:
-    """Thread-safe (one connection, one lock)."""
+    """The sink's own database: a SQLite file (``target`` a path, the embedded default) or a
+    PostgreSQL server (``target`` a ``postgresql://`` URL) that several sink instances share.
+    Thread-safe (one connection, one lock)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        data_folder(self.path.parent)
-        created = not self.path.exists()
-        self._db = sqlite3.connect(
-            str(self.path), isolation_level=None, timeout=30, check_same_thread=False
-        )
-        self._db.row_factory = sqlite3.Row
-        os.chmod(self.path, 0o600)  # tokens' hashes, uploads: the sink's own (SQLite's -wal and
-        # -shm files take the database file's mode)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._lock = threading.RLock()
-        with self._lock:
-            try:
-                apply_migrations(self._db, MIGRATIONS)
-            except sqlite3.Error as exc:
-                raise SinkError(f"{self.path}: cannot migrate: {exc}") from exc
-        if created:  # SQLite syncs the folder for its -wal, never for the database file
-            fsync_dir(self.path.parent)
+    def __init__(self, target: str | os.PathLike[str]) -> None:
+        self.db = Database(target)
+        self.name = self.db.name
+        try:
+            self.db.migrate(MIGRATIONS)
+        except DatabaseUnavailable:
+            self.db.close()
+            raise
+        except SinkError as exc:
+            self.db.close()
+            raise SinkError(f"{self.name}: cannot migrate: {exc}") from exc
+
+    @property
+    def shared(self) -> bool:
+        """Whether other sink instances may use this database at the same time."""
+        return self.db.server
 
     @property
     def schema_version(self) -> int:
-        row = self._exec("SELECT MAX(version) FROM schema_migrations").fetchone()
-        return int(row[0] or 0)
+        return self.db.schema_version()
 
-    def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> _Result:
-        """Run one statement and read all its rows under the lock: a cursor read later, while
-        another thread writes through the same connection, can skip or repeat rows (SQLite
-        leaves that undefined; it once made the ingest queue look empty while it was not)."""
-        with self._lock:
-            try:
-                cur = self._db.execute(sql, args)
-                return _Result(cur.fetchall() if cur.description else [], cur.rowcount)
-            except sqlite3.Error as exc:
-                raise SinkError(f"{self.path}: {exc}") from exc
+    def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> Result:
+        return self.db.execute(sql, args)
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise SinkError(f"{self.path}: {exc}") from exc
+    def transaction(self) -> Iterator[Transaction]:
+        with self.db.transaction() as tx:
+            yield tx
 
     # -- devices --------------------------------------------------------------------------------
     def add_device(self, name: str, *, admin: bool = False) -> str:
@@ -424,21 +380,25 @@ class SinkDB:
         ]
 
     # -- the ingest queue -----------------------------------------------------------------------
-    def claim_ingest(self, lease_s: float = 300.0) -> IngestItem | None:
-        """The oldest pending item nobody holds, leased for ``lease_s`` (a worker that dies
-        lets it go when the lease ends)."""
+    def claim_ingest(self, lease_s: float = 300.0, instance: str = "") -> IngestItem | None:
+        """The oldest pending item nobody holds, leased for ``lease_s`` to ``instance`` (a
+        worker that dies lets it go when the lease ends). On a database server, workers of
+        several instances claim at once without waiting on each other or taking the same
+        item (``FOR UPDATE SKIP LOCKED``)."""
         now = time.time()
         with self.transaction() as db:
             r = db.execute(
                 "SELECT seq, upload_id, device, attempts FROM ingest_queue WHERE state = "
-                "'pending' AND claimed_until < ? ORDER BY seq LIMIT 1",
+                "'pending' AND claimed_until < ? ORDER BY seq LIMIT 1"
+                + self.db.for_update_skip_locked(),
                 (now,),
             ).fetchone()
             if r is None:
                 return None
             db.execute(
-                "UPDATE ingest_queue SET claimed_until = ?, attempts = attempts + 1 WHERE seq = ?",
-                (now + lease_s, r[0]),
+                "UPDATE ingest_queue SET claimed_until = ?, claimed_by = ?, "
+                "attempts = attempts + 1 WHERE seq = ?",
+                (now + lease_s, instance, r[0]),
             )
             return IngestItem(r[0], r[1], r[2], r[3] + 1)
 
@@ -461,12 +421,22 @@ class SinkDB:
         row = self._exec("SELECT max(done_ts) FROM ingest_queue").fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
-    def release_claims(self) -> int:
-        """At start: claims held by a previous run of this sink are void (it is gone)."""
-        cur = self._exec(
-            "UPDATE ingest_queue SET claimed_until = 0 WHERE state = 'pending' AND "
-            "claimed_until > 0"
-        )
+    def release_claims(self, instance: str = "") -> int:
+        """At start: claims held by a previous run of this instance are void (it is gone).
+        Alone on its SQLite file, every claim was its own; on a shared database server, only
+        those it made under the same ``instance`` name (another instance's expire with their
+        lease)."""
+        if self.shared:
+            cur = self._exec(
+                "UPDATE ingest_queue SET claimed_until = 0 WHERE state = 'pending' AND "
+                "claimed_until > 0 AND claimed_by = ?",
+                (instance,),
+            )
+        else:
+            cur = self._exec(
+                "UPDATE ingest_queue SET claimed_until = 0 WHERE state = 'pending' AND "
+                "claimed_until > 0"
+            )
         return cur.rowcount
 
     def ingest_counts(self) -> dict[str, int]:
@@ -474,6 +444,28 @@ class SinkDB:
         out = {"pending": 0, "done": 0, "failed": 0}
         out.update({r[0]: r[1] for r in rows})
         return out
+
+    @contextlib.contextmanager
+    def bundle_lock(self, device: str, bundle_id: str, wait_s: float = 60.0) -> Iterator[None]:
+        """Held while a bundle is assembled and stored: on a shared database server, two
+        instances whose workers finish the last files of one bundle at once take turns (an
+        advisory lock; the second then finds it stored). Alone on a SQLite file, the caller's
+        own lock is enough. SinkError when another instance holds it past ``wait_s`` (the
+        ingest is retried later)."""
+        if not self.shared:
+            yield
+            return
+        key = f"capsight-bundle:{device}/{bundle_id}"
+        deadline = time.monotonic() + wait_s
+        while not self._exec("SELECT pg_try_advisory_lock(hashtext(?))", (key,)).fetchone()[0]:
+            if time.monotonic() > deadline:
+                raise SinkError(f"bundle {bundle_id} of {device} is held by another instance")
+            time.sleep(0.05)  # not under the connection's lock: other requests go on
+        try:
+            yield
+        finally:
+            with contextlib.suppress(SinkError):  # a lost connection released it already
+                self._exec("SELECT pg_advisory_unlock(hashtext(?))", (key,))
 
     # -- the files of a bundle ------------------------------------------------------------------
     def put_bundle_file(
@@ -489,8 +481,10 @@ class SinkDB:
                 (device, bundle_id, filename),
             ).fetchone()
             db.execute(
-                "INSERT OR REPLACE INTO bundle_files (device, bundle_id, filename, upload_id, "
-                "path, encoding) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO bundle_files (device, bundle_id, filename, upload_id, path, "
+                "encoding) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device, bundle_id, filename) "
+                "DO UPDATE SET upload_id = excluded.upload_id, path = excluded.path, "
+                "encoding = excluded.encoding",
                 (device, bundle_id, filename, upload_id, path, encoding),
             )
         return old[0] if old and old[0] != upload_id else None
@@ -547,6 +541,42 @@ class SinkDB:
         rows = self._exec("SELECT device, received_utc, body FROM heartbeats ORDER BY device")
         return [{"device": r[0], "last_heartbeat_utc": r[1], **json.loads(r[2])} for r in rows]
 
+    # -- moving an embedded sink to a database server ------------------------------------------
+    TABLES = ("devices", "uploads", "bundle_files", "heartbeats", "ingest_queue")
+
+    def copy_from(self, source: SinkDB) -> dict[str, int]:
+        """Copy every row of ``source`` (an embedded sink's file, at this code's schema) into
+        this database, which must hold none yet: one transaction, all or nothing. Returns the
+        rows copied per table."""
+        if source.schema_version != self.schema_version:
+            raise SinkError(
+                f"{source.name} is at schema version {source.schema_version}, "
+                f"{self.name} at {self.schema_version}: migrate both first"
+            )
+        copied: dict[str, int] = {}
+        with self.transaction() as tx:
+            for table in self.TABLES:
+                if tx.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]:
+                    raise SinkError(
+                        f"{self.name} already holds {table}: copy into an empty database only "
+                        "(nothing was copied)"
+                    )
+            for table in self.TABLES:
+                rows = source._exec(f"SELECT * FROM {table}").rows
+                for row in rows:
+                    names = list(row.keys())
+                    tx.execute(
+                        f"INSERT INTO {table} ({', '.join(names)}) VALUES "
+                        f"({', '.join('?' * len(names))})",
+                        tuple(row[n] for n in names),
+                    )
+                copied[table] = len(rows)
+            if self.db.server:  # the next queued ingest continues after the copied ones
+                tx.execute(
+                    "SELECT setval(pg_get_serial_sequence('ingest_queue', 'seq'), "
+                    "(SELECT COALESCE(MAX(seq), 0) + 1 FROM ingest_queue), false)"
+                )
+        return copied
+
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.db.close()

@@ -118,6 +118,48 @@ def _database(data: Path, name: str, migrations: list[Any]) -> Check:
     return Check(name, PASS, f"schema version {have}, integrity ok", required=True)
 
 
+def _server_database(url: str, migrations: list[Any]) -> Check:
+    """The sink's database on a server: reachable, and its schema this code's."""
+    from cloud_sink.sql import Database
+
+    want = len(migrations)
+    db = Database(url)
+    try:
+        have = db.schema_version()
+    finally:
+        db.close()
+    if have > want:
+        return Check(
+            "sink database",
+            FAIL,
+            f"{db.name}: schema version {have}, newer than this capsight-sink's {want}",
+            "run the capsight-sink that wrote it (a downgrade does not undo migrations)",
+            required=True,
+        )
+    if have < want:
+        return Check(
+            "sink database",
+            FAIL,
+            f"{db.name}: schema version {have}, this capsight-sink needs {want}",
+            "capsight-sink migrate --db URL --data DIR (serve also migrates when it starts)",
+            required=True,
+        )
+    return Check(
+        "sink database", PASS, f"{db.name}: reachable, schema version {have}", required=True
+    )
+
+
+def _server_ingest_queue(url: str) -> Check:
+    from cloud_sink.sql import Database
+
+    db = Database(url)
+    try:
+        rows = db.execute("SELECT state, COUNT(*) FROM ingest_queue GROUP BY state").rows
+    finally:
+        db.close()
+    return _queue_check({r[0]: int(r[1]) for r in rows})
+
+
 def _ingest_queue(data: Path) -> Check:
     path = data / "sink.db"
     if not path.is_file():
@@ -129,6 +171,10 @@ def _ingest_queue(data: Path) -> Check:
         return Check("ingest queue", SKIP, f"not readable yet ({exc})")
     finally:
         con.close()
+    return _queue_check(counts)
+
+
+def _queue_check(counts: dict[str, int]) -> Check:
     pending, failed = counts.get("pending", 0), counts.get("failed", 0)
     detail = f"{pending} pending, {counts.get('done', 0)} done, {failed} failed"
     if failed:
@@ -216,30 +262,66 @@ def _registry(data: Path) -> Check:
     return Check("model registry", PASS, f"{len(reg.models())} published models")
 
 
-def run_doctor(data_dir: str | Path, *, s3: dict[str, Any] | None = None) -> list[Check]:
+def run_doctor(
+    data_dir: str | Path, *, s3: dict[str, Any] | None = None, db: str | None = None
+) -> list[Check]:
+    """``db``: the sink's database server (``serve --db``), checked instead of ``sink.db``."""
     data = Path(data_dir).expanduser()
     checks = [_timed("data folder", _data_folder, data)]
     if checks[0].status == FAIL:
         return checks
     for name, migrations in databases().items():
-        checks.append(_timed(name, _database, data, name, migrations))
-    checks.append(_timed("ingest queue", _ingest_queue, data))
+        if name == "sink.db" and db:
+            checks.append(_timed("sink database", _server_database, db, migrations))
+        else:
+            checks.append(_timed(name, _database, data, name, migrations))
+    if db:
+        checks.append(_timed("ingest queue", _server_ingest_queue, db))
+    else:
+        checks.append(_timed("ingest queue", _ingest_queue, data))
     checks.append(_timed("blob store", _blob_store, data, s3))
     checks.append(_timed("catalogue", _catalogue, data))
     checks.append(_timed("model registry", _registry, data))
     return checks
 
 
-def migrate(data_dir: str | Path) -> list[tuple[str, int, int]]:
+def migrate(
+    data_dir: str | Path, *, db: str | None = None, from_sqlite: str | Path | None = None
+) -> list[tuple[str, int, int]]:
     """Bring every database of the sink in ``data_dir`` up to this code's schema: (file, version
     before, version after) each. SinkError names the database whose step failed; that step
-    left its schema unchanged."""
+    left its schema unchanged. ``db``: the sink's database server, migrated instead of
+    ``sink.db``; ``from_sqlite``: an embedded sink's folder whose ``sink.db`` is then copied
+    into it (:meth:`SinkDB.copy_from`)."""
     from cloud_sink.db import SinkDB
     from cloud_sink.index import Index
 
     data = Path(data_dir).expanduser()
     if not data.is_dir():
         raise SinkError(f"{data} does not exist")
+    out = []
+    if db:
+        from cloud_sink.sql import Database
+
+        probe = Database(db)
+        try:
+            before = probe.schema_version()
+        finally:
+            probe.close()
+        server = SinkDB(db)  # SinkError names the step that failed (rolled back)
+        try:
+            out.append((server.name, before, server.schema_version))
+            if from_sqlite:
+                source_path = Path(from_sqlite).expanduser() / "sink.db"
+                if not source_path.is_file():
+                    raise SinkError(f"{source_path} does not exist: no embedded sink to copy")
+                source = SinkDB(source_path)
+                try:
+                    server.copy_from(source)
+                finally:
+                    source.close()
+        finally:
+            server.close()
 
     def open_sink(path: Path) -> None:
         SinkDB(path).close()
@@ -247,8 +329,9 @@ def migrate(data_dir: str | Path) -> list[tuple[str, int, int]]:
     def open_index(path: Path) -> None:
         Index(path).db.conn.close()
 
-    out = []
     for name, opener in (("sink.db", open_sink), ("index.db", open_index)):
+        if name == "sink.db" and db:
+            continue
         path = data / name
         before = schema_version(path) if path.is_file() else 0
         try:

@@ -8,7 +8,6 @@ are.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -16,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from capsight_edge.bundle.manifest import Manifest
-from capsight_edge.durable import fsync_dir
-from cloud_sink.db import Migration, apply_migrations
+from cloud_sink.sql import Database, Migration
 
 COLUMNS = {
     "id": str,
@@ -127,15 +125,11 @@ class Index:
     def __init__(self, path: str | Path) -> None:
         import sqlite_utils
 
-        created = not Path(path).exists()
-        plain = sqlite3.connect(str(path), isolation_level=None)
-        os.chmod(path, 0o600)
+        plain = Database(path)  # made 0600, its folder synced when new
         try:
-            apply_migrations(plain, MIGRATIONS)
+            plain.migrate(MIGRATIONS)
         finally:
             plain.close()
-        if created:  # the database file's own entry (SQLite syncs its journal's, not its own)
-            fsync_dir(Path(path).parent)
         # One connection shared by the server's threads, serialised by the lock.
         self.db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False))
         self._lock = threading.RLock()

@@ -33,7 +33,7 @@ from capsight_edge.bundle.manifest import (
 )
 from cloud_sink.blobs import BlobStore
 from cloud_sink.config import Limits
-from cloud_sink.db import BundleFile, IngestItem, SinkDB, Upload
+from cloud_sink.db import BundleFile, DatabaseUnavailable, IngestItem, SinkDB, Upload
 from cloud_sink.index import Index
 from cloud_sink.media import REVIEW_CLIP, remux_faststart
 from cloud_sink.schemas import parse_sensor_message
@@ -217,6 +217,8 @@ class Ingest:
         self.uploads_dir = uploads_dir
         self.limits = limits or Limits()
         self.removed_bytes = 0  # upload data returned to the disk once its bundle was stored
+        self.instance = ""  # this sink instance's name, on the claims it makes
+        self.lease_s = 300.0  # a claim of a worker that died is retried after this long
         self._lock = threading.Lock()
 
     # -- the queue ------------------------------------------------------------------------------
@@ -224,7 +226,7 @@ class Ingest:
         """Ingest what the queue holds (claiming each item); returns how many were done."""
         done = 0
         while max_items is None or done < max_items:
-            item = self.db.claim_ingest()
+            item = self.db.claim_ingest(self.lease_s, self.instance)
             if item is None:
                 break
             self.process(item)
@@ -320,10 +322,10 @@ class Ingest:
     def try_assemble(self, device: str, bundle_id: str) -> str | None:
         """Index the bundle if it is complete; returns its status, or None while waiting. A
         bundle indexed corrupt is assembled again when a file of it arrives anew."""
-        with self._lock:
+        with self._lock, self.db.bundle_lock(device, bundle_id):
             row = self.index.get(bundle_id, device)
             if row is not None and row["status"] == "ok":
-                return None  # idempotent: already ingested
+                return None  # idempotent: already ingested (here, or by another instance)
             files = self.db.bundle_files(device, bundle_id)
             if MANIFEST not in files:
                 return None
@@ -482,7 +484,7 @@ class IngestWorker:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        released = await asyncio.to_thread(self.ingest.db.release_claims)
+        released = await asyncio.to_thread(self.ingest.db.release_claims, self.ingest.instance)
         if released:
             log.warning(
                 "ingest: %d uploads left half-ingested by a crash are queued again", released
@@ -500,7 +502,11 @@ class IngestWorker:
         assert self._wake is not None
         while True:
             self._wake.clear()
-            done = await asyncio.to_thread(self.ingest.run_pending, max_items=1)
+            try:
+                done = await asyncio.to_thread(self.ingest.run_pending, max_items=1)
+            except DatabaseUnavailable as exc:  # the queue waits in the database: try again
+                log.warning("ingest: the database is out of reach, retrying: %s", exc)
+                done = 0
             if not done:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.idle_s)

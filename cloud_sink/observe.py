@@ -5,6 +5,8 @@ metrics at ``GET /metrics`` (admin token: ``Authorization: Bearer ...``, which P
 Metrics (the standard ``prometheus_client``; one registry per app, so tests and several apps in
 one process never mix their figures):
 
+- ``capsight_sink_instance_info{instance,database}``: which instance this is (``serve
+  --instance``) and its database (``sqlite`` or ``postgresql``); one series, value 1;
 - ``capsight_sink_requests_total{route,method,status}``: every request; ``route`` is the
   route's pattern (``/files/{upload_id}``), never the raw path: a client cannot make series;
 - ``capsight_sink_request_seconds{route}``: time to answer (histogram);
@@ -24,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -91,9 +93,18 @@ class _DatabaseGauges(Collector):
 
 
 class SinkMetrics:
-    def __init__(self, sample: Callable[[], dict[str, float]] | None = None) -> None:
+    def __init__(
+        self,
+        sample: Callable[[], dict[str, float]] | None = None,
+        *,
+        instance: str = "",
+        database: str = "sqlite",
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        Info("capsight_sink_instance", "which sink instance answers", registry=r).info(
+            {"instance": instance, "database": database}
+        )
         self.requests = Counter(
             "capsight_sink_requests", "requests answered", ("route", "method", "status"), registry=r
         )

@@ -40,7 +40,7 @@ from starlette.routing import Route
 from capsight_edge.durable import fsync_dir, make_dirs
 from cloud_sink.auth import Sessions, bearer_identity
 from cloud_sink.config import SinkConfig
-from cloud_sink.db import SinkDB, Upload
+from cloud_sink.db import DatabaseUnavailable, SinkDB, Upload
 from cloud_sink.observe import Observed, SinkMetrics
 from cloud_sink.review import add_review
 
@@ -324,6 +324,9 @@ class TusApp:
             if method == "DELETE":
                 return await self.delete(upload_id, device)
             raise TusError(405, f"{method} is not allowed on an upload")
+        except DatabaseUnavailable as exc:
+            self.rejected[503] = self.rejected.get(503, 0) + 1
+            return database_unavailable(exc)
         except TusError as exc:
             self.rejected[exc.status] = self.rejected.get(exc.status, 0) + 1
             log.info("%s %s -> %d: %s", method, request.url.path, exc.status, exc)
@@ -375,8 +378,17 @@ class TusApp:
 
     def head(self, upload_id: str, device: str) -> Response:
         up = self.own_upload(upload_id, device)
+        offset = self.offset(upload_id, up)
+        # Every byte stored but never marked complete: the sink (or its database) went away
+        # between the last write and the mark, and the client will not send again. Complete
+        # it now (once; that queues its ingest).
+        stored = up.completed_utc is None and not up.terminated and offset == up.length
+        if stored and self.db.complete(up.id):
+            log.info("upload %s from %s complete at HEAD", up.id, up.device)
+            if self.on_complete is not None:
+                self.on_complete()
         headers = self.headers(
-            **{"Upload-Offset": str(self.offset(upload_id, up)), "Cache-Control": "no-store"},
+            **{"Upload-Offset": str(offset), "Cache-Control": "no-store"},
             **self.expires_header(up),
         )
         if up.length is None:
@@ -560,6 +572,21 @@ class TusApp:
         return new_offset, up
 
 
+def database_unavailable(exc: Exception) -> Response:
+    """503 with Retry-After: the database server is out of reach for now (a cart's uploader
+    backs off and comes back; nothing it sent is lost, the offset is the data file's)."""
+    log.warning("database out of reach: %s", exc)
+    return Response(
+        "the sink's database is out of reach; retry later\n",
+        status_code=503,
+        headers={
+            "Retry-After": str(DatabaseUnavailable.retry_after_s),
+            "Tus-Resumable": TUS_VERSION,
+        },
+        media_type="text/plain",
+    )
+
+
 def make_app(
     data_dir: str | os.PathLike[str],
     *,
@@ -568,9 +595,13 @@ def make_app(
     expire_s: float | None = None,
     blobs: Any = None,
     ingest_workers: int = 1,
+    db: str | None = None,
+    instance: str = "",
 ) -> Starlette:
     """The sink: the tus endpoint at ``/files/``, ingest into ``blobs`` (default: a local folder
     under ``data_dir``) and the index, the JSON API under ``/api/``, and the sweep.
+    ``db``: a ``postgresql://`` URL that several instances share (default: ``sink.db`` in
+    ``data_dir``); ``instance``: this instance's name on its ingest claims and metrics.
     ``config``: limits, quotas, timeouts (``max_size`` and ``expire_s`` override two of them);
     ``ingest_workers``: background workers on the ingest queue (0: none here, the queue
     waits)."""
@@ -590,15 +621,16 @@ def make_app(
             update={"sweep": cfg.sweep.model_copy(update={"expire_hours": expire_s / 3600})}
         )
     data = Path(os.path.expanduser(data_dir))
-    db = SinkDB(data / "sink.db")
+    sink_db = SinkDB(db or data / "sink.db")
     index = Index(data / "index.db")
-    tus = TusApp(data, db, config=cfg)
+    tus = TusApp(data, sink_db, config=cfg)
     store = blobs or LocalBlobStore(data / "blobs" / "store")
-    metrics = SinkMetrics(db.gauges)
-    ingest = Ingest(db, store, index, tus.dir, cfg.limits)
+    metrics = SinkMetrics(sink_db.gauges, instance=instance, database=sink_db.db.dialect)
+    ingest = Ingest(sink_db, store, index, tus.dir, cfg.limits)
     ingest.metrics = metrics
+    ingest.instance, ingest.lease_s = instance, cfg.timeouts.ingest_lease_s
     workers = [IngestWorker(ingest) for _ in range(max(0, ingest_workers))]
-    sweeper = Sweeper(db, index, tus.dir, cfg.sweep)
+    sweeper = Sweeper(sink_db, index, tus.dir, cfg.sweep)
 
     def wake() -> None:
         for w in workers:
@@ -630,13 +662,18 @@ def make_app(
     from cloud_sink.registry import add_registry
 
     sessions = Sessions(data / "ui.key")
-    routes = add_review(routes, db, index, store, data, sessions)
-    routes = add_registry(routes, db, data)
+    routes = add_review(routes, sink_db, index, store, data, sessions)
+    routes = add_registry(routes, sink_db, data)
+
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        return database_unavailable(exc)
+
     app = Starlette(
-        routes=add_api(routes, db, index, cfg, sweeper, ingest, metrics, sessions),
+        routes=add_api(routes, sink_db, index, cfg, sweeper, ingest, metrics, sessions),
         lifespan=lifespan,
         middleware=[Middleware(Observed, metrics=metrics)],
+        exception_handlers={DatabaseUnavailable: unavailable},
     )
-    app.state.tus, app.state.db, app.state.index, app.state.ingest = tus, db, index, ingest
+    app.state.tus, app.state.db, app.state.index, app.state.ingest = tus, sink_db, index, ingest
     app.state.sweeper, app.state.config, app.state.metrics = sweeper, cfg, metrics
     return app

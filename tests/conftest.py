@@ -140,3 +140,40 @@ def moto_url() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[object]:
+    """A real PostgreSQL server on 127.0.0.1 for the whole run (``initdb`` in a temporary
+    folder; as root it runs as ``nobody``); ``postgres.database()`` makes a fresh database."""
+    from cloud_sink.localpg import LocalPostgres, pg_bin
+
+    if pg_bin() is None:
+        pytest.skip("no PostgreSQL server programs (initdb): ./dev.sh test installs them")
+    pg = LocalPostgres().start()
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sink_db_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a SinkDB lives, once per backend: a SQLite file (the embedded default), then a
+    fresh database on the test run's PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "sink.db")
+    return request.getfixturevalue("postgres").database()  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def sink_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs a whole module twice: its sinks on SQLite files, then on PostgreSQL (a fresh
+    database per data folder; see tests/sink_helpers.py)."""
+    from tests.sink_helpers import BACKEND
+
+    BACKEND.use(request.getfixturevalue("postgres") if request.param == "postgresql" else None)
+    try:
+        yield request.param
+    finally:
+        BACKEND.use(None)

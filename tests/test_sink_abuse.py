@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import socket
-import sqlite3
 import stat
 import time
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from benchmarks.abuse import (
 from benchmarks.bundles import make_bundle
 from capsight_edge.bundle.manifest import CLIP, MANIFEST, SENSORS
 from tests.conftest import wait_until
-from tests.sink_helpers import Sink, api_json, sink_cli
+from tests.sink_helpers import BACKEND, Sink, api_json, sink_cli, sink_db
 
 CONFIG = """
 [quotas]
@@ -84,8 +83,11 @@ class Abused:
         return sum(f.stat().st_size for f in files), [f.name for f in files]
 
 
+pytestmark = pytest.mark.usefixtures("sink_backend")  # every test on SQLite, then PostgreSQL
+
+
 @pytest.fixture(scope="module")
-def abused(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Abused]:
+def abused(tmp_path_factory: pytest.TempPathFactory, sink_backend: str) -> Iterator[Abused]:
     a = Abused(tmp_path_factory.mktemp("abuse"))
     yield a
     a.sink.stop()
@@ -257,12 +259,11 @@ def test_bad_heartbeats_are_refused_and_the_fleet_page_keeps_working(
 
 def test_a_fleet_page_survives_rows_written_before_validation(abused: Abused) -> None:
     tok = abused.device("legacy-hb")
-    db = sqlite3.connect(abused.data / "sink.db")
-    db.execute(
+    db = sink_db(abused.data)
+    db._exec(
         "INSERT INTO heartbeats VALUES ('legacy-hb', '2026-01-01T00:00:00Z', ?)",
         ('{"queue_depth": NaN, "disk_used_pct": Infinity}',),
     )
-    db.commit()
     db.close()
     sink_cli("device", "revoke", "legacy-hb", "--data", str(abused.data))
     r = abused.get("/api/fleet")
@@ -444,7 +445,6 @@ def test_the_sweep_removes_a_corrupt_bundles_uploads_after_their_keep_time(
     tmp_path: Path,
 ) -> None:
     from cloud_sink.config import Sweep
-    from cloud_sink.db import SinkDB
     from cloud_sink.index import Index
     from cloud_sink.sweep import Sweeper
 
@@ -456,7 +456,7 @@ def test_the_sweep_removes_a_corrupt_bundles_uploads_after_their_keep_time(
         upload_id = r.headers["Location"].rsplit("/", 1)[1]
     finally:
         a.sink.stop()
-    db, index = SinkDB(a.data / "sink.db"), Index(a.data / "index.db")
+    db, index = sink_db(a.data), Index(a.data / "index.db")
     sweeper = Sweeper(db, index, a.uploads, Sweep(keep_corrupt_hours=1.0))
     sweeper.sweep()
     assert (a.uploads / upload_id).exists()  # kept for an operator to look at
@@ -555,8 +555,8 @@ def test_a_refused_creation_with_upload_leaves_nothing(abused: Abused) -> None:
     )
     assert r.status_code == 460
     assert set(abused.upload_area()[1]) == before
-    db = sqlite3.connect(abused.data / "sink.db")
-    (n,) = db.execute("SELECT COUNT(*) FROM uploads WHERE device = 'refused'").fetchone()
+    db = sink_db(abused.data)
+    (n,) = db._exec("SELECT COUNT(*) FROM uploads WHERE device = 'refused'").fetchone()
     db.close()
     assert n == 0
 
@@ -608,4 +608,5 @@ def test_what_the_sink_writes_is_its_own(abused: Abused) -> None:
     upload_id = r.headers["Location"].rsplit("/", 1)[1]
     mode = stat.S_IMODE(os.stat(abused.uploads / upload_id).st_mode)
     assert mode == 0o600
-    assert stat.S_IMODE(os.stat(abused.data / "sink.db").st_mode) & 0o077 == 0
+    if BACKEND.server is None:  # on PostgreSQL the database is the server's, not a file here
+        assert stat.S_IMODE(os.stat(abused.data / "sink.db").st_mode) & 0o077 == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import sqlite3
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,13 +19,18 @@ from capsight_edge.bundle.manifest import (
     SENSORS,
 )
 from tests.conftest import wait_until
-from tests.sink_helpers import Sink, api_json, sink_cli, tus_headers
+from tests.sink_helpers import Sink, api_json, sink_cli, sink_db, tus_headers
 
 OCTETS = {"Content-Type": "application/offset+octet-stream"}
 
 
+pytestmark = pytest.mark.usefixtures("sink_backend")  # every test on SQLite, then PostgreSQL
+
+
 @pytest.fixture(scope="module")
-def sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sink, str, str, str]]:
+def sink(
+    tmp_path_factory: pytest.TempPathFactory, sink_backend: str
+) -> Iterator[tuple[Sink, str, str, str]]:
     data = tmp_path_factory.mktemp("sink")
     s = Sink(data)
     a, b = s.add_device("cart-a"), s.add_device("cart-b")
@@ -54,9 +59,9 @@ def upload(s: Sink, token: str, path: Path, bundle_id: str, *, checksum: str = "
 
 def verified_on_arrival(s: Sink, bundle_id: str) -> dict[str, str | None]:
     """filename -> the sha256 the sink recorded for that upload (read from its database)."""
-    db = sqlite3.connect(s.data / "sink.db")
+    db = sink_db(s.data)
     try:
-        rows = db.execute("SELECT metadata, sha256 FROM uploads").fetchall()
+        rows = db._exec("SELECT metadata, sha256 FROM uploads").rows
     finally:
         db.close()
     out = {}
@@ -224,8 +229,6 @@ def test_zstd_uploads_are_decoded_and_bad_ones_marked_corrupt(
 
 
 def test_a_sink_killed_before_ingest_ingests_after_restart_exactly_once(tmp_path: Path) -> None:
-    from cloud_sink.db import SinkDB
-
     data = tmp_path / "sink"
     s = Sink(data, "--ingest-workers", "0")  # completed uploads queue up, nobody ingests
     a = s.add_device("cart-a")
@@ -239,9 +242,10 @@ def test_a_sink_killed_before_ingest_ingests_after_restart_exactly_once(tmp_path
     counts = httpx.get(s.url + "/api/ingest", headers={"Authorization": f"Bearer {admin}"})
     assert api_json(counts) == {"type": "ingest_queue", "pending": 3, "done": 0, "failed": 0}
     s.kill()  # SIGKILL: the uploads are complete, their ingest never ran
-    # A worker of an earlier run that died holding an item leaves a claim: it is void now.
-    db = SinkDB(data / "sink.db")
-    claimed = db.claim_ingest(lease_s=3600)
+    # A worker of an earlier run that died holding an item leaves a claim: it is void now
+    # (the same instance restarts: by default, its name is the host and port).
+    db = sink_db(data)
+    claimed = db.claim_ingest(lease_s=3600, instance=f"{socket.gethostname()}:{s.port}")
     assert claimed is not None
     db.close()
     restarted = Sink(data, port=s.port).start()
@@ -257,7 +261,7 @@ def test_a_sink_killed_before_ingest_ingests_after_restart_exactly_once(tmp_path
         assert api_json(counts) == {"type": "ingest_queue", "pending": 0, "done": 3, "failed": 0}
     finally:
         again.stop()
-    db = SinkDB(data / "sink.db")
+    db = sink_db(data)
     attempts = [r[0] for r in db._exec("SELECT attempts FROM ingest_queue ORDER BY seq")]
     db.close()
     assert attempts.count(2) == 1 and attempts.count(1) == 2  # the claimed one ran again once
@@ -288,13 +292,12 @@ def test_an_ingest_that_keeps_failing_ends_corrupt_not_in_limbo(tmp_path: Path) 
     attempt: the upload is retried a bounded number of times, then the bundle is corrupt with
     the reason; once the store works, a re-sent bundle is accepted."""
     from cloud_sink.blobs import LocalBlobStore
-    from cloud_sink.db import SinkDB
     from cloud_sink.index import Index
     from cloud_sink.ingest import MAX_INGEST_ATTEMPTS, Ingest
 
     uploads = tmp_path / "uploads"
     uploads.mkdir()
-    db, index = SinkDB(tmp_path / "sink.db"), Index(tmp_path / "index.db")
+    db, index = sink_db(tmp_path), Index(tmp_path / "index.db")
     store_root = tmp_path / "store"
     store = LocalBlobStore(store_root)
     ingest = Ingest(db, store, index, uploads, retry_base_s=0.0)
@@ -330,9 +333,7 @@ def test_queue_counts_read_while_another_thread_works_the_queue_are_whole(tmp_pa
     lock once reported an empty queue while the last upload still waited)."""
     import threading
 
-    from cloud_sink.db import SinkDB
-
-    db = SinkDB(tmp_path / "sink.db")
+    db = sink_db(tmp_path)
     n = 400
     for i in range(n):
         upload_id = f"u{i}".ljust(32, "x")
@@ -393,9 +394,7 @@ def test_the_queue_says_when_its_last_ingest_finished(tmp_path: Path) -> None:
     the sink has verified and indexed them): None before any, then the latest finish."""
     import time
 
-    from cloud_sink.db import SinkDB
-
-    db = SinkDB(tmp_path / "sink.db")
+    db = sink_db(tmp_path)
     assert db.last_ingest_ts() is None
     stamps = []
     for i in range(3):

@@ -19,8 +19,13 @@ from tests.sink_helpers import Sink, sink_cli, tus_headers
 OCTETS = {"Content-Type": "application/offset+octet-stream"}
 
 
+pytestmark = pytest.mark.usefixtures("sink_backend")  # every test on SQLite, then PostgreSQL
+
+
 @pytest.fixture(scope="module")
-def sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sink, str, str]]:
+def sink(
+    tmp_path_factory: pytest.TempPathFactory, sink_backend: str
+) -> Iterator[tuple[Sink, str, str]]:
     data = tmp_path_factory.mktemp("sink")
     s = Sink(data, "--max-size", str(10 * 2**20))
     a, b = s.add_device("cart-a"), s.add_device("cart-b")

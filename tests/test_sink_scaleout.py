@@ -1,0 +1,423 @@
+"""The sink beyond one process: its database on a real PostgreSQL server, several `capsight-sink
+serve` instances sharing it and one data folder, the ingest queue worked by all of them exactly
+once, and a database that is down answered with 503 + Retry-After, losing nothing."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import socket
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from benchmarks.bundles import make_bundle
+from capsight_edge.bundle.manifest import CLIP, MANIFEST, SENSORS
+from cloud_sink import db as sinkdb
+from cloud_sink.db import SinkDB, SinkError
+from cloud_sink.sql import Database
+from tests.conftest import wait_until
+from tests.sink_helpers import Sink, api_json, sink_cli, tus_headers
+
+OCTETS = {"Content-Type": "application/offset+octet-stream"}
+
+
+def _queue(db: SinkDB, n: int) -> None:
+    for i in range(n):
+        upload_id = f"q{i}".ljust(32, "x")
+        db.create_upload(upload_id, "cart-a", 1, {}, 1e12)
+        assert db.complete(upload_id)
+
+
+# -- the database alone ---------------------------------------------------------------------------
+def test_workers_of_three_instances_take_each_queued_ingest_exactly_once(
+    sink_db_target: str,
+) -> None:
+    """Three instances (three connections), two workers each, claiming at once: every item is
+    claimed by exactly one worker, once (PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite: one
+    writer at a time)."""
+    n = 240
+    instances = [SinkDB(sink_db_target) for _ in range(3)]
+    _queue(instances[0], n)
+    taken: list[tuple[str, int]] = []
+    guard = threading.Lock()
+
+    def work(db: SinkDB, name: str) -> None:
+        while (item := db.claim_ingest(60, name)) is not None:
+            with guard:
+                taken.append((name, item.seq))
+            db.finish_ingest(item.seq, "done")
+
+    threads = [
+        threading.Thread(target=work, args=(db, f"i{k}-w{w}"))
+        for k, db in enumerate(instances)
+        for w in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    seqs = [seq for _, seq in taken]
+    assert sorted(seqs) == sorted(set(seqs)) and len(seqs) == n  # each once, none lost
+    assert instances[1].ingest_counts() == {"pending": 0, "done": n, "failed": 0}
+    if instances[0].shared:  # the server let them work side by side
+        assert len({name.split("-")[0] for name, _ in taken}) == 3
+    attempts = {r[0] for r in instances[2]._exec("SELECT attempts FROM ingest_queue")}
+    assert attempts == {1}
+    for db in instances:
+        db.close()
+
+
+def test_a_dead_workers_claim_expires_and_another_instance_retries_it(
+    sink_db_target: str,
+) -> None:
+    a, b = SinkDB(sink_db_target), SinkDB(sink_db_target)
+    _queue(a, 1)
+    held = a.claim_ingest(lease_s=0.5, instance="a")
+    assert held is not None
+    a.close()  # instance a dies holding it
+    assert b.claim_ingest(60, "b") is None  # leased: nobody else takes it yet
+    again: list[Any] = []
+
+    def retried() -> bool:
+        again.append(b.claim_ingest(60, "b"))
+        return again[-1] is not None
+
+    assert wait_until(retried, 10)  # once the lease ends, another instance takes it
+    assert again[-1].seq == held.seq and again[-1].attempts == 2
+    b.close()
+
+
+def test_a_restarting_instance_lets_go_of_its_own_claims_only(postgres: Any) -> None:
+    url = postgres.database()
+    a, b = SinkDB(url), SinkDB(url)
+    _queue(a, 2)
+    mine, theirs = a.claim_ingest(3600, "a"), b.claim_ingest(3600, "b")
+    assert mine is not None and theirs is not None
+    assert a.release_claims("a") == 1  # a restarted: its claim is void, b's is not
+    item = SinkDB(url).claim_ingest(3600, "c")
+    assert item is not None and item.seq == mine.seq
+    a.close()
+    b.close()
+
+
+def test_a_failed_migration_leaves_the_schema_as_it_was(sink_db_target: str) -> None:
+    SinkDB(sink_db_target).close()
+    db = Database(sink_db_target)
+    broken = [
+        *sinkdb.MIGRATIONS,
+        "CREATE TABLE half_done (a INTEGER); ALTER TABLE uploads ADD COLUMN x INTEGER; "
+        "CREATE TABLE (",
+    ]
+    with pytest.raises(SinkError):
+        db.migrate(broken)
+    assert db.schema_version() == len(sinkdb.MIGRATIONS)
+    with pytest.raises(SinkError):
+        db.execute("SELECT * FROM half_done")
+    with pytest.raises(SinkError):
+        db.execute("SELECT x FROM uploads")
+    db.close()
+
+
+def test_migrating_instances_that_start_together_apply_each_step_once(postgres: Any) -> None:
+    url = postgres.database()
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            SinkDB(url).close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    db = Database(url)
+    versions = [r[0] for r in db.execute("SELECT version FROM schema_migrations ORDER BY 1")]
+    assert versions == list(range(1, len(sinkdb.MIGRATIONS) + 1))
+    db.close()
+
+
+def test_large_lengths_and_precise_times_survive_the_server(postgres: Any) -> None:
+    """PostgreSQL's INTEGER is 32 bits and its REAL 4 bytes: the shared migrations widen both
+    (an upload of 6 GiB, an expiry to the microsecond)."""
+    db = SinkDB(postgres.database())
+    expires = 1796439742.123456
+    db.create_upload("big".ljust(32, "x"), "cart-a", 6 << 30, {"k": "v"}, expires)
+    up = db.get_upload("big".ljust(32, "x"))
+    assert up is not None and up.length == 6 << 30 and up.expires_ts == expires
+    assert db.usage("cart-a", 0).bytes == 6 << 30
+    db.close()
+
+
+# -- the command line -----------------------------------------------------------------------------
+def test_an_embedded_sink_moves_into_postgresql_and_keeps_its_devices(
+    postgres: Any, tmp_path: Path
+) -> None:
+    old = tmp_path / "old"
+    res = sink_cli("device", "add", "cart-a", "--data", str(old), "--json")
+    token = json.loads(res.stdout)["token"]
+    lite = SinkDB(old / "sink.db")
+    _queue(lite, 3)
+    lite.close()
+    url = postgres.database()
+    new = tmp_path / "new"
+    new.mkdir()
+    res = sink_cli("migrate", "--data", str(new), "--db", url, "--from-sqlite", str(old), "--json")
+    assert res.returncode == 0, res.stderr
+    first = json.loads(res.stdout.splitlines()[0])
+    assert first["database"].startswith("postgresql://") and first["version_before"] == 0
+    assert first["version_after"] == len(sinkdb.MIGRATIONS)
+    moved = SinkDB(url)
+    assert moved.authenticate(token) == ("cart-a", False)  # the cart's token still works
+    assert moved.ingest_counts()["pending"] == 3
+    _queue_more = moved.claim_ingest(60, "x")
+    assert _queue_more is not None and _queue_more.seq == 1
+    moved.create_upload("later".ljust(32, "x"), "cart-a", 1, {}, 1e12)
+    assert moved.complete("later".ljust(32, "x"))  # numbered after the copied items
+    seqs = [r[0] for r in moved._exec("SELECT seq FROM ingest_queue ORDER BY seq")]
+    assert seqs == [1, 2, 3, 4]
+    moved.close()
+    # A second copy into a database that holds rows is refused, and copies nothing.
+    res = sink_cli("migrate", "--data", str(new), "--db", url, "--from-sqlite", str(old))
+    assert res.returncode == 2 and "copy into an empty database only" in res.stderr
+    res = sink_cli("migrate", "--data", str(new), "--from-sqlite", str(old))
+    assert res.returncode == 2 and "give --db URL too" in res.stderr
+
+    res = sink_cli("doctor", "--data", str(new), "--db", url, "--json")
+    checks = {r.get("name"): r for r in map(json.loads, res.stdout.splitlines())}
+    assert checks["sink database"]["status"] == "pass", res.stdout
+    assert "password" not in checks["sink database"]["detail"]
+    assert checks["ingest queue"]["detail"].startswith("4 pending")
+    assert "sink.db" not in checks
+
+
+def test_a_database_server_out_of_reach_is_a_clear_error(tmp_path: Path) -> None:
+    res = sink_cli(
+        "device", "add", "cart-a", "--data", str(tmp_path), "--db",
+        "postgresql://capsight:secret@127.0.0.1:1/nothing",
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert "capsight-sink: error: postgresql://capsight:***@127.0.0.1:1/nothing" in res.stderr
+    assert "secret" not in res.stderr and "Traceback" not in res.stderr
+
+
+# -- several instances ----------------------------------------------------------------------------
+def _meta(bundle_id: str, name: str) -> str:
+    return ",".join(
+        f"{k} {base64.b64encode(v.encode()).decode()}"
+        for k, v in (("bundle_id", bundle_id), ("filename", name))
+    )
+
+
+def _checksum(data: bytes) -> str:
+    return "sha256 " + base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+class RoundRobin:
+    """A tus client whose every request goes to the next instance."""
+
+    def __init__(self, urls: list[str], token: str) -> None:
+        self.urls, self.token, self.n = urls, token, 0
+        self.seen: list[str] = []
+
+    def next(self) -> str:
+        url = self.urls[self.n % len(self.urls)]
+        self.n += 1
+        self.seen.append(url)
+        return url
+
+    def create(self, bundle_id: str, name: str, length: int) -> str:
+        r = httpx.post(
+            self.next() + "/files/",
+            headers=tus_headers(
+                self.token,
+                **{"Upload-Length": str(length), "Upload-Metadata": _meta(bundle_id, name)},
+            ),
+        )
+        assert r.status_code == 201, r.text
+        return r.headers["Location"].rsplit("/", 1)[1]
+
+    def head(self, upload_id: str) -> int:
+        r = httpx.head(self.next() + f"/files/{upload_id}", headers=tus_headers(self.token))
+        assert r.status_code == 200, r.text
+        return int(r.headers["Upload-Offset"])
+
+    def patch(self, upload_id: str, offset: int, chunk: bytes) -> httpx.Response:
+        return httpx.patch(
+            self.next() + f"/files/{upload_id}",
+            headers=tus_headers(
+                self.token,
+                **OCTETS,
+                **{"Upload-Offset": str(offset), "Upload-Checksum": _checksum(chunk)},
+            ),
+            content=chunk,
+            timeout=30,
+        )
+
+    def send(self, upload_id: str, data: bytes, chunk: int) -> None:
+        offset = self.head(upload_id)
+        while offset < len(data):
+            r = self.patch(upload_id, offset, data[offset : offset + chunk])
+            assert r.status_code == 204, r.text
+            offset = int(r.headers["Upload-Offset"])
+
+
+def _half_sent_patch(
+    port: int, token: str, upload_id: str, offset: int, chunk: bytes
+) -> socket.socket:
+    """A checksummed PATCH whose body stops halfway (the connection stays open)."""
+    s = socket.create_connection(("127.0.0.1", port))
+    head = (
+        f"PATCH /files/{upload_id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"Tus-Resumable: 1.0.0\r\nContent-Type: application/offset+octet-stream\r\n"
+        f"Upload-Offset: {offset}\r\nUpload-Checksum: {_checksum(chunk)}\r\n"
+        f"Content-Length: {len(chunk)}\r\n\r\n"
+    )
+    s.sendall(head.encode() + chunk[: len(chunk) // 2])
+    return s
+
+
+@pytest.fixture
+def instances(postgres: Any, tmp_path: Path) -> Iterator[tuple[list[Sink], str, str]]:
+    url = postgres.database()
+    data = tmp_path / "sink"
+    config = tmp_path / "sink.toml"
+    config.write_text("[timeouts]\ningest_lease_s = 3.0\nlock_wait_s = 0.5\n")
+    sinks = [
+        Sink(
+            data, "--config", str(config), "--instance", f"s{i}", db=url, log=tmp_path / f"s{i}.log"
+        )
+        for i in range(3)
+    ]
+    token = sinks[0].add_device("cart-a")
+    for s in sinks:  # one after the other: the first migrates, the others find it done
+        s.start()
+    try:
+        yield sinks, token, url
+    finally:
+        for s in sinks:
+            s.stop()
+
+
+def test_three_instances_share_uploads_and_ingest_each_bundle_once_through_a_kill(
+    instances: tuple[list[Sink], str, str], tmp_path: Path
+) -> None:
+    """Every request to a different instance; one instance SIGKILLed halfway through a
+    checksummed chunk; the client carries on through the others. Every file ends
+    byte-identical in the store, the bundle is indexed once, every queued ingest done once."""
+    sinks, token, url = instances
+    client = RoundRobin([s.url for s in sinks], token)
+    folder = make_bundle(tmp_path / "b", "multi-1", noise_frames=40)
+    files = {name: (folder / name).read_bytes() for name in (CLIP, SENSORS, MANIFEST)}
+    chunk = max(4096, len(files[CLIP]) // 6)
+
+    clip_id = client.create("multi-1", CLIP, len(files[CLIP]))
+    r = client.patch(clip_id, 0, files[CLIP][:chunk])
+    assert r.status_code == 204
+    victim = sinks[1]
+    cut = _half_sent_patch(victim.port, token, clip_id, chunk, files[CLIP][chunk : 2 * chunk])
+    # The victim holds the upload's lock: another instance that tries to write waits, then 423.
+    busy = httpx.patch(
+        sinks[2].url + f"/files/{clip_id}",
+        headers=tus_headers(token, **OCTETS, **{"Upload-Offset": str(chunk)}),
+        content=b"x",
+    )
+    assert busy.status_code == 423, busy.text
+    victim.kill()
+    cut.close()
+    client.urls = [sinks[0].url, sinks[2].url]
+    assert client.head(clip_id) == chunk  # the half chunk was never applied
+    client.send(clip_id, files[CLIP], chunk)
+    for name in (SENSORS, MANIFEST):
+        upload_id = client.create("multi-1", name, len(files[name]))
+        client.send(upload_id, files[name], max(1024, len(files[name]) // 3))
+    assert len(set(client.seen)) == 3  # every instance answered some of it
+
+    admin = sinks[0].add_device("ops", admin=True)
+
+    def indexed() -> list[dict[str, Any]]:
+        r = httpx.get(
+            sinks[2].url + "/api/bundles",
+            params={"device": "cart-a"},
+            headers={"Authorization": f"Bearer {admin}"},
+        )
+        assert r.status_code == 200, r.text
+        return list(api_json(r)["bundles"])
+
+    assert sinks[0].wait_ingested(60)
+    rows = [r for r in indexed() if r.get("bundle_id") == "multi-1"]
+    assert len(rows) == 1 and rows[0]["status"] == "ok", rows
+    stored = sinks[0].data / "blobs" / "store" / "bundles" / "cart-a" / "multi-1"
+    for name, data in files.items():
+        assert (stored / name).read_bytes() == data, name
+    db = SinkDB(url)
+    queue = db._exec("SELECT upload_id, state, result FROM ingest_queue").rows
+    db.close()
+    assert len(queue) == 3 and {r[1] for r in queue} == {"done"}
+    assert len({r[0] for r in queue}) == 3
+    index = sqlite3.connect(sinks[0].data / "index.db")
+    try:
+        assert index.execute("SELECT COUNT(*) FROM bundles WHERE id = 'multi-1'").fetchone()[0] == 1
+    finally:
+        index.close()
+
+
+def test_metrics_name_the_instance_and_its_database(
+    instances: tuple[list[Sink], str, str],
+) -> None:
+    sinks, _, _ = instances
+    admin = sinks[0].add_device("ops", admin=True)
+    for i, s in enumerate(sinks):
+        text = httpx.get(s.url + "/metrics", headers={"Authorization": f"Bearer {admin}"}).text
+        assert f'capsight_sink_instance_info{{database="postgresql",instance="s{i}"}} 1.0' in text
+
+
+def test_a_database_that_goes_down_is_503_with_retry_after_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    from cloud_sink.localpg import LocalPostgres, pg_bin
+
+    if pg_bin() is None:
+        pytest.skip("no PostgreSQL server programs (initdb)")
+    with LocalPostgres() as pg:
+        url = pg.database()
+        sink = Sink(tmp_path / "sink", db=url, log=tmp_path / "sink.log")
+        token = sink.add_device("cart-a")
+        sink.start()
+        try:
+            client = RoundRobin([sink.url], token)
+            folder = make_bundle(tmp_path / "b", "down-1")
+            data = (folder / CLIP).read_bytes()
+            upload_id = client.create("down-1", CLIP, len(data))
+            half = len(data) // 2
+            assert client.patch(upload_id, 0, data[:half]).status_code == 204
+            pg.halt()
+            for r in (
+                client.patch(upload_id, half, data[half:]),
+                httpx.head(sink.url + f"/files/{upload_id}", headers=tus_headers(token)),
+                httpx.post(
+                    sink.url + "/files/", headers=tus_headers(token, **{"Upload-Length": "1"})
+                ),
+                httpx.get(sink.url + "/api/ingest", headers={"Authorization": f"Bearer {token}"}),
+            ):
+                assert r.status_code == 503, (r.request.method, r.status_code, r.text)
+                assert r.headers["Retry-After"] == "5"
+            assert httpx.get(sink.url + "/healthz").status_code == 200  # the process lives on
+            pg.start()
+            assert client.head(upload_id) == half  # nothing sent before the outage was lost
+            client.send(upload_id, data, half)
+            assert client.head(upload_id) == len(data)
+        finally:
+            sink.stop()
+        log = (tmp_path / "sink.log").read_text()
+        assert "Traceback" not in log, log[-3000:]
