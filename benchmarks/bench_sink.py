@@ -404,3 +404,205 @@ def _quiet_patch(loc: str, auth: dict[str, str], offset: int, body: Iterator[byt
             content=body,
             timeout=60,
         )
+
+
+def _cpu_s(pid: int, *, reaped: bool = False) -> float:
+    """CPU seconds (user + system) of a live process; ``reaped``: with its reaped children's."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _postgres_cpu_s(data: Path) -> float:
+    """The PostgreSQL server's CPU seconds: its postmaster (with its reaped backends) and every
+    live backend."""
+    try:
+        master = int((data / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    total = _cpu_s(master, reaped=True)
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == master:
+                total += _cpu_s(int(proc.name))
+    return total
+
+
+@benchmark("sink_scaleout")
+def bench_sink_scaleout(ctx: BenchContext) -> BenchResult:
+    """The same devices and files through the embedded sink (SQLite), one instance on
+    PostgreSQL, and two instances sharing that PostgreSQL and one data folder, each request of
+    a device going to the next instance (round robin)."""
+    import resource
+
+    from cloud_sink.localpg import LocalPostgres, pg_bin
+
+    devices, size = (20, 1 * 2**20) if ctx.quick else (100, 5 * 2**20)
+    res = BenchResult(
+        "sink_scaleout",
+        f"{devices} devices each uploading one {size / 2**20:.0f} MiB file at once in 1 MiB "
+        "sha256-checksummed chunks: the embedded sink (SQLite), one instance on PostgreSQL, two "
+        "instances on the same PostgreSQL and data folder (every request to the next instance)",
+    )
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        res.notes.append("skipped: psycopg is not installed (pip install capsight[sink])")
+        return res
+    if pg_bin() is None:
+        res.notes.append("skipped: no PostgreSQL server programs (initdb) on this machine")
+        return res
+    payloads = [os.urandom(size) for _ in range(4)]
+    digests = [  # the client's own hashing is not what is measured: done once, up front
+        [
+            base64.b64encode(hashlib.sha256(p[o : o + CHUNK]).digest()).decode()
+            for o in range(0, size, CHUNK)
+        ]
+        for p in payloads
+    ]
+    root = Path(tempfile.mkdtemp(prefix="capsight-scaleout-"))
+    config = root / "sink.toml"
+    config.write_text(
+        "[quotas]\ncreates_per_minute = 1000000\nuploads_in_progress = 100000\n"
+        f"bytes_in_progress = {1 << 40}\n"
+    )
+    figures: dict[str, dict[str, float]] = {}
+
+    def run(label: str, sinks: list[LocalSink], token: str, pg: LocalPostgres | None) -> None:
+        urls = [s.url for s in sinks]
+        data = sinks[0].data
+
+        def one(i: int) -> bool:
+            body, sums = payloads[i % 4], digests[i % 4]
+            h = {"Authorization": f"Bearer {token}", "Tus-Resumable": "1.0.0"}
+            meta = f"filename {base64.b64encode(f'dev{i}.bin'.encode()).decode()}"
+            n = i  # this device's next request goes to instance n % len(urls)
+            with httpx.Client(timeout=120) as c:
+                r = c.post(
+                    urls[n % len(urls)] + "/files/",
+                    headers={**h, "Upload-Length": str(size), "Upload-Metadata": meta},
+                )
+                path = r.headers["Location"].split("/files/", 1)[1]
+                off = 0
+                while off < size:
+                    n += 1
+                    r = c.patch(
+                        urls[n % len(urls)] + "/files/" + path,
+                        headers={
+                            **h,
+                            "Upload-Offset": str(off),
+                            "Content-Type": "application/offset+octet-stream",
+                            "Upload-Checksum": f"sha256 {sums[off // CHUNK]}",
+                        },
+                        content=body[off : off + CHUNK],
+                    )
+                    if r.status_code != 204:
+                        return False
+                    off = int(r.headers["Upload-Offset"])
+            return (data / "blobs" / "uploads" / path).read_bytes() == body
+
+        cpu0 = [_cpu_s(s.pid) for s in sinks]
+        pg0 = _postgres_cpu_s(pg.data) if pg else 0.0
+        me0 = resource.getrusage(resource.RUSAGE_SELF)
+        start = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(devices, 32)) as pool:
+            ok = list(pool.map(one, range(devices)))
+        wall = time.perf_counter() - start
+        me1 = resource.getrusage(resource.RUSAGE_SELF)
+        figures[label] = {
+            "mib_s": devices * size / 2**20 / wall,
+            "ok": sum(ok),
+            "sink_cpu_s": sum(_cpu_s(s.pid) - c for s, c in zip(sinks, cpu0, strict=True)),
+            "db_cpu_s": (_postgres_cpu_s(pg.data) - pg0) if pg else 0.0,
+            "client_cpu_s": (me1.ru_utime + me1.ru_stime) - (me0.ru_utime + me0.ru_stime),
+            "wall_s": wall,
+        }
+
+    def sink(data: Path, db: str = "", instance: str = "") -> LocalSink:
+        extra = ("--instance", instance) if instance else ()
+        return LocalSink(data, "--config", str(config), *extra, db=db)
+
+    try:
+        lite = sink(root / "embedded")
+        token = lite.add_device("bench")
+        lite.start()
+        try:
+            run("embedded (SQLite)", [lite], token, None)
+        finally:
+            lite.stop()
+        with LocalPostgres() as pg:
+            for n in (1, 2):
+                url = pg.database()
+                sinks = [sink(root / f"pg{n}", url, f"i{k}") for k in range(n)]
+                token = sinks[0].add_device("bench")
+                for s in sinks:
+                    s.start()
+                try:
+                    run(f"{n} instance{'s' if n > 1 else ''} (PostgreSQL)", sinks, token, pg)
+                finally:
+                    for s in sinks:
+                        s.stop()
+    finally:
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+    lite_f, one_f, two_f = (figures[k] for k in figures)
+    labels = list(figures)
+    res.metrics += [
+        Metric(
+            "uploads complete and byte-identical, all three set-ups",
+            sum(f["ok"] for f in figures.values()),
+            "uploads",
+            target=str(3 * devices),
+            met=all(f["ok"] == devices for f in figures.values()),
+        ),
+        Metric(
+            "throughput, one instance on PostgreSQL",
+            one_f["mib_s"],
+            "MiB/s",
+            baseline=lite_f["mib_s"],
+            baseline_name=labels[0],
+        ),
+        Metric(
+            "throughput, two instances on PostgreSQL",
+            two_f["mib_s"],
+            "MiB/s",
+            baseline=one_f["mib_s"],
+            baseline_name=labels[1],
+            target=">= 1.6x one instance",
+            met=two_f["mib_s"] >= 1.6 * one_f["mib_s"],
+        ),
+    ]
+    cores = os.cpu_count() or 1
+    for label, f in figures.items():
+        busy = f["sink_cpu_s"] + f["db_cpu_s"] + f["client_cpu_s"]
+        res.notes.append(
+            f"{label}: {f['mib_s']:.0f} MiB/s in {f['wall_s']:.1f} s; CPU seconds: sink "
+            f"{f['sink_cpu_s']:.1f}, PostgreSQL {f['db_cpu_s']:.1f}, the client's "
+            f"{f['client_cpu_s']:.1f}; {busy / (cores * f['wall_s']):.0%} of {cores} cores busy"
+        )
+    res.notes.append(
+        "the client (this process's threads, chunk digests computed up front) runs on the same "
+        "machine as the sinks and the database: where the cores are busy, that, not the number "
+        "of instances, bounds the figure"
+    )
+
+    def draw(ax: Any) -> None:
+        ax.bar(range(3), [f["mib_s"] for f in figures.values()])
+        ax.set_xticks(range(3), [k.replace(" (", "\n(") for k in figures], fontsize=8)
+        ax.set_ylabel("aggregate MiB/s")
+        ax.set_title(
+            f"sink_scaleout: {devices} devices at once, 1 MiB checksummed chunks", fontsize=9
+        )
+
+    res.plots.append(save_plot(ctx, "sink_scaleout", draw))
+    return res

@@ -34,6 +34,18 @@ def pg_bin() -> Path | None:
     return Path(versions[-1]).parent if versions else None
 
 
+def _reachable_tmp() -> str:
+    """A temporary folder the server's user can reach: as root, the server runs as ``nobody``,
+    which cannot enter a private TMPDIR (the benchmark runner's is 0700)."""
+    here = Path(tempfile.gettempdir()).resolve()
+    if os.geteuid() != 0:
+        return str(here)
+    for folder in (here, *here.parents):
+        if not os.stat(folder).st_mode & 0o001:  # others cannot pass through it
+            return "/tmp"
+    return str(here)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -50,7 +62,7 @@ class LocalPostgres:
                 "no PostgreSQL server programs (initdb): install Debian's postgresql package"
             )
         self.bin = where
-        self.folder = Path(tempfile.mkdtemp(prefix="capsight-pg-"))
+        self.folder = Path(tempfile.mkdtemp(prefix="capsight-pg-", dir=_reachable_tmp()))
         self.data = self.folder / "data"
         self.port = _free_port()
         self.url = f"postgresql://{self.USER}@127.0.0.1:{self.port}/postgres"

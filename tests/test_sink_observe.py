@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.bundles import make_bundle
@@ -14,6 +15,8 @@ from capsight_edge.bundle.manifest import CLIP, MANIFEST, SENSORS
 from tests.conftest import wait_until
 from tests.sink_helpers import Sink, tus_headers
 from tests.test_sink_ingest import ingested, upload
+
+pytestmark = pytest.mark.usefixtures("sink_backend")  # on SQLite, then PostgreSQL
 
 
 def metrics(s: Sink, token: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
