@@ -149,7 +149,7 @@ def _fleet(
     index = Index(here / "sink" / "index.db")
     blobs = LocalBlobStore(here / "sink" / "blobs" / "store")
     catalogue = Catalogue.load(root / "catalogue.json")
-    bundles = index.db.conn.execute("SELECT COUNT(*) FROM bundles").fetchone()[0]
+    bundles = index.count()
     stored = sum(
         p.stat().st_size for p in (here / "sink" / "blobs" / "store" / "bundles").rglob("*")
     )

@@ -70,11 +70,10 @@ def audit(index: Any, blobs: Any, teacher: Any | None, *, min_score: float = 0.9
 
 def audit_report(index: Any) -> dict[str, int]:
     """Flagged items, how many were reviewed again, and how many of those were changed."""
-    with index._lock:
-        rows = index.db.conn.execute(
-            "SELECT item_id, action, seq FROM label_events WHERE action IN "
-            "('flag', 'accept', 'correct', 'reject') ORDER BY item_id, seq"
-        ).fetchall()
+    rows = index.db.execute(
+        "SELECT item_id, action, seq FROM label_events WHERE action IN "
+        "('flag', 'accept', 'correct', 'reject') ORDER BY item_id, seq"
+    ).rows
     flagged = reviewed = changed = 0
     open_flag: dict[str, bool] = {}
     for item_id, action, _seq in rows:

@@ -197,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the per-bundle work as a Ray Data job on this cluster (default: in process)",
     )
     pl.add_argument("--json", action="store_true", help="one `prelabel_report` record")
+    add_db_option(pl)
     pl.set_defaults(handler=cmd_prelabel)
 
     au = sub.add_parser("audit", help="send reviewed labels the teacher or a barcode doubts back")
@@ -206,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-score", type=float, default=0.9, help="the teacher's confidence that flags"
     )
     au.add_argument("--json", action="store_true", help="one `audit_report` record")
+    add_db_option(au)
     au.set_defaults(handler=cmd_audit)
 
     ex = sub.add_parser("export", help="write the next version of a dataset of reviewed labels")
@@ -225,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the items not reviewed yet, labelled by their pre-labels alone (what review adds)",
     )
     ex.add_argument("--json", action="store_true", help="one `dataset` record")
+    add_db_option(ex)
     ex.set_defaults(handler=cmd_export)
 
     from capsight_edge.cli.common import polish_help
@@ -398,6 +401,8 @@ def _labelling(args: argparse.Namespace) -> tuple[Any, Any]:
     from cloud_sink.index import Index
 
     data = Path(args.data).expanduser()
+    if args.db:  # the index lives in the sink's database server
+        return Index(args.db), LocalBlobStore(data / "blobs" / "store")
     if not (data / "index.db").is_file():
         raise SinkError(f"{data} holds no sink (no index.db): give the folder `serve --data` uses")
     return Index(data / "index.db"), LocalBlobStore(data / "blobs" / "store")

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from cloud_sink.sql import (
     Database,
@@ -36,6 +36,7 @@ from cloud_sink.sql import (
     Result,
     SinkError,
     Transaction,
+    copy_tables,
 )
 
 __all__ = ["DatabaseUnavailable", "Migration", "SinkDB", "SinkError", "apply_migrations"]
@@ -409,6 +410,18 @@ class SinkDB:
             (time.time() + after_s, result, seq),
         )
 
+    def release_ingest(self, seq: int, result: str) -> None:
+        """Let go of a claim whose work never ran (the database went away under it): free at
+        once, and not counted as an attempt."""
+        self._exec(
+            "UPDATE ingest_queue SET claimed_until = 0, claimed_by = '', "
+            "attempts = MAX(attempts - 1, 0), result = ? WHERE seq = ? AND state = 'pending'"
+            if not self.shared
+            else "UPDATE ingest_queue SET claimed_until = 0, claimed_by = '', "
+            "attempts = GREATEST(attempts - 1, 0), result = ? WHERE seq = ? AND state = 'pending'",
+            (result, seq),
+        )
+
     def finish_ingest(self, seq: int, result: str, *, failed: bool = False) -> None:
         self._exec(
             "UPDATE ingest_queue SET state = ?, done_utc = ?, done_ts = ?, result = ?, "
@@ -542,41 +555,23 @@ class SinkDB:
         return [{"device": r[0], "last_heartbeat_utc": r[1], **json.loads(r[2])} for r in rows]
 
     # -- moving an embedded sink to a database server ------------------------------------------
-    TABLES = ("devices", "uploads", "bundle_files", "heartbeats", "ingest_queue")
+    TABLES: ClassVar[dict[str, str | None]] = {
+        "devices": None,
+        "uploads": None,
+        "bundle_files": None,
+        "heartbeats": None,
+        "ingest_queue": "seq",
+    }
 
     def copy_from(self, source: SinkDB) -> dict[str, int]:
         """Copy every row of ``source`` (an embedded sink's file, at this code's schema) into
-        this database, which must hold none yet: one transaction, all or nothing. Returns the
-        rows copied per table."""
+        this database, which must hold none yet: one transaction, all or nothing."""
         if source.schema_version != self.schema_version:
             raise SinkError(
                 f"{source.name} is at schema version {source.schema_version}, "
                 f"{self.name} at {self.schema_version}: migrate both first"
             )
-        copied: dict[str, int] = {}
-        with self.transaction() as tx:
-            for table in self.TABLES:
-                if tx.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]:
-                    raise SinkError(
-                        f"{self.name} already holds {table}: copy into an empty database only "
-                        "(nothing was copied)"
-                    )
-            for table in self.TABLES:
-                rows = source._exec(f"SELECT * FROM {table}").rows
-                for row in rows:
-                    names = list(row.keys())
-                    tx.execute(
-                        f"INSERT INTO {table} ({', '.join(names)}) VALUES "
-                        f"({', '.join('?' * len(names))})",
-                        tuple(row[n] for n in names),
-                    )
-                copied[table] = len(rows)
-            if self.db.server:  # the next queued ingest continues after the copied ones
-                tx.execute(
-                    "SELECT setval(pg_get_serial_sequence('ingest_queue', 'seq'), "
-                    "(SELECT COALESCE(MAX(seq), 0) + 1 FROM ingest_queue), false)"
-                )
-        return copied
+        return copy_tables(source.db, self.db, self.TABLES)
 
     def close(self) -> None:
         self.db.close()

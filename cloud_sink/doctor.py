@@ -118,19 +118,27 @@ def _database(data: Path, name: str, migrations: list[Any]) -> Check:
     return Check(name, PASS, f"schema version {have}, integrity ok", required=True)
 
 
-def _server_database(url: str, migrations: list[Any]) -> Check:
-    """The sink's database on a server: reachable, and its schema this code's."""
+#: On a database server: (check name, its migrations' table) per database of the sink.
+SERVER_DATABASES = {
+    "sink.db": ("sink database", "schema_migrations"),
+    "index.db": ("index database", "index_schema_migrations"),
+}
+
+
+def _server_database(url: str, name: str, migrations: list[Any]) -> Check:
+    """One of the sink's databases on a server: reachable, and its schema this code's."""
     from cloud_sink.sql import Database
 
+    check, table = SERVER_DATABASES[name]
     want = len(migrations)
     db = Database(url)
     try:
-        have = db.schema_version()
+        have = db.schema_version(table)
     finally:
         db.close()
     if have > want:
         return Check(
-            "sink database",
+            check,
             FAIL,
             f"{db.name}: schema version {have}, newer than this capsight-sink's {want}",
             "run the capsight-sink that wrote it (a downgrade does not undo migrations)",
@@ -138,15 +146,13 @@ def _server_database(url: str, migrations: list[Any]) -> Check:
         )
     if have < want:
         return Check(
-            "sink database",
+            check,
             FAIL,
             f"{db.name}: schema version {have}, this capsight-sink needs {want}",
             "capsight-sink migrate --db URL --data DIR (serve also migrates when it starts)",
             required=True,
         )
-    return Check(
-        "sink database", PASS, f"{db.name}: reachable, schema version {have}", required=True
-    )
+    return Check(check, PASS, f"{db.name}: reachable, schema version {have}", required=True)
 
 
 def _server_ingest_queue(url: str) -> Check:
@@ -271,8 +277,9 @@ def run_doctor(
     if checks[0].status == FAIL:
         return checks
     for name, migrations in databases().items():
-        if name == "sink.db" and db:
-            checks.append(_timed("sink database", _server_database, db, migrations))
+        if db:
+            check = SERVER_DATABASES[name][0]
+            checks.append(_timed(check, _server_database, db, name, migrations))
         else:
             checks.append(_timed(name, _database, data, name, migrations))
     if db:
@@ -301,37 +308,15 @@ def migrate(
         raise SinkError(f"{data} does not exist")
     out = []
     if db:
-        from cloud_sink.sql import Database
-
-        probe = Database(db)
-        try:
-            before = probe.schema_version()
-        finally:
-            probe.close()
-        server = SinkDB(db)  # SinkError names the step that failed (rolled back)
-        try:
-            out.append((server.name, before, server.schema_version))
-            if from_sqlite:
-                source_path = Path(from_sqlite).expanduser() / "sink.db"
-                if not source_path.is_file():
-                    raise SinkError(f"{source_path} does not exist: no embedded sink to copy")
-                source = SinkDB(source_path)
-                try:
-                    server.copy_from(source)
-                finally:
-                    source.close()
-        finally:
-            server.close()
+        return _migrate_server(db, from_sqlite)
 
     def open_sink(path: Path) -> None:
         SinkDB(path).close()
 
     def open_index(path: Path) -> None:
-        Index(path).db.conn.close()
+        Index(path).close()
 
     for name, opener in (("sink.db", open_sink), ("index.db", open_index)):
-        if name == "sink.db" and db:
-            continue
         path = data / name
         before = schema_version(path) if path.is_file() else 0
         try:
@@ -343,4 +328,47 @@ def migrate(
                 f"version {now}: {exc}"
             ) from None
         out.append((name, before, schema_version(path)))
+    return out
+
+
+def _migrate_server(db: str, from_sqlite: str | Path | None) -> list[tuple[str, int, int]]:
+    """Both of the sink's databases on the server ``db``, then (``from_sqlite``) an embedded
+    sink's two files copied into it: (name, version before, version after) each."""
+    from cloud_sink.db import SinkDB
+    from cloud_sink.index import Index
+    from cloud_sink.sql import Database, require_empty
+
+    probe = Database(db)
+    try:
+        before = {
+            name: probe.schema_version(table) for name, (_, table) in SERVER_DATABASES.items()
+        }
+    finally:
+        probe.close()
+    out = []
+    sink, index = SinkDB(db), None  # SinkError names the step that failed (rolled back)
+    try:
+        index = Index(db)
+        out.append((f"{sink.name} (sink)", before["sink.db"], sink.schema_version))
+        out.append((f"{sink.name} (index)", before["index.db"], index.schema_version))
+        if from_sqlite:
+            folder = Path(from_sqlite).expanduser()
+            if not (folder / "sink.db").is_file():
+                raise SinkError(f"{folder / 'sink.db'} does not exist: no embedded sink to copy")
+            old_sink = SinkDB(folder / "sink.db")
+            # A sink that never served has no index yet: its devices alone move.
+            old_index = Index(folder / "index.db") if (folder / "index.db").is_file() else None
+            try:  # a second run is refused before anything is copied
+                require_empty(index.db, index.db.name, index.TABLES)
+                sink.copy_from(old_sink)
+                if old_index is not None:
+                    index.copy_from(old_index)
+            finally:
+                old_sink.close()
+                if old_index is not None:
+                    old_index.close()
+    finally:
+        sink.close()
+        if index is not None:
+            index.close()
     return out

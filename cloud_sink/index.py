@@ -1,21 +1,21 @@
-"""The bundle index (``index.db``): SQLite through sqlite-utils, with full-text search.
+"""The bundle index: ``index.db`` (SQLite, the embedded default) or the sink's PostgreSQL
+database (``serve --db``), through the same seam as the sink's own tables
+(:mod:`cloud_sink.sql`), with full-text search (SQLite's FTS5; PostgreSQL's own text search).
 
-The schema is plain SQL types so it moves to PostgreSQL unchanged when a fleet outgrows SQLite.
 Its tables are created by numbered migrations (:data:`MIGRATIONS`), as the sink's own database's
-are.
+are; on PostgreSQL they are recorded in ``index_schema_migrations`` (the sink's tables share the
+database).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
+import os
 import time
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from capsight_edge.bundle.manifest import Manifest
-from cloud_sink.sql import Database, Migration
+from cloud_sink.sql import Database, DatabaseUnavailable, Migration, SinkError, copy_tables
 
 COLUMNS = {
     "id": str,
@@ -47,29 +47,49 @@ _FTS_COLS = ", ".join(f'"{c}"' for c in _FTS)
 _NEW = ", ".join(f'new."{c}"' for c in _FTS)
 _OLD = ", ".join(f'old."{c}"' for c in _FTS)
 
+#: SQLite's form of the bundles table: an FTS5 table over the searched columns, kept by triggers.
+_SQLITE_BUNDLES = (
+    "CREATE TABLE IF NOT EXISTS bundles ("
+    + ", ".join(f'"{k}" {_SQL_TYPES[t]}' for k, t in COLUMNS.items())
+    + ', PRIMARY KEY ("device_id", "id"))',
+    f'CREATE VIRTUAL TABLE IF NOT EXISTS bundles_fts USING FTS5 ({_FTS_COLS}, content="bundles")',
+    f"CREATE TRIGGER IF NOT EXISTS bundles_ai AFTER INSERT ON bundles BEGIN "
+    f"INSERT INTO bundles_fts (rowid, {_FTS_COLS}) VALUES (new.rowid, {_NEW}); END",
+    f"CREATE TRIGGER IF NOT EXISTS bundles_ad AFTER DELETE ON bundles BEGIN "
+    f"INSERT INTO bundles_fts (bundles_fts, rowid, {_FTS_COLS}) VALUES "
+    f"('delete', old.rowid, {_OLD}); END",
+    f"CREATE TRIGGER IF NOT EXISTS bundles_au AFTER UPDATE ON bundles BEGIN "
+    f"INSERT INTO bundles_fts (bundles_fts, rowid, {_FTS_COLS}) VALUES "
+    f"('delete', old.rowid, {_OLD}); "
+    f"INSERT INTO bundles_fts (rowid, {_FTS_COLS}) VALUES (new.rowid, {_NEW}); END",
+    'CREATE INDEX IF NOT EXISTS "idx_bundles_store_id_start_utc" ON bundles (store_id, start_utc)',
+    'CREATE INDEX IF NOT EXISTS "idx_bundles_rule" ON bundles (rule)',
+)
+#: PostgreSQL's form: the same table, a stored text-search vector over the same columns, and its
+#: GIN index (its ``simple`` configuration: names and codes, not English words).
+_PG_BUNDLES = (
+    "CREATE TABLE IF NOT EXISTS bundles ("
+    + ", ".join(f'"{k}" {_SQL_TYPES[t]}' for k, t in COLUMNS.items())
+    + ', PRIMARY KEY ("device_id", "id"))',
+    "ALTER TABLE bundles ADD COLUMN fts tsvector GENERATED ALWAYS AS (to_tsvector('simple', "
+    + " || ' ' || ".join(f"coalesce(\"{c}\", '')" for c in _FTS)
+    + ")) STORED",
+    "CREATE INDEX IF NOT EXISTS bundles_fts ON bundles USING gin (fts)",
+    'CREATE INDEX IF NOT EXISTS "idx_bundles_store_id_start_utc" ON bundles (store_id, start_utc)',
+    'CREATE INDEX IF NOT EXISTS "idx_bundles_rule" ON bundles (rule)',
+)
+
+
+def _bundles(db: Database) -> None:
+    for statement in _PG_BUNDLES if db.server else _SQLITE_BUNDLES:
+        db.execute(db.ddl(statement))
+
+
 #: The index's schema, one step per number (IF NOT EXISTS: indexes made before migrations have
 #: these already). Never edit a step that has shipped: add one.
 MIGRATIONS: list[Migration] = [
-    # 1: bundles, their full-text index and its triggers
-    (
-        "CREATE TABLE IF NOT EXISTS bundles ("
-        + ", ".join(f'"{k}" {_SQL_TYPES[t]}' for k, t in COLUMNS.items())
-        + ', PRIMARY KEY ("device_id", "id"))',
-        "CREATE VIRTUAL TABLE IF NOT EXISTS bundles_fts USING FTS5 "
-        f'({_FTS_COLS}, content="bundles")',
-        f"CREATE TRIGGER IF NOT EXISTS bundles_ai AFTER INSERT ON bundles BEGIN "
-        f"INSERT INTO bundles_fts (rowid, {_FTS_COLS}) VALUES (new.rowid, {_NEW}); END",
-        f"CREATE TRIGGER IF NOT EXISTS bundles_ad AFTER DELETE ON bundles BEGIN "
-        f"INSERT INTO bundles_fts (bundles_fts, rowid, {_FTS_COLS}) VALUES "
-        f"('delete', old.rowid, {_OLD}); END",
-        f"CREATE TRIGGER IF NOT EXISTS bundles_au AFTER UPDATE ON bundles BEGIN "
-        f"INSERT INTO bundles_fts (bundles_fts, rowid, {_FTS_COLS}) VALUES "
-        f"('delete', old.rowid, {_OLD}); "
-        f"INSERT INTO bundles_fts (rowid, {_FTS_COLS}) VALUES (new.rowid, {_NEW}); END",
-        'CREATE INDEX IF NOT EXISTS "idx_bundles_store_id_start_utc" ON bundles '
-        "(store_id, start_utc)",
-        'CREATE INDEX IF NOT EXISTS "idx_bundles_rule" ON bundles (rule)',
-    ),
+    # 1: bundles, their full-text index (and in SQLite its triggers)
+    _bundles,
     # 2: labels: one item per frame worth labelling, its pre-labels, its review state and
     #    version (optimistic locking), and every change made to it (who, when, seconds)
     """
@@ -116,44 +136,81 @@ MIGRATIONS: list[Migration] = [
 ]
 
 
+#: Where each backend records the index's migrations (on PostgreSQL the sink's own tables share
+#: the database, and its ``schema_migrations``).
+MIGRATIONS_TABLE = {"sqlite": "schema_migrations", "postgresql": "index_schema_migrations"}
+
+
 class QueryError(ValueError):
     """A query the index cannot run (a malformed full-text query); the message is ours, not
     SQLite's."""
 
 
-class Index:
-    def __init__(self, path: str | Path) -> None:
-        import sqlite_utils
+_SELECT = "SELECT " + ", ".join(f'"{c}"' for c in COLUMNS) + " FROM bundles"
 
-        plain = Database(path)  # made 0600, its folder synced when new
+
+class Index:
+    """The index of a sink: ``target`` a path (``index.db``) or the sink's ``postgresql://``
+    URL. Thread-safe (one connection, one lock: :class:`cloud_sink.sql.Database`)."""
+
+    def __init__(self, target: str | os.PathLike[str]) -> None:
+        self.db = Database(target)  # a new file: made 0600, its folder synced
         try:
-            plain.migrate(MIGRATIONS)
-        finally:
-            plain.close()
-        # One connection shared by the server's threads, serialised by the lock.
-        self.db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False))
-        self._lock = threading.RLock()
+            self.db.migrate(MIGRATIONS, MIGRATIONS_TABLE[self.db.dialect])
+        except SinkError:
+            self.db.close()
+            raise
+
+    @property
+    def schema_version(self) -> int:
+        return self.db.schema_version(MIGRATIONS_TABLE[self.db.dialect])
+
+    def close(self) -> None:
+        self.db.close()
+
+    #: What :meth:`copy_from` moves (name: its identity column).
+    TABLES: ClassVar[dict[str, str | None]] = {
+        "bundles": None,
+        "label_items": None,
+        "label_events": "seq",
+    }
+
+    def copy_from(self, source: Index) -> dict[str, int]:
+        """Copy an embedded sink's index (bundles, labels and their history) into this one,
+        which must hold none yet: one transaction, all or nothing."""
+        if source.schema_version != self.schema_version:
+            raise SinkError(
+                f"{source.db.name} is at schema version {source.schema_version}, "
+                f"{self.db.name} at {self.schema_version}: migrate both first"
+            )
+        return copy_tables(source.db, self.db, self.TABLES)
 
     def get(self, bundle_id: str, device: str) -> dict[str, Any] | None:
-        with self._lock:
-            rows = list(
-                self.db.query(
-                    "SELECT * FROM bundles WHERE id = ? AND device_id = ?", [bundle_id, device]
-                )
-            )
-        return rows[0] if rows else None
+        row = self.db.execute(
+            _SELECT + " WHERE id = ? AND device_id = ?", (bundle_id, device)
+        ).fetchone()
+        return dict(row) if row is not None else None
 
     def set_label_status(self, bundle_id: str, device: str, status: str) -> None:
-        with self._lock:
-            self.db.execute(
-                "UPDATE bundles SET label_status = ? WHERE id = ? AND device_id = ?",
-                [status, bundle_id, device],
-            )
-            self.db.conn.commit()
+        self.db.execute(
+            "UPDATE bundles SET label_status = ? WHERE id = ? AND device_id = ?",
+            (status, bundle_id, device),
+        )
+
+    def count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM bundles").fetchone()[0])
 
     def _upsert(self, row: dict[str, Any]) -> None:
-        with self._lock:
-            self.db.table("bundles").upsert(row, pk=("device_id", "id"))
+        """Insert the bundle, or update the columns ``row`` names of the one indexed."""
+        names = list(row)
+        keys = ("device_id", "id")
+        quoted = ", ".join(f'"{n}"' for n in names)
+        updates = ", ".join(f'"{n}" = excluded."{n}"' for n in names if n not in keys)
+        self.db.execute(
+            f"INSERT INTO bundles ({quoted}) VALUES ({', '.join('?' * len(names))}) "
+            f'ON CONFLICT ("device_id", "id") DO UPDATE SET {updates}',
+            tuple(row.values()),
+        )
 
     def add(
         self,
@@ -253,19 +310,23 @@ class Index:
             escaped = barcode.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             where.append("(' ' || barcodes || ' ') LIKE ? ESCAPE '\\'")
             args.append(f"% {escaped} %")
-        if q:
+        if q and self.db.server:  # PostgreSQL's web-search syntax: any text is a query
+            where.append("fts @@ websearch_to_tsquery('simple', ?)")
+            args.append(q)
+        elif q:
             where.append("rowid IN (SELECT rowid FROM bundles_fts WHERE bundles_fts MATCH ?)")
             args.append(q)
-        sql = "SELECT * FROM bundles" + (" WHERE " + " AND ".join(where) if where else "")
+        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY start_utc DESC LIMIT ?"
         args.append(max(1, min(limit, 1000)))
-        with self._lock:
-            try:
-                rows = list(self.db.query(sql, args))
-            except sqlite3.OperationalError:
-                if q:  # the only text of the caller's that SQLite parses
-                    raise QueryError("not a valid full-text query") from None
-                raise
+        try:
+            rows = [dict(r) for r in self.db.execute(sql, args)]
+        except DatabaseUnavailable:
+            raise
+        except SinkError:
+            if q:  # the only text of the caller's that the database parses
+                raise QueryError("not a valid full-text query") from None
+            raise
         for r in rows:
             r["sensors"] = json.loads(r["sensors"] or "{}")
         return rows

@@ -220,16 +220,26 @@ class Ingest:
         self.instance = ""  # this sink instance's name, on the claims it makes
         self.lease_s = 300.0  # a claim of a worker that died is retried after this long
         self._lock = threading.Lock()
+        self._interrupted: set[int] = set()  # items claimed when the database went away
 
     # -- the queue ------------------------------------------------------------------------------
     def run_pending(self, *, max_items: int | None = None) -> int:
         """Ingest what the queue holds (claiming each item); returns how many were done."""
+        for seq in sorted(self._interrupted):  # claims cut short by the database: free now
+            self.db.release_ingest(seq, "the database was out of reach; queued again")
+            self._interrupted.discard(seq)
         done = 0
         while max_items is None or done < max_items:
             item = self.db.claim_ingest(self.lease_s, self.instance)
             if item is None:
                 break
-            self.process(item)
+            try:
+                self.process(item)
+            except DatabaseUnavailable:
+                # Not the bundle's fault and not an attempt to count against it: the claim is
+                # let go as soon as the database answers again (not when its lease ends).
+                self._interrupted.add(item.seq)
+                raise
             done += 1
         return done
 
@@ -244,6 +254,8 @@ class Ingest:
         start = time.perf_counter()
         try:
             result = self.on_complete(upload, self.uploads_dir / upload.id)
+        except DatabaseUnavailable:
+            raise
         except Exception as exc:
             why = f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"[:300]
             log.exception("ingest of upload %s failed (attempt %d)", upload.id, item.attempts)

@@ -104,16 +104,13 @@ class LabelStore:
     def __init__(self, index: Any) -> None:
         self.index = index
 
-    def _conn(self) -> Any:
-        return self.index.db.conn
-
     # -- writing pre-labels --------------------------------------------------------------------
     def add(self, item: NewItem, *, agree_score: float = 0.8, alone_score: float = 0.95) -> str:
         """Store an item with its pre-labels, routed; returns its state. An item that exists is
         left as it is (pre-labelling twice changes nothing)."""
         best, state = route(item.candidates, agree_score=agree_score, alone_score=alone_score)
         now = utc_now()
-        with self.index._lock, self._conn() as db:
+        with self.index.db.transaction() as db:
             if db.execute(
                 "SELECT 1 FROM label_items WHERE item_id = ?", (item.item_id,)
             ).fetchone():
@@ -159,11 +156,10 @@ class LabelStore:
 
     # -- reading ---------------------------------------------------------------------------------
     def get(self, item_id: str) -> dict[str, Any] | None:
-        with self.index._lock:
-            cur = self._conn().execute("SELECT * FROM label_items WHERE item_id = ?", (item_id,))
-            row = cur.fetchone()
-            names = [d[0] for d in cur.description]
-        return _decode(dict(zip(names, row, strict=True))) if row else None
+        row = self.index.db.execute(
+            "SELECT * FROM label_items WHERE item_id = ?", (item_id,)
+        ).fetchone()
+        return _decode(dict(row)) if row is not None else None
 
     def items(
         self,
@@ -187,29 +183,19 @@ class LabelStore:
         sql = "SELECT * FROM label_items" + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY state, t_utc LIMIT ?"
         args.append(max(1, min(limit, 100_000)))
-        with self.index._lock:
-            cur = self._conn().execute(sql, args)
-            names = [d[0] for d in cur.description]
-            rows = cur.fetchall()
-        return [_decode(dict(zip(names, r, strict=True))) for r in rows]
+        return [_decode(dict(r)) for r in self.index.db.execute(sql, args)]
 
     def counts(self) -> dict[str, int]:
-        with self.index._lock:
-            rows = (
-                self._conn()
-                .execute("SELECT state, COUNT(*) FROM label_items GROUP BY state")
-                .fetchall()
-            )
-        return {s: 0 for s in STATES} | {r[0]: r[1] for r in rows}
+        rows = self.index.db.execute("SELECT state, COUNT(*) FROM label_items GROUP BY state")
+        return {s: 0 for s in STATES} | {r[0]: int(r[1]) for r in rows}
 
     def history(self, item_id: str) -> list[dict[str, Any]]:
-        with self.index._lock:
-            cur = self._conn().execute(
+        out = [
+            dict(r)
+            for r in self.index.db.execute(
                 "SELECT * FROM label_events WHERE item_id = ? ORDER BY seq", (item_id,)
             )
-            names = [d[0] for d in cur.description]
-            rows = cur.fetchall()
-        out = [dict(zip(names, r, strict=True)) for r in rows]
+        ]
         for r in out:
             r["detail"] = json.loads(r["detail"])
         return out
@@ -235,9 +221,10 @@ class LabelStore:
             raise LabelError("seconds must be between 0 and 3600")
         if box is not None and (len(box) != 4 or any(not isinstance(v, int) for v in box)):
             raise LabelError("box must be [x, y, width, height] in whole pixels")
-        with self.index._lock, self._conn() as db:
+        with self.index.db.transaction() as db:
             row = db.execute(
-                "SELECT state, version, sku, box, width, height FROM label_items WHERE item_id = ?",
+                "SELECT state, version, sku, box, width, height FROM label_items WHERE item_id = ?"
+                + self.index.db.for_update(),
                 (item_id,),
             ).fetchone()
             if row is None:
@@ -285,9 +272,10 @@ class LabelStore:
 
     def flag(self, item_id: str, reason: str, *, who: str = "audit") -> bool:
         """Send a reviewed item back to review with the evidence (the label audit)."""
-        with self.index._lock, self._conn() as db:
+        with self.index.db.transaction() as db:
             row = db.execute(
-                "SELECT state FROM label_items WHERE item_id = ?", (item_id,)
+                "SELECT state FROM label_items WHERE item_id = ?" + self.index.db.for_update(),
+                (item_id,),
             ).fetchone()
             if row is None or row[0] != "reviewed":
                 return False

@@ -313,14 +313,14 @@ class Prelabeler:
         self.cfg = config or PrelabelConfig()
 
     def pending(self, limit: int = 1000) -> list[dict[str, Any]]:
-        with self.index._lock:
-            return list(
-                self.index.db.query(
-                    "SELECT id, device_id, store_id, empty_background FROM bundles WHERE "
-                    "status = 'ok' AND label_status = 'unlabelled' ORDER BY start_utc LIMIT ?",
-                    [limit],
-                )
+        return [
+            dict(r)
+            for r in self.index.db.execute(
+                "SELECT id, device_id, store_id, empty_background FROM bundles WHERE "
+                "status = 'ok' AND label_status = 'unlabelled' ORDER BY start_utc LIMIT ?",
+                (limit,),
             )
+        ]
 
     def run(self, *, limit: int = 1000) -> PrelabelReport:
         """Pre-label every stored bundle not labelled yet (at most ``limit``)."""

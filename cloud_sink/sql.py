@@ -19,7 +19,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,6 +236,12 @@ class Database:
     def ddl(self, statement: str) -> str:
         return pg_ddl(statement) if self.server else statement
 
+    def for_update(self) -> str:
+        """The clause that holds a row read in a transaction until it commits, so a
+        read-check-write is not raced by another instance (SQLite's ``BEGIN IMMEDIATE`` holds
+        the whole database already)."""
+        return " FOR UPDATE" if self.server else ""
+
     def for_update_skip_locked(self) -> str:
         """The clause that lets several workers claim queued rows without waiting on each
         other (SQLite has one writer at a time: none needed)."""
@@ -298,6 +304,43 @@ class Database:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def require_empty(db: Database | Transaction, name: str, tables: Iterable[str]) -> None:
+    """SinkError unless every one of ``tables`` is empty (a copy goes into an empty database)."""
+    for table in tables:
+        if db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]:
+            raise SinkError(
+                f"{name} already holds {table}: copy into an empty database only "
+                "(nothing was copied)"
+            )
+
+
+def copy_tables(
+    source: Database, target: Database, tables: dict[str, str | None]
+) -> dict[str, int]:
+    """Copy every row of ``tables`` (name: its identity column, or None) from ``source`` into
+    ``target``, which must hold none of them yet: one transaction, all or nothing. On a server,
+    each identity continues after the copied rows. Returns the rows copied per table."""
+    copied: dict[str, int] = {}
+    with target.transaction() as tx:
+        require_empty(tx, target.name, tables)
+        for table, serial in tables.items():
+            rows = source.execute(f"SELECT * FROM {table}").rows
+            for row in rows:
+                names = list(row.keys())
+                tx.execute(
+                    f"INSERT INTO {table} ({', '.join(names)}) VALUES "
+                    f"({', '.join('?' * len(names))})",
+                    tuple(row[n] for n in names),
+                )
+            copied[table] = len(rows)
+            if serial and target.server:
+                tx.execute(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', '{serial}'), "
+                    f"(SELECT COALESCE(MAX({serial}), 0) + 1 FROM {table}), false)"
+                )
+    return copied
 
 
 class Transaction:

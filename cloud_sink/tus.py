@@ -600,8 +600,9 @@ def make_app(
 ) -> Starlette:
     """The sink: the tus endpoint at ``/files/``, ingest into ``blobs`` (default: a local folder
     under ``data_dir``) and the index, the JSON API under ``/api/``, and the sweep.
-    ``db``: a ``postgresql://`` URL that several instances share (default: ``sink.db`` in
-    ``data_dir``); ``instance``: this instance's name on its ingest claims and metrics.
+    ``db``: a ``postgresql://`` URL that several instances share, for the sink's tables and
+    the index (default: ``sink.db`` and ``index.db`` in ``data_dir``); ``instance``: this
+    instance's name on its ingest claims and metrics.
     ``config``: limits, quotas, timeouts (``max_size`` and ``expire_s`` override two of them);
     ``ingest_workers``: background workers on the ingest queue (0: none here, the queue
     waits)."""
@@ -622,7 +623,7 @@ def make_app(
         )
     data = Path(os.path.expanduser(data_dir))
     sink_db = SinkDB(db or data / "sink.db")
-    index = Index(data / "index.db")
+    index = Index(db or data / "index.db")
     tus = TusApp(data, sink_db, config=cfg)
     store = blobs or LocalBlobStore(data / "blobs" / "store")
     metrics = SinkMetrics(sink_db.gauges, instance=instance, database=sink_db.db.dialect)

@@ -13,7 +13,16 @@ from typing import Any
 from capsight_edge.localsink import LocalSink, free_port, wait_http
 from tests.conftest import ROOT
 
-__all__ = ["BACKEND", "Sink", "free_port", "sink_cli", "sink_db", "tus_headers", "wait_http"]
+__all__ = [
+    "BACKEND",
+    "Sink",
+    "free_port",
+    "sink_cli",
+    "sink_db",
+    "sink_index",
+    "tus_headers",
+    "wait_http",
+]
 
 #: The commands of capsight-sink that open the sink's database (and take ``--db``).
 DB_COMMANDS = {("serve",), ("doctor",), ("migrate",), ("device", "add"), ("device", "list"),
@@ -57,6 +66,13 @@ def sink_db(data: Path) -> Any:
     from cloud_sink.db import SinkDB
 
     return SinkDB(BACKEND.db_for(data) or Path(data) / "sink.db")
+
+
+def sink_index(data: Path) -> Any:
+    """The Index of the sink in ``data``, on the backend in use."""
+    from cloud_sink.index import Index
+
+    return Index(BACKEND.db_for(data) or Path(data) / "index.db")
 
 
 def sink_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -31,7 +31,7 @@ def reviewed_sink(fleet: Fleet, tmp_path: Path) -> Iterator[tuple[Sink, str]]:
     Prelabeler(
         index, LocalBlobStore(data / "blobs" / "store"), Catalogue.load(fleet.catalogue)
     ).run()
-    index.db.conn.close()
+    index.close()
     sink = Sink(data)
     admin = sink.add_device("reviewer-ana", admin=True)
     sink.start()

@@ -19,7 +19,7 @@ from capsight_edge.bundle.manifest import (
     SENSORS,
 )
 from tests.conftest import wait_until
-from tests.sink_helpers import Sink, api_json, sink_cli, sink_db, tus_headers
+from tests.sink_helpers import BACKEND, Sink, api_json, sink_cli, sink_db, sink_index, tus_headers
 
 OCTETS = {"Content-Type": "application/offset+octet-stream"}
 
@@ -169,12 +169,10 @@ def test_api_needs_an_admin_and_heartbeats_feed_the_fleet(sink: tuple[Sink, str,
     fleet = api_json(httpx.get(s.url + "/api/fleet", headers={"Authorization": f"Bearer {admin}"}))
     (dev,) = [d for d in fleet["devices"] if d["device_id"] == "cart-b"]
     assert dev["queue_depth"] == 4 and dev["model_version"] == "v3"
-    assert (
-        httpx.get(
-            s.url + "/api/bundles", params={"q": '"'}, headers={"Authorization": f"Bearer {admin}"}
-        ).status_code
-        == 400
+    malformed = httpx.get(  # in SQLite's FTS5 syntax; PostgreSQL's web-search syntax takes it
+        s.url + "/api/bundles", params={"q": '"'}, headers={"Authorization": f"Bearer {admin}"}
     )
+    assert malformed.status_code == (400 if BACKEND.server is None else 200)
 
 
 def test_a_clip_of_the_empty_basket_is_flagged(
@@ -292,12 +290,11 @@ def test_an_ingest_that_keeps_failing_ends_corrupt_not_in_limbo(tmp_path: Path) 
     attempt: the upload is retried a bounded number of times, then the bundle is corrupt with
     the reason; once the store works, a re-sent bundle is accepted."""
     from cloud_sink.blobs import LocalBlobStore
-    from cloud_sink.index import Index
     from cloud_sink.ingest import MAX_INGEST_ATTEMPTS, Ingest
 
     uploads = tmp_path / "uploads"
     uploads.mkdir()
-    db, index = sink_db(tmp_path), Index(tmp_path / "index.db")
+    db, index = sink_db(tmp_path), sink_index(tmp_path)
     store_root = tmp_path / "store"
     store = LocalBlobStore(store_root)
     ingest = Ingest(db, store, index, uploads, retry_base_s=0.0)

@@ -8,7 +8,6 @@ import base64
 import hashlib
 import json
 import socket
-import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +17,10 @@ import httpx
 import pytest
 
 from benchmarks.bundles import make_bundle
-from capsight_edge.bundle.manifest import CLIP, MANIFEST, SENSORS
+from capsight_edge.bundle.manifest import CLIP, MANIFEST, SENSORS, Manifest
 from cloud_sink import db as sinkdb
 from cloud_sink.db import SinkDB, SinkError
+from cloud_sink.index import Index
 from cloud_sink.sql import Database
 from tests.conftest import wait_until
 from tests.sink_helpers import Sink, api_json, sink_cli, tus_headers
@@ -159,8 +159,77 @@ def test_large_lengths_and_precise_times_survive_the_server(postgres: Any) -> No
     db.close()
 
 
+def _item(n: int) -> Any:
+    from cloud_sink.labels import Candidate, NewItem
+
+    return NewItem(
+        item_id=f"item-{n}",
+        device_id="cart-a",
+        bundle_id="b-1",
+        store_id="store-1",
+        t_ns=n * 10**9,
+        t_utc=f"2026-12-05T10:00:{n:02d}.000Z",
+        frame_key=f"frames/{n}.jpg",
+        frame_sha256="0" * 64,
+        width=64,
+        height=48,
+        candidates=[Candidate("teacher", "sku-1", 0.5, [1, 1, 10, 10], "teacher:1")],
+    )
+
+
+def test_labels_on_either_database_keep_one_version_per_review(
+    sink_db_target: str, tmp_path: Path
+) -> None:
+    """The label store's SQL on both backends; two reviewers on two instances (two
+    connections) saving over the same version: one wins, the other gets a conflict, and the
+    history has one review."""
+    from cloud_sink.audit import audit_report
+    from cloud_sink.labels import LabelConflict, LabelStore
+    from cloud_sink.prelabel import Prelabeler
+
+    target = sink_db_target if "://" in sink_db_target else str(tmp_path / "index.db")
+    a, b = Index(target), Index(target)
+    store_a, store_b = LabelStore(a), LabelStore(b)
+    for n in range(3):
+        assert store_a.add(_item(n)) == "needs_review"
+    assert store_b.add(_item(0)) == "exists"
+    assert store_b.counts()["needs_review"] == 3
+    assert [i["item_id"] for i in store_b.items(state="needs_review")] == [
+        "item-0",
+        "item-1",
+        "item-2",
+    ]
+    item = store_b.get("item-1")
+    assert item is not None and item["box"] == [1, 1, 10, 10] and item["version"] == 1
+    results: list[str] = []
+
+    def save(store: LabelStore, who: str) -> None:
+        try:
+            store.review("item-1", version=1, action="accept", who=who, seconds=2.0)
+            results.append("saved")
+        except LabelConflict:
+            results.append("conflict")
+
+    threads = [
+        threading.Thread(target=save, args=(s, w)) for s, w in ((store_a, "ana"), (store_b, "bo"))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(results) == ["conflict", "saved"]
+    history = store_a.history("item-1")
+    assert [h["action"] for h in history] == ["prelabel", "accept"]
+    assert store_a.flag("item-1", "the teacher doubts it") and not store_a.flag("item-2", "x")
+    assert audit_report(b)["flagged_total"] == 1
+    assert store_b.get("item-1")["state"] == "needs_review"  # type: ignore[index]
+    assert Prelabeler(b, None, None).pending() == []  # no stored bundle waits for labels
+    a.close()
+    b.close()
+
+
 # -- the command line -----------------------------------------------------------------------------
-def test_an_embedded_sink_moves_into_postgresql_and_keeps_its_devices(
+def test_an_embedded_sink_moves_into_postgresql_with_its_devices_queue_and_index(
     postgres: Any, tmp_path: Path
 ) -> None:
     old = tmp_path / "old"
@@ -169,24 +238,35 @@ def test_an_embedded_sink_moves_into_postgresql_and_keeps_its_devices(
     lite = SinkDB(old / "sink.db")
     _queue(lite, 3)
     lite.close()
+    lite_index = Index(old / "index.db")
+    manifest = Manifest.from_json((make_bundle(tmp_path / "b", "moved-1") / MANIFEST).read_bytes())
+    lite_index.add(manifest, "cart-a", "ok", "", {"frames": 20}, {"barcodes": ["4006381333931"]})
+    lite_index.close()
     url = postgres.database()
     new = tmp_path / "new"
     new.mkdir()
     res = sink_cli("migrate", "--data", str(new), "--db", url, "--from-sqlite", str(old), "--json")
     assert res.returncode == 0, res.stderr
-    first = json.loads(res.stdout.splitlines()[0])
-    assert first["database"].startswith("postgresql://") and first["version_before"] == 0
-    assert first["version_after"] == len(sinkdb.MIGRATIONS)
+    records = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["database"].rsplit(" ", 1)[1] for r in records] == ["(sink)", "(index)"]
+    assert all(r["database"].startswith("postgresql://") for r in records)
+    assert [r["version_before"] for r in records] == [0, 0]
+    assert records[0]["version_after"] == len(sinkdb.MIGRATIONS)
     moved = SinkDB(url)
     assert moved.authenticate(token) == ("cart-a", False)  # the cart's token still works
     assert moved.ingest_counts()["pending"] == 3
-    _queue_more = moved.claim_ingest(60, "x")
-    assert _queue_more is not None and _queue_more.seq == 1
+    claimed = moved.claim_ingest(60, "x")
+    assert claimed is not None and claimed.seq == 1
     moved.create_upload("later".ljust(32, "x"), "cart-a", 1, {}, 1e12)
     assert moved.complete("later".ljust(32, "x"))  # numbered after the copied items
     seqs = [r[0] for r in moved._exec("SELECT seq FROM ingest_queue ORDER BY seq")]
     assert seqs == [1, 2, 3, 4]
     moved.close()
+    index = Index(url)
+    (row,) = index.query(q="4006381333931")  # PostgreSQL's own text search finds it
+    assert row["id"] == "moved-1" and row["frames"] == 20
+    assert index.query(barcode="4006381333931") and not index.query(q="nothing-like-it")
+    index.close()
     # A second copy into a database that holds rows is refused, and copies nothing.
     res = sink_cli("migrate", "--data", str(new), "--db", url, "--from-sqlite", str(old))
     assert res.returncode == 2 and "copy into an empty database only" in res.stderr
@@ -196,9 +276,9 @@ def test_an_embedded_sink_moves_into_postgresql_and_keeps_its_devices(
     res = sink_cli("doctor", "--data", str(new), "--db", url, "--json")
     checks = {r.get("name"): r for r in map(json.loads, res.stdout.splitlines())}
     assert checks["sink database"]["status"] == "pass", res.stdout
-    assert "password" not in checks["sink database"]["detail"]
+    assert checks["index database"]["status"] == "pass", res.stdout
     assert checks["ingest queue"]["detail"].startswith("4 pending")
-    assert "sink.db" not in checks
+    assert "sink.db" not in checks and "index.db" not in checks
 
 
 def test_a_database_server_out_of_reach_is_a_clear_error(tmp_path: Path) -> None:
@@ -365,11 +445,12 @@ def test_three_instances_share_uploads_and_ingest_each_bundle_once_through_a_kil
     db.close()
     assert len(queue) == 3 and {r[1] for r in queue} == {"done"}
     assert len({r[0] for r in queue}) == 3
-    index = sqlite3.connect(sinks[0].data / "index.db")
+    index = Index(url)  # the index lives in PostgreSQL too
     try:
-        assert index.execute("SELECT COUNT(*) FROM bundles WHERE id = 'multi-1'").fetchone()[0] == 1
+        assert index.count() == 1
     finally:
         index.close()
+    assert not (sinks[0].data / "index.db").exists()
 
 
 def test_metrics_name_the_instance_and_its_database(
@@ -417,6 +498,15 @@ def test_a_database_that_goes_down_is_503_with_retry_after_and_loses_nothing(
             assert client.head(upload_id) == half  # nothing sent before the outage was lost
             client.send(upload_id, data, half)
             assert client.head(upload_id) == len(data)
+            for name in (SENSORS, MANIFEST):  # the bundle's other files: it is ingested
+                body = (folder / name).read_bytes()
+                client.send(client.create("down-1", name, len(body)), body, len(body))
+            assert sink.wait_ingested(60)
+            admin = sink.add_device("ops", admin=True)
+            rows = httpx.get(
+                sink.url + "/api/bundles", headers={"Authorization": f"Bearer {admin}"}
+            ).json()["bundles"]
+            assert [(r["bundle_id"], r["status"]) for r in rows] == [("down-1", "ok")]
         finally:
             sink.stop()
         log = (tmp_path / "sink.log").read_text()

@@ -4,7 +4,7 @@
 # tool's `carry`). Only what that host's image lacks is fetched: it has numpy, torch with CUDA,
 # onnx, onnxruntime (CPU), opencv, httpx, rich and matplotlib; not cryptography, which the
 # ModelRuntime pair (a TUF-verified model pull from a local sink) needs, nor the sink's starlette,
-# uvicorn and sqlite-utils. Versions come from constraints.txt,
+# and uvicorn. Versions come from constraints.txt,
 # the same pins as the suite. The project itself travels as source (the working tree).
 #
 # Not fetched: onnxruntime-gpu. Its wheel is about 244 MiB, over the 64 MiB one device call
@@ -17,7 +17,7 @@ dest=.whl
 limit_mib=56  # leaves room for the working tree within the 64 MiB a call carries
 packages=(av pydantic pydantic_core annotated-types typing-inspection zstandard lz4 mcap pyserial
           smbus2 pynmea2 tomli_w tuf securesystemslib zxing-cpp cryptography cffi pycparser
-          starlette uvicorn sqlite-utils sqlite-fts4 click-default-group)
+          starlette uvicorn)
 pins=()
 for p in "${packages[@]}"; do
     pin=$(grep -i -E "^${p}==" constraints.txt || true)
