@@ -104,6 +104,7 @@ def send_bundle(a: Abused, token: str, folder: Path, bid: str, **manifest: objec
 
 
 # -- decompression bombs ----------------------------------------------------------------------
+@pytest.mark.one_database
 def test_a_zstd_bomb_never_decodes_past_what_the_manifest_states(
     abused: Abused, tmp_path: Path
 ) -> None:
@@ -145,6 +146,7 @@ def test_a_zstd_bomb_never_decodes_past_what_the_manifest_states(
     assert size < 5_000_000
 
 
+@pytest.mark.one_database
 def test_a_sensor_log_chunk_bomb_is_corrupt_and_memory_stays_flat(tmp_path: Path) -> None:
     a = Abused(tmp_path)  # a sink of its own: its peak memory is this test's
     try:
@@ -184,6 +186,7 @@ def test_a_sensor_log_chunk_bomb_is_corrupt_and_memory_stays_flat(tmp_path: Path
 
 
 # -- bundles never stuck ------------------------------------------------------------------------
+@pytest.mark.one_database
 @pytest.mark.parametrize(
     ("case", "reason"),
     [
@@ -235,6 +238,7 @@ def test_a_broken_bundle_ends_corrupt_and_a_corrected_one_is_accepted(
 
 
 # -- strict types, bounded bodies --------------------------------------------------------------
+@pytest.mark.one_database
 @pytest.mark.parametrize(
     "body",
     [
@@ -273,6 +277,7 @@ def test_a_fleet_page_survives_rows_written_before_validation(abused: Abused) ->
     assert tok
 
 
+@pytest.mark.one_database
 def test_heartbeat_bodies_are_bounded(abused: Abused) -> None:
     tok = abused.device("hb-big")
     auth = {"Authorization": f"Bearer {tok}"}
@@ -293,6 +298,7 @@ def test_heartbeat_bodies_are_bounded(abused: Abused) -> None:
     assert long.status_code == 400
 
 
+@pytest.mark.one_database
 @pytest.mark.parametrize(
     ("header", "value"),
     [("Upload-Length", "9" * 5000), ("Upload-Length", "\u00b2"), ("Upload-Length", "1\u00b9")],
@@ -359,6 +365,7 @@ def test_per_device_quotas_answer_429_with_retry_after(abused: Abused) -> None:
     assert 1 <= int(limited.headers["Retry-After"]) <= 61
 
 
+@pytest.mark.one_database
 def test_metadata_is_bounded_and_unambiguous(abused: Abused) -> None:
     tok = abused.device("meta")
     auth = {**TUS, "Authorization": f"Bearer {tok}", "Upload-Length": "10"}
@@ -377,6 +384,7 @@ def test_metadata_is_bounded_and_unambiguous(abused: Abused) -> None:
     )
 
 
+@pytest.mark.one_database
 def test_a_head_over_the_limit_is_431_however_tcp_cuts_it(abused: Abused) -> None:
     """90 KB of headers, over the 64 KiB default: answered 431 whether the head arrives in one
     piece or in 1 KiB pieces, and the client reads the answer (no connection reset)."""
@@ -469,6 +477,7 @@ def test_the_sweep_removes_a_corrupt_bundles_uploads_after_their_keep_time(
 
 
 # -- timeouts -----------------------------------------------------------------------------------
+@pytest.mark.one_database
 def test_a_stalled_body_releases_the_upload_within_the_stall_time(abused: Abused) -> None:
     tok = abused.device("staller")
     auth = {**TUS, "Authorization": f"Bearer {tok}"}
@@ -497,6 +506,7 @@ def test_a_stalled_body_releases_the_upload_within_the_stall_time(abused: Abused
     assert ok.status_code == 204  # the lock was released
 
 
+@pytest.mark.one_database
 def test_a_slow_header_connection_is_closed(abused: Abused) -> None:
     port = int(abused.url.rsplit(":", 1)[1])
     s = socket.create_connection(("127.0.0.1", port))
