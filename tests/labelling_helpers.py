@@ -24,7 +24,7 @@ class Fleet:
     admin: str
 
 
-def record_fleet(root: Path, seconds: float = 45.0) -> dict[str, list[Path]]:
+def record_fleet(root: Path, seconds: float = 30.0) -> dict[str, list[Path]]:
     procs = {}
     for i, (device, store) in enumerate(STORES.items()):
         prof = root / f"{device}.toml"
