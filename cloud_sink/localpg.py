@@ -145,22 +145,8 @@ class LocalPostgres:
         return self.url.rsplit("/", 1)[0] + f"/{name}"
 
     def stop(self) -> None:
-        if self.started:
-            subprocess.run(
-                [
-                    *self._as,
-                    str(self.bin / "pg_ctl"),
-                    "-D",
-                    str(self.data),
-                    "-m",
-                    "immediate",
-                    "stop",
-                ],
-                capture_output=True,
-                timeout=60,
-                check=False,
-            )
-            self.started = False
+        """Stop the server and remove everything it held."""
+        self.halt()
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def __enter__(self) -> LocalPostgres:
