@@ -210,6 +210,10 @@ class SinkDB:
     def schema_version(self) -> int:
         return self.db.schema_version()
 
+    def ping(self) -> None:
+        """DatabaseUnavailable unless the database answers now."""
+        self._exec("SELECT 1")
+
     def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> Result:
         return self.db.execute(sql, args)
 

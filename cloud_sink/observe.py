@@ -34,6 +34,7 @@ access_log = logging.getLogger("capsight.sink.access")
 
 ROUTES = (
     "/healthz",
+    "/readyz",
     "/metrics",
     "/api/bundles",
     "/api/heartbeat",

@@ -654,9 +654,15 @@ def make_app(
     async def healthz(request: Request) -> Response:
         return JSONResponse({"ok": True, "tus": TUS_VERSION})
 
+    async def readyz(request: Request) -> Response:
+        """Ready to serve: the database answers (a load balancer routes around a 503)."""
+        await asyncio.to_thread(sink_db.ping)  # DatabaseUnavailable: 503 with Retry-After
+        return JSONResponse({"ok": True})
+
     methods = ["POST", "HEAD", "PATCH", "DELETE", "OPTIONS"]
     routes = [
         Route("/healthz", healthz),
+        Route("/readyz", readyz),
         Route("/files/", tus.dispatch, methods=methods, name="files"),
         Route("/files/{upload_id}", tus.dispatch, methods=methods, name="upload"),
     ]

@@ -490,7 +490,10 @@ def test_a_database_that_goes_down_is_503_with_retry_after_and_loses_nothing(
                 assert r.status_code == 503, (r.request.method, r.status_code, r.text)
                 assert r.headers["Retry-After"] == "5"
             assert httpx.get(sink.url + "/healthz").status_code == 200  # the process lives on
+            ready = httpx.get(sink.url + "/readyz")  # but it is not ready: route around it
+            assert ready.status_code == 503 and ready.headers["Retry-After"] == "5"
             pg.start()
+            assert httpx.get(sink.url + "/readyz").json() == {"ok": True}
             assert client.head(upload_id) == half  # nothing sent before the outage was lost
             client.send(upload_id, data, half)
             assert client.head(upload_id) == len(data)
