@@ -27,7 +27,6 @@ reviewer seconds per capture within 1.2x.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from benchmarks.bench_sink import proc_cpu_s
 from benchmarks.plots import save_plot
 from benchmarks.registry import BenchContext, BenchResult, Metric, benchmark
 
@@ -50,12 +50,6 @@ TARGET = 1.2
 
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "capsight_edge.cli.main", "--log-level", "ERROR", *args]
-
-
-def _proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _record(root: Path, profile: str, carts: int, seconds: float, at_once: int) -> list[str]:
@@ -115,7 +109,7 @@ def _fleet(
             tokens[d] = here / f"{d}.token"
             tokens[d].write_text(sink.add_device(d))
         sink.admin = sink.add_device("bench-admin", admin=True)
-        cpu0 = _proc_cpu_s(sink.pid)
+        cpu0 = proc_cpu_s(sink.pid)
 
         def upload(d: str) -> None:
             res = subprocess.run(
@@ -143,7 +137,7 @@ def _fleet(
             list(pool.map(upload, fleet))
         if not sink.wait_ingested(timeout_s=300):
             raise RuntimeError("the sink did not finish ingesting")
-        ingest_cpu = _proc_cpu_s(sink.pid) - cpu0
+        ingest_cpu = proc_cpu_s(sink.pid) - cpu0
     finally:
         sink.stop()
     index = Index(here / "sink" / "index.db")

@@ -406,7 +406,7 @@ def _quiet_patch(loc: str, auth: dict[str, str], offset: int, body: Iterator[byt
         )
 
 
-def _cpu_s(pid: int, *, reaped: bool = False) -> float:
+def proc_cpu_s(pid: int, *, reaped: bool = False) -> float:
     """CPU seconds (user + system) of a live process; ``reaped``: with its reaped children's."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -425,7 +425,7 @@ def _postgres_cpu_s(data: Path) -> float:
         master = int((data / "postmaster.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return 0.0
-    total = _cpu_s(master, reaped=True)
+    total = proc_cpu_s(master, reaped=True)
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
@@ -433,7 +433,7 @@ def _postgres_cpu_s(data: Path) -> float:
             except (OSError, ValueError, IndexError):
                 continue
             if ppid == master:
-                total += _cpu_s(int(proc.name))
+                total += proc_cpu_s(int(proc.name))
     return total
 
 
@@ -510,7 +510,7 @@ def bench_sink_scaleout(ctx: BenchContext) -> BenchResult:
                     off = int(r.headers["Upload-Offset"])
             return (data / "blobs" / "uploads" / path).read_bytes() == body
 
-        cpu0 = [_cpu_s(s.pid) for s in sinks]
+        cpu0 = [proc_cpu_s(s.pid) for s in sinks]
         pg0 = _postgres_cpu_s(pg.data) if pg else 0.0
         me0 = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
@@ -521,7 +521,7 @@ def bench_sink_scaleout(ctx: BenchContext) -> BenchResult:
         figures[label] = {
             "mib_s": devices * size / 2**20 / wall,
             "ok": sum(ok),
-            "sink_cpu_s": sum(_cpu_s(s.pid) - c for s, c in zip(sinks, cpu0, strict=True)),
+            "sink_cpu_s": sum(proc_cpu_s(s.pid) - c for s, c in zip(sinks, cpu0, strict=True)),
             "db_cpu_s": (_postgres_cpu_s(pg.data) - pg0) if pg else 0.0,
             "client_cpu_s": (me1.ru_utime + me1.ru_stime) - (me0.ru_utime + me0.ru_stime),
             "wall_s": wall,

@@ -113,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument(
         "--from-sqlite",
         metavar="DIR",
-        help="with --db: copy an embedded sink's sink.db (devices, uploads, ingest queue) from "
-        "DIR into the database server, which must hold none yet",
+        help="with --db: copy an embedded sink's sink.db and index.db (devices, uploads, ingest "
+        "queue, bundles, labels) from DIR into the database server, which must hold none yet",
     )
     mg.add_argument("--json", action="store_true", help="one `migrate` record per database")
     mg.set_defaults(handler=cmd_migrate)

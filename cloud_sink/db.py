@@ -37,9 +37,17 @@ from cloud_sink.sql import (
     SinkError,
     Transaction,
     copy_tables,
+    utc_now,
 )
 
-__all__ = ["DatabaseUnavailable", "Migration", "SinkDB", "SinkError", "apply_migrations"]
+__all__ = [
+    "DatabaseUnavailable",
+    "Migration",
+    "SinkDB",
+    "SinkError",
+    "apply_migrations",
+    "utc_now",
+]
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -121,10 +129,6 @@ MIGRATIONS: list[Migration] = [
     ALTER TABLE ingest_queue ADD COLUMN claimed_by TEXT NOT NULL DEFAULT '';
     """,
 ]
-
-
-def utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def token_hash(token: str) -> str:
@@ -419,10 +423,8 @@ class SinkDB:
         once, and not counted as an attempt."""
         self._exec(
             "UPDATE ingest_queue SET claimed_until = 0, claimed_by = '', "
-            "attempts = MAX(attempts - 1, 0), result = ? WHERE seq = ? AND state = 'pending'"
-            if not self.shared
-            else "UPDATE ingest_queue SET claimed_until = 0, claimed_by = '', "
-            "attempts = GREATEST(attempts - 1, 0), result = ? WHERE seq = ? AND state = 'pending'",
+            "attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, result = ? "
+            "WHERE seq = ? AND state = 'pending'",
             (result, seq),
         )
 
@@ -443,18 +445,13 @@ class SinkDB:
         Alone on its SQLite file, every claim was its own; on a shared database server, only
         those it made under the same ``instance`` name (another instance's expire with their
         lease)."""
+        sql = (
+            "UPDATE ingest_queue SET claimed_until = 0 WHERE state = 'pending' "
+            "AND claimed_until > 0"
+        )
         if self.shared:
-            cur = self._exec(
-                "UPDATE ingest_queue SET claimed_until = 0 WHERE state = 'pending' AND "
-                "claimed_until > 0 AND claimed_by = ?",
-                (instance,),
-            )
-        else:
-            cur = self._exec(
-                "UPDATE ingest_queue SET claimed_until = 0 WHERE state = 'pending' AND "
-                "claimed_until > 0"
-            )
-        return cur.rowcount
+            return self._exec(sql + " AND claimed_by = ?", (instance,)).rowcount
+        return self._exec(sql).rowcount
 
     def ingest_counts(self) -> dict[str, int]:
         rows = self._exec("SELECT state, COUNT(*) FROM ingest_queue GROUP BY state").fetchall()
@@ -462,27 +459,12 @@ class SinkDB:
         out.update({r[0]: r[1] for r in rows})
         return out
 
-    @contextlib.contextmanager
-    def bundle_lock(self, device: str, bundle_id: str, wait_s: float = 60.0) -> Iterator[None]:
+    def bundle_lock(self, device: str, bundle_id: str) -> contextlib.AbstractContextManager[None]:
         """Held while a bundle is assembled and stored: on a shared database server, two
-        instances whose workers finish the last files of one bundle at once take turns (an
-        advisory lock; the second then finds it stored). Alone on a SQLite file, the caller's
-        own lock is enough. SinkError when another instance holds it past ``wait_s`` (the
-        ingest is retried later)."""
-        if not self.shared:
-            yield
-            return
-        key = f"capsight-bundle:{device}/{bundle_id}"
-        deadline = time.monotonic() + wait_s
-        while not self._exec("SELECT pg_try_advisory_lock(hashtext(?))", (key,)).fetchone()[0]:
-            if time.monotonic() > deadline:
-                raise SinkError(f"bundle {bundle_id} of {device} is held by another instance")
-            time.sleep(0.05)  # not under the connection's lock: other requests go on
-        try:
-            yield
-        finally:
-            with contextlib.suppress(SinkError):  # a lost connection released it already
-                self._exec("SELECT pg_advisory_unlock(hashtext(?))", (key,))
+        instances whose workers finish the last files of one bundle at once take turns (the
+        second then finds it stored). Alone on a SQLite file, the caller's own lock is enough.
+        SinkError when another instance holds it too long (the ingest is retried later)."""
+        return self.db.advisory_lock(f"capsight-bundle:{device}/{bundle_id}")
 
     # -- the files of a bundle ------------------------------------------------------------------
     def put_bundle_file(

@@ -20,6 +20,7 @@ from typing import Any
 
 from capsight_edge.doctor.report import FAIL, PASS, SKIP, WARN, Check
 from cloud_sink.db import SinkError
+from cloud_sink.index import MIGRATIONS_TABLE as INDEX_MIGRATIONS_TABLE
 
 #: Free space under which the data folder is a warning: a few clips of a fleet's uploads.
 LOW_FREE_BYTES = 2 * 2**30
@@ -99,29 +100,37 @@ def _database(data: Path, name: str, migrations: list[Any]) -> Check:
             "restore the file from a backup; the sink must not serve from it",
             required=True,
         )
+    return _schema(name, "", have, want, "--data DIR") or Check(
+        name, PASS, f"schema version {have}, integrity ok", required=True
+    )
+
+
+def _schema(check: str, where: str, have: int, want: int, args: str) -> Check | None:
+    """A failed check when the schema is not this code's (None when it is); ``where`` prefixes
+    the detail, ``args`` name the database in the remedy."""
     if have > want:
         return Check(
-            name,
+            check,
             FAIL,
-            f"schema version {have}, newer than this capsight-sink's {want}",
+            f"{where}schema version {have}, newer than this capsight-sink's {want}",
             "run the capsight-sink that wrote it (a downgrade does not undo migrations)",
             required=True,
         )
     if have < want:
         return Check(
-            name,
+            check,
             FAIL,
-            f"schema version {have}, this capsight-sink needs {want}",
-            "capsight-sink migrate --data DIR (serve also migrates when it starts)",
+            f"{where}schema version {have}, this capsight-sink needs {want}",
+            f"capsight-sink migrate {args} (serve also migrates when it starts)",
             required=True,
         )
-    return Check(name, PASS, f"schema version {have}, integrity ok", required=True)
+    return None
 
 
 #: On a database server: (check name, its migrations' table) per database of the sink.
 SERVER_DATABASES = {
     "sink.db": ("sink database", "schema_migrations"),
-    "index.db": ("index database", "index_schema_migrations"),
+    "index.db": ("index database", INDEX_MIGRATIONS_TABLE["postgresql"]),
 }
 
 
@@ -136,23 +145,9 @@ def _server_database(url: str, name: str, migrations: list[Any]) -> Check:
         have = db.schema_version(table)
     finally:
         db.close()
-    if have > want:
-        return Check(
-            check,
-            FAIL,
-            f"{db.name}: schema version {have}, newer than this capsight-sink's {want}",
-            "run the capsight-sink that wrote it (a downgrade does not undo migrations)",
-            required=True,
-        )
-    if have < want:
-        return Check(
-            check,
-            FAIL,
-            f"{db.name}: schema version {have}, this capsight-sink needs {want}",
-            "capsight-sink migrate --db URL --data DIR (serve also migrates when it starts)",
-            required=True,
-        )
-    return Check(check, PASS, f"{db.name}: reachable, schema version {have}", required=True)
+    return _schema(check, f"{db.name}: ", have, want, "--db URL --data DIR") or Check(
+        check, PASS, f"{db.name}: reachable, schema version {have}", required=True
+    )
 
 
 def _server_ingest_queue(url: str) -> Check:

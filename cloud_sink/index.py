@@ -47,11 +47,17 @@ _FTS_COLS = ", ".join(f'"{c}"' for c in _FTS)
 _NEW = ", ".join(f'new."{c}"' for c in _FTS)
 _OLD = ", ".join(f'old."{c}"' for c in _FTS)
 
-#: SQLite's form of the bundles table: an FTS5 table over the searched columns, kept by triggers.
-_SQLITE_BUNDLES = (
+_BUNDLES_TABLE = (
     "CREATE TABLE IF NOT EXISTS bundles ("
     + ", ".join(f'"{k}" {_SQL_TYPES[t]}' for k, t in COLUMNS.items())
-    + ', PRIMARY KEY ("device_id", "id"))',
+    + ', PRIMARY KEY ("device_id", "id"))'
+)
+_BUNDLES_INDEXES = (
+    'CREATE INDEX IF NOT EXISTS "idx_bundles_store_id_start_utc" ON bundles (store_id, start_utc)',
+    'CREATE INDEX IF NOT EXISTS "idx_bundles_rule" ON bundles (rule)',
+)
+#: SQLite's full-text search: an FTS5 table over the searched columns, kept by triggers.
+_SQLITE_FTS = (
     f'CREATE VIRTUAL TABLE IF NOT EXISTS bundles_fts USING FTS5 ({_FTS_COLS}, content="bundles")',
     f"CREATE TRIGGER IF NOT EXISTS bundles_ai AFTER INSERT ON bundles BEGIN "
     f"INSERT INTO bundles_fts (rowid, {_FTS_COLS}) VALUES (new.rowid, {_NEW}); END",
@@ -62,26 +68,20 @@ _SQLITE_BUNDLES = (
     f"INSERT INTO bundles_fts (bundles_fts, rowid, {_FTS_COLS}) VALUES "
     f"('delete', old.rowid, {_OLD}); "
     f"INSERT INTO bundles_fts (rowid, {_FTS_COLS}) VALUES (new.rowid, {_NEW}); END",
-    'CREATE INDEX IF NOT EXISTS "idx_bundles_store_id_start_utc" ON bundles (store_id, start_utc)',
-    'CREATE INDEX IF NOT EXISTS "idx_bundles_rule" ON bundles (rule)',
 )
-#: PostgreSQL's form: the same table, a stored text-search vector over the same columns, and its
-#: GIN index (its ``simple`` configuration: names and codes, not English words).
-_PG_BUNDLES = (
-    "CREATE TABLE IF NOT EXISTS bundles ("
-    + ", ".join(f'"{k}" {_SQL_TYPES[t]}' for k, t in COLUMNS.items())
-    + ', PRIMARY KEY ("device_id", "id"))',
+#: PostgreSQL's: a stored text-search vector over the same columns and its GIN index (the
+#: ``simple`` configuration: names and codes, not English words).
+_PG_FTS = (
     "ALTER TABLE bundles ADD COLUMN fts tsvector GENERATED ALWAYS AS (to_tsvector('simple', "
     + " || ' ' || ".join(f"coalesce(\"{c}\", '')" for c in _FTS)
     + ")) STORED",
     "CREATE INDEX IF NOT EXISTS bundles_fts ON bundles USING gin (fts)",
-    'CREATE INDEX IF NOT EXISTS "idx_bundles_store_id_start_utc" ON bundles (store_id, start_utc)',
-    'CREATE INDEX IF NOT EXISTS "idx_bundles_rule" ON bundles (rule)',
 )
 
 
 def _bundles(db: Database) -> None:
-    for statement in _PG_BUNDLES if db.server else _SQLITE_BUNDLES:
+    fts = _PG_FTS if db.server else _SQLITE_FTS
+    for statement in (_BUNDLES_TABLE, *fts, *_BUNDLES_INDEXES):
         db.execute(db.ddl(statement))
 
 

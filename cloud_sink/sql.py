@@ -19,6 +19,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,11 +206,7 @@ class Database:
 
     # -- statements -----------------------------------------------------------------------------
     def _run(self, conn: Any, sql: str, args: tuple[Any, ...] | list[Any]) -> Result:
-        if self.server:
-            cur = conn.execute(pg_params(sql), tuple(args))
-            rows = cur.fetchall() if cur.description else []
-            return Result(rows, cur.rowcount)
-        cur = conn.execute(sql, tuple(args))
+        cur = conn.execute(pg_params(sql) if self.server else sql, tuple(args))
         return Result(cur.fetchall() if cur.description else [], cur.rowcount)
 
     def execute(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> Result:
@@ -247,48 +244,49 @@ class Database:
         other (SQLite has one writer at a time: none needed)."""
         return " FOR UPDATE SKIP LOCKED" if self.server else ""
 
+    @contextlib.contextmanager
+    def advisory_lock(self, key: str, wait_s: float = 60.0) -> Iterator[None]:
+        """Held by one connection to the server at a time (PostgreSQL's advisory lock on
+        ``key``): other instances wait, polling without holding this connection's lock, so
+        other requests go on. Alone on a SQLite file there is no one to wait for. SinkError
+        when another holds it past ``wait_s``."""
+        if not self.server:
+            yield
+            return
+        deadline = time.monotonic() + wait_s
+        while not self.execute("SELECT pg_try_advisory_lock(hashtext(?))", (key,)).rows[0][0]:
+            if time.monotonic() > deadline:
+                raise SinkError(f"{self.name}: {key} is held by another instance")
+            time.sleep(0.05)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(SinkError):  # a lost connection released it already
+                self.execute("SELECT pg_advisory_unlock(hashtext(?))", (key,))
+
     # -- migrations -----------------------------------------------------------------------------
     def migrate(self, migrations: list[Migration], table: str = "schema_migrations") -> None:
         """Apply what the database lacks of ``migrations``, each in the transaction that
         records it in ``table``: a step that fails leaves the schema as it was. On a server,
-        instances that start together take turns (an advisory lock)."""
+        instances that start together take turns."""
         if not re.match(r"^[a-z_]+$", table):
             raise SinkError(f"bad migrations table name {table!r}")
-        with self._lock, self._errors():
-            conn = self._live()
-            if self.server:
-                conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (table,))
-            try:
-                self._run(
-                    conn,
-                    f"CREATE TABLE IF NOT EXISTS {table} (version INTEGER PRIMARY KEY, "
-                    "applied_utc TEXT NOT NULL)",
-                    (),
-                )
-                for version, step in enumerate(migrations, start=1):
-                    conn.execute("BEGIN" if self.server else "BEGIN IMMEDIATE")
-                    try:
-                        done = self._run(
-                            conn, f"SELECT 1 FROM {table} WHERE version = ?", (version,)
-                        ).rows
-                        if not done:
-                            tx = Transaction(self, conn)
-                            if callable(step):
-                                step(self)
-                            else:
-                                statements = step if isinstance(step, tuple) else step.split(";")
-                                for statement in (s for s in statements if s.strip()):
-                                    tx.execute(self.ddl(statement))
-                            tx.execute(f"INSERT INTO {table} VALUES (?, ?)", (version, _utc_now()))
-                    except BaseException:
-                        with contextlib.suppress(Exception):
-                            conn.execute("ROLLBACK")
-                        raise
-                    conn.execute("COMMIT")
-            finally:
-                if self.server and not conn.closed:
-                    with contextlib.suppress(Exception):
-                        conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (table,))
+        with self.advisory_lock(f"capsight-migrations:{table}", wait_s=600.0):
+            self.execute(
+                f"CREATE TABLE IF NOT EXISTS {table} (version INTEGER PRIMARY KEY, "
+                "applied_utc TEXT NOT NULL)"
+            )
+            for version, step in enumerate(migrations, start=1):
+                with self.transaction() as tx:
+                    if tx.execute(f"SELECT 1 FROM {table} WHERE version = ?", (version,)).rows:
+                        continue
+                    if callable(step):
+                        step(self)  # the same connection: inside this transaction
+                    else:
+                        statements = step if isinstance(step, tuple) else step.split(";")
+                        for statement in (s for s in statements if s.strip()):
+                            tx.execute(self.ddl(statement))
+                    tx.execute(f"INSERT INTO {table} VALUES (?, ?)", (version, utc_now()))
 
     def schema_version(self, table: str = "schema_migrations") -> int:
         try:
@@ -353,9 +351,7 @@ class Transaction:
         return self._db._run(self._conn, sql, args)
 
 
-def _utc_now() -> str:
-    import time
-
+def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 

@@ -324,9 +324,6 @@ class TusApp:
             if method == "DELETE":
                 return await self.delete(upload_id, device)
             raise TusError(405, f"{method} is not allowed on an upload")
-        except DatabaseUnavailable as exc:
-            self.rejected[503] = self.rejected.get(503, 0) + 1
-            return database_unavailable(exc)
         except TusError as exc:
             self.rejected[exc.status] = self.rejected.get(exc.status, 0) + 1
             log.info("%s %s -> %d: %s", method, request.url.path, exc.status, exc)
