@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -605,4 +605,229 @@ def bench_sink_scaleout(ctx: BenchContext) -> BenchResult:
         )
 
     res.plots.append(save_plot(ctx, "sink_scaleout", draw))
+    return res
+
+
+def _moto(port: int) -> subprocess.Popen[bytes] | None:
+    """moto's S3 server on 127.0.0.1 (None where moto[server] is not installed)."""
+    exe = Path(sys.executable).parent / "moto_server"
+    if not exe.exists():
+        return None
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    if not wait_http(f"http://127.0.0.1:{port}", 30):
+        proc.kill()
+        return None
+    return proc
+
+
+def _patch_all(
+    url: str, token: str, size: int, chunk: int, block: Callable[[int, int], bytes]
+) -> tuple[str, str]:
+    """One upload of ``size`` bytes in checksummed PATCHes of ``chunk`` (``block(offset, n)``
+    gives the bytes); returns its id and the sha256 of what was sent."""
+    h = {"Authorization": f"Bearer {token}", "Tus-Resumable": "1.0.0"}
+    whole = hashlib.sha256()
+    meta = f"filename {base64.b64encode(b'big.bin').decode()}"
+    with httpx.Client(timeout=600) as c:
+        r = c.post(
+            url + "/files/", headers={**h, "Upload-Length": str(size), "Upload-Metadata": meta}
+        )
+        path = r.headers["Location"].split("/files/", 1)[1]
+        off = 0
+        while off < size:
+            body = block(off, min(chunk, size - off))
+            whole.update(body)
+            r = c.patch(
+                url + "/files/" + path,
+                headers={
+                    **h,
+                    "Upload-Offset": str(off),
+                    "Content-Type": "application/offset+octet-stream",
+                    "Upload-Checksum": "sha256 "
+                    + base64.b64encode(hashlib.sha256(body).digest()).decode(),
+                },
+                content=body,
+            )
+            if r.status_code != 204:
+                raise RuntimeError(f"PATCH at {off}: {r.status_code} {r.text[:200]}")
+            off = int(r.headers["Upload-Offset"])
+    return path, whole.hexdigest()
+
+
+@benchmark("sink_staging")
+def bench_sink_staging(ctx: BenchContext) -> BenchResult:
+    """Where uploads in progress live when several instances serve one URL: a shared folder
+    (``--staging folder``) or S3 multipart uploads (``--staging s3``, moto's S3 server on
+    127.0.0.1 behind a proxy that counts the bytes sent to it). The same devices and 1 MiB
+    checksummed chunks through one instance on PostgreSQL each way; then one large upload
+    each way, the sink's peak RSS for each."""
+    import boto3
+
+    from cloud_sink.localpg import LocalPostgres, pg_bin
+
+    devices, size = (6, 2 * 2**20) if ctx.quick else (20, 10 * 2**20)
+    big, big_chunk = (64 * 2**20, 16 * 2**20) if ctx.quick else (2**30, 16 * 2**20)
+    res = BenchResult(
+        "sink_staging",
+        f"uploads in progress in a folder vs in S3 (moto on 127.0.0.1): {devices} devices each "
+        f"uploading {size / 2**20:.0f} MiB at once in 1 MiB sha256-checksummed chunks, one "
+        f"instance on PostgreSQL; then one {big / 2**20:.0f} MiB upload in "
+        f"{big_chunk / 2**20:.0f} MiB checksummed chunks, the sink's peak RSS",
+    )
+    if pg_bin() is None:
+        res.notes.append("skipped: no PostgreSQL server programs (initdb) on this machine")
+        return res
+    moto_port = free_port()
+    moto = _moto(moto_port)
+    if moto is None:
+        res.notes.append("skipped: moto's S3 server (pip install 'moto[server]') is not here")
+        return res
+    from capsight_edge.localsink import TcpProxy
+
+    proxy = TcpProxy([("127.0.0.1", moto_port)])
+    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
+    os.environ.update({**env, "AWS_DEFAULT_REGION": "us-east-1"})
+    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{moto_port}")
+    pool = os.urandom(64 * 2**20)
+
+    def block(off: int, n: int) -> bytes:
+        start = off % len(pool)
+        out = pool[start : start + n]
+        return out if len(out) == n else out + pool[: n - len(out)]
+
+    root = Path(tempfile.mkdtemp(prefix="capsight-staging-"))
+    config = root / "sink.toml"
+    config.write_text(
+        "[quotas]\ncreates_per_minute = 1000000\nuploads_in_progress = 100000\n"
+        f"bytes_in_progress = {1 << 40}\n"
+    )
+    figures: dict[str, dict[str, float]] = {}
+    try:
+        with LocalPostgres() as pg:
+            for way in ("folder", "s3"):
+                bucket = f"bench-{way}"
+                s3.create_bucket(Bucket=bucket)
+                extra = ("--s3-bucket", bucket, "--s3-endpoint", proxy.url, "--staging", way)
+                sink = LocalSink(
+                    root / way,
+                    "--config",
+                    str(config),
+                    "--max-size",
+                    str(4 * 2**30),
+                    "--ingest-workers",
+                    "0",
+                    *extra,
+                    db=pg.database(),
+                )
+                token = sink.add_device("bench")
+                sink.start()
+                try:
+                    sent0, cpu0, moto0 = proxy.bytes_up, proc_cpu_s(sink.pid), proc_cpu_s(moto.pid)
+                    start = time.perf_counter()
+                    url = sink.url
+
+                    def one(i: int, url: str = url, token: str = token) -> tuple[str, str]:
+                        return _patch_all(url, token, size, CHUNK, lambda o, n: block(o + i, n))
+
+                    with concurrent.futures.ThreadPoolExecutor(max_workers=devices) as ex:
+                        done = list(ex.map(one, range(devices)))
+                    wall = time.perf_counter() - start
+                    f = figures[way] = {
+                        "mib_s": devices * size / 2**20 / wall,
+                        "sink_cpu_s": proc_cpu_s(sink.pid) - cpu0,
+                        "s3_cpu_s": proc_cpu_s(moto.pid) - moto0,
+                        "to_bucket": (proxy.bytes_up - sent0) / (devices * size),
+                        "ok": float(len(done)),
+                    }
+                    # the large upload: the sink's peak RSS over it (a fresh process)
+                    sink.stop()
+                    sink.start()
+                    rss0 = _peak_rss_mb(sink.pid)
+                    start = time.perf_counter()
+                    path, digest = _patch_all(sink.url, token, big, big_chunk, block)
+                    f["big_s"] = time.perf_counter() - start
+                    f["rss_mb"] = _peak_rss_mb(sink.pid)
+                    f["rss_idle_mb"] = rss0
+                    if way == "s3":
+                        body = s3.get_object(Bucket=bucket, Key=f"uploads/{path}")["Body"]
+                        got = hashlib.sha256()
+                        for piece in body.iter_chunks(8 * 2**20):
+                            got.update(piece)
+                    else:
+                        got = hashlib.sha256()
+                        with open(root / way / "blobs" / "uploads" / path, "rb") as fh:
+                            while piece := fh.read(8 * 2**20):
+                                got.update(piece)
+                    f["big_identical"] = float(got.hexdigest() == digest)
+                finally:
+                    sink.stop()
+    finally:
+        proxy.close()
+        moto.terminate()
+        moto.wait(30)
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+    folder, staged = figures["folder"], figures["s3"]
+    res.metrics += [
+        Metric(
+            "throughput with uploads in progress in S3",
+            staged["mib_s"],
+            "MiB/s",
+            baseline=folder["mib_s"],
+            baseline_name="a folder on local disk",
+        ),
+        Metric(
+            "sink CPU seconds for the same uploads, S3 staging",
+            staged["sink_cpu_s"],
+            "s",
+            baseline=folder["sink_cpu_s"],
+            baseline_name="a folder on local disk",
+        ),
+        Metric(
+            "bytes sent to the bucket per byte uploaded, S3 staging (1 MiB chunks)",
+            staged["to_bucket"],
+            "x",
+        ),
+        Metric(
+            f"sink peak RSS over a {big / 2**20:.0f} MiB upload staged in S3",
+            staged["rss_mb"],
+            "MB",
+            baseline=folder["rss_mb"],
+            baseline_name="the same upload into a folder",
+            target="< 150 MB",
+            met=staged["rss_mb"] < 150,
+        ),
+        Metric(
+            "large upload byte-identical, both ways",
+            folder["big_identical"] + staged["big_identical"],
+            "uploads",
+            target="2",
+            met=folder["big_identical"] + staged["big_identical"] == 2,
+        ),
+    ]
+    for way, f in figures.items():
+        res.notes.append(
+            f"{way}: {f['mib_s']:.0f} MiB/s; sink CPU {f['sink_cpu_s']:.1f} s, S3 server CPU "
+            f"{f['s3_cpu_s']:.1f} s; {f['to_bucket']:.2f} bytes to the bucket per byte "
+            f"(bundles are not ingested here: --ingest-workers 0); large upload "
+            f"{big / 2**20 / f['big_s']:.0f} MiB/s, peak RSS {f['rss_mb']:.0f} MB "
+            f"({f['rss_idle_mb']:.0f} MB at start)"
+        )
+    res.notes.append(
+        "moto keeps the bucket in its own memory on this machine: a real S3 is slower per "
+        "request and takes none of these cores"
+    )
+
+    def draw(ax: Any) -> None:
+        ax.bar(range(2), [folder["mib_s"], staged["mib_s"]])
+        ax.set_xticks(range(2), ["folder", "S3 multipart\n(moto)"], fontsize=8)
+        ax.set_ylabel("aggregate MiB/s")
+        ax.set_title(f"sink_staging: {devices} devices, 1 MiB checksummed chunks", fontsize=9)
+
+    res.plots.append(save_plot(ctx, "sink_staging", draw))
     return res

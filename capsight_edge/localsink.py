@@ -2,16 +2,20 @@
 
 What ``capsight demo`` starts, and what the tests and benchmarks run against. It drives the sink
 only through its CLI and HTTP, as any operator would: the edge never imports the sink.
+:class:`TcpProxy` puts a round-robin proxy in front of several (or in front of a bucket, to take
+it away and bring it back).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import IO
@@ -144,3 +148,84 @@ class LocalSink:
             self.proc.terminate()
             self.proc.wait(30)
             self.proc = None
+
+
+class TcpProxy:
+    """A round-robin TCP proxy on 127.0.0.1, for tests and benchmarks: each connection goes to
+    the next backend that accepts it (a dead one is passed over), and ``used`` records which.
+    ``down()`` cuts every connection and refuses new ones until ``up()`` (a service that went
+    away); ``bytes_up`` counts what clients sent through it."""
+
+    def __init__(self, backends: list[tuple[str, int]]) -> None:
+        self.backends = backends
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.n = 0
+        self.accepting = True
+        self.used: list[int] = []
+        self.bytes_up = 0
+        self._socks: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if not self.accepting:
+                client.close()
+                continue
+            upstream = self._connect()
+            if upstream is None:
+                client.close()
+                continue
+            with self._lock:
+                self._socks |= {client, upstream}
+            for a, b, up in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pipe, args=(a, b, up), daemon=True).start()
+
+    def _connect(self) -> socket.socket | None:
+        for _ in range(len(self.backends)):
+            i = self.n % len(self.backends)
+            self.n += 1
+            try:
+                s = socket.create_connection(self.backends[i], timeout=2)
+            except OSError:
+                continue
+            s.settimeout(None)
+            self.used.append(i)
+            return s
+        return None
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
+        try:
+            while block := src.recv(1 << 16):
+                dst.sendall(block)
+                if up:
+                    with self._lock:
+                        self.bytes_up += len(block)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        with self._lock:
+            self._socks -= {src, dst}
+
+    def down(self) -> None:
+        self.accepting = False
+        with self._lock:
+            socks, self._socks = set(self._socks), set()
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def up(self) -> None:
+        self.accepting = True
+
+    def close(self) -> None:
+        self.down()
+        self._listener.close()

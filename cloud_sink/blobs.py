@@ -6,14 +6,65 @@ empty, ``.`` or ``..`` part is refused, so no key can reach outside the store.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 from capsight_edge.durable import fsync_dir, make_dirs
 from cloud_sink.db import SinkError
+from cloud_sink.sql import Unavailable
+
+#: Seconds to reach the bucket, and to wait for one of its answers; tries per request.
+S3_CONNECT_S, S3_READ_S, S3_ATTEMPTS = 5, 60, 3
+#: S3's answers that mean "nothing is there" rather than "the store is out of reach".
+S3_MISSING = {"NoSuchKey", "NoSuchUpload", "404", "NotFound"}
+
+
+class BucketUnavailable(Unavailable):
+    """The bucket cannot be reached now (or refuses for now); the request may be retried."""
+
+    what = "bucket"
+
+
+def s3_client(endpoint_url: str | None = None, **client_kw: Any) -> Any:
+    """A boto3 S3 client with bounded waits: a bucket that does not answer costs a request
+    seconds, not minutes."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        connect_timeout=S3_CONNECT_S,
+        read_timeout=S3_READ_S,
+        retries={"max_attempts": S3_ATTEMPTS, "mode": "standard"},
+    )
+    return boto3.client("s3", endpoint_url=endpoint_url, config=config, **client_kw)
+
+
+def s3_missing(exc: BaseException) -> bool:
+    """Whether ``exc`` is S3 saying the object or the multipart upload is not there."""
+    code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+    return code in S3_MISSING
+
+
+@contextlib.contextmanager
+def s3_errors(bucket: str) -> Iterator[None]:
+    """S3's failures as BucketUnavailable (the sink answers 503 with Retry-After, and ingest
+    waits without counting an attempt), except "not there", which the caller handles."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except ClientError as exc:
+        if s3_missing(exc):
+            raise
+        code = exc.response.get("Error", {}).get("Code", "?")
+        raise BucketUnavailable(f"s3://{bucket}: {code}: {exc}") from None
+    except BotoCoreError as exc:
+        raise BucketUnavailable(f"s3://{bucket}: {exc}") from None
 
 
 def check_key(key: str) -> str:
@@ -92,41 +143,44 @@ class S3BlobStore:
     def __init__(
         self, bucket: str, *, endpoint_url: str | None = None, prefix: str = "", **client_kw: Any
     ) -> None:
-        import boto3
-
         self.bucket = bucket
+        self.endpoint_url = endpoint_url
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.s3 = boto3.client("s3", endpoint_url=endpoint_url, **client_kw)
+        self.s3 = s3_client(endpoint_url, **client_kw)
 
     def _key(self, key: str) -> str:
         return self.prefix + check_key(key)
 
     def put_file(self, key: str, path: Path) -> None:
-        self.s3.upload_file(str(path), self.bucket, self._key(key))
+        with s3_errors(self.bucket):
+            self.s3.upload_file(str(path), self.bucket, self._key(key))
 
     def get_bytes(self, key: str) -> bytes:
         try:
-            return bytes(self.s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read())
-        except self.s3.exceptions.NoSuchKey as exc:
+            with s3_errors(self.bucket):
+                body = self.s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+                return bytes(body.read())
+        except self.s3.exceptions.ClientError as exc:
             raise SinkError(f"no blob {key!r}") from exc
 
     def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
-
         try:
-            self.s3.head_object(Bucket=self.bucket, Key=self._key(key))
+            with s3_errors(self.bucket):
+                self.s3.head_object(Bucket=self.bucket, Key=self._key(key))
             return True
-        except ClientError:
+        except self.s3.exceptions.ClientError:
             return False
 
     def delete(self, key: str) -> None:
-        self.s3.delete_object(Bucket=self.bucket, Key=self._key(key))
+        with s3_errors(self.bucket):
+            self.s3.delete_object(Bucket=self.bucket, Key=self._key(key))
 
     def keys(self, prefix: str = "") -> list[str]:
         out: list[str] = []
-        pages = self.s3.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self.prefix + prefix
-        )
-        for page in pages:
-            out += [o["Key"][len(self.prefix) :] for o in page.get("Contents", [])]
+        with s3_errors(self.bucket):
+            pages = self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix + prefix
+            )
+            for page in pages:
+                out += [o["Key"][len(self.prefix) :] for o in page.get("Contents", [])]
         return sorted(out)

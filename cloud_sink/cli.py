@@ -77,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="incomplete uploads expire after this long (sweep.expire_hours)",
     )
     add_s3_options(s, "keep ingested bundles in this S3-compatible bucket")
+    s.add_argument(
+        "--staging",
+        choices=("folder", "s3"),
+        default="folder",
+        help="where uploads in progress live: files in --data (the default; several instances "
+        "must share that folder, with flock), or S3 multipart uploads in --s3-bucket (no shared "
+        "folder; needs --db postgresql:// for more than one instance)",
+    )
     add_db_option(s)
     s.add_argument(
         "--instance",
@@ -280,11 +288,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logs.configure(args.log_format, args.log_level)
     config = SinkConfig.load(args.config)
-    blobs = None
+    blobs = staging = None
     if args.s3_bucket:
         from cloud_sink.blobs import S3BlobStore
 
         blobs = S3BlobStore(args.s3_bucket, endpoint_url=args.s3_endpoint, prefix=args.s3_prefix)
+    if args.staging == "s3":
+        if not args.s3_bucket:
+            raise SinkError("--staging s3 keeps uploads in progress in --s3-bucket: name one")
+        from functools import partial
+
+        from cloud_sink.staging import S3Staging
+
+        staging = partial(
+            S3Staging, args.s3_bucket, endpoint_url=args.s3_endpoint, prefix=args.s3_prefix
+        )
     app = make_app(
         args.data,
         config=config,
@@ -294,10 +312,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ingest_workers=args.ingest_workers,
         db=args.db,
         instance=args.instance or f"{socket.gethostname()}:{args.port}",
+        staging=staging,
     )
     logs.get_logger("sink").info(
         "capsight-sink %s serving http://%s:%d/ (tus at /files/), data %s, database %s, "
-        "%d ingest workers, blobs %s",
+        "%d ingest workers, blobs %s, uploads in progress %s",
         __version__,
         args.host,
         args.port,
@@ -305,6 +324,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app.state.db.name,
         args.ingest_workers,
         f"s3://{args.s3_bucket}/{args.s3_prefix}" if args.s3_bucket else "local",
+        app.state.tus.staging.name if app.state.tus.staging else app.state.tus.dir,
     )
     serve(app, args.host, args.port, app.state.config.timeouts, app.state.config.limits)
     return 0

@@ -2,9 +2,11 @@
 the files of each bundle as they arrive, the durable ingest queue, and heartbeats.
 
 Every table is created by a numbered migration, applied in the transaction that records it
-(``schema_migrations``), as the cart's journal does. An upload's offset is never stored here:
-it is the durable size of its data file (see :mod:`cloud_sink.tus`), so a crash can never make
-the two disagree.
+(``schema_migrations``), as the cart's journal does. An upload's offset in the data folder is
+never stored here: it is the durable size of its data file (see :mod:`cloud_sink.tus`), so a
+crash can never make the two disagree. An upload staged in a bucket has no such file: its
+parts are recorded here after S3 holds them, so the row is what the upload holds (see
+:mod:`cloud_sink.staging`).
 
 The ingest queue makes ingest independent of the request that completed an upload: completing
 an upload and queueing its ingest are one transaction, a background worker claims items with
@@ -128,6 +130,20 @@ MIGRATIONS: list[Migration] = [
     """
     ALTER TABLE ingest_queue ADD COLUMN claimed_by TEXT NOT NULL DEFAULT '';
     """,
+    # 8: uploads in progress kept in a bucket (``serve --staging s3``): the S3 multipart upload,
+    #    the parts it holds ([number, bytes, etag]), the object that holds the bytes too few for
+    #    a part yet, and the offset (parts + tail) they add up to, written in one statement
+    """
+    CREATE TABLE staged_uploads (
+        upload_id TEXT PRIMARY KEY,
+        s3_upload_id TEXT NOT NULL,
+        parts TEXT NOT NULL DEFAULT '[]',
+        tail_key TEXT NOT NULL DEFAULT '',
+        tail_bytes INTEGER NOT NULL DEFAULT 0,
+        staged_bytes INTEGER NOT NULL DEFAULT 0,
+        finished INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 ]
 
 
@@ -168,6 +184,18 @@ class BundleFile:
     upload_id: str
     path: Path
     encoding: str
+
+
+@dataclass(frozen=True)
+class Staged:
+    """An upload in progress in a bucket (see :mod:`cloud_sink.staging`)."""
+
+    s3_upload_id: str
+    parts: list[tuple[int, int, str]]  # (part number, bytes, etag), in order
+    tail_key: str  # the object with the bytes that are too few for a part yet ('' for none)
+    tail_bytes: int
+    offset: int  # the parts' bytes and the tail's: what the upload holds
+    finished: bool  # its parts were joined into one object
 
 
 @dataclass(frozen=True)
@@ -502,6 +530,53 @@ class SinkDB:
         ).fetchone()
         return (r[0], r[1]) if r else None
 
+    # -- uploads in progress in a bucket ---------------------------------------------------------
+    def stage(self, upload_id: str, s3_upload_id: str) -> None:
+        self._exec(
+            "INSERT INTO staged_uploads (upload_id, s3_upload_id) VALUES (?, ?)",
+            (upload_id, s3_upload_id),
+        )
+
+    def staged(self, upload_id: str) -> Staged | None:
+        r = self._exec("SELECT * FROM staged_uploads WHERE upload_id = ?", (upload_id,)).fetchone()
+        if r is None:
+            return None
+        parts = [(int(n), int(b), str(e)) for n, b, e in json.loads(r["parts"])]
+        return Staged(
+            r["s3_upload_id"],
+            parts,
+            r["tail_key"],
+            int(r["tail_bytes"]),
+            int(r["staged_bytes"]),
+            bool(r["finished"]),
+        )
+
+    def restage(
+        self,
+        upload_id: str,
+        offset: int,
+        parts: list[tuple[int, int, str]],
+        tail_key: str,
+        tail_bytes: int,
+    ) -> bool:
+        """Record what the upload holds now, in one statement, only if it still holds
+        ``offset`` bytes (False: another writer got there first)."""
+        staged = sum(p[1] for p in parts) + tail_bytes
+        return (
+            self._exec(
+                "UPDATE staged_uploads SET parts = ?, tail_key = ?, tail_bytes = ?, "
+                "staged_bytes = ? WHERE upload_id = ? AND staged_bytes = ? AND finished = 0",
+                (json.dumps(parts), tail_key, tail_bytes, staged, upload_id, offset),
+            ).rowcount
+            == 1
+        )
+
+    def staged_finished(self, upload_id: str) -> None:
+        self._exec("UPDATE staged_uploads SET finished = 1 WHERE upload_id = ?", (upload_id,))
+
+    def unstage(self, upload_id: str) -> None:
+        self._exec("DELETE FROM staged_uploads WHERE upload_id = ?", (upload_id,))
+
     # -- heartbeats -----------------------------------------------------------------------------
     def record_heartbeat(self, device: str, body: dict[str, Any]) -> None:
         self._exec(
@@ -547,6 +622,7 @@ class SinkDB:
         "bundle_files": None,
         "heartbeats": None,
         "ingest_queue": "seq",
+        "staged_uploads": None,
     }
 
     def copy_from(self, source: SinkDB) -> dict[str, int]:

@@ -33,10 +33,12 @@ from capsight_edge.bundle.manifest import (
 )
 from cloud_sink.blobs import BlobStore
 from cloud_sink.config import Limits
-from cloud_sink.db import BundleFile, DatabaseUnavailable, IngestItem, SinkDB, Upload
+from cloud_sink.db import BundleFile, IngestItem, SinkDB, Upload
 from cloud_sink.index import Index
 from cloud_sink.media import REVIEW_CLIP, remux_faststart
 from cloud_sink.schemas import parse_sensor_message
+from cloud_sink.sql import Unavailable
+from cloud_sink.staging import S3Staging
 
 log = logging.getLogger("capsight.sink.ingest")
 FILES = (MANIFEST, CLIP, SENSORS)
@@ -208,8 +210,10 @@ class Ingest:
         limits: Limits | None = None,
         *,
         retry_base_s: float = 5.0,
+        staging: S3Staging | None = None,
     ) -> None:
         self.db = db
+        self.staging = staging  # uploads in a bucket: fetched here to be verified and stored
         self.retry_base_s = retry_base_s
         self.metrics: Any = None  # cloud_sink.observe.SinkMetrics, set by the app
         self.blobs = blobs
@@ -235,7 +239,7 @@ class Ingest:
                 break
             try:
                 self.process(item)
-            except DatabaseUnavailable:
+            except Unavailable:
                 # Not the bundle's fault and not an attempt to count against it: the claim is
                 # let go as soon as the database answers again (not when its lease ends).
                 self._interrupted.add(item.seq)
@@ -254,7 +258,7 @@ class Ingest:
         start = time.perf_counter()
         try:
             result = self.on_complete(upload, self.uploads_dir / upload.id)
-        except DatabaseUnavailable:
+        except Unavailable:  # the database or the bucket: wait for it, count no attempt
             raise
         except Exception as exc:
             why = f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"[:300]
@@ -341,6 +345,8 @@ class Ingest:
             files = self.db.bundle_files(device, bundle_id)
             if MANIFEST not in files:
                 return None
+            if self.staging is not None:  # in the bucket: a local copy to read, on this instance
+                files = {name: self._fetched(f) for name, f in files.items()}
             temps: list[Path] = []
             manifest: Manifest | None = None
             try:
@@ -364,6 +370,11 @@ class Ingest:
             finally:
                 for t in temps:
                     t.unlink(missing_ok=True)
+
+    def _fetched(self, f: BundleFile) -> BundleFile:
+        assert self.staging is not None
+        path = self.staging.fetch(f.upload_id, self.uploads_dir / f.upload_id)
+        return BundleFile(f.upload_id, path, f.encoding)
 
     def _decoded(self, name: str, f: BundleFile, limit: int, temps: list[Path]) -> Path:
         """The file as the device had it, decoded within ``limit`` and the expansion ratio."""
@@ -473,6 +484,8 @@ class Ingest:
         with contextlib.suppress(OSError):
             self.removed_bytes += path.stat().st_size
         path.unlink(missing_ok=True)
+        if self.staging is not None:
+            self.staging.remove(upload_id)
         self.db.mark_removed(upload_id)
 
 
@@ -516,8 +529,8 @@ class IngestWorker:
             self._wake.clear()
             try:
                 done = await asyncio.to_thread(self.ingest.run_pending, max_items=1)
-            except DatabaseUnavailable as exc:  # the queue waits in the database: try again
-                log.warning("ingest: the database is out of reach, retrying: %s", exc)
+            except Unavailable as exc:  # the queue waits in the database: try again
+                log.warning("ingest: the %s is out of reach, retrying: %s", exc.what, exc)
                 done = 0
             if not done:
                 with contextlib.suppress(TimeoutError):

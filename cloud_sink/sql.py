@@ -42,10 +42,18 @@ class SinkError(CapsightError):
     """A sink operation failed (bad device name, unknown device, database error)."""
 
 
-class DatabaseUnavailable(SinkError):
-    """The database server cannot be reached now; the request may be retried later."""
+class Unavailable(SinkError):
+    """A service the sink stands on (its database server, its bucket) cannot be reached now;
+    the request may be retried later (the sink answers 503 with ``Retry-After``)."""
 
     retry_after_s = 5
+    what = "a service it needs"
+
+
+class DatabaseUnavailable(Unavailable):
+    """The database server cannot be reached now; the request may be retried later."""
+
+    what = "database"
 
 
 def is_server_url(target: str | os.PathLike[str]) -> bool:
@@ -254,13 +262,26 @@ class Database:
             yield
             return
         deadline = time.monotonic() + wait_s
-        while not self.execute("SELECT pg_try_advisory_lock(hashtext(?))", (key,)).rows[0][0]:
+        while not self.try_advisory_lock(key):
             if time.monotonic() > deadline:
                 raise SinkError(f"{self.name}: {key} is held by another instance")
             time.sleep(0.05)
         try:
             yield
         finally:
+            self.advisory_unlock(key)
+
+    def try_advisory_lock(self, key: str) -> bool:
+        """Take PostgreSQL's advisory lock on ``key`` for this connection if no other holds
+        it (at once, never waiting). It is the connection's: a process that dies lets go with
+        it. Several threads of one process share the connection, so they must take turns by
+        other means."""
+        if not self.server:
+            return True
+        return bool(self.execute("SELECT pg_try_advisory_lock(hashtext(?))", (key,)).rows[0][0])
+
+    def advisory_unlock(self, key: str) -> None:
+        if self.server:
             with contextlib.suppress(SinkError):  # a lost connection released it already
                 self.execute("SELECT pg_advisory_unlock(hashtext(?))", (key,))
 

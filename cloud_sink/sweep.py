@@ -8,7 +8,10 @@ At start and then every ``[sweep] interval_s``:
   waiting for its other files are kept as long as an incomplete upload would be, seven times
   over (a cart that went offline mid-bundle comes back).
 
-A stored bundle's uploads leave at once (ingest removes them). The figures (what was removed,
+A stored bundle's uploads leave at once (ingest removes them). With uploads staged in a bucket,
+removing one also gives the bucket's space back (its parts, tail and joined object), and this
+instance's local copies of uploads that another instance stored, and spool files a crash left,
+go too. The figures (what was removed,
 how many bytes came back, what the upload area holds now) are in ``GET /api/storage``.
 """
 
@@ -25,6 +28,7 @@ from typing import Any
 from cloud_sink.config import Sweep
 from cloud_sink.db import SinkDB, utc_now
 from cloud_sink.index import Index
+from cloud_sink.staging import S3Staging
 
 log = logging.getLogger("capsight.sink.sweep")
 WAITING_FACTOR = 7
@@ -41,8 +45,17 @@ class SweepFigures:
 
 
 class Sweeper:
-    def __init__(self, db: SinkDB, index: Index, uploads_dir: Path, settings: Sweep) -> None:
+    def __init__(
+        self,
+        db: SinkDB,
+        index: Index,
+        uploads_dir: Path,
+        settings: Sweep,
+        *,
+        staging: S3Staging | None = None,
+    ) -> None:
         self.db, self.index, self.dir, self.settings = db, index, uploads_dir, settings
+        self.staging = staging
         self.figures = SweepFigures()
         self._task: asyncio.Task[None] | None = None
 
@@ -55,7 +68,25 @@ class Sweeper:
             with contextlib.suppress(OSError):
                 self.figures.bytes_returned += path.stat().st_size
                 path.unlink()
+        if self.staging is not None:
+            self.figures.bytes_returned += self.staging.remove(upload_id)
         self.db.mark_removed(upload_id)
+
+    def _local_leftovers(self, now: float) -> None:
+        """Staged in a bucket, this folder only caches: copies fetched to ingest whose upload
+        is gone now (another instance stored its bundle), and spool or fetch files older than
+        an hour (a crash left them; live ones are written to as their bytes arrive)."""
+        for p in list(self.dir.iterdir()) if self.dir.is_dir() else []:
+            with contextlib.suppress(OSError):
+                if p.name.startswith("."):
+                    stale = p.stat().st_mtime < now - 3600
+                else:
+                    up = self.db.get_upload(p.name)
+                    stale = up is None or up.removed_utc is not None
+                if stale:
+                    size = p.stat().st_size
+                    p.unlink()
+                    self.figures.bytes_returned += size
 
     def sweep(self, now: float | None = None) -> SweepFigures:
         now = time.time() if now is None else now
@@ -76,6 +107,8 @@ class Sweeper:
                     continue
             self._remove(up.id)
             self.figures.completed_removed += 1
+        if self.staging is not None:
+            self._local_leftovers(now)
         self.figures.sweeps += 1
         self.figures.last_sweep_utc = utc_now()
         return self.figures

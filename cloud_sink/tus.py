@@ -10,6 +10,9 @@ Safety rules, after tusd:
   rolled back before anything else touches the upload; without a checksum, whatever arrived
   before a disconnect is kept;
 - one writer per upload at a time (an exclusive ``flock`` on the data file; 423 when busy);
+- with ``staging`` (:mod:`cloud_sink.staging`) the data lives in a bucket instead: a chunk is
+  received into a local spool file and verified before one step adds it there, and PostgreSQL's
+  advisory lock makes one writer per upload across instances;
 - bodies are streamed: memory does not grow with the upload's size;
 - a device sees only its own uploads: another device's URL answers 404 like an unknown one.
 """
@@ -26,6 +29,7 @@ import logging
 import os
 import re
 import secrets
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -40,9 +44,11 @@ from starlette.routing import Route
 from capsight_edge.durable import fsync_dir, make_dirs
 from cloud_sink.auth import Sessions, bearer_identity
 from cloud_sink.config import SinkConfig
-from cloud_sink.db import DatabaseUnavailable, SinkDB, Upload
+from cloud_sink.db import SinkDB, Upload
 from cloud_sink.observe import Observed, SinkMetrics
 from cloud_sink.review import add_review
+from cloud_sink.sql import Unavailable
+from cloud_sink.staging import Conflict, S3Staging
 
 log = logging.getLogger("capsight.sink.tus")
 TUS_VERSION = "1.0.0"
@@ -183,9 +189,12 @@ class TusApp:
         *,
         config: SinkConfig,
         on_complete: Callable[[], None] | None = None,
+        staging: S3Staging | None = None,
     ) -> None:
         self.dir = make_dirs(data_dir / "blobs" / "uploads")
         self.db = db
+        self.staging = staging
+        self._writing: set[str] = set()  # uploads this process writes now (staged in S3)
         self.config = config
         self.max_size = config.limits.max_upload_bytes
         self.expire_s = config.sweep.expire_hours * 3600
@@ -205,6 +214,8 @@ class TusApp:
         one), else the data file's size."""
         if up is not None and up.completed_utc is not None and up.length is not None:
             return up.length
+        if self.staging is not None:
+            return self.staging.offset(upload_id)
         try:
             return int(self.pending(upload_id).read_text())
         except (FileNotFoundError, ValueError):
@@ -318,7 +329,7 @@ class TusApp:
                     raise TusError(405, f"{method} is not allowed on the collection")
                 return await self.create(request, device)
             if method == "HEAD":
-                return self.head(upload_id, device)
+                return await asyncio.to_thread(self.head, upload_id, device)
             if method == "PATCH":
                 return await self.patch(request, upload_id, device)
             if method == "DELETE":
@@ -357,16 +368,26 @@ class TusApp:
         self.check_quotas(device, length)
         upload_id = secrets.token_urlsafe(24)
         expires = time.time() + self.expire_s
-        os.close(os.open(self.path(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        fsync_dir(self.dir)  # offsets it reports count bytes of this file: its name must last
-        self.db.create_upload(upload_id, device, length, metadata, expires)
+        if self.staging is not None:
+            self.db.create_upload(upload_id, device, length, metadata, expires)
+            try:
+                await asyncio.to_thread(self.staging.create, upload_id)
+            except BaseException:  # the bucket is out of reach: no upload was made
+                self.db.forget_upload(upload_id)
+                raise
+        else:
+            os.close(os.open(self.path(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            fsync_dir(self.dir)  # offsets it reports count bytes of this file: its name must last
+            self.db.create_upload(upload_id, device, length, metadata, expires)
         up = self.own_upload(upload_id, device)
         location = str(request.url_for("upload", upload_id=upload_id))
         headers = self.headers(Location=location, **self.expires_header(up))
         if request.headers.get("content-type") == OFFSET_TYPE:  # creation-with-upload
             try:
                 offset, up = await self.write(request, up, 0)
-            except BaseException:  # refused: no upload was made (no row, no file left)
+            except BaseException:  # refused: no upload was made (no row, no data left)
+                if self.staging is not None:
+                    await asyncio.to_thread(self.staging.remove, upload_id)
                 self.db.forget_upload(upload_id)
                 self.path(upload_id).unlink(missing_ok=True)
                 raise
@@ -380,6 +401,8 @@ class TusApp:
         # between the last write and the mark, and the client will not send again. Complete
         # it now (once; that queues its ingest).
         stored = up.completed_utc is None and not up.terminated and offset == up.length
+        if stored and self.staging is not None:
+            self.staging.finish(up.id)
         if stored and self.db.complete(up.id):
             log.info("upload %s from %s complete at HEAD", up.id, up.device)
             if self.on_complete is not None:
@@ -430,6 +453,8 @@ class TusApp:
         async with self._locked(up.id):
             self.db.terminate(upload_id)
             self.db.mark_removed(upload_id)
+            if self.staging is not None:
+                await asyncio.to_thread(self.staging.remove, upload_id)
             self.path(upload_id).unlink(missing_ok=True)
             self.pending(upload_id).unlink(missing_ok=True)
         return Response(status_code=204, headers=self.headers())
@@ -439,7 +464,12 @@ class TusApp:
     async def _locked(self, upload_id: str) -> Any:
         """The upload's exclusive lock. A client that reconnects after a cut usually finds its
         dead request still holding it until the server notices the disconnect, so the lock is
-        awaited for up to ``[timeouts] lock_wait_s`` before answering 423."""
+        awaited for up to ``[timeouts] lock_wait_s`` before answering 423. Staged in a bucket,
+        there is no data file: :meth:`_staged_lock` (yields None)."""
+        if self.staging is not None:
+            async with self._staged_lock(upload_id):
+                yield None
+            return
         try:
             fd = os.open(self.path(upload_id), os.O_RDWR)  # never re-created: DELETE wins
         except FileNotFoundError:
@@ -459,22 +489,56 @@ class TusApp:
         finally:
             os.close(fd)
 
-    async def write(self, request: Request, up: Upload, offset: int) -> tuple[int, Upload]:
+    @contextlib.asynccontextmanager
+    async def _staged_lock(self, upload_id: str) -> Any:
+        """One writer per upload staged in a bucket: this process's own set, then PostgreSQL's
+        advisory lock on the upload, which the instance's connection holds (so another
+        instance waits, then answers 423; a SIGKILLed instance's lock goes with its
+        connection). Alone on a SQLite file, this process is the only writer."""
+        key = f"capsight-upload:{upload_id}"
+        deadline = time.monotonic() + self.config.timeouts.lock_wait_s
+        while True:
+            if upload_id not in self._writing:
+                self._writing.add(upload_id)
+                try:
+                    if await asyncio.to_thread(self.db.db.try_advisory_lock, key):
+                        break
+                except BaseException:
+                    self._writing.discard(upload_id)
+                    raise
+                self._writing.discard(upload_id)
+            if time.monotonic() >= deadline:
+                raise TusError(423, "another request is writing this upload")
+            await asyncio.sleep(0.05)
+        try:
+            yield
+        finally:
+            self._writing.discard(upload_id)
+            await asyncio.to_thread(self.db.db.advisory_unlock, key)
+
+    def _checksum(self, request: Request) -> tuple[Any, bytes]:
+        """The chunk's ``Upload-Checksum``: a fresh digest and the value it must reach
+        (``None, b""`` without one)."""
         checksum = request.headers.get("upload-checksum")
-        digest = None
-        if checksum:
-            algo, _, value = checksum.partition(" ")
-            if algo not in CHECKSUMS:
-                raise TusError(400, f"checksum algorithm {algo!r} is not supported")
-            try:
-                expected = base64.b64decode(value, validate=True)
-            except binascii.Error as exc:
-                raise TusError(400, "Upload-Checksum value is not base64") from exc
-            digest = CHECKSUMS[algo]()
+        if not checksum:
+            return None, b""
+        algo, _, value = checksum.partition(" ")
+        if algo not in CHECKSUMS:
+            raise TusError(400, f"checksum algorithm {algo!r} is not supported")
+        try:
+            expected = base64.b64decode(value, validate=True)
+        except binascii.Error as exc:
+            raise TusError(400, "Upload-Checksum value is not base64") from exc
+        return CHECKSUMS[algo](), expected
+
+    async def write(self, request: Request, up: Upload, offset: int) -> tuple[int, Upload]:
+        digest, expected = self._checksum(request)
         if up.completed_utc is not None:  # complete: nothing more can be written
             if offset != up.length:
                 raise TusError(409, f"Upload-Offset {offset} != stored {up.length}")
             return up.length or 0, up
+        if self.staging is not None:
+            return await self.write_staged(request, up, offset, digest, expected)
         async with self._locked(up.id) as fd:
             fresh = self.db.get_upload(up.id)  # a DELETE may have come while we waited
             if fresh is None or fresh.terminated or fresh.removed_utc:
@@ -556,28 +620,89 @@ class TusApp:
                     # a marker back from a power cut would roll a reported offset back
                     await asyncio.to_thread(fsync_dir, self.dir)
             new_offset = os.fstat(fd).st_size
+        return new_offset, await self._after_write(up, current, new_offset, digest)
+
+    async def write_staged(
+        self, request: Request, up: Upload, offset: int, digest: Any, expected: bytes
+    ) -> tuple[int, Upload]:
+        """A PATCH of an upload staged in a bucket: the body into a local spool file (bounded
+        by the upload's room), verified, then added in one step (``S3Staging.apply``)."""
+        assert self.staging is not None
+        staging = self.staging
+        async with self._staged_lock(up.id):
+            fresh = await asyncio.to_thread(self.db.get_upload, up.id)  # a DELETE may have come
+            if fresh is None or fresh.terminated or fresh.removed_utc:
+                raise TusError(404, "no such upload")
+            current = await asyncio.to_thread(staging.offset, up.id)
+            if offset != current:
+                raise TusError(409, f"Upload-Offset {offset} != stored {current}")
+            room = (up.length - current) if up.length is not None else self.max_size - current
+            declared = _int_header(request, "content-length")
+            if declared is not None and declared > room:
+                raise TusError(413, f"{declared} bytes would pass the upload's length")
+            stall_s = self.config.timeouts.body_stall_s
+            fd, spool = tempfile.mkstemp(dir=self.dir, prefix=".spool-")
+            try:
+                received, cut = 0, ""
+                try:
+                    async for chunk in _stalling(request.stream(), stall_s):
+                        if received + len(chunk) > room:
+                            raise TusError(413, "the body passes the upload's length")
+                        _write_all(fd, chunk)
+                        if digest is not None:
+                            digest.update(chunk)
+                        received += len(chunk)
+                except ClientDisconnect:
+                    cut = "the client went away mid-chunk"
+                except BodyStalled:
+                    cut = f"the body stalled for {stall_s:g} s"
+                status = 408 if cut.startswith("the body stalled") else 400
+                if cut and digest is not None:  # an unverifiable chunk is never applied
+                    raise TusError(status, cut)
+                if digest is not None and digest.digest() != expected:
+                    raise TusError(460, "checksum mismatch: the chunk was not applied")
+                final = up.length is not None and current + received == up.length
+                new_offset = current
+                if received or final:  # without a checksum, what arrived is kept (tus core)
+                    try:
+                        new_offset = await asyncio.to_thread(
+                            staging.apply, up.id, current, Path(spool), final
+                        )
+                    except Conflict as exc:
+                        raise TusError(409, str(exc)) from None
+                if cut:
+                    raise TusError(status, cut)
+            finally:
+                os.close(fd)
+                Path(spool).unlink(missing_ok=True)
+        return new_offset, await self._after_write(up, current, new_offset, digest)
+
+    async def _after_write(self, up: Upload, current: int, new_offset: int, digest: Any) -> Upload:
+        """Complete the upload (and queue its ingest) when the write reached its length."""
         if up.length is not None and new_offset == up.length:
             # One sha256-checksummed request carried the whole upload: its digest is the file's.
             whole = digest.hexdigest() if digest is not None and current == 0 else None
-            sha256 = whole if checksum and checksum.startswith("sha256 ") else None
+            sha256 = whole if digest is not None and digest.name == "sha256" else None
             completed = await asyncio.to_thread(self.db.complete, up.id, sha256)  # and queued
             if completed:
                 up = self.db.get_upload(up.id) or up
                 log.info("upload %s from %s complete (%d bytes)", up.id, up.device, new_offset)
                 if self.on_complete is not None:
                     self.on_complete()
-        return new_offset, up
+        return up
 
 
-def database_unavailable(exc: Exception) -> Response:
-    """503 with Retry-After: the database server is out of reach for now (a cart's uploader
-    backs off and comes back; nothing it sent is lost, the offset is the data file's)."""
-    log.warning("database out of reach: %s", exc)
+def unavailable_response(exc: Exception) -> Response:
+    """503 with Retry-After: the database server or the bucket is out of reach for now (a
+    cart's uploader backs off and comes back; nothing it sent is lost: a chunk is applied
+    whole or not at all, and the offset says which)."""
+    what = exc.what if isinstance(exc, Unavailable) else "database"
+    log.warning("%s out of reach: %s", what, exc)
     return Response(
-        "the sink's database is out of reach; retry later\n",
+        f"the sink's {what} is out of reach; retry later\n",
         status_code=503,
         headers={
-            "Retry-After": str(DatabaseUnavailable.retry_after_s),
+            "Retry-After": str(Unavailable.retry_after_s),
             "Tus-Resumable": TUS_VERSION,
         },
         media_type="text/plain",
@@ -594,12 +719,15 @@ def make_app(
     ingest_workers: int = 1,
     db: str | None = None,
     instance: str = "",
+    staging: Callable[[SinkDB], S3Staging] | None = None,
 ) -> Starlette:
     """The sink: the tus endpoint at ``/files/``, ingest into ``blobs`` (default: a local folder
     under ``data_dir``) and the index, the JSON API under ``/api/``, and the sweep.
     ``db``: a ``postgresql://`` URL that several instances share, for the sink's tables and
     the index (default: ``sink.db`` and ``index.db`` in ``data_dir``); ``instance``: this
-    instance's name on its ingest claims and metrics.
+    instance's name on its ingest claims and metrics; ``staging``: makes the
+    :class:`~cloud_sink.staging.S3Staging` that keeps uploads in progress in a bucket (default:
+    files in ``data_dir``, which several instances must then share).
     ``config``: limits, quotas, timeouts (``max_size`` and ``expire_s`` override two of them);
     ``ingest_workers``: background workers on the ingest queue (0: none here, the queue
     waits)."""
@@ -621,14 +749,15 @@ def make_app(
     data = Path(os.path.expanduser(data_dir))
     sink_db = SinkDB(db or data / "sink.db")
     index = Index(db or data / "index.db")
-    tus = TusApp(data, sink_db, config=cfg)
+    staged = staging(sink_db) if staging is not None else None
+    tus = TusApp(data, sink_db, config=cfg, staging=staged)
     store = blobs or LocalBlobStore(data / "blobs" / "store")
     metrics = SinkMetrics(sink_db.gauges, instance=instance, database=sink_db.db.dialect)
-    ingest = Ingest(sink_db, store, index, tus.dir, cfg.limits)
+    ingest = Ingest(sink_db, store, index, tus.dir, cfg.limits, staging=staged)
     ingest.metrics = metrics
     ingest.instance, ingest.lease_s = instance, cfg.timeouts.ingest_lease_s
     workers = [IngestWorker(ingest) for _ in range(max(0, ingest_workers))]
-    sweeper = Sweeper(sink_db, index, tus.dir, cfg.sweep)
+    sweeper = Sweeper(sink_db, index, tus.dir, cfg.sweep, staging=staged)
 
     def wake() -> None:
         for w in workers:
@@ -652,8 +781,11 @@ def make_app(
         return JSONResponse({"ok": True, "tus": TUS_VERSION})
 
     async def readyz(request: Request) -> Response:
-        """Ready to serve: the database answers (a load balancer routes around a 503)."""
-        await asyncio.to_thread(sink_db.ping)  # DatabaseUnavailable: 503 with Retry-After
+        """Ready to serve: the database answers, and the bucket that holds uploads in progress
+        (a load balancer routes around a 503)."""
+        await asyncio.to_thread(sink_db.ping)  # Unavailable: 503 with Retry-After
+        if staged is not None:
+            await asyncio.to_thread(staged.check)
         return JSONResponse({"ok": True})
 
     methods = ["POST", "HEAD", "PATCH", "DELETE", "OPTIONS"]
@@ -670,13 +802,13 @@ def make_app(
     routes = add_registry(routes, sink_db, data)
 
     async def unavailable(request: Request, exc: Exception) -> Response:
-        return database_unavailable(exc)
+        return unavailable_response(exc)
 
     app = Starlette(
         routes=add_api(routes, sink_db, index, cfg, sweeper, ingest, metrics, sessions),
         lifespan=lifespan,
         middleware=[Middleware(Observed, metrics=metrics)],
-        exception_handlers={DatabaseUnavailable: unavailable},
+        exception_handlers={Unavailable: unavailable},
     )
     app.state.tus, app.state.db, app.state.index, app.state.ingest = tus, sink_db, index, ingest
     app.state.sweeper, app.state.config, app.state.metrics = sweeper, cfg, metrics
