@@ -321,7 +321,9 @@ class TusApp:
                         }
                     ),
                 )
-            device = self.auth(request)
+            # The database's calls run in threads: on a server each is a round trip, and the
+            # event loop keeps receiving other devices' bodies meanwhile.
+            device = await asyncio.to_thread(self.auth, request)
             if request.headers.get("tus-resumable") != TUS_VERSION:
                 raise TusError(412, "Tus-Resumable must be 1.0.0")
             if upload_id is None:
@@ -423,7 +425,7 @@ class TusApp:
         return Response(status_code=200, headers=headers)
 
     async def patch(self, request: Request, upload_id: str, device: str) -> Response:
-        up = self.own_upload(upload_id, device)
+        up = await asyncio.to_thread(self.own_upload, upload_id, device)
         if request.headers.get("content-type") != OFFSET_TYPE:
             raise TusError(415, f"Content-Type must be {OFFSET_TYPE}")
         offset = _int_header(request, "upload-offset")
@@ -540,7 +542,7 @@ class TusApp:
         if self.staging is not None:
             return await self.write_staged(request, up, offset, digest, expected)
         async with self._locked(up.id) as fd:
-            fresh = self.db.get_upload(up.id)  # a DELETE may have come while we waited
+            fresh = await asyncio.to_thread(self.db.get_upload, up.id)  # a DELETE may have come
             if fresh is None or fresh.terminated or fresh.removed_utc:
                 raise TusError(404, "no such upload")
             current = os.fstat(fd).st_size
