@@ -346,7 +346,7 @@ class Ingest:
             if MANIFEST not in files:
                 return None
             if self.staging is not None:  # in the bucket: a local copy to read, on this instance
-                files = {name: self._fetched(f) for name, f in files.items()}
+                files[MANIFEST] = self._fetched(files[MANIFEST])
             temps: list[Path] = []
             manifest: Manifest | None = None
             try:
@@ -359,6 +359,8 @@ class Ingest:
                     )
                 if any(name not in files for name in manifest.files):
                     return None  # waiting for the rest
+                if self.staging is not None:
+                    files = {name: self._fetched(f) for name, f in files.items()}
                 paths = {MANIFEST: temps[-1] if temps else files[MANIFEST].path}
                 for name, info in manifest.files.items():
                     paths[name] = self._verified(name, info, files[name], temps)

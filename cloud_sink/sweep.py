@@ -29,6 +29,7 @@ from cloud_sink.config import Sweep
 from cloud_sink.db import SinkDB, utc_now
 from cloud_sink.index import Index
 from cloud_sink.staging import S3Staging
+from cloud_sink.tus import UPLOAD_ID
 
 log = logging.getLogger("capsight.sink.sweep")
 WAITING_FACTOR = 7
@@ -80,9 +81,11 @@ class Sweeper:
             with contextlib.suppress(OSError):
                 if p.name.startswith("."):
                     stale = p.stat().st_mtime < now - 3600
-                else:
+                elif UPLOAD_ID.match(p.name):  # not an ingest's temporary file (``*.decoded``)
                     up = self.db.get_upload(p.name)
                     stale = up is None or up.removed_utc is not None
+                else:
+                    continue
                 if stale:
                     size = p.stat().st_size
                     p.unlink()
