@@ -11,8 +11,8 @@ statement that also checks that no other writer moved the offset meanwhile. So:
 - the offset reported is the database's, and every byte it counts is in the bucket;
 - a chunk is applied in one step, whole or not at all: it is received into a local spool file
   (and verified against its ``Upload-Checksum``) before anything is sent to S3, and a crash
-  before the statement leaves only unreferenced objects (a new tail under a fresh name, a part
-  number the next chunk writes again), never a changed offset;
+  before the statement leaves only unreferenced objects (a new tail under a fresh name, removed
+  with the upload; a part number the next chunk writes again), never a changed offset;
 - one writer per upload: this process's own lock, and across instances PostgreSQL's advisory
   lock on the upload, held by the instance's connection (a SIGKILLed instance lets go with it);
 - the finished upload becomes one object (CompleteMultipartUpload); ingest fetches it to a
@@ -206,15 +206,18 @@ class S3Staging:
         return dest
 
     def remove(self, upload_id: str) -> int:
-        """Give the bucket's space back: the joined object, the tail, the multipart upload's
-        parts. Returns the bytes the upload held."""
+        """Give the bucket's space back: the joined object, every tail (the recorded one, and
+        any a crash left unrecorded between sending it and the database's statement), the
+        multipart upload's parts. Returns the bytes the upload held."""
         st = self.db.staged(upload_id)
         if st is None:
             return 0
         key = self.key(upload_id)
         with self._errors():
             self._forget_object(key)
-            self._forget_object(st.tail_key)
+            listed = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=f"{key}.tail.")
+            for obj in listed.get("Contents", []):  # a few at most: one per crash
+                self._forget_object(obj["Key"])
             if not st.finished:
                 with contextlib.suppress(self.s3.exceptions.ClientError):
                     self.s3.abort_multipart_upload(
