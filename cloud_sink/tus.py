@@ -533,6 +533,23 @@ class TusApp:
             raise TusError(400, "Upload-Checksum value is not base64") from exc
         return CHECKSUMS[algo](), expected
 
+    async def _still_there(self, up: Upload) -> None:
+        """404 if a DELETE (or the sweep) came while the request waited for the upload's lock."""
+        fresh = await asyncio.to_thread(self.db.get_upload, up.id)
+        if fresh is None or fresh.terminated or fresh.removed_utc:
+            raise TusError(404, "no such upload")
+
+    def _room(self, request: Request, up: Upload, offset: int, current: int) -> int:
+        """The bytes this PATCH may still add (409 unless it starts at the stored offset, 413
+        when its declared Content-Length would pass the upload's length)."""
+        if offset != current:
+            raise TusError(409, f"Upload-Offset {offset} != stored {current}")
+        room = (up.length - current) if up.length is not None else self.max_size - current
+        declared = _int_header(request, "content-length")
+        if declared is not None and declared > room:
+            raise TusError(413, f"{declared} bytes would pass the upload's length")
+        return room
+
     async def write(self, request: Request, up: Upload, offset: int) -> tuple[int, Upload]:
         digest, expected = self._checksum(request)
         if up.completed_utc is not None:  # complete: nothing more can be written
@@ -542,16 +559,9 @@ class TusApp:
         if self.staging is not None:
             return await self.write_staged(request, up, offset, digest, expected)
         async with self._locked(up.id) as fd:
-            fresh = await asyncio.to_thread(self.db.get_upload, up.id)  # a DELETE may have come
-            if fresh is None or fresh.terminated or fresh.removed_utc:
-                raise TusError(404, "no such upload")
+            await self._still_there(up)
             current = os.fstat(fd).st_size
-            if offset != current:
-                raise TusError(409, f"Upload-Offset {offset} != stored {current}")
-            room = (up.length - current) if up.length is not None else self.max_size - current
-            declared = _int_header(request, "content-length")
-            if declared is not None and declared > room:
-                raise TusError(413, f"{declared} bytes would pass the upload's length")
+            room = self._room(request, up, offset, current)
             marker = self.pending(up.id) if digest is not None else None
             if marker is not None:
                 # fsyncs run in a thread: the event loop keeps serving other devices meanwhile
@@ -632,16 +642,9 @@ class TusApp:
         assert self.staging is not None
         staging = self.staging
         async with self._staged_lock(up.id):
-            fresh = await asyncio.to_thread(self.db.get_upload, up.id)  # a DELETE may have come
-            if fresh is None or fresh.terminated or fresh.removed_utc:
-                raise TusError(404, "no such upload")
+            await self._still_there(up)
             current = await asyncio.to_thread(staging.offset, up.id)
-            if offset != current:
-                raise TusError(409, f"Upload-Offset {offset} != stored {current}")
-            room = (up.length - current) if up.length is not None else self.max_size - current
-            declared = _int_header(request, "content-length")
-            if declared is not None and declared > room:
-                raise TusError(413, f"{declared} bytes would pass the upload's length")
+            room = self._room(request, up, offset, current)
             stall_s = self.config.timeouts.body_stall_s
             fd, spool = tempfile.mkstemp(dir=self.dir, prefix=".spool-")
             try:

@@ -5,6 +5,9 @@ run's PostgreSQL server (``--db`` added wherever a command takes it)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +18,13 @@ from tests.conftest import ROOT
 
 __all__ = [
     "BACKEND",
+    "OCTETS",
     "Sink",
+    "TusClient",
+    "bundle_metadata",
+    "chunk_checksum",
     "free_port",
+    "half_sent_patch",
     "sink_cli",
     "sink_db",
     "sink_index",
@@ -98,3 +106,99 @@ def api_json(response: object) -> dict:  # type: ignore[type-arg]
 
     (record,) = json_records(response.text, folder="schemas/api")  # type: ignore[attr-defined]
     return record
+
+
+# -- a tus client of the sink's own, for tests across instances -------------------------------
+OCTETS = {"Content-Type": "application/offset+octet-stream"}
+
+
+def bundle_metadata(bundle_id: str, name: str) -> str:
+    """Upload-Metadata naming a bundle's file."""
+    return ",".join(
+        f"{k} {base64.b64encode(v.encode()).decode()}"
+        for k, v in (("bundle_id", bundle_id), ("filename", name))
+    )
+
+
+def chunk_checksum(data: bytes) -> str:
+    """Upload-Checksum for ``data`` (sha256)."""
+    return "sha256 " + base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+class TusClient:
+    """A tus client whose every request goes to the next of ``urls`` (one URL: always it), on a
+    new connection each; ``seen`` records where each went."""
+
+    def __init__(self, urls: list[str], token: str) -> None:
+        self.urls, self.token, self.n = urls, token, 0
+        self.seen: list[str] = []
+
+    def next(self) -> str:
+        url = self.urls[self.n % len(self.urls)]
+        self.n += 1
+        self.seen.append(url)
+        return url
+
+    def create(self, bundle_id: str, name: str, length: int) -> str:
+        import httpx
+
+        r = httpx.post(
+            self.next() + "/files/",
+            headers=tus_headers(
+                self.token,
+                **{
+                    "Upload-Length": str(length),
+                    "Upload-Metadata": bundle_metadata(bundle_id, name),
+                },
+            ),
+        )
+        assert r.status_code == 201, r.text
+        return str(r.headers["Location"]).rsplit("/", 1)[1]
+
+    def head(self, upload_id: str) -> int:
+        import httpx
+
+        r = httpx.head(self.next() + f"/files/{upload_id}", headers=tus_headers(self.token))
+        assert r.status_code == 200, r.text
+        return int(r.headers["Upload-Offset"])
+
+    def patch(self, upload_id: str, offset: int, chunk: bytes, checksum: str = "") -> Any:
+        """A checksummed PATCH (``checksum``: another Upload-Checksum than the chunk's)."""
+        import httpx
+
+        return httpx.patch(
+            self.next() + f"/files/{upload_id}",
+            headers=tus_headers(
+                self.token,
+                **OCTETS,
+                **{
+                    "Upload-Offset": str(offset),
+                    "Upload-Checksum": checksum or chunk_checksum(chunk),
+                },
+            ),
+            content=chunk,
+            timeout=60,
+        )
+
+    def send(self, upload_id: str, data: bytes, chunk: int) -> None:
+        """The rest of ``data`` from the offset HEAD gives, in checksummed chunks."""
+        offset = self.head(upload_id)
+        while offset < len(data):
+            r = self.patch(upload_id, offset, data[offset : offset + chunk])
+            assert r.status_code == 204, r.text
+            offset = int(r.headers["Upload-Offset"])
+
+
+def half_sent_patch(
+    url: str, token: str, upload_id: str, offset: int, chunk: bytes
+) -> socket.socket:
+    """A checksummed PATCH whose body stops halfway (the connection stays open)."""
+    s = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    head = (
+        f"PATCH /files/{upload_id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"Tus-Resumable: 1.0.0\r\nContent-Type: application/offset+octet-stream\r\n"
+        f"Upload-Offset: {offset}\r\nUpload-Checksum: {chunk_checksum(chunk)}\r\n"
+        f"Content-Length: {len(chunk)}\r\n\r\n"
+    )
+    s.sendall(head.encode() + chunk[: len(chunk) // 2])
+    return s

@@ -5,10 +5,7 @@ folder (nothing shared but the database and the bucket)."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,15 +13,22 @@ from typing import Any
 import httpx
 import pytest
 
+from benchmarks.bundles import make_bundle
 from capsight_edge.bundle.manifest import CLIP, MANIFEST, SENSORS
 from capsight_edge.localsink import TcpProxy
 from cloud_sink.db import SinkDB
 from cloud_sink.staging import MIN_PART
-from tests.sink_helpers import Sink, api_json, tus_headers
-from tests.test_sink_ingest import make_bundle
+from tests.sink_helpers import (
+    OCTETS,
+    Sink,
+    TusClient,
+    api_json,
+    chunk_checksum,
+    half_sent_patch,
+    tus_headers,
+)
 
 BUCKET = "capsight-staging"
-OCTETS = {"Content-Type": "application/offset+octet-stream"}
 MiB = 1 << 20
 
 
@@ -80,78 +84,6 @@ def keys(client: Any, prefix: str = "") -> list[str]:
     return sorted(o["Key"] for o in got)
 
 
-def _meta(bundle_id: str, name: str) -> str:
-    return ",".join(
-        f"{k} {base64.b64encode(v.encode()).decode()}"
-        for k, v in (("bundle_id", bundle_id), ("filename", name))
-    )
-
-
-def _checksum(data: bytes) -> str:
-    return "sha256 " + base64.b64encode(hashlib.sha256(data).digest()).decode()
-
-
-class Client:
-    """A tus client on one URL (a proxy's, an instance's), every request on a new connection."""
-
-    def __init__(self, url: str, token: str) -> None:
-        self.url, self.token = url, token
-
-    def create(self, bundle_id: str, name: str, length: int) -> str:
-        r = httpx.post(
-            self.url + "/files/",
-            headers=tus_headers(
-                self.token,
-                **{"Upload-Length": str(length), "Upload-Metadata": _meta(bundle_id, name)},
-            ),
-        )
-        assert r.status_code == 201, r.text
-        return r.headers["Location"].rsplit("/", 1)[1]
-
-    def head(self, upload_id: str) -> int:
-        r = httpx.head(self.url + f"/files/{upload_id}", headers=tus_headers(self.token))
-        assert r.status_code == 200, r.text
-        return int(r.headers["Upload-Offset"])
-
-    def patch(
-        self, upload_id: str, offset: int, chunk: bytes, checksum: str | None = None
-    ) -> httpx.Response:
-        return httpx.patch(
-            self.url + f"/files/{upload_id}",
-            headers=tus_headers(
-                self.token,
-                **OCTETS,
-                **{
-                    "Upload-Offset": str(offset),
-                    "Upload-Checksum": checksum or _checksum(chunk),
-                },
-            ),
-            content=chunk,
-            timeout=60,
-        )
-
-    def send(self, upload_id: str, data: bytes, chunk: int) -> None:
-        offset = self.head(upload_id)
-        while offset < len(data):
-            r = self.patch(upload_id, offset, data[offset : offset + chunk])
-            assert r.status_code == 204, r.text
-            offset = int(r.headers["Upload-Offset"])
-
-
-def _half_sent_patch(url: str, token: str, upload_id: str, offset: int, chunk: bytes) -> Any:
-    """A checksummed PATCH whose body stops halfway (the connection stays open)."""
-    port = int(url.rsplit(":", 1)[1])
-    s = socket.create_connection(("127.0.0.1", port))
-    head = (
-        f"PATCH /files/{upload_id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-        f"Tus-Resumable: 1.0.0\r\nContent-Type: application/offset+octet-stream\r\n"
-        f"Upload-Offset: {offset}\r\nUpload-Checksum: {_checksum(chunk)}\r\n"
-        f"Content-Length: {len(chunk)}\r\n\r\n"
-    )
-    s.sendall(head.encode() + chunk[: len(chunk) // 2])
-    return s
-
-
 def test_chunks_too_small_for_a_part_wait_in_a_tail_and_every_chunk_lands_whole_or_not(
     s3: tuple[Any, TcpProxy], moto_url: str, tmp_path: Path
 ) -> None:
@@ -163,7 +95,7 @@ def test_chunks_too_small_for_a_part_wait_in_a_tail_and_every_chunk_lands_whole_
     token = sink.add_device("cart-a")
     sink.start()
     try:
-        c = Client(sink.url, token)
+        c = TusClient([sink.url], token)
         data = os.urandom(12 * MiB + 12345)
         upload_id = c.create("not-a-bundle", "notes.bin", len(data))
         key = f"uploads/{upload_id}"
@@ -172,11 +104,11 @@ def test_chunks_too_small_for_a_part_wait_in_a_tail_and_every_chunk_lands_whole_
         for i in range(7):
             chunk = data[offset : offset + MiB]
             if i == 2:  # a bad checksum: 460, nothing applied
-                r = c.patch(upload_id, offset, chunk, checksum=_checksum(b"other"))
+                r = c.patch(upload_id, offset, chunk, checksum=chunk_checksum(b"other"))
                 assert r.status_code == 460, r.text
                 assert c.head(upload_id) == offset
             if i == 3:  # cut off halfway: nothing applied
-                _half_sent_patch(sink.url, token, upload_id, offset, chunk).close()
+                half_sent_patch(sink.url, token, upload_id, offset, chunk).close()
                 assert c.head(upload_id) == offset
             r = c.patch(upload_id, offset, chunk)
             assert r.status_code == 204, r.text
@@ -209,7 +141,7 @@ def test_a_bundle_staged_in_the_bucket_is_ingested_and_the_bucket_gives_the_spac
     token = sink.add_device("cart-a")
     sink.start()
     try:
-        c = Client(sink.url, token)
+        c = TusClient([sink.url], token)
         folder = make_bundle(tmp_path / "b", "staged-1", noise_frames=40)
         files = {name: (folder / name).read_bytes() for name in (CLIP, SENSORS, MANIFEST)}
         for name, body in files.items():
@@ -246,7 +178,7 @@ def test_a_bucket_that_goes_down_is_503_and_loses_no_chunk(
     token = sink.add_device("cart-a")
     sink.start()
     try:
-        c = Client(sink.url, token)
+        c = TusClient([sink.url], token)
         data = os.urandom(3 * MiB)
         upload_id = c.create("nb", "notes.bin", len(data))
         assert c.patch(upload_id, 0, data[:MiB]).status_code == 204
@@ -317,7 +249,7 @@ def test_three_instances_behind_a_proxy_share_staged_uploads_through_a_kill(
     carries on through the proxy. Every file ends byte-identical, the bundle indexed once."""
     sinks, proxy, token, url = staged_instances
     client_s3, _ = s3
-    c = Client(proxy.url, token)
+    c = TusClient([proxy.url], token)
     folder = make_bundle(tmp_path / "b", "multi-s3", noise_frames=40)
     files = {name: (folder / name).read_bytes() for name in (CLIP, SENSORS, MANIFEST)}
     chunk = max(4096, len(files[CLIP]) // 6)
@@ -325,7 +257,7 @@ def test_three_instances_behind_a_proxy_share_staged_uploads_through_a_kill(
     clip_id = c.create("multi-s3", CLIP, len(files[CLIP]))
     assert c.patch(clip_id, 0, files[CLIP][:chunk]).status_code == 204
     victim = sinks[1]
-    cut = _half_sent_patch(victim.url, token, clip_id, chunk, files[CLIP][chunk : 2 * chunk])
+    cut = half_sent_patch(victim.url, token, clip_id, chunk, files[CLIP][chunk : 2 * chunk])
     busy = httpx.patch(  # the victim holds the upload's advisory lock: 423 elsewhere
         sinks[2].url + f"/files/{clip_id}",
         headers=tus_headers(token, **OCTETS, **{"Upload-Offset": str(chunk)}),

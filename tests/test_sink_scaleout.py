@@ -4,10 +4,7 @@ once, and a database that is down answered with 503 + Retry-After, losing nothin
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +20,15 @@ from cloud_sink.db import SinkDB, SinkError
 from cloud_sink.index import Index
 from cloud_sink.sql import Database
 from tests.conftest import wait_until
-from tests.sink_helpers import Sink, api_json, sink_cli, tus_headers
-
-OCTETS = {"Content-Type": "application/offset+octet-stream"}
+from tests.sink_helpers import (
+    OCTETS,
+    Sink,
+    TusClient,
+    api_json,
+    half_sent_patch,
+    sink_cli,
+    tus_headers,
+)
 
 
 def _queue(db: SinkDB, n: int) -> None:
@@ -292,81 +295,6 @@ def test_a_database_server_out_of_reach_is_a_clear_error(tmp_path: Path) -> None
 
 
 # -- several instances ----------------------------------------------------------------------------
-def _meta(bundle_id: str, name: str) -> str:
-    return ",".join(
-        f"{k} {base64.b64encode(v.encode()).decode()}"
-        for k, v in (("bundle_id", bundle_id), ("filename", name))
-    )
-
-
-def _checksum(data: bytes) -> str:
-    return "sha256 " + base64.b64encode(hashlib.sha256(data).digest()).decode()
-
-
-class RoundRobin:
-    """A tus client whose every request goes to the next instance."""
-
-    def __init__(self, urls: list[str], token: str) -> None:
-        self.urls, self.token, self.n = urls, token, 0
-        self.seen: list[str] = []
-
-    def next(self) -> str:
-        url = self.urls[self.n % len(self.urls)]
-        self.n += 1
-        self.seen.append(url)
-        return url
-
-    def create(self, bundle_id: str, name: str, length: int) -> str:
-        r = httpx.post(
-            self.next() + "/files/",
-            headers=tus_headers(
-                self.token,
-                **{"Upload-Length": str(length), "Upload-Metadata": _meta(bundle_id, name)},
-            ),
-        )
-        assert r.status_code == 201, r.text
-        return r.headers["Location"].rsplit("/", 1)[1]
-
-    def head(self, upload_id: str) -> int:
-        r = httpx.head(self.next() + f"/files/{upload_id}", headers=tus_headers(self.token))
-        assert r.status_code == 200, r.text
-        return int(r.headers["Upload-Offset"])
-
-    def patch(self, upload_id: str, offset: int, chunk: bytes) -> httpx.Response:
-        return httpx.patch(
-            self.next() + f"/files/{upload_id}",
-            headers=tus_headers(
-                self.token,
-                **OCTETS,
-                **{"Upload-Offset": str(offset), "Upload-Checksum": _checksum(chunk)},
-            ),
-            content=chunk,
-            timeout=30,
-        )
-
-    def send(self, upload_id: str, data: bytes, chunk: int) -> None:
-        offset = self.head(upload_id)
-        while offset < len(data):
-            r = self.patch(upload_id, offset, data[offset : offset + chunk])
-            assert r.status_code == 204, r.text
-            offset = int(r.headers["Upload-Offset"])
-
-
-def _half_sent_patch(
-    port: int, token: str, upload_id: str, offset: int, chunk: bytes
-) -> socket.socket:
-    """A checksummed PATCH whose body stops halfway (the connection stays open)."""
-    s = socket.create_connection(("127.0.0.1", port))
-    head = (
-        f"PATCH /files/{upload_id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-        f"Tus-Resumable: 1.0.0\r\nContent-Type: application/offset+octet-stream\r\n"
-        f"Upload-Offset: {offset}\r\nUpload-Checksum: {_checksum(chunk)}\r\n"
-        f"Content-Length: {len(chunk)}\r\n\r\n"
-    )
-    s.sendall(head.encode() + chunk[: len(chunk) // 2])
-    return s
-
-
 @pytest.fixture
 def instances(postgres: Any, tmp_path: Path) -> Iterator[tuple[list[Sink], str, str]]:
     url = postgres.database()
@@ -396,7 +324,7 @@ def test_three_instances_share_uploads_and_ingest_each_bundle_once_through_a_kil
     checksummed chunk; the client carries on through the others. Every file ends
     byte-identical in the store, the bundle is indexed once, every queued ingest done once."""
     sinks, token, url = instances
-    client = RoundRobin([s.url for s in sinks], token)
+    client = TusClient([s.url for s in sinks], token)
     folder = make_bundle(tmp_path / "b", "multi-1", noise_frames=40)
     files = {name: (folder / name).read_bytes() for name in (CLIP, SENSORS, MANIFEST)}
     chunk = max(4096, len(files[CLIP]) // 6)
@@ -405,7 +333,7 @@ def test_three_instances_share_uploads_and_ingest_each_bundle_once_through_a_kil
     r = client.patch(clip_id, 0, files[CLIP][:chunk])
     assert r.status_code == 204
     victim = sinks[1]
-    cut = _half_sent_patch(victim.port, token, clip_id, chunk, files[CLIP][chunk : 2 * chunk])
+    cut = half_sent_patch(victim.url, token, clip_id, chunk, files[CLIP][chunk : 2 * chunk])
     # The victim holds the upload's lock: another instance that tries to write waits, then 423.
     busy = httpx.patch(
         sinks[2].url + f"/files/{clip_id}",
@@ -472,7 +400,7 @@ def test_a_database_that_goes_down_is_503_with_retry_after_and_loses_nothing(
         token = sink.add_device("cart-a")
         sink.start()
         try:
-            client = RoundRobin([sink.url], token)
+            client = TusClient([sink.url], token)
             folder = make_bundle(tmp_path / "b", "down-1")
             data = (folder / CLIP).read_bytes()
             upload_id = client.create("down-1", CLIP, len(data))
