@@ -25,6 +25,7 @@ __all__ = [
     "chunk_checksum",
     "free_port",
     "half_sent_patch",
+    "kill_holding_the_upload",
     "sink_cli",
     "sink_db",
     "sink_index",
@@ -202,3 +203,21 @@ def half_sent_patch(
     )
     s.sendall(head.encode() + chunk[: len(chunk) // 2])
     return s
+
+
+def kill_holding_the_upload(
+    victim: Sink, other_url: str, token: str, upload_id: str, offset: int, chunk: bytes
+) -> None:
+    """SIGKILL ``victim`` halfway through a checksummed PATCH of ``chunk`` at ``offset``; while
+    it holds the upload, a write through the instance at ``other_url`` waits, then answers 423."""
+    import httpx
+
+    cut = half_sent_patch(victim.url, token, upload_id, offset, chunk)
+    busy = httpx.patch(
+        other_url + f"/files/{upload_id}",
+        headers=tus_headers(token, **OCTETS, **{"Upload-Offset": str(offset)}),
+        content=b"x",
+    )
+    assert busy.status_code == 423, busy.text
+    victim.kill()
+    cut.close()

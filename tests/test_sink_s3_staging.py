@@ -5,6 +5,7 @@ folder (nothing shared but the database and the bucket)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +20,12 @@ from capsight_edge.localsink import TcpProxy
 from cloud_sink.db import SinkDB
 from cloud_sink.staging import MIN_PART
 from tests.sink_helpers import (
-    OCTETS,
     Sink,
     TusClient,
     api_json,
     chunk_checksum,
     half_sent_patch,
+    kill_holding_the_upload,
     tus_headers,
 )
 
@@ -64,6 +65,21 @@ def s3(moto_url: str) -> Iterator[tuple[Any, TcpProxy]]:
         client.delete_bucket(Bucket=BUCKET)
 
 
+@contextlib.contextmanager
+def one_staged_sink(tmp_path: Path, s3_url: str) -> Iterator[tuple[Sink, str]]:
+    """A running sink that stages in the bucket at ``s3_url``, and a device's token; on the
+    way out, its log must hold no traceback."""
+    sink = staged_sink(tmp_path / "sink", s3_url, log=tmp_path / "sink.log")
+    token = sink.add_device("cart-a")
+    sink.start()
+    try:
+        yield sink, token
+    finally:
+        sink.stop()
+    log = (tmp_path / "sink.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
+
+
 def staged_sink(data: Path, s3_url: str, *args: str, db: str = "", log: Path) -> Sink:
     return Sink(
         data,
@@ -91,10 +107,7 @@ def test_chunks_too_small_for_a_part_wait_in_a_tail_and_every_chunk_lands_whole_
     offset counts every byte the bucket holds; a chunk that fails its checksum or is cut off
     changes nothing; the finished upload is one object, byte for byte what was sent."""
     client_s3, _ = s3
-    sink = staged_sink(tmp_path / "sink", moto_url, log=tmp_path / "sink.log")
-    token = sink.add_device("cart-a")
-    sink.start()
-    try:
+    with one_staged_sink(tmp_path, moto_url) as (sink, token):
         c = TusClient([sink.url], token)
         data = os.urandom(12 * MiB + 12345)
         upload_id = c.create("not-a-bundle", "notes.bin", len(data))
@@ -128,19 +141,13 @@ def test_chunks_too_small_for_a_part_wait_in_a_tail_and_every_chunk_lands_whole_
         assert keys(client_s3, key + ".tail.") == []
         assert 5 * MiB == MIN_PART
         db.close()
-    finally:
-        sink.stop()
-    assert "Traceback" not in (tmp_path / "sink.log").read_text()
 
 
 def test_a_bundle_staged_in_the_bucket_is_ingested_and_the_bucket_gives_the_space_back(
     s3: tuple[Any, TcpProxy], moto_url: str, tmp_path: Path
 ) -> None:
     client_s3, _ = s3
-    sink = staged_sink(tmp_path / "sink", moto_url, log=tmp_path / "sink.log")
-    token = sink.add_device("cart-a")
-    sink.start()
-    try:
+    with one_staged_sink(tmp_path, moto_url) as (sink, token):
         c = TusClient([sink.url], token)
         folder = make_bundle(tmp_path / "b", "staged-1", noise_frames=40)
         files = {name: (folder / name).read_bytes() for name in (CLIP, SENSORS, MANIFEST)}
@@ -162,9 +169,6 @@ def test_a_bundle_staged_in_the_bucket_is_ingested_and_the_bucket_gives_the_spac
         assert keys(client_s3, "uploads/") == []
         assert client_s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
         assert SinkDB(tmp_path / "sink" / "sink.db").staged(upload_id) is None
-    finally:
-        sink.stop()
-    assert "Traceback" not in (tmp_path / "sink.log").read_text()
 
 
 def test_a_bucket_that_goes_down_is_503_and_loses_no_chunk(
@@ -174,10 +178,7 @@ def test_a_bucket_that_goes_down_is_503_and_loses_no_chunk(
     with Retry-After (never 500), /readyz says not ready, HEAD still answers from the database,
     and once the bucket is back the upload goes on from the same offset."""
     _, proxy = s3
-    sink = staged_sink(tmp_path / "sink", proxy.url, log=tmp_path / "sink.log")
-    token = sink.add_device("cart-a")
-    sink.start()
-    try:
+    with one_staged_sink(tmp_path, proxy.url) as (sink, token):
         c = TusClient([sink.url], token)
         data = os.urandom(3 * MiB)
         upload_id = c.create("nb", "notes.bin", len(data))
@@ -196,10 +197,6 @@ def test_a_bucket_that_goes_down_is_503_and_loses_no_chunk(
         assert httpx.get(sink.url + "/readyz").status_code == 200
         c.send(upload_id, data, MiB)
         assert c.head(upload_id) == len(data)
-    finally:
-        sink.stop()
-    log = (tmp_path / "sink.log").read_text()
-    assert "Traceback" not in log, log[-3000:]
 
 
 @pytest.fixture
@@ -256,16 +253,9 @@ def test_three_instances_behind_a_proxy_share_staged_uploads_through_a_kill(
 
     clip_id = c.create("multi-s3", CLIP, len(files[CLIP]))
     assert c.patch(clip_id, 0, files[CLIP][:chunk]).status_code == 204
-    victim = sinks[1]
-    cut = half_sent_patch(victim.url, token, clip_id, chunk, files[CLIP][chunk : 2 * chunk])
-    busy = httpx.patch(  # the victim holds the upload's advisory lock: 423 elsewhere
-        sinks[2].url + f"/files/{clip_id}",
-        headers=tus_headers(token, **OCTETS, **{"Upload-Offset": str(chunk)}),
-        content=b"x",
-    )
-    assert busy.status_code == 423, busy.text
-    victim.kill()
-    cut.close()
+    victim = sinks[1]  # it dies holding the upload's advisory lock (423 from another meanwhile)
+    second = files[CLIP][chunk : 2 * chunk]
+    kill_holding_the_upload(victim, sinks[2].url, token, clip_id, chunk, second)
     assert c.head(clip_id) == chunk  # the half chunk was never applied
     c.send(clip_id, files[CLIP], chunk)
     for name in (SENSORS, MANIFEST):

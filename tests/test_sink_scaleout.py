@@ -21,11 +21,10 @@ from cloud_sink.index import Index
 from cloud_sink.sql import Database
 from tests.conftest import wait_until
 from tests.sink_helpers import (
-    OCTETS,
     Sink,
     TusClient,
     api_json,
-    half_sent_patch,
+    kill_holding_the_upload,
     sink_cli,
     tus_headers,
 )
@@ -332,17 +331,9 @@ def test_three_instances_share_uploads_and_ingest_each_bundle_once_through_a_kil
     clip_id = client.create("multi-1", CLIP, len(files[CLIP]))
     r = client.patch(clip_id, 0, files[CLIP][:chunk])
     assert r.status_code == 204
-    victim = sinks[1]
-    cut = half_sent_patch(victim.url, token, clip_id, chunk, files[CLIP][chunk : 2 * chunk])
-    # The victim holds the upload's lock: another instance that tries to write waits, then 423.
-    busy = httpx.patch(
-        sinks[2].url + f"/files/{clip_id}",
-        headers=tus_headers(token, **OCTETS, **{"Upload-Offset": str(chunk)}),
-        content=b"x",
-    )
-    assert busy.status_code == 423, busy.text
-    victim.kill()
-    cut.close()
+    victim = sinks[1]  # it dies holding the upload's lock (423 from another meanwhile)
+    second = files[CLIP][chunk : 2 * chunk]
+    kill_holding_the_upload(victim, sinks[2].url, token, clip_id, chunk, second)
     client.urls = [sinks[0].url, sinks[2].url]
     assert client.head(clip_id) == chunk  # the half chunk was never applied
     client.send(clip_id, files[CLIP], chunk)
