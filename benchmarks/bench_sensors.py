@@ -381,5 +381,6 @@ def _pty_clock_errors(seconds: float, profile_path: str) -> list[float]:
                     raise RuntimeError("the link made under 10 clock exchanges in 60 s")
                 time.sleep(0.1)
             time.sleep(seconds)
-        truth = {(r.seq, r.mcu_us): r.host_ns for r in sim.history}
+    # read once the simulator has stopped (it appends to its history while it runs)
+    truth = {(r.seq, r.mcu_us): r.host_ns for r in sim.history}
     return [abs(t - truth[(s, u)]) / 1e6 for s, u, t in got if (s, u) in truth]

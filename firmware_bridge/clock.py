@@ -5,6 +5,9 @@ the host's clock that moment lies, assuming symmetric link delays, halfway betwe
 receive. A straight-line fit over the recent points gives offset and drift (crystals are off by
 tens of ppm, so offset alone goes wrong by milliseconds within a minute). Exchanges whose round
 trip is much longer than the best recent one carry mostly queueing delay and are left out.
+"Recent" counts every exchange offered, kept or left out: when the link gets slower for good (a
+busier CPU), the old best round trips leave that window and the new ones are kept again, instead
+of every later exchange being left out against a best that can no longer be reached.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass
+
+#: How many of the latest exchanges set the best round trip that others are measured against.
+RECENT = 16
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,7 @@ class ClockSync:
         min_span_s: float = 2.0,
     ) -> None:
         self._points: deque[SyncPoint] = deque(maxlen=window)
+        self._offered: deque[int] = deque(maxlen=RECENT)  # round trips of the latest exchanges
         self._lock = threading.Lock()
         self._rtt_slack = rtt_slack
         self._min_points = min_points_for_drift
@@ -57,6 +64,7 @@ class ClockSync:
         """Forget everything (the MCU rebooted: its clock restarted)."""
         with self._lock:
             self._points.clear()
+            self._offered.clear()
             self._slope, self._intercept, self._ref_us = 1000.0, 0.0, 0
             self.exchanges = 0
 
@@ -68,7 +76,8 @@ class ClockSync:
             return False
         point = SyncPoint(mcu_rx_us, send_ns + rtt // 2, rtt)
         with self._lock:
-            best = min((p.rtt_ns for p in self._points), default=rtt)
+            best = min(self._offered, default=rtt)
+            self._offered.append(rtt)
             if self._points and rtt > self._rtt_slack * best + 200_000:
                 self.rejected += 1
                 return False
@@ -79,7 +88,7 @@ class ClockSync:
 
     def _fit(self) -> None:
         pts = list(self._points)
-        best = min(p.rtt_ns for p in pts)
+        best = min(p.rtt_ns for p in pts[-RECENT:])
         good = [p for p in pts if p.rtt_ns <= self._rtt_slack * best + 200_000]
         ref = good[-1].mcu_us
         xs = [p.mcu_us - ref for p in good]

@@ -43,6 +43,21 @@ def test_queued_exchanges_are_left_out() -> None:
     assert not clock.add_exchange(10**12, 10**12 + 50_000_000, 1)  # 50 ms round trip
 
 
+def test_a_link_that_gets_slower_for_good_is_followed_not_left_out() -> None:
+    """A quick start (0.1 ms round trips), then a busier machine (3 ms, steady): the slower
+    exchanges are queueing outliers only while the quick ones are recent; after that they are
+    kept, and the mapping follows the link (before, every one was left out for ever)."""
+    clock, boot_us = ClockSync(), 7_000_000
+    for i in range(60):
+        rtt = 100_000 if i < 5 else 3_000_000
+        send = 10**9 * (i + 1)
+        rx = send + rtt // 2
+        assert clock.add_exchange(send, send + rtt, boot_us + rx // 1000) or 5 <= i < 5 + 16
+    assert clock.exchanges >= 60 - 16
+    probe = 10**9 * 61 + 1_500_000
+    assert abs(clock.to_host_ns(boot_us + probe // 1000) - probe) < 1_000_000
+
+
 def test_offset_only_before_enough_span() -> None:
     clock = ClockSync()
     clock.add_exchange(1_000_000, 1_200_000, 500)
