@@ -18,6 +18,9 @@ from dataclasses import dataclass
 
 #: How many of the latest exchanges set the best round trip that others are measured against.
 RECENT = 16
+#: Round trips within twice the best plus this are kept: a serial link's own jitter (a pty on a
+#: busy host: 0.4 to 1.7 ms) is not queueing delay; a queued exchange waits milliseconds more.
+RTT_FLOOR_NS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ class ClockSync:
         with self._lock:
             best = min(self._offered, default=rtt)
             self._offered.append(rtt)
-            if self._points and rtt > self._rtt_slack * best + 200_000:
+            if self._points and rtt > self._rtt_slack * best + RTT_FLOOR_NS:
                 self.rejected += 1
                 return False
             self._points.append(point)
@@ -89,7 +92,7 @@ class ClockSync:
     def _fit(self) -> None:
         pts = list(self._points)
         best = min(p.rtt_ns for p in pts[-RECENT:])
-        good = [p for p in pts if p.rtt_ns <= self._rtt_slack * best + 200_000]
+        good = [p for p in pts if p.rtt_ns <= self._rtt_slack * best + RTT_FLOOR_NS]
         ref = good[-1].mcu_us
         xs = [p.mcu_us - ref for p in good]
         ys = [p.host_ns for p in good]
