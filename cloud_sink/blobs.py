@@ -44,6 +44,11 @@ def s3_client(endpoint_url: str | None = None, **client_kw: Any) -> Any:
     return boto3.client("s3", endpoint_url=endpoint_url, config=config, **client_kw)
 
 
+def key_prefix(prefix: str) -> str:
+    """``--s3-prefix`` as keys start with it: ``""`` or ``"name/"``."""
+    return prefix.strip("/") + "/" if prefix.strip("/") else ""
+
+
 def s3_missing(exc: BaseException) -> bool:
     """Whether ``exc`` is S3 saying the object or the multipart upload is not there."""
     code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
@@ -145,7 +150,7 @@ class S3BlobStore:
     ) -> None:
         self.bucket = bucket
         self.endpoint_url = endpoint_url
-        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.prefix = key_prefix(prefix)
         self.s3 = s3_client(endpoint_url, **client_kw)
 
     def _key(self, key: str) -> str:

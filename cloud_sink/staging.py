@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cloud_sink.blobs import s3_client, s3_errors, s3_missing
+from cloud_sink.blobs import key_prefix, s3_client, s3_errors, s3_missing
 from cloud_sink.db import SinkDB, SinkError, Staged
 
 #: S3's smallest part (all but the last of an upload).
@@ -69,7 +69,7 @@ class S3Staging:
         if part_bytes < MIN_PART:
             raise SinkError(f"a part must hold at least {MIN_PART} bytes (S3's minimum)")
         self.bucket, self.db, self.part_bytes = bucket, db, part_bytes
-        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.prefix = key_prefix(prefix)
         self.s3 = s3_client(endpoint_url, **client_kw)
 
     def key(self, upload_id: str) -> str:
