@@ -133,6 +133,18 @@ def test_dropped_frames_show_as_sequence_gaps(
     assert lk.stats().errors == {}
 
 
+def test_the_simulator_survives_replugs_at_any_moment(sim: McuSimulator) -> None:
+    """A replug boots the MCU again at whatever point its loop is: the loop must never send a
+    time from before that boot (a negative uptime killed the simulator's thread)."""
+    for _ in range(1000):
+        sim.unplug()
+        sim.replug()
+    assert sim.boots == 1001
+    sent = len(sim.history)
+    assert wait_until(lambda: len(sim.history) > sent + 20)  # the loop still samples
+    assert sim._thread is not None and sim._thread.is_alive()
+
+
 def test_unplug_and_replug_reconnects(link: tuple[McuLink, Recorder], sim: McuSimulator) -> None:
     lk, rec = link
     assert wait_until(lambda: len(rec.of(MsgType.WEIGHT)) > 10)

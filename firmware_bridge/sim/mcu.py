@@ -258,8 +258,10 @@ class McuSimulator:
                     ready = []
                 if ready:
                     self._read_commands()
-            now = time.monotonic_ns()
             with self._lock:
+                # Read the clock under the lock: a replug while we waited for it boots the MCU
+                # again, and a time from before that boot would give a negative uptime.
+                now = time.monotonic_ns()
                 if self._master < 0:
                     next_sample = next_uwb = next_hb = now + period_ns
                     continue
