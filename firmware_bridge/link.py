@@ -37,6 +37,12 @@ log = logging.getLogger("capsight.bridge.link")
 
 Listener = Callable[[Frame, int], None]
 
+#: After connecting, pings go every 50 ms until the clock has kept this many exchanges...
+FAST_PINGS_KEPT = 8
+#: ...or this many were sent (a link where most round trips are left out falls back to the
+#: ping interval rather than flooding the MCU).
+FAST_PINGS_MAX = 40
+
 
 class LinkState(enum.Enum):
     CONNECTING = "connecting"
@@ -302,8 +308,13 @@ class McuLink:
         self.send(Ping(self._ping_id))
         self._pong_due_ns = now + 100_000_000
         self._pings_sent_since_connect += 1
-        # A quick burst after connecting gives a usable offset at once.
-        fast = self._pings_sent_since_connect < 8
+        # A quick burst after connecting gives a usable offset at once: until the clock has
+        # kept FAST_PINGS_KEPT exchanges (a jittery link has some left out), at most
+        # FAST_PINGS_MAX pings.
+        fast = (
+            self.clock.exchanges < FAST_PINGS_KEPT
+            and self._pings_sent_since_connect < FAST_PINGS_MAX
+        )
         self._next_ping_ns = now + (50_000_000 if fast else self._ping_interval_ns)
 
     def _handle(self, frame: Frame, arrival_ns: int) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from firmware_bridge.framing import Frame
-from firmware_bridge.link import LinkState, McuLink, RequestFailed
+from firmware_bridge.link import FAST_PINGS_KEPT, LinkState, McuLink, RequestFailed
 from firmware_bridge.messages import (
     GetInfo,
     Hello,
@@ -177,7 +177,8 @@ def test_clock_maps_mcu_time_onto_host_time(
     link: tuple[McuLink, Recorder], sim: McuSimulator
 ) -> None:
     lk, rec = link
-    assert wait_until(lambda: lk.clock.exchanges >= 10, timeout_s=15)
+    # The burst after connecting keeps pinging until the clock has this many exchanges.
+    assert wait_until(lambda: lk.clock.exchanges >= FAST_PINGS_KEPT, timeout_s=15)
     start = len(rec.of(MsgType.WEIGHT))
     assert wait_until(lambda: len(rec.of(MsgType.WEIGHT)) > start + 80)
     truth = {(r.seq, r.mcu_us): r.host_ns for r in list(sim.history)}
