@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloud_sink import __version__
 from cloud_sink.db import SinkError
 from cloud_sink.schemas import DeviceRecord
+
+if TYPE_CHECKING:
+    from cloud_sink.registry import Registry
 
 
 def add_s3_options(p: argparse.ArgumentParser, bucket_help: str) -> None:
@@ -171,16 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mp.add_argument("--by", default=os.environ.get("USER", ""), help="who does it (audited)")
     mp.add_argument("--data", required=True, metavar="DIR", help="the sink's data folder")
+    add_db_option(mp)
     mp.add_argument("--json", action="store_true", help="a `model_channel` record")
     mp.set_defaults(handler=cmd_model_promote)
     mr = msub.add_parser("rollback", help="point a channel back at the model it offered before")
     mr.add_argument("channel", choices=("canary", "stable"), help="the channel")
     mr.add_argument("--by", default=os.environ.get("USER", ""), help="who does it (audited)")
     mr.add_argument("--data", required=True, metavar="DIR", help="the sink's data folder")
+    add_db_option(mr)
     mr.add_argument("--json", action="store_true", help="a `model_channel` record")
     mr.set_defaults(handler=cmd_model_rollback)
     ml = msub.add_parser("ls", help="published models and what each channel offers")
     ml.add_argument("--data", required=True, metavar="DIR", help="the sink's data folder")
+    add_db_option(ml)
     ml.add_argument("--json", action="store_true", help="one record per model and channel")
     ml.set_defaults(handler=cmd_model_ls)
 
@@ -278,6 +285,19 @@ def _db(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from cloud_sink.db import SinkDB
 
     return SinkDB(args.db or Path(args.data).expanduser() / "sink.db")
+
+
+@contextlib.contextmanager
+def _registry(args: argparse.Namespace) -> Iterator[Registry]:
+    """The model registry of the sink ``--data`` (and ``--db``) names."""
+    from cloud_sink.registry import Registry, sink_store
+
+    sink_db = _db(args) if args.db else None
+    try:
+        yield Registry(args.data, sink_store(args.data, sink_db))
+    finally:
+        if sink_db is not None:
+            sink_db.close()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -422,6 +442,10 @@ def _labelling(args: argparse.Namespace) -> tuple[Any, Any]:
 
     data = Path(args.data).expanduser()
     if args.db:  # the index lives in the sink's database server
+        if not data.is_dir():
+            raise SinkError(
+                f"{data} holds no sink (no such folder): give the folder `serve --data` uses"
+            )
         return Index(args.db), LocalBlobStore(data / "blobs" / "store")
     if not (data / "index.db").is_file():
         raise SinkError(f"{data} holds no sink (no index.db): give the folder `serve --data` uses")
@@ -617,18 +641,18 @@ def cmd_model_rollback(args: argparse.Namespace) -> int:
 
 def _change_channel(args: argparse.Namespace, *, rollback: bool) -> int:
     """``model promote`` and ``model rollback``: one signed change of a channel, printed."""
-    from cloud_sink.registry import Registry, RegistryError
+    from cloud_sink.registry import RegistryError
 
-    reg = Registry(args.data)
-    try:
-        if rollback:
-            entry = reg.rollback(args.channel, who=args.by)
-        else:
-            entry = reg.promote(
-                args.channel, args.name, args.version, rollout_pct=args.rollout, who=args.by
-            )
-    except RegistryError as exc:
-        raise SinkError(str(exc)) from None
+    with _registry(args) as reg:
+        try:
+            if rollback:
+                entry = reg.rollback(args.channel, who=args.by)
+            else:
+                entry = reg.promote(
+                    args.channel, args.name, args.version, rollout_pct=args.rollout, who=args.by
+                )
+        except RegistryError as exc:
+            raise SinkError(str(exc)) from None
     if args.json:
         print(_channel_record(args.channel, entry).model_dump_json())
     else:
@@ -641,16 +665,19 @@ def _change_channel(args: argparse.Namespace, *, rollback: bool) -> int:
 
 
 def cmd_model_ls(args: argparse.Namespace) -> int:
-    from cloud_sink.registry import Registry, RegistryError
+    from cloud_sink.registry import RegistryError
     from cloud_sink.schemas import PublishedModelRecord
 
-    reg = Registry(args.data)
-    if not reg.ready:
-        raise SinkError("no registry yet: capsight-train registry-init --registry DATA/registry")
-    try:
-        models = reg.models()
-    except RegistryError as exc:
-        raise SinkError(str(exc)) from None
+    with _registry(args) as reg:
+        if not reg.ready:
+            raise SinkError(
+                "no registry yet: capsight-train registry-init --registry DATA/registry"
+            )
+        try:
+            models = reg.models()
+            channels = {c: reg.channel(c) for c in ("canary", "stable")}
+        except RegistryError as exc:
+            raise SinkError(str(exc)) from None
     for m in models:
         rec = PublishedModelRecord(
             name=m.get("name", "?"),
@@ -661,8 +688,8 @@ def cmd_model_ls(args: argparse.Namespace) -> int:
             accuracy=float(m["accuracy"]) if m.get("accuracy") else None,
         )
         print(rec.model_dump_json() if args.json else f"{rec.name} {rec.version} ({rec.path})")
-    for channel in ("canary", "stable"):
-        rec = _channel_record(channel, reg.channel(channel))
+    for channel, entry in channels.items():
+        rec = _channel_record(channel, entry)
         print(
             rec.model_dump_json()
             if args.json

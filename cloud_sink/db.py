@@ -144,6 +144,24 @@ MIGRATIONS: list[Migration] = [
         finished INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 9: the model registry, for a sink on a database server (cloud_sink.registry.DatabaseStore):
+    #    its files (TUF metadata, channels, models) by name, and who changed what
+    """
+    CREATE TABLE registry_files (
+        path TEXT PRIMARY KEY,
+        body BLOB NOT NULL,
+        sha256 TEXT NOT NULL,
+        length INTEGER NOT NULL,
+        updated_utc TEXT NOT NULL
+    );
+    CREATE TABLE registry_audit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        t_utc TEXT NOT NULL,
+        who TEXT NOT NULL,
+        action TEXT NOT NULL,
+        what TEXT NOT NULL
+    );
+    """,
 ]
 
 

@@ -242,25 +242,38 @@ def _catalogue(data: Path) -> Check:
     return Check("catalogue", PASS, f"{len(Catalogue.load(path).products)} products")
 
 
-def _registry(data: Path) -> Check:
-    from cloud_sink.registry import Registry
+def _registry(data: Path, db: str | None) -> Check:
+    """The registry where ``serve`` keeps it: the server's database with ``db``, else
+    ``DATA/registry/``."""
+    from cloud_sink.registry import DatabaseStore, FolderStore, Registry, registry_dir
+    from cloud_sink.sql import Database, redact
 
-    reg = Registry(data)
-    if not reg.ready:
+    server = Database(db) if db else None
+    try:
+        store = DatabaseStore(server) if server else FolderStore(registry_dir(data))
+        reg = Registry(data, store)
+        where = "--registry " + (redact(db) if db else "DATA/registry")
+        if not reg.ready:
+            return Check(
+                "model registry",
+                WARN,
+                f"not set up in {store.name}: the sink serves no models",
+                f"capsight-train registry-init {where}; capsight-sink model keygen --data DIR",
+            )
+        if not (reg.folder / "online.json").is_file():
+            return Check(
+                "model registry",
+                WARN,
+                f"no online key in {reg.folder}: this instance cannot sign what carts poll",
+                "capsight-sink model keygen --data DIR (once; then copy registry/online.json "
+                "to every instance)",
+            )
         return Check(
-            "model registry",
-            WARN,
-            "not set up: the sink serves no models",
-            "capsight-train registry-init --registry DATA/registry; capsight-sink model keygen",
+            "model registry", PASS, f"{len(reg.models())} published models in {store.name}"
         )
-    if not (reg.folder / "online.json").is_file():
-        return Check(
-            "model registry",
-            WARN,
-            "no online key: the sink cannot sign what carts poll",
-            "capsight-sink model keygen --data DIR",
-        )
-    return Check("model registry", PASS, f"{len(reg.models())} published models")
+    finally:
+        if server is not None:
+            server.close()
 
 
 def run_doctor(
@@ -283,7 +296,7 @@ def run_doctor(
         checks.append(_timed("ingest queue", _ingest_queue, data))
     checks.append(_timed("blob store", _blob_store, data, s3))
     checks.append(_timed("catalogue", _catalogue, data))
-    checks.append(_timed("model registry", _registry, data))
+    checks.append(_timed("model registry", _registry, data, db))
     return checks
 
 
@@ -328,9 +341,11 @@ def migrate(
 
 def _migrate_server(db: str, from_sqlite: str | Path | None) -> list[tuple[str, int, int]]:
     """Both of the sink's databases on the server ``db``, then (``from_sqlite``) an embedded
-    sink's two files copied into it: (name, version before, version after) each."""
+    sink's two files and its model registry copied into it: (name, version before, version
+    after) each."""
     from cloud_sink.db import SinkDB
     from cloud_sink.index import Index
+    from cloud_sink.registry import DatabaseStore, FolderStore, copy_registry, registry_dir
     from cloud_sink.sql import Database, require_empty
 
     probe = Database(db)
@@ -355,9 +370,11 @@ def _migrate_server(db: str, from_sqlite: str | Path | None) -> list[tuple[str, 
             old_index = Index(folder / "index.db") if (folder / "index.db").is_file() else None
             try:  # a second run is refused before anything is copied
                 require_empty(index.db, index.db.name, index.TABLES)
+                require_empty(sink.db, sink.name, ("registry_files", "registry_audit"))
                 sink.copy_from(old_sink)
                 if old_index is not None:
                     index.copy_from(old_index)
+                copy_registry(FolderStore(registry_dir(folder)), DatabaseStore(sink.db))
             finally:
                 old_sink.close()
                 if old_index is not None:

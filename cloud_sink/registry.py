@@ -1,26 +1,37 @@
 """The model registry in the sink: a TUF repository (:mod:`capsight_edge.runtime.trust` says who
-signs what) in ``DATA/registry/``.
+signs what), kept in ``DATA/registry/`` (the embedded default) or, when the sink runs on a
+database server (``serve --db postgresql://...``), in that database, where every instance serves
+and signs the same one.
 
 The ML team creates it (``capsight-train registry-init``, root and targets signed offline) and
-adds models to it (``capsight-train publish``). The sink holds only its online key
-(``registry/online.json``, made by ``capsight-sink model keygen``): with it the sink points a
-channel at a published model for a share of the fleet (``promote``), points it back at the
-previous one (``rollback``: a new signed channel file, never an old one replayed), and keeps
-snapshot and timestamp signed and fresh. Every change is appended to ``registry/audit.jsonl``
-(who, when, what). Carts read ``/registry/metadata/*`` and ``/registry/targets/*``.
+adds models to it (``capsight-train publish``; ``--registry`` names the folder or the database).
+The sink holds only its online key (``registry/online.json``, made by ``capsight-sink model
+keygen``; each instance has a copy): with it the sink points a channel at a published model for a
+share of the fleet (``promote``), points it back at the previous one (``rollback``: a new signed
+channel file, never an old one replayed), and keeps snapshot and timestamp signed and fresh.
+Every change is audited (who, when, what). Carts read ``/registry/metadata/*`` and
+``/registry/targets/*``.
+
+Where it is kept is a :class:`FolderStore` or a :class:`DatabaseStore`: the same names
+(``metadata/root.json``, ``targets/models/<name>/<version>/model.onnx``...), several files
+written at once (all or none in the database), and one writer at a time across processes and
+instances (a file lock, or PostgreSQL's advisory lock).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from capsight_edge.durable import fsync_dir, make_dirs
 from capsight_edge.runtime.trust import (
     ROLLOUT,
     channel_path,
@@ -34,6 +45,9 @@ from capsight_edge.runtime.trust import (
 
 #: Online metadata is re-signed when less than this share of its life is left.
 RESIGN_WHEN_LEFT = 0.5
+#: The largest file a registry takes (a model, its self-test, its card): a database row holds it
+#: whole, and the sink reads it whole once to cache it.
+MAX_FILE_BYTES = 256 * 1024 * 1024
 
 
 class RegistryError(ValueError):
@@ -54,20 +68,274 @@ def keygen(data_dir: str | os.PathLike[str], *, next_key: bool = False) -> dict[
         raise RegistryError(
             f"{path} exists: rotate with keygen --next and capsight-train rotate-keys"
         )
+    make_dirs(path.parent)
     return generate_key(path)
 
 
+def _checked_name(rel: str) -> str:
+    """A name inside the registry (``metadata/...`` or ``targets/...``), or RegistryError."""
+    parts = rel.split("/")
+    if (
+        len(parts) < 2
+        or parts[0] not in ("metadata", "targets")
+        or any(p in ("", ".", "..") for p in parts)
+        or "\\" in rel
+        or "\0" in rel
+    ):
+        raise RegistryError(f"{rel!r} is not a name in the registry")
+    return rel
+
+
+class RegistryStore(Protocol):
+    """Where a registry's files are kept."""
+
+    name: str
+
+    def read(self, rel: str) -> bytes | None: ...
+
+    def write(self, files: dict[str, bytes]) -> None: ...
+
+    def local_file(self, rel: str) -> Path | None: ...
+
+    def lock(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def add_audit(self, line: dict[str, Any]) -> None: ...
+
+    def audit(self) -> list[dict[str, Any]]: ...
+
+
+class FolderStore:
+    """A registry's files in a folder (``DATA/registry/``, the embedded default): each file
+    replaced whole (a temporary file, fsynced, renamed), and one writer at a time across
+    processes by a lock on ``.lock`` (the sink and ``capsight-sink model promote``)."""
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder).expanduser()
+        self.name = str(self.folder)
+
+    def _path(self, rel: str) -> Path:
+        return self.folder / _checked_name(rel)
+
+    def read(self, rel: str) -> bytes | None:
+        try:
+            return self._path(rel).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+
+    def write(self, files: dict[str, bytes]) -> None:
+        for rel, body in files.items():
+            if len(body) > MAX_FILE_BYTES:
+                raise RegistryError(f"{rel}: {len(body)} bytes, over {MAX_FILE_BYTES}")
+            path = self._path(rel)
+            make_dirs(path.parent)
+            tmp = path.with_name(path.name + ".tmp")
+            with tmp.open("wb") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
+
+    def local_file(self, rel: str) -> Path | None:
+        path = self._path(rel)
+        return path if path.is_file() else None
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        make_dirs(self.folder)
+        with (self.folder / ".lock").open("a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def add_audit(self, line: dict[str, Any]) -> None:
+        with (self.folder / "audit.jsonl").open("a") as f:
+            f.write(json.dumps(line) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def audit(self) -> list[dict[str, Any]]:
+        path = self.folder / "audit.jsonl"
+        if not path.is_file():
+            return []
+        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+class DatabaseStore:
+    """A registry's files in the sink's database (tables ``registry_files`` and
+    ``registry_audit``, migration 9): several files written in one transaction, one writer at a
+    time across instances (PostgreSQL's advisory lock), and a target a cart downloads served
+    from a local copy named by its sha256 (``cache``), so Range requests resume as from a
+    folder."""
+
+    LOCK = "capsight-registry"
+
+    def __init__(self, db: Any, cache: str | os.PathLike[str] | None = None) -> None:
+        self.db = db  # a cloud_sink.sql.Database
+        self.cache = Path(cache).expanduser() if cache is not None else None
+        self.name = f"{db.name} (registry)"
+
+    def read(self, rel: str) -> bytes | None:
+        row = self.db.execute(
+            "SELECT body FROM registry_files WHERE path = ?", (_checked_name(rel),)
+        ).fetchone()
+        return bytes(row[0]) if row else None
+
+    def write(self, files: dict[str, bytes]) -> None:
+        from cloud_sink.sql import utc_now
+
+        for rel, body in files.items():
+            _checked_name(rel)
+            if len(body) > MAX_FILE_BYTES:
+                raise RegistryError(f"{rel}: {len(body)} bytes, over {MAX_FILE_BYTES}")
+        now = utc_now()
+        with self.db.transaction() as tx:
+            for rel, body in files.items():
+                tx.execute(
+                    "INSERT INTO registry_files (path, body, sha256, length, updated_utc) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET body = excluded.body, "
+                    "sha256 = excluded.sha256, length = excluded.length, "
+                    "updated_utc = excluded.updated_utc",
+                    (rel, body, hashlib.sha256(body).hexdigest(), len(body), now),
+                )
+
+    def local_file(self, rel: str) -> Path | None:
+        row = self.db.execute(
+            "SELECT sha256 FROM registry_files WHERE path = ?", (_checked_name(rel),)
+        ).fetchone()
+        if row is None:
+            return None
+        if self.cache is None:
+            raise RegistryError("this registry store has no folder to serve files from")
+        path = self.cache / row[0]
+        if path.is_file():
+            return path
+        body = self.read(rel)
+        if body is None or hashlib.sha256(body).hexdigest() != row[0]:
+            return None  # replaced meanwhile: the cart asks again
+        make_dirs(self.cache)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_bytes(body)
+        os.replace(tmp, path)
+        self._prune()
+        return path
+
+    def _prune(self) -> None:
+        """Drop cached copies of files the registry no longer holds (a replaced channel)."""
+        assert self.cache is not None
+        wanted = {r[0] for r in self.db.execute("SELECT sha256 FROM registry_files").rows}
+        for f in self.cache.iterdir():
+            if f.name not in wanted and not f.name.startswith("."):
+                with contextlib.suppress(FileNotFoundError):
+                    f.unlink()
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        with self.db.advisory_lock(self.LOCK):
+            yield
+
+    def add_audit(self, line: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT INTO registry_audit (t_utc, who, action, what) VALUES (?, ?, ?, ?)",
+            (line["t_utc"], line["who"], line["action"], json.dumps(line["what"])),
+        )
+
+    def audit(self) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT t_utc, who, action, what FROM registry_audit ORDER BY seq"
+        ).rows
+        return [
+            {"t_utc": r[0], "who": r[1], "action": r[2], "what": json.loads(r[3])} for r in rows
+        ]
+
+
+def open_store(target: str | os.PathLike[str]) -> tuple[RegistryStore, Any]:
+    """The registry ``target`` names, for the ML team's commands: a folder (the embedded
+    sink's ``DATA/registry``), or the database server a sink runs on (``postgresql://...``).
+    Returns the store and what to close after (a database, or None)."""
+    from cloud_sink.sql import is_server_url
+
+    if is_server_url(target):
+        from cloud_sink.db import SinkDB
+
+        sink_db = SinkDB(str(target))  # migrated: the registry's tables exist
+        return DatabaseStore(sink_db.db), sink_db
+    return FolderStore(target), None
+
+
+def copy_registry(source: FolderStore, target: DatabaseStore) -> int:
+    """An embedded sink's registry (``DATA/registry/``: metadata, targets, audit) into the
+    database of a sink on a server, which must hold no registry yet: the files in one
+    transaction. The online key stays a file: copy it to each instance. Returns the files
+    copied."""
+    from cloud_sink.sql import require_empty
+
+    require_empty(target.db, target.db.name, ("registry_files", "registry_audit"))
+    files = {}
+    for kind in ("metadata", "targets"):
+        base = source.folder / kind
+        if not base.is_dir():
+            continue
+        for path in sorted(base.rglob("*")):
+            rel = path.relative_to(source.folder).as_posix()
+            if path.is_file() and not path.name.endswith(".tmp") and not path.name.startswith("."):
+                files[rel] = path.read_bytes()
+    if files:
+        target.write(files)
+    for line in source.audit():
+        target.add_audit(line)
+    return len(files)
+
+
+def sink_store(data_dir: str | os.PathLike[str], sink_db: Any = None) -> RegistryStore:
+    """Where the sink in ``data_dir`` keeps its registry: in its database when that is a server
+    that other instances share, else in ``DATA/registry/``."""
+    if sink_db is not None and sink_db.shared:
+        return DatabaseStore(sink_db.db, registry_dir(data_dir) / "cache")
+    return FolderStore(registry_dir(data_dir))
+
+
 class Registry:
-    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
-        self.folder = registry_dir(data_dir)
-        self.meta = self.folder / "metadata"
-        self.targets_dir = self.folder / "targets"
-        self._lock = threading.Lock()
-        self._signer_cache: tuple[tuple[int, int], Any] | None = None
+    """The sink's side of the registry in ``data_dir``: kept in ``store`` (by default the
+    folder ``DATA/registry/``; :func:`sink_store` picks it for a sink), signed with the online
+    key in ``DATA/registry/``."""
+
+    def __init__(
+        self, data_dir: str | os.PathLike[str], store: RegistryStore | None = None
+    ) -> None:
+        self.folder = registry_dir(data_dir)  # the online key (and, by default, the files)
+        self.store: RegistryStore = store if store is not None else FolderStore(self.folder)
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._signer_cache: tuple[tuple[int, str], Any] | None = None
 
     @property
     def ready(self) -> bool:
-        return (self.meta / "root.json").is_file() and (self.meta / "targets.json").is_file()
+        return (
+            self.store.read("metadata/root.json") is not None
+            and self.store.read("metadata/targets.json") is not None
+        )
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One writer at a time: this process's threads, then other processes and instances
+        (the store's lock, taken once however deep the calls nest)."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            with self.store.lock():
+                self._depth = 1
+                try:
+                    yield
+                finally:
+                    self._depth = 0
 
     def _signer(self) -> Any:
         """The online key, read again only when it or root changed (every cart's poll of
@@ -75,10 +343,11 @@ class Registry:
         path = self.folder / "online.json"
         if not path.is_file():
             raise RegistryError("the sink has no online key: capsight-sink model keygen")
-        stamp = (path.stat().st_mtime_ns, (self.meta / "root.json").stat().st_mtime_ns)
+        root = hashlib.sha256(self.store.read("metadata/root.json") or b"").hexdigest()
+        stamp = (path.stat().st_mtime_ns, root)
         if self._signer_cache is None or self._signer_cache[0] != stamp:
             signer = self._trusted_signer(path)
-            stamp = (path.stat().st_mtime_ns, stamp[1])  # a rotation replaced the key file
+            stamp = (path.stat().st_mtime_ns, root)  # a rotation replaced the key file
             self._signer_cache = (stamp, signer)
         return self._signer_cache[1]
 
@@ -104,86 +373,119 @@ class Registry:
     def _load(self, role: str) -> Any:
         from tuf.api.metadata import Metadata
 
-        return Metadata.from_file(str(self.meta / f"{role}.json"))
+        body = self.store.read(f"metadata/{role}.json")
+        if body is None:
+            raise RegistryError(f"the registry has no {role}.json")
+        return Metadata.from_bytes(body)
 
-    def _write(self, md: Any, role: str) -> None:
+    def _has(self, role: str) -> bool:
+        return self.store.read(f"metadata/{role}.json") is not None
+
+    @staticmethod
+    def _bytes(md: Any) -> bytes:
         from tuf.api.serialization.json import JSONSerializer
 
-        path = self.meta / f"{role}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(md.to_bytes(JSONSerializer(compact=False)))
-        os.replace(tmp, path)
+        return bytes(md.to_bytes(JSONSerializer(compact=False)))
 
-    def _stale(self, role: str) -> bool:
+    @staticmethod
+    def _stale(md: Any, role: str) -> bool:
         from datetime import UTC, datetime
 
         from capsight_edge.runtime.trust import EXPIRY_DAYS
 
-        path = self.meta / f"{role}.json"
-        if not path.is_file():
-            return True
-        left = (self._load(role).signed.expires - datetime.now(UTC)).total_seconds()
-        return left < EXPIRY_DAYS[role] * 86400 * RESIGN_WHEN_LEFT
+        left = (md.signed.expires - datetime.now(UTC)).total_seconds()
+        return bool(left < EXPIRY_DAYS[role] * 86400 * RESIGN_WHEN_LEFT)
 
     # -- the online roles -------------------------------------------------------------------
-    def refresh(self, *, force: bool = False) -> bool:
-        """Re-sign rollout, snapshot and timestamp where they changed or age; True when
-        anything was written."""
-        from tuf.api.metadata import Metadata, MetaFile, Snapshot, Targets, Timestamp
+    def _due(self) -> bool:
+        """Whether rollout, snapshot or timestamp need signing (read without the lock: every
+        poll asks, and almost every answer is no)."""
+        try:
+            snapshot, timestamp = self._load("snapshot"), self._load("timestamp")
+            rollout, targets = self._load(ROLLOUT), self._load("targets")
+        except RegistryError:
+            return True
+        pinned = {k: v.version for k, v in snapshot.signed.meta.items()}
+        return (
+            pinned
+            != {"targets.json": targets.signed.version, f"{ROLLOUT}.json": rollout.signed.version}
+            or timestamp.signed.snapshot_meta.version != snapshot.signed.version
+            or self._stale(snapshot, "snapshot")
+            or self._stale(timestamp, "timestamp")
+            or self._signer().public_key.keyid not in timestamp.signatures
+        )
 
+    def refresh(self, *, force: bool = False) -> bool:
+        """Re-sign rollout, snapshot and timestamp where they changed or age, written together;
+        True when anything was written."""
         if not self.ready:
             raise RegistryError("no registry yet: capsight-train registry-init")
-        with self._lock:
-            signer = self._signer()
-            wrote = False
-            if not (self.meta / f"{ROLLOUT}.json").is_file():
-                rollout = Metadata(Targets(expires=expires(ROLLOUT)))
-                rollout.sign(signer)
-                self._write(rollout, ROLLOUT)
-                wrote = True
-            rollout = self._load(ROLLOUT)
-            if signer.public_key.keyid not in rollout.signatures:  # after a key rotation
-                resign(rollout, ROLLOUT, signer)
-                self._write(rollout, ROLLOUT)
-                wrote = True
-            versions = {
-                "targets.json": self._load("targets").signed.version,
-                f"{ROLLOUT}.json": self._load(ROLLOUT).signed.version,
-            }
-            snap_path = self.meta / "snapshot.json"
-            snapshot = self._load("snapshot") if snap_path.is_file() else None
-            pinned = {k: v.version for k, v in snapshot.signed.meta.items()} if snapshot else {}
-            if snapshot is None or pinned != versions or force or self._stale("snapshot"):
-                if snapshot is None:
-                    snapshot = Metadata(Snapshot(expires=expires("snapshot")))
-                else:
-                    snapshot.signed.version += 1
-                snapshot.signed.meta = {k: MetaFile(version=v) for k, v in versions.items()}
-                snapshot.signed.expires = expires("snapshot")
-                snapshot.signatures.clear()
-                snapshot.sign(signer)
-                self._write(snapshot, "snapshot")
-                wrote = True
-            snap_version = self._load("snapshot").signed.version
-            ts_path = self.meta / "timestamp.json"
-            timestamp = self._load("timestamp") if ts_path.is_file() else None
-            if (
-                timestamp is None
-                or timestamp.signed.snapshot_meta.version != snap_version
-                or wrote
-                or self._stale("timestamp")
-            ):
-                if timestamp is None:
-                    timestamp = Metadata(Timestamp(expires=expires("timestamp")))
-                else:
-                    timestamp.signed.version += 1
-                timestamp.signed.snapshot_meta = MetaFile(version=snap_version)
-                timestamp.signed.expires = expires("timestamp")
-                timestamp.signatures.clear()
-                timestamp.sign(signer)
-                self._write(timestamp, "timestamp")
-                wrote = True
-            return wrote
+        if not force and not self._due():
+            return False
+        with self._writing():
+            out = self._signed(force)
+            if out:
+                self.store.write(out)  # together: never a timestamp that names a missing snapshot
+            return bool(out)
+
+    def _rollout(self) -> Any:
+        """The rollout role as it is, or a new empty one (not written)."""
+        from tuf.api.metadata import Metadata, Targets
+
+        if self._has(ROLLOUT):
+            return self._load(ROLLOUT)
+        rollout = Metadata(Targets(expires=expires(ROLLOUT)))
+        rollout.signed.version = 0  # the first signing makes it version 1
+        return rollout
+
+    def _signed(self, force: bool, rollout: Any = None) -> dict[str, bytes]:
+        """What must be written for rollout (``rollout`` when the caller changed it), snapshot
+        and timestamp to be signed with the online key, fresh and consistent."""
+        from tuf.api.metadata import Metadata, MetaFile, Snapshot, Timestamp
+
+        signer = self._signer()
+        out: dict[str, bytes] = {}
+        if rollout is None:
+            rollout = self._rollout()
+            if rollout.signed.version == 0 or signer.public_key.keyid not in rollout.signatures:
+                resign(rollout, ROLLOUT, signer)  # new, or after a key rotation
+                out[f"metadata/{ROLLOUT}.json"] = self._bytes(rollout)
+        else:
+            out[f"metadata/{ROLLOUT}.json"] = self._bytes(rollout)
+        versions = {
+            "targets.json": self._load("targets").signed.version,
+            f"{ROLLOUT}.json": rollout.signed.version,
+        }
+        snapshot = self._load("snapshot") if self._has("snapshot") else None
+        pinned = {k: v.version for k, v in snapshot.signed.meta.items()} if snapshot else {}
+        if snapshot is None or pinned != versions or force or self._stale(snapshot, "snapshot"):
+            if snapshot is None:
+                snapshot = Metadata(Snapshot(expires=expires("snapshot")))
+            else:
+                snapshot.signed.version += 1
+            snapshot.signed.meta = {k: MetaFile(version=v) for k, v in versions.items()}
+            snapshot.signed.expires = expires("snapshot")
+            snapshot.signatures.clear()
+            snapshot.sign(signer)
+            out["metadata/snapshot.json"] = self._bytes(snapshot)
+        timestamp = self._load("timestamp") if self._has("timestamp") else None
+        if (
+            timestamp is None
+            or timestamp.signed.snapshot_meta.version != snapshot.signed.version
+            or out
+            or self._stale(timestamp, "timestamp")
+            or signer.public_key.keyid not in timestamp.signatures
+        ):
+            if timestamp is None:
+                timestamp = Metadata(Timestamp(expires=expires("timestamp")))
+            else:
+                timestamp.signed.version += 1
+            timestamp.signed.snapshot_meta = MetaFile(version=snapshot.signed.version)
+            timestamp.signed.expires = expires("timestamp")
+            timestamp.signatures.clear()
+            timestamp.sign(signer)
+            out["metadata/timestamp.json"] = self._bytes(timestamp)
+        return out
 
     def models(self) -> list[dict[str, Any]]:
         """Every published model (from the ML team's signed targets)."""
@@ -195,23 +497,31 @@ class Registry:
         return out
 
     def channel(self, channel: str) -> dict[str, Any] | None:
-        path = self.targets_dir / channel_path(channel)
-        return json.loads(path.read_text()) if path.is_file() else None
+        body = self.store.read(f"targets/{channel_path(channel)}")
+        return json.loads(body) if body is not None else None
 
     def promote(
         self, channel: str, name: str, version: str, *, rollout_pct: int = 100, who: str = ""
     ) -> dict[str, Any]:
         """Point ``channel`` at a published model for ``rollout_pct``% of the fleet (by device
         name, :func:`~capsight_edge.runtime.trust.bucket`)."""
-        from tuf.api.metadata import TargetFile
-
         if not 0 <= rollout_pct <= 100:
             raise RegistryError("the rollout share must be 0..100 %")
         rel = f"{model_dir(name, version)}/model.onnx"
-        targets = self._load("targets").signed.targets
-        if rel not in targets:
+        if not self.ready:
+            raise RegistryError("no registry yet: capsight-train registry-init")
+        if rel not in self._load("targets").signed.targets:
             raise RegistryError(f"{name} {version} is not published (capsight-train publish)")
-        self.refresh()
+        with self._writing():
+            entry = self._point(channel, name, version, rel, rollout_pct, who)
+        self._audit(who, "promote", entry)
+        return entry
+
+    def _point(
+        self, channel: str, name: str, version: str, rel: str, rollout_pct: int, who: str
+    ) -> dict[str, Any]:
+        from tuf.api.metadata import TargetFile
+
         previous = self.channel(channel)
         history = (previous or {}).get("history", [])
         if previous:
@@ -227,112 +537,127 @@ class Registry:
             "by": who,
             "history": history[-20:],
         }
-        with self._lock:
-            cpath = self.targets_dir / channel_path(channel)
-            cpath.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cpath.with_suffix(".tmp")
-            tmp.write_text(json.dumps(entry, indent=1))
-            os.replace(tmp, cpath)
-            rollout = self._load(ROLLOUT)
-            rollout.signed.targets[channel_path(channel)] = TargetFile.from_file(
-                channel_path(channel), str(cpath), ["sha256"]
-            )
-            resign(rollout, ROLLOUT, self._signer())
-            self._write(rollout, ROLLOUT)
-        self.refresh(force=True)
-        self._audit(who, "promote", entry)
+        body = json.dumps(entry, indent=1).encode()
+        rollout = self._rollout()
+        rollout.signed.targets[channel_path(channel)] = TargetFile.from_data(
+            channel_path(channel), body, ["sha256"]
+        )
+        resign(rollout, ROLLOUT, self._signer())
+        # The channel file, the rollout that signs it, snapshot and timestamp written together
+        # (in a database, one transaction: a cart never finds one without the others).
+        self.store.write({f"targets/{channel_path(channel)}": body, **self._signed(True, rollout)})
         return entry
 
     def rollback(self, channel: str, *, who: str = "") -> dict[str, Any]:
         """Point ``channel`` back at the model it offered before (a new signed channel file)."""
-        current = self.channel(channel)
-        if not current or not current.get("history"):
-            raise RegistryError(f"channel {channel} has nothing to roll back to")
-        before = next(
-            (
-                h
-                for h in reversed(current["history"])
-                if (h["name"], h["version"]) != (current["name"], current["version"])
-            ),
-            None,
-        )
-        if before is None:
-            raise RegistryError(f"channel {channel} has offered only {current['version']}")
-        entry = self.promote(
-            channel, before["name"], before["version"], rollout_pct=before["rollout_pct"], who=who
-        )
+        with self._writing():
+            current = self.channel(channel)
+            if not current or not current.get("history"):
+                raise RegistryError(f"channel {channel} has nothing to roll back to")
+            before = next(
+                (
+                    h
+                    for h in reversed(current["history"])
+                    if (h["name"], h["version"]) != (current["name"], current["version"])
+                ),
+                None,
+            )
+            if before is None:
+                raise RegistryError(f"channel {channel} has offered only {current['version']}")
+            entry = self.promote(
+                channel,
+                before["name"],
+                before["version"],
+                rollout_pct=before["rollout_pct"],
+                who=who,
+            )
         self._audit(who, "rollback", {"channel": channel, "to": before["version"]})
         return entry
 
     def _audit(self, who: str, action: str, what: dict[str, Any]) -> None:
-        line = {
-            "t_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "who": who,
-            "action": action,
-            "what": {k: v for k, v in what.items() if k != "history"},
-        }
-        with (self.folder / "audit.jsonl").open("a") as f:
-            f.write(json.dumps(line) + "\n")
+        self.store.add_audit(
+            {
+                "t_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "who": who,
+                "action": action,
+                "what": {k: v for k, v in what.items() if k != "history"},
+            }
+        )
 
     def audit(self) -> list[dict[str, Any]]:
-        path = self.folder / "audit.jsonl"
-        if not path.is_file():
-            return []
-        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        return self.store.audit()
 
     # -- serving ------------------------------------------------------------------------------
-    def file(self, kind: str, rel: str) -> Path | None:
-        """The file a cart asks for (``metadata`` or ``targets``), None when there is none or
-        the path leaves the registry."""
-        base = self.meta if kind == "metadata" else self.targets_dir
-        if kind == "metadata" and rel in ("timestamp.json", "snapshot.json"):
+    def metadata(self, name: str) -> bytes | None:
+        """The metadata file a cart asks for (``timestamp.json``...), None when there is none."""
+        if name in ("timestamp.json", "snapshot.json"):
             # Never serve expired online metadata while the key is here; without the key,
             # serve what there is: the cart judges its expiry.
             with contextlib.suppress(RegistryError):
                 self.refresh()
-        path = (base / rel).resolve()
-        if not path.is_relative_to(base.resolve()) or not path.is_file():
+        try:
+            return self.store.read(f"metadata/{name}")
+        except RegistryError:
             return None
-        return path
+
+    def target(self, rel: str) -> Path | None:
+        """A local file with the target a cart asks for, None when there is none."""
+        try:
+            return self.store.local_file(f"targets/{rel}")
+        except RegistryError:
+            return None
 
 
 def add_registry(routes: list[Any], db: Any, data_dir: Path) -> list[Any]:
     """``GET /registry/metadata/{file}`` and ``GET /registry/targets/{path}`` for any device
-    (or admin) token. What is served needs no trust in the sink's transport: the cart verifies
-    every byte against the signed metadata. Metadata carries a strong ETag (a cart's poll of an
-    unchanged registry costs one request and no body); targets answer Range requests."""
+    (or admin) token, from the registry :func:`sink_store` picks. What is served needs no trust
+    in the sink's transport: the cart verifies every byte against the signed metadata. Metadata
+    carries a strong ETag (a cart's poll of an unchanged registry costs one request and no
+    body); targets answer Range requests."""
+    from starlette.concurrency import run_in_threadpool
     from starlette.responses import FileResponse, JSONResponse, Response
     from starlette.routing import Route
 
     from cloud_sink.auth import bearer_identity
 
-    registry = Registry(data_dir)
+    registry = Registry(data_dir, sink_store(data_dir, db))
+    missing = {"error": "no such file in the registry"}
 
-    def serve(kind: str) -> Any:
-        async def handler(request: Any) -> Response:
-            if bearer_identity(request, db) is None:
-                return JSONResponse(
-                    {"error": "a Bearer token is required"},
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-            path = registry.file(kind, request.path_params["path"])
-            if path is None:
-                return JSONResponse({"error": "no such file in the registry"}, status_code=404)
-            media = "application/json" if path.suffix == ".json" else "application/octet-stream"
-            headers = {"Cache-Control": "no-cache"}
-            if kind == "metadata":  # small: a strong ETag from the bytes, and 304 when unchanged
-                etag = '"' + hashlib.sha256(path.read_bytes()).hexdigest()[:32] + '"'
-                headers["ETag"] = etag
-                if etag in request.headers.get("if-none-match", ""):
-                    return Response(status_code=304, headers=headers)
-            # Targets: Starlette answers Range requests (206), so a cut download resumes.
-            return FileResponse(path, media_type=media, headers=headers)
+    async def metadata(request: Any) -> Response:
+        if (denied := await run_in_threadpool(_denied, request)) is not None:
+            return denied
+        body = await run_in_threadpool(registry.metadata, request.path_params["path"])
+        if body is None:
+            return JSONResponse(missing, status_code=404)
+        # Small: a strong ETag from the bytes, and 304 when unchanged.
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        headers = {"Cache-Control": "no-cache", "ETag": etag}
+        if etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type="application/json", headers=headers)
 
-        return handler
+    async def target(request: Any) -> Response:
+        if (denied := await run_in_threadpool(_denied, request)) is not None:
+            return denied
+        rel = request.path_params["path"]
+        path = await run_in_threadpool(registry.target, rel)
+        if path is None:
+            return JSONResponse(missing, status_code=404)
+        media = "application/json" if rel.endswith(".json") else "application/octet-stream"
+        # Starlette answers Range requests (206), so a cut download resumes.
+        return FileResponse(path, media_type=media, headers={"Cache-Control": "no-cache"})
+
+    def _denied(request: Any) -> Response | None:
+        if bearer_identity(request, db) is not None:
+            return None
+        return JSONResponse(
+            {"error": "a Bearer token is required"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
     return [
         *routes,
-        Route("/registry/metadata/{path:path}", serve("metadata")),
-        Route("/registry/targets/{path:path}", serve("targets")),
+        Route("/registry/metadata/{path:path}", metadata),
+        Route("/registry/targets/{path:path}", target),
     ]

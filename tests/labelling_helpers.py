@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.teachers import make_teacher  # noqa: F401  (the tests import it from here)
 from capsight_edge.bundle.manifest import CLIP, MANIFEST, SENSORS
 from tests.conftest import SIM, start_run
-from tests.sink_helpers import Sink
+from tests.sink_helpers import BACKEND, sink_cli
 
 STORES = {"cart-north": "store-north", "cart-south": "store-south", "cart-east": "store-east"}
 
@@ -42,17 +43,19 @@ def record_fleet(root: Path, seconds: float = 30.0) -> dict[str, list[Path]]:
 
 
 def ingest_fleet(root: Path, bundles: dict[str, list[Path]]) -> Fleet:
+    """The fleet's bundles in an embedded sink (SQLite files, whichever backend a module uses:
+    :func:`private_sink` copies them where a test needs them)."""
     from capsight_edge.devices.sim import fleet_catalogue
+    from capsight_edge.localsink import LocalSink
     from capsight_edge.profile import load_profile
-    from tests.sink_helpers import sink_cli
     from tests.test_sink_ingest import ingested, upload
 
-    sink = Sink(root / "sink")
+    sink = LocalSink(root / "sink")
     tokens = {d: sink.add_device(d) for d in bundles}
     admin = sink.add_device("ops", admin=True)
     catalogue = root / "catalogue.json"
     catalogue.write_text(fleet_catalogue(load_profile(SIM)).as_json())
-    res = sink_cli("catalogue", "import", str(catalogue), "--data", str(sink.data))
+    res = sink_cli("catalogue", "import", str(catalogue), "--data", str(sink.data))  # no --db
     assert res.returncode == 0, res.stderr
     sink.start()
     try:
@@ -64,6 +67,28 @@ def ingest_fleet(root: Path, bundles: dict[str, list[Path]]) -> Fleet:
     finally:
         sink.stop()
     return Fleet(root, sink.data, bundles, catalogue, admin)
+
+
+def private_sink(fleet: Fleet, data: Path) -> Path:
+    """A private copy of the fleet's sink in ``data`` (each test labels from scratch), on the
+    backend in use: the folder, and on PostgreSQL its two databases copied into the fresh one
+    that ``data``'s sinks and commands then use."""
+    from cloud_sink.db import SinkDB
+    from cloud_sink.index import Index
+
+    shutil.copytree(fleet.sink_data, data)
+    url = BACKEND.db_for(data)
+    if url:
+        for cls, name in ((SinkDB, "sink.db"), (Index, "index.db")):
+            src, dst = cls(data / name), cls(url)
+            try:
+                dst.copy_from(src)  # type: ignore[arg-type]
+            finally:
+                src.close()
+                dst.close()
+            for stale in (name, f"{name}-wal", f"{name}-shm"):  # nothing reads them by mistake
+                (data / stale).unlink(missing_ok=True)
+    return data
 
 
 def label_rows(index: object) -> list[tuple[object, ...]]:

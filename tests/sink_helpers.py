@@ -35,7 +35,8 @@ __all__ = [
 
 #: The commands of capsight-sink that open the sink's database (and take ``--db``).
 DB_COMMANDS = {("serve",), ("doctor",), ("migrate",), ("device", "add"), ("device", "list"),
-               ("device", "revoke")}  # fmt: skip
+               ("device", "revoke"), ("prelabel",), ("audit",), ("export",), ("model", "promote"),
+               ("model", "rollback"), ("model", "ls")}  # fmt: skip
 
 
 class Backend:

@@ -20,6 +20,8 @@ from tests.conftest import start_run
 from tests.sink_helpers import Sink
 from tests.test_sink_ingest import ingested, upload
 
+pytestmark = pytest.mark.usefixtures("sink_backend")  # SQLite, then PostgreSQL
+
 
 @pytest.fixture(scope="module")
 def captured(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -94,6 +96,7 @@ def test_the_sink_serves_a_bundle_for_foxglove(captured: Path, tmp_path: Path) -
     assert decoded == len(frames)
 
 
+@pytest.mark.one_database  # the cart's file alone: no sink
 def test_the_carts_sensor_log_carries_the_utc_mapping(captured: Path) -> None:
     manifest = Manifest.from_json((captured / MANIFEST).read_bytes())
     with (captured / SENSORS).open("rb") as fh:

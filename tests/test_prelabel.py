@@ -21,17 +21,19 @@ from cloud_sink.labels import LabelConflict, LabelError, LabelStore
 from cloud_sink.prelabel import Prelabeler
 from cloud_sink.teacher import Teacher, TeacherError
 from tests.conftest import json_records
-from tests.labelling_helpers import Fleet, label_rows, make_teacher
-from tests.sink_helpers import sink_cli
+from tests.labelling_helpers import Fleet, label_rows, make_teacher, private_sink
+from tests.sink_helpers import sink_cli, sink_index
+
+pytestmark = pytest.mark.usefixtures("sink_backend")  # SQLite, then PostgreSQL
 
 
 @pytest.fixture
 def sink(fleet: Fleet, tmp_path: Path) -> Iterator[tuple[Index, LocalBlobStore, Path]]:
     """A private copy of the fleet's sink data (each test labels from scratch)."""
-    data = tmp_path / "sink"
-    shutil.copytree(fleet.sink_data, data)
-    index = Index(data / "index.db")
+    data = private_sink(fleet, tmp_path / "sink")
+    index = sink_index(data)
     yield index, LocalBlobStore(data / "blobs" / "store"), data
+    index.close()
 
 
 def test_barcode_as_label_names_the_product_in_the_hand(
@@ -100,9 +102,8 @@ def test_prelabels_never_read_the_simulations_truth(
     from mcap.reader import make_reader
     from mcap.writer import Writer
 
-    index, blobs, data = sink
-    stripped_data = tmp_path / "stripped"
-    shutil.copytree(data, stripped_data)
+    index, blobs, _data = sink
+    stripped_data = private_sink(fleet, tmp_path / "stripped")
     stripped = LocalBlobStore(stripped_data / "blobs" / "store")
     for key in stripped.keys("bundles/"):
         if not key.endswith(SENSORS):
@@ -129,7 +130,7 @@ def test_prelabels_never_read_the_simulations_truth(
     teacher = make_teacher(tmp_path, ["", *Catalogue.load(fleet.catalogue).skus])
     cat = Catalogue.load(fleet.catalogue)
     Prelabeler(index, blobs, cat, Teacher(teacher)).run()
-    other = Index(stripped_data / "index.db")
+    other = sink_index(stripped_data)
     Prelabeler(other, stripped, cat, Teacher(teacher)).run()
 
     assert label_rows(index) == label_rows(other) and label_rows(index)
@@ -278,8 +279,7 @@ def test_simulated_review_audit_and_versioned_exports(
 
 
 def test_the_cli_prelabels_and_exports(fleet: Fleet, tmp_path: Path) -> None:
-    data = tmp_path / "sink"
-    shutil.copytree(fleet.sink_data, data)
+    data = private_sink(fleet, tmp_path / "sink")
     res = sink_cli("prelabel", "--data", str(data), "--json")
     assert res.returncode == 0, res.stderr
     (report,) = json_records(res.stdout, folder="schemas/api")

@@ -15,19 +15,19 @@ import pytest
 
 from cloud_sink.blobs import LocalBlobStore
 from cloud_sink.catalogue import Catalogue
-from cloud_sink.index import Index
 from cloud_sink.prelabel import Prelabeler
-from tests.labelling_helpers import Fleet
-from tests.sink_helpers import Sink, api_json
+from tests.labelling_helpers import Fleet, private_sink
+from tests.sink_helpers import Sink, api_json, sink_index
+
+pytestmark = pytest.mark.usefixtures("sink_backend")  # SQLite, then PostgreSQL
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture
 def reviewed_sink(fleet: Fleet, tmp_path: Path) -> Iterator[tuple[Sink, str]]:
-    data = tmp_path / "sink"
-    shutil.copytree(fleet.sink_data, data)
-    index = Index(data / "index.db")
+    data = private_sink(fleet, tmp_path / "sink")
+    index = sink_index(data)
     Prelabeler(
         index, LocalBlobStore(data / "blobs" / "store"), Catalogue.load(fleet.catalogue)
     ).run()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,11 +16,13 @@ import pytest
 
 from cloud_sink.blobs import LocalBlobStore
 from cloud_sink.catalogue import Catalogue
-from cloud_sink.index import Index
 from cloud_sink.labels import LabelStore
 from cloud_sink.prelabel import Prelabeler
 from cloud_sink.vlm import VlmClient
-from tests.labelling_helpers import Fleet
+from tests.labelling_helpers import Fleet, private_sink
+from tests.sink_helpers import sink_index
+
+pytestmark = pytest.mark.usefixtures("sink_backend")  # SQLite, then PostgreSQL
 
 
 class StandIn:
@@ -57,6 +58,7 @@ def stand_in() -> Iterator[StandIn]:
     s.server.shutdown()
 
 
+@pytest.mark.one_database  # the client alone: no sink
 def test_the_client_sends_the_frame_and_checks_every_answer(stand_in: StandIn) -> None:
     client = VlmClient(stand_in.url, "stand-in", {"sku-0001": "Oat drink", "sku-0002": "Tea"})
     ok, jpg = cv2.imencode(".jpg", np.full((40, 60, 3), 90, np.uint8))
@@ -85,12 +87,11 @@ def test_the_client_sends_the_frame_and_checks_every_answer(stand_in: StandIn) -
 def test_prelabel_records_the_vlm_as_a_source(
     fleet: Fleet, stand_in: StandIn, tmp_path: Path
 ) -> None:
-    data = tmp_path / "sink"
-    shutil.copytree(fleet.sink_data, data)
+    data = private_sink(fleet, tmp_path / "sink")
     cat = Catalogue.load(fleet.catalogue)
     stand_in.replies = [(200, json.dumps({"sku": cat.skus[0], "confidence": 0.6}))] * 1000
     client = VlmClient(stand_in.url, "stand-in", {p.sku: p.name for p in cat.products})
-    index = Index(data / "index.db")
+    index = sink_index(data)
     Prelabeler(index, LocalBlobStore(data / "blobs" / "store"), cat, vlm=client).run()
     items = LabelStore(index).items()
     assert items and client.asked == len(items)

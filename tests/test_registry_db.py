@@ -1,0 +1,239 @@
+"""The model registry on a database server: the ML team signs into PostgreSQL
+(`capsight-train registry-init/publish --registry postgresql://...`), two sink instances on that
+database serve and sign the same registry, a real `ModelRuntime` pulls through either, channel
+changes made on either are seen by both, concurrent changes from two instances never collide, and
+`capsight-sink migrate --from-sqlite` moves an embedded sink's registry folder into the server."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from benchmarks.push import make_recogniser
+from capsight_edge.runtime.models import ModelRuntime
+from tests.conftest import ROOT
+from tests.sink_helpers import Sink
+
+
+@contextlib.contextmanager
+def serving(*sinks: Sink) -> Iterator[None]:
+    started: list[Sink] = []
+    try:
+        for s in sinks:
+            started.append(s.start())
+        yield
+    finally:
+        for s in started:
+            s.stop()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=180, cwd=ROOT
+    )
+
+
+def ok(*args: str) -> str:
+    res = cli(*args)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("models")
+    return {v: make_recogniser(base / f"v{v}", v, int(v)) for v in ("1", "2")}
+
+
+def publish(registry: str, model: Path, key: Path) -> None:
+    ok("trainer.cli", "publish", "--model", str(model), "--eval", str(model.with_name("eval.json")),
+       "--registry", registry, "--key", str(key))  # fmt: skip
+
+
+def promote(data: Path, db: str, channel: str, version: str) -> dict:  # type: ignore[type-arg]
+    out = ok("cloud_sink.cli", "model", "promote", channel, "recogniser", version,
+             "--by", "test", "--data", str(data), "--db", db, "--json")  # fmt: skip
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def runtime(cart: Path, sink: Sink, token: str, root: Path) -> ModelRuntime:
+    return ModelRuntime(
+        cart, device_id="cart-1", registry_url=sink.url, trust_root=root, token=token
+    )
+
+
+def ml_team(tmp_path: Path, online_pub: Path, db: str) -> tuple[Path, Path]:
+    """The ML team's key, and the root carts are given, from a registry made in ``db``."""
+    key = tmp_path / "ml-team.key"
+    ok("trainer.cli", "keygen", "--out", str(key))
+    root = tmp_path / "trusted-root.json"
+    ok("trainer.cli", "registry-init", "--registry", db, "--key", str(key),
+       "--online-key", str(online_pub), "--root-out", str(root))  # fmt: skip
+    return key, root
+
+
+def test_two_instances_serve_and_sign_one_registry_in_postgresql(
+    postgres, tmp_path: Path, models: dict[str, Path]
+) -> None:  # type: ignore[no-untyped-def]
+    db = postgres.database()
+    a, b = Sink(tmp_path / "a", db=db), Sink(tmp_path / "b", db=db)
+    token = a.add_device("cart-1")
+    ok("cloud_sink.cli", "model", "keygen", "--data", str(a.data))
+    # Each instance holds a copy of the online key; nothing else of the registry is a file.
+    shutil.copytree(a.data / "registry", b.data / "registry")
+    key, root = ml_team(tmp_path, a.data / "registry" / "online.pub.json", db)
+    assert not (a.data / "registry" / "metadata").exists()
+    publish(db, models["1"], key)
+    assert promote(a.data, db, "stable", "1")["sequence"] == 1
+    with serving(a, b):
+        rt = runtime(tmp_path / "cart", a, token, root)
+        assert rt.pull().status == "updated" and rt.version == "recogniser:1"
+        # Both instances answer the same signed metadata.
+        auth = {"Authorization": f"Bearer {token}"}
+        tags = {
+            s.url: httpx.get(f"{s.url}/registry/metadata/timestamp.json", headers=auth)
+            for s in (a, b)
+        }
+        assert all(r.status_code == 200 for r in tags.values())
+        assert len({r.headers["etag"] for r in tags.values()}) == 1
+        # A new model published and promoted through instance b, pulled through b.
+        publish(db, models["2"], key)
+        assert promote(b.data, db, "stable", "2")["sequence"] == 2
+        rt.registry_url = b.url
+        assert rt.pull().status == "updated" and rt.version == "recogniser:2"
+        # A rollback made on a, pulled through a.
+        back = json.loads(ok("cloud_sink.cli", "model", "rollback", "stable", "--data",
+                             str(a.data), "--db", db, "--json"))  # fmt: skip
+        assert back["version"] == "1"
+        rt.registry_url = a.url
+        assert rt.pull().status == "updated" and rt.version == "recogniser:1"
+        # A cut download resumes: the target answers Range requests from either instance.
+        path = "models/recogniser/2/model.onnx"
+        whole = httpx.get(f"{b.url}/registry/targets/{path}", headers=auth)
+        assert whole.status_code == 200 and len(whole.content) > 1000
+        part = httpx.get(
+            f"{a.url}/registry/targets/{path}", headers={**auth, "Range": "bytes=1000-"}
+        )
+        assert part.status_code == 206 and part.content == whole.content[1000:]
+        missing = httpx.get(f"{a.url}/registry/targets/models/../../sink.db", headers=auth)
+        assert missing.status_code == 404
+    ls = ok("cloud_sink.cli", "model", "ls", "--data", str(b.data), "--db", db, "--json")
+    records = [json.loads(x) for x in ls.splitlines()]
+    assert [r["version"] for r in records if r["type"] == "published_model"] == ["1", "2"]
+    from cloud_sink.db import SinkDB
+    from cloud_sink.registry import DatabaseStore
+
+    sink_db = SinkDB(db)
+    try:
+        audit = DatabaseStore(sink_db.db).audit()
+    finally:
+        sink_db.close()
+    assert [x["action"] for x in audit] == ["promote", "promote", "promote", "rollback"]
+
+
+def test_changes_from_two_instances_at_once_never_collide(
+    postgres, tmp_path: Path, models: dict[str, Path]
+) -> None:  # type: ignore[no-untyped-def]
+    from cloud_sink.db import SinkDB
+    from cloud_sink.registry import Registry, sink_store
+
+    db = postgres.database()
+    data = tmp_path / "a"
+    ok("cloud_sink.cli", "model", "keygen", "--data", str(data))
+    key, root = ml_team(tmp_path, data / "registry" / "online.pub.json", db)
+    publish(db, models["1"], key)
+    publish(db, models["2"], key)
+    # Two instances, each its own connection, change channels at once, 10 times each.
+    instances = [SinkDB(db), SinkDB(db)]
+    errors: list[BaseException] = []
+
+    def changes(sink_db: SinkDB, channel: str) -> None:
+        reg = Registry(data, sink_store(data, sink_db))
+        try:
+            for i in range(10):
+                reg.promote(channel, "recogniser", "12"[i % 2], who=channel)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=changes, args=(s, c))
+        for s, c in zip(instances, ("canary", "stable"), strict=True)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    reg = Registry(data, sink_store(data, instances[0]))
+    assert reg.channel("canary")["sequence"] == 10  # type: ignore[index]
+    assert reg.channel("stable")["sequence"] == 10  # type: ignore[index]
+    rollout = reg._load("rollout")
+    assert sorted(rollout.signed.targets) == ["channels/canary.json", "channels/stable.json"]
+    assert len(reg.audit()) == 20
+    for s in instances:
+        s.close()
+    # What the last change left verifies end to end on a cart.
+    sink = Sink(data, db=db)
+    token = sink.add_device("cart-1")
+    with serving(sink):
+        rt = runtime(tmp_path / "cart", sink, token, root)
+        assert rt.pull().status == "updated" and rt.version == "recogniser:2"
+
+
+def test_migrate_from_sqlite_moves_the_registry_folder_into_the_server(
+    postgres, tmp_path: Path, models: dict[str, Path]
+) -> None:  # type: ignore[no-untyped-def]
+    embedded = Sink(tmp_path / "embedded")  # SQLite: this module never uses sink_backend
+    token = embedded.add_device("cart-1")
+    ok("cloud_sink.cli", "model", "keygen", "--data", str(embedded.data))
+    reg = embedded.data / "registry"
+    key = tmp_path / "ml-team.key"
+    ok("trainer.cli", "keygen", "--out", str(key))
+    ok("trainer.cli", "registry-init", "--registry", str(reg), "--key", str(key),
+       "--online-key", str(reg / "online.pub.json"))  # fmt: skip
+    root = reg / "metadata" / "1.root.json"
+    publish(str(reg), models["1"], key)
+    ok("cloud_sink.cli", "model", "promote", "stable", "recogniser", "1", "--data",
+       str(embedded.data))  # fmt: skip
+    db = postgres.database()
+    ok("cloud_sink.cli", "migrate", "--data", str(embedded.data), "--db", db,
+       "--from-sqlite", str(embedded.data))  # fmt: skip
+    # The server's instance has only the online key as a file.
+    server = Sink(tmp_path / "server", db=db)
+    (server.data / "registry").mkdir(parents=True)
+    for name in ("online.json", "online.pub.json"):
+        shutil.copyfile(reg / name, server.data / "registry" / name)
+    with serving(server):
+        rt = runtime(tmp_path / "cart", server, token, root)
+        assert rt.pull().status == "updated" and rt.version == "recogniser:1"
+    ls = ok("cloud_sink.cli", "model", "ls", "--data", str(server.data), "--db", db)
+    assert "stable: recogniser 1 at 100%" in ls
+    doctor = cli("cloud_sink.cli", "doctor", "--data", str(server.data), "--db", db, "--json")
+    checks = {c["name"]: c for c in map(json.loads, doctor.stdout.splitlines()) if "name" in c}
+    assert checks["model registry"]["status"] == "pass", checks["model registry"]
+    # A second copy is refused before anything is copied.
+    again = cli("cloud_sink.cli", "migrate", "--data", str(embedded.data), "--db", db,
+                "--from-sqlite", str(embedded.data))  # fmt: skip
+    assert again.returncode != 0 and "empty database only" in again.stderr
+
+
+def test_the_ml_team_commands_refuse_what_is_not_a_registry(tmp_path: Path) -> None:
+    key = tmp_path / "ml-team.key"
+    ok("trainer.cli", "keygen", "--out", str(key))
+    typo = tmp_path / "no-such-registry"
+    res = cli("trainer.cli", "rotate-keys", "--registry", str(typo), "--key", str(key),
+              "--new-key", str(key))  # fmt: skip
+    assert res.returncode != 0 and "is not a registry" in res.stderr
+    assert not typo.exists()  # a mistyped folder is never created
+    res = cli("trainer.cli", "registry-init", "--registry", "postgresql://nobody@127.0.0.1:1/x",
+              "--key", str(key), "--online-key", str(key))  # fmt: skip
+    assert res.returncode != 0 and "--root-out" in res.stderr
