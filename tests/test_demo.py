@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT, run_cli
 
 STAGES = [
@@ -115,15 +117,22 @@ def test_an_interrupted_demo_stops_everything_it_started(tmp_path: Path) -> None
     assert (out / "demo-summary.json").is_file()
 
 
-def test_the_committed_demo_report_is_one_full_runs_output() -> None:
-    """README's "The last full run" links to docs/demo/ instead of quoting figures: it must be
-    what one default run wrote, from committed code."""
+@pytest.mark.parametrize(
+    ("folder", "carts", "seconds"), [("docs/demo", 3, 120), ("docs/demo/4-carts-5-minutes", 4, 300)]
+)
+def test_the_committed_demo_report_is_one_full_runs_output(
+    folder: str, carts: int, seconds: float
+) -> None:
+    """README's "The last full run" and "A longer round 1" link to reports instead of quoting
+    figures: each must be what one run wrote (the defaults; 4 carts for 5 minutes), from
+    committed code."""
     from capsight_edge.demo.flywheel import report_markdown
 
-    folder = ROOT / "docs" / "demo"
-    summary = json.loads((folder / "demo-summary.json").read_text())
-    assert not summary["settings"]["quick"]
+    summary = json.loads((ROOT / folder / "demo-summary.json").read_text())
+    settings = summary["settings"]
+    assert not settings["quick"]
+    assert (settings["carts"], settings["seconds_per_round"]) == (carts, seconds)
     assert summary["machine"]["git"]["commit"] and summary["machine"]["git"]["dirty"] is False
-    assert (folder / "demo-report.md").read_text() == report_markdown(summary) + "\n"
+    assert (ROOT / folder / "demo-report.md").read_text() == report_markdown(summary) + "\n"
     for plot in summary["plots"]:
-        assert (folder / plot).read_bytes()[:4] == b"\x89PNG"
+        assert (ROOT / folder / plot).read_bytes()[:4] == b"\x89PNG"
