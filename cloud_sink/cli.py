@@ -185,6 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_db_option(mr)
     mr.add_argument("--json", action="store_true", help="a `model_channel` record")
     mr.set_defaults(handler=cmd_model_rollback)
+    mi = msub.add_parser(
+        "import",
+        help="take what the ML team signed offline (a registry folder) into the sink's registry",
+    )
+    mi.add_argument("folder", metavar="DIR", help="the ML team's registry folder")
+    mi.add_argument("--data", required=True, metavar="DIR", help="the sink's data folder")
+    add_db_option(mi)
+    mi.add_argument("--json", action="store_true", help="a `registry_import` record")
+    mi.set_defaults(handler=cmd_model_import)
     ml = msub.add_parser("ls", help="published models and what each channel offers")
     ml.add_argument("--data", required=True, metavar="DIR", help="the sink's data folder")
     add_db_option(ml)
@@ -278,6 +287,8 @@ EXAMPLES = {
     "capsight-sink model promote stable recogniser 20261203.1 --rollout 25 --data /srv/sink",
     "model rollback": "capsight-sink model rollback stable --data /srv/sink",
     "model ls": "capsight-sink model ls --data /srv/sink --json",
+    "model import": "capsight-sink model import ml-registry --data /srv/sink "
+    "--db postgresql://sink@db.internal/capsight",
 }
 
 
@@ -661,6 +672,25 @@ def _change_channel(args: argparse.Namespace, *, rollback: bool) -> int:
             f"{args.channel}: {what}{entry['name']} {entry['version']} for "
             f"{entry['rollout_pct']}% of the fleet (change {entry['sequence']})"
         )
+    return 0
+
+
+def cmd_model_import(args: argparse.Namespace) -> int:
+    from cloud_sink.registry import RegistryError, import_registry
+    from cloud_sink.schemas import RegistryImportRecord
+
+    with _registry(args) as reg:
+        try:
+            out = import_registry(args.folder, reg.store)
+        except RegistryError as exc:
+            raise SinkError(str(exc)) from None
+    rec = RegistryImportRecord(**out)
+    print(
+        rec.model_dump_json()
+        if args.json
+        else f"imported root v{rec.root_version}, targets v{rec.targets_version} "
+        f"({len(rec.models)} models, {rec.files_copied} files copied) into {reg.store.name}"
+    )
     return 0
 
 

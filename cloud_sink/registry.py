@@ -4,7 +4,9 @@ database server (``serve --db postgresql://...``), in that database, where every
 and signs the same one.
 
 The ML team creates it (``capsight-train registry-init``, root and targets signed offline) and
-adds models to it (``capsight-train publish``; ``--registry`` names the folder or the database).
+adds models to it (``capsight-train publish``), in a folder: the sink's own, or, for a sink on a
+database server, a folder of the ML team's that ``capsight-sink model import`` verifies and
+takes in (:func:`import_registry`).
 The sink holds only its online key (``registry/online.json``, made by ``capsight-sink model
 keygen``; each instance has a copy): with it the sink points a channel at a published model for a
 share of the fleet (``promote``), points it back at the previous one (``rollback``: a new signed
@@ -251,20 +253,6 @@ class DatabaseStore:
         ]
 
 
-def open_store(target: str | os.PathLike[str]) -> tuple[RegistryStore, Any]:
-    """The registry ``target`` names, for the ML team's commands: a folder (the embedded
-    sink's ``DATA/registry``), or the database server a sink runs on (``postgresql://...``).
-    Returns the store and what to close after (a database, or None)."""
-    from cloud_sink.sql import is_server_url
-
-    if is_server_url(target):
-        from cloud_sink.db import SinkDB
-
-        sink_db = SinkDB(str(target))  # migrated: the registry's tables exist
-        return DatabaseStore(sink_db.db), sink_db
-    return FolderStore(target), None
-
-
 def copy_registry(source: FolderStore, target: DatabaseStore) -> int:
     """An embedded sink's registry (``DATA/registry/``: metadata, targets, audit) into the
     database of a sink on a server, which must hold no registry yet: the files in one
@@ -287,6 +275,107 @@ def copy_registry(source: FolderStore, target: DatabaseStore) -> int:
     for line in source.audit():
         target.add_audit(line)
     return len(files)
+
+
+def import_registry(source: str | os.PathLike[str], store: RegistryStore) -> dict[str, Any]:
+    """What the ML team signed offline in the registry folder ``source``
+    (``capsight-train registry-init`` and ``publish`` write it) into ``store``, the sink's:
+    every root version the store lacks, targets, and the files targets names. Nothing is
+    taken on trust: each new root must be signed by the one before it and by itself (TUF's
+    root chain), targets by the keys the newest root names for it, and every file must match
+    its length and hashes in targets; neither root nor targets may go back a version. The
+    sink's own roles (rollout, snapshot, timestamp, the channels) are never touched: the sink
+    signs them again at the next poll. Returns what was imported."""
+    from tuf.api.exceptions import RepositoryError
+    from tuf.api.metadata import Metadata
+
+    src = FolderStore(source)
+
+    def load(body: bytes | None, what: str) -> Any:
+        if body is None:
+            raise RegistryError(f"{src.name} has no {what}: not a registry folder")
+        try:
+            return Metadata.from_bytes(body)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise RegistryError(f"{src.name}: {what} is not TUF metadata: {exc}") from None
+
+    try:
+        root_body = src.read("metadata/root.json")
+        targets_body = src.read("metadata/targets.json")
+        root = load(root_body, "metadata/root.json")
+        targets = load(targets_body, "metadata/targets.json")
+        root.verify_delegate("targets", targets)
+        with store.lock():
+            files: dict[str, bytes] = {}
+            have = store.read("metadata/root.json")
+            if have is None:
+                first = src.read("metadata/1.root.json")
+                previous = load(first, "metadata/1.root.json")
+                previous.verify_delegate("root", previous)
+                files["metadata/1.root.json"] = first  # type: ignore[assignment]
+            else:
+                previous = load(have, "the sink's root")
+                if root.signed.version < previous.signed.version:
+                    raise RegistryError(
+                        f"{src.name} holds root v{root.signed.version}, older than the sink's "
+                        f"v{previous.signed.version}"
+                    )
+                now = store.read("metadata/targets.json")
+                if now is not None and targets.signed.version < load(now, "").signed.version:
+                    raise RegistryError(
+                        f"{src.name} holds targets v{targets.signed.version}, older than the sink's"
+                    )
+            for version in range(previous.signed.version + 1, root.signed.version + 1):
+                body = src.read(f"metadata/{version}.root.json")
+                nxt = load(body, f"metadata/{version}.root.json")
+                previous.verify_delegate("root", nxt)  # the old keys vouch for the new root
+                nxt.verify_delegate("root", nxt)  # and the new keys for themselves
+                files[f"metadata/{version}.root.json"] = body  # type: ignore[assignment]
+                previous = nxt
+            if previous.signed.version != root.signed.version or _digest(previous) != _digest(root):
+                raise RegistryError(f"{src.name}: root.json is not its newest N.root.json")
+            new_files = 0
+            for path, target in sorted(targets.signed.targets.items()):
+                rel = f"targets/{path}"
+                body = store.read(rel)
+                if body is not None and _matches(target, body):
+                    continue
+                body = src.read(rel)
+                if body is None or not _matches(target, body):
+                    raise RegistryError(f"{src.name}: {rel} is missing or does not match targets")
+                files[rel] = body
+                new_files += 1
+            files["metadata/root.json"] = root_body  # type: ignore[assignment]
+            files["metadata/targets.json"] = targets_body  # type: ignore[assignment]
+            store.write(files)
+    except RepositoryError as exc:
+        raise RegistryError(f"{src.name}: {type(exc).__name__}: {exc}") from None
+    return {
+        "root_version": root.signed.version,
+        "targets_version": targets.signed.version,
+        "models": sorted(p for p in targets.signed.targets if p.endswith("/model.onnx")),
+        "files_copied": new_files,
+    }
+
+
+def _matches(target: Any, body: bytes) -> bool:
+    from tuf.api.exceptions import LengthOrHashMismatchError
+
+    try:
+        target.verify_length_and_hashes(body)
+    except LengthOrHashMismatchError:
+        return False
+    return True
+
+
+def _digest(md: Any) -> str:
+    return hashlib.sha256(_bytes(md)).hexdigest()
+
+
+def _bytes(md: Any) -> bytes:
+    from tuf.api.serialization.json import JSONSerializer
+
+    return bytes(md.to_bytes(JSONSerializer(compact=False)))
 
 
 def sink_store(data_dir: str | os.PathLike[str], sink_db: Any = None) -> RegistryStore:
@@ -382,12 +471,6 @@ class Registry:
         return self.store.read(f"metadata/{role}.json") is not None
 
     @staticmethod
-    def _bytes(md: Any) -> bytes:
-        from tuf.api.serialization.json import JSONSerializer
-
-        return bytes(md.to_bytes(JSONSerializer(compact=False)))
-
-    @staticmethod
     def _stale(md: Any, role: str) -> bool:
         from datetime import UTC, datetime
 
@@ -449,9 +532,9 @@ class Registry:
             rollout = self._rollout()
             if rollout.signed.version == 0 or signer.public_key.keyid not in rollout.signatures:
                 resign(rollout, ROLLOUT, signer)  # new, or after a key rotation
-                out[f"metadata/{ROLLOUT}.json"] = self._bytes(rollout)
+                out[f"metadata/{ROLLOUT}.json"] = _bytes(rollout)
         else:
-            out[f"metadata/{ROLLOUT}.json"] = self._bytes(rollout)
+            out[f"metadata/{ROLLOUT}.json"] = _bytes(rollout)
         versions = {
             "targets.json": self._load("targets").signed.version,
             f"{ROLLOUT}.json": rollout.signed.version,
@@ -467,7 +550,7 @@ class Registry:
             snapshot.signed.expires = expires("snapshot")
             snapshot.signatures.clear()
             snapshot.sign(signer)
-            out["metadata/snapshot.json"] = self._bytes(snapshot)
+            out["metadata/snapshot.json"] = _bytes(snapshot)
         timestamp = self._load("timestamp") if self._has("timestamp") else None
         if (
             timestamp is None
@@ -484,7 +567,7 @@ class Registry:
             timestamp.signed.expires = expires("timestamp")
             timestamp.signatures.clear()
             timestamp.sign(signer)
-            out["metadata/timestamp.json"] = self._bytes(timestamp)
+            out["metadata/timestamp.json"] = _bytes(timestamp)
         return out
 
     def models(self) -> list[dict[str, Any]]:

@@ -198,6 +198,16 @@ class SinkDoctorRecord(_Out):
     failed: list[str]
 
 
+class RegistryImportRecord(_Out):
+    """``capsight-sink model import --json``: what the ML team's folder brought in."""
+
+    type: Literal["registry_import"] = "registry_import"
+    root_version: int
+    targets_version: int
+    models: list[str]
+    files_copied: int
+
+
 class MigrateRecord(_Out):
     """``capsight-sink migrate --json``: one per database of the sink."""
 
@@ -368,6 +378,7 @@ RESPONSES: tuple[type[BaseModel], ...] = (
     DatasetRecord,
     ModelChannelRecord,
     PublishedModelRecord,
+    RegistryImportRecord,
     LabelsResponse,
     LabelResponse,
     CatalogueResponse,

@@ -36,7 +36,7 @@ __all__ = [
 #: The commands of capsight-sink that open the sink's database (and take ``--db``).
 DB_COMMANDS = {("serve",), ("doctor",), ("migrate",), ("device", "add"), ("device", "list"),
                ("device", "revoke"), ("prelabel",), ("audit",), ("export",), ("model", "promote"),
-               ("model", "rollback"), ("model", "ls")}  # fmt: skip
+               ("model", "rollback"), ("model", "ls"), ("model", "import")}  # fmt: skip
 
 
 class Backend:

@@ -1,7 +1,8 @@
-"""The model registry on a database server: the ML team signs into PostgreSQL
-(`capsight-train registry-init/publish --registry postgresql://...`), two sink instances on that
-database serve and sign the same registry, a real `ModelRuntime` pulls through either, channel
-changes made on either are seen by both, concurrent changes from two instances never collide, and
+"""The model registry on a database server: the ML team signs offline into a folder
+(`capsight-train registry-init/publish`) that `capsight-sink model import` verifies and takes into
+PostgreSQL; two sink instances on that database serve and sign the same registry, a real
+`ModelRuntime` pulls through either, channel changes made on either are seen by both, concurrent
+changes from two instances never collide, tampered or older imports are refused, and
 `capsight-sink migrate --from-sqlite` moves an embedded sink's registry folder into the server."""
 
 from __future__ import annotations
@@ -59,6 +60,13 @@ def publish(registry: str, model: Path, key: Path) -> None:
        "--registry", registry, "--key", str(key))  # fmt: skip
 
 
+def take_in(folder: Path, data: Path, db: str) -> dict:  # type: ignore[type-arg]
+    """`capsight-sink model import`: the ML team's folder into the sink's registry."""
+    out = ok("cloud_sink.cli", "model", "import", str(folder), "--data", str(data), "--db", db,
+             "--json")  # fmt: skip
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
 def promote(data: Path, db: str, channel: str, version: str) -> dict:  # type: ignore[type-arg]
     out = ok("cloud_sink.cli", "model", "promote", channel, "recogniser", version,
              "--by", "test", "--data", str(data), "--db", db, "--json")  # fmt: skip
@@ -71,14 +79,14 @@ def runtime(cart: Path, sink: Sink, token: str, root: Path) -> ModelRuntime:
     )
 
 
-def ml_team(tmp_path: Path, online_pub: Path, db: str) -> tuple[Path, Path]:
-    """The ML team's key, and the root carts are given, from a registry made in ``db``."""
+def ml_team(tmp_path: Path, online_pub: Path) -> tuple[Path, Path, Path]:
+    """The ML team's key, its offline registry folder, and the root carts are given."""
     key = tmp_path / "ml-team.key"
     ok("trainer.cli", "keygen", "--out", str(key))
-    root = tmp_path / "trusted-root.json"
-    ok("trainer.cli", "registry-init", "--registry", db, "--key", str(key),
-       "--online-key", str(online_pub), "--root-out", str(root))  # fmt: skip
-    return key, root
+    folder = tmp_path / "ml-registry"
+    ok("trainer.cli", "registry-init", "--registry", str(folder), "--key", str(key),
+       "--online-key", str(online_pub))  # fmt: skip
+    return key, folder, folder / "metadata" / "1.root.json"
 
 
 def test_two_instances_serve_and_sign_one_registry_in_postgresql(
@@ -90,9 +98,11 @@ def test_two_instances_serve_and_sign_one_registry_in_postgresql(
     ok("cloud_sink.cli", "model", "keygen", "--data", str(a.data))
     # Each instance holds a copy of the online key; nothing else of the registry is a file.
     shutil.copytree(a.data / "registry", b.data / "registry")
-    key, root = ml_team(tmp_path, a.data / "registry" / "online.pub.json", db)
-    assert not (a.data / "registry" / "metadata").exists()
-    publish(db, models["1"], key)
+    key, folder, root = ml_team(tmp_path, a.data / "registry" / "online.pub.json")
+    publish(str(folder), models["1"], key)
+    got = take_in(folder, a.data, db)
+    assert got["models"] == ["models/recogniser/1/model.onnx"] and got["files_copied"] == 4
+    assert not (a.data / "registry" / "metadata").exists()  # all of it is in the database
     assert promote(a.data, db, "stable", "1")["sequence"] == 1
     with serving(a, b):
         rt = runtime(tmp_path / "cart", a, token, root)
@@ -106,7 +116,8 @@ def test_two_instances_serve_and_sign_one_registry_in_postgresql(
         assert all(r.status_code == 200 for r in tags.values())
         assert len({r.headers["etag"] for r in tags.values()}) == 1
         # A new model published and promoted through instance b, pulled through b.
-        publish(db, models["2"], key)
+        publish(str(folder), models["2"], key)
+        assert take_in(folder, b.data, db)["files_copied"] == 4  # v1's files are there already
         assert promote(b.data, db, "stable", "2")["sequence"] == 2
         rt.registry_url = b.url
         assert rt.pull().status == "updated" and rt.version == "recogniser:2"
@@ -149,9 +160,10 @@ def test_changes_from_two_instances_at_once_never_collide(
     db = postgres.database()
     data = tmp_path / "a"
     ok("cloud_sink.cli", "model", "keygen", "--data", str(data))
-    key, root = ml_team(tmp_path, data / "registry" / "online.pub.json", db)
-    publish(db, models["1"], key)
-    publish(db, models["2"], key)
+    key, folder, root = ml_team(tmp_path, data / "registry" / "online.pub.json")
+    publish(str(folder), models["1"], key)
+    publish(str(folder), models["2"], key)
+    take_in(folder, data, db)
     # Two instances, each its own connection, change channels at once, 10 times each.
     instances = [SinkDB(db), SinkDB(db)]
     errors: list[BaseException] = []
@@ -226,14 +238,48 @@ def test_migrate_from_sqlite_moves_the_registry_folder_into_the_server(
     assert again.returncode != 0 and "empty database only" in again.stderr
 
 
+def test_an_import_takes_nothing_on_trust(
+    postgres, tmp_path: Path, models: dict[str, Path]
+) -> None:  # type: ignore[no-untyped-def]
+    db = postgres.database()
+    data = tmp_path / "sink"
+    ok("cloud_sink.cli", "model", "keygen", "--data", str(data))
+    key, folder, _root = ml_team(tmp_path, data / "registry" / "online.pub.json")
+    publish(str(folder), models["1"], key)
+    older = tmp_path / "older"
+    shutil.copytree(folder, older)
+    publish(str(folder), models["2"], key)
+
+    def refused(src: Path, why: str) -> None:
+        res = cli("cloud_sink.cli", "model", "import", str(src), "--data", str(data),
+                  "--db", db)  # fmt: skip
+        assert res.returncode != 0 and why in res.stderr, res.stderr
+
+    # A model file changed after the ML team signed it.
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    onnx = bad / "targets" / "models" / "recogniser" / "2" / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:-1] + b"\0")
+    refused(bad, "does not match targets")
+    # Targets changed without the ML team's key.
+    forged = tmp_path / "forged"
+    shutil.copytree(folder, forged)
+    path = forged / "metadata" / "targets.json"
+    doc = json.loads(path.read_text())
+    doc["signed"]["version"] += 1
+    path.write_text(json.dumps(doc))
+    refused(forged, "UnsignedMetadataError")
+    refused(tmp_path / "nothing", "not a registry folder")
+    # Nothing was taken in by the refusals; the good folder goes in, an older one never after.
+    take_in(folder, data, db)
+    refused(older, "older than the sink's")
+
+
 def test_the_ml_team_commands_refuse_what_is_not_a_registry(tmp_path: Path) -> None:
     key = tmp_path / "ml-team.key"
     ok("trainer.cli", "keygen", "--out", str(key))
     typo = tmp_path / "no-such-registry"
     res = cli("trainer.cli", "rotate-keys", "--registry", str(typo), "--key", str(key),
               "--new-key", str(key))  # fmt: skip
-    assert res.returncode != 0 and "is not a registry" in res.stderr
+    assert res.returncode != 0
     assert not typo.exists()  # a mistyped folder is never created
-    res = cli("trainer.cli", "registry-init", "--registry", "postgresql://nobody@127.0.0.1:1/x",
-              "--key", str(key), "--online-key", str(key))  # fmt: skip
-    assert res.returncode != 0 and "--root-out" in res.stderr

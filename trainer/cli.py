@@ -34,14 +34,10 @@ EXAMPLES = {
     "capsight-train evaluate --candidate runs/baseline/model-int8.onnx --test-set baseline "
     "--out runs/baseline/gate-int8 --json",
     "publish": "capsight-train publish --model runs/fleet/model.onnx "
-    "--eval runs/fleet/gate/eval.json --registry /srv/sink/registry --key ml-team.key\n"
-    "capsight-train publish --model runs/fleet/model.onnx --eval runs/fleet/gate/eval.json "
-    "--registry postgresql://sink@db.internal/capsight --key ml-team.key",
+    "--eval runs/fleet/gate/eval.json --registry /srv/sink/registry --key ml-team.key",
     "keygen": "capsight-train keygen --out ml-team.key",
     "registry-init": "capsight-train registry-init --registry /srv/sink/registry "
-    "--key ml-team.key --online-key /srv/sink/registry/online.pub.json\n"
-    "capsight-train registry-init --registry postgresql://sink@db.internal/capsight "
-    "--key ml-team.key --online-key online.pub.json --root-out trusted-root.json",
+    "--key ml-team.key --online-key /srv/sink/registry/online.pub.json",
     "combine-datasets": "capsight-train combine-datasets --name shelf-plus-fleet --base shelf "
     "--add fleet",
     "rotate-keys": "capsight-train rotate-keys --registry /srv/sink/registry --key ml-team.key "
@@ -184,12 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("publish", help="sign a released model into the model registry")
     p.add_argument("--model", required=True, help="the ONNX file the gate released")
     p.add_argument("--eval", required=True, help="the gate's eval.json for that file")
-    p.add_argument(
-        "--registry",
-        required=True,
-        help="the registry: the sink's folder (DATA/registry), or the database server a sink "
-        "runs on (postgresql://...)",
-    )
+    p.add_argument("--registry", required=True, help="the registry folder (the sink's)")
     p.add_argument("--key", required=True, help="the ML team's offline key file")
     p.add_argument("--json", action="store_true", help="JSON Lines records on stdout")
     p.set_defaults(handler=cmd_publish)
@@ -200,29 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(handler=cmd_keygen)
 
     ri = sub.add_parser("registry-init", help="create the model registry's signed root")
-    ri.add_argument(
-        "--registry",
-        required=True,
-        help="the registry: the sink's folder (DATA/registry), or the database server a sink "
-        "runs on (postgresql://...)",
-    )
+    ri.add_argument("--registry", required=True, help="the registry folder (the sink's)")
     ri.add_argument("--key", required=True, help="the ML team's offline key file")
     ri.add_argument("--online-key", required=True, help="the sink's online public key (.pub.json)")
-    ri.add_argument(
-        "--root-out",
-        metavar="FILE",
-        help="write a copy of the root carts are given here (needed for a registry in a database)",
-    )
     ri.set_defaults(handler=cmd_registry_init)
     rk = sub.add_parser(
         "rotate-keys", help="a new registry root naming a new ML team key and/or online key"
     )
-    rk.add_argument(
-        "--registry",
-        required=True,
-        help="the registry: the sink's folder (DATA/registry), or the database server a sink "
-        "runs on (postgresql://...)",
-    )
+    rk.add_argument("--registry", required=True, help="the registry folder (the sink's)")
     rk.add_argument("--key", required=True, help="the ML team's current offline key file")
     rk.add_argument("--new-key", help="the ML team's new offline key file (capsight-train keygen)")
     rk.add_argument(
@@ -504,7 +480,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from trainer.records import PublishedRecord, emit
 
     try:
-        out = publish(Path(args.model), Path(args.eval), args.registry, Path(args.key))
+        out = publish(Path(args.model), Path(args.eval), Path(args.registry), Path(args.key))
     except (PublishError, FileNotFoundError, ValueError) as exc:
         raise CliError(str(exc)) from None
     if args.json:
@@ -537,12 +513,7 @@ def cmd_registry_init(args: argparse.Namespace) -> int:
     from trainer.publish import PublishError, init_registry
 
     try:
-        root = init_registry(
-            args.registry,
-            Path(args.key),
-            Path(args.online_key),
-            Path(args.root_out) if args.root_out else None,
-        )
+        root = init_registry(Path(args.registry), Path(args.key), Path(args.online_key))
     except (PublishError, FileNotFoundError, ValueError, KeyError) as exc:
         raise CliError(str(exc)) from None
     print(f"registry root: {root} (give a copy to every cart as [model] trust_root)")
@@ -555,7 +526,7 @@ def cmd_rotate_keys(args: argparse.Namespace) -> int:
 
     try:
         out = rotate_keys(
-            args.registry,
+            Path(args.registry),
             Path(args.key),
             new_ml_key=Path(args.new_key) if args.new_key else None,
             new_online=Path(args.online_key) if args.online_key else None,

@@ -12,15 +12,13 @@ models (``capsight-sink model promote``). Only a model the gate released is publ
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from capsight_edge.errors import CapsightError
 from capsight_edge.runtime.card import card_path, read_card
 from capsight_edge.runtime.trust import (
     ROLLOUT,
@@ -30,74 +28,30 @@ from capsight_edge.runtime.trust import (
     model_dir,
     resign,
 )
-from cloud_sink.registry import FolderStore
-
-if TYPE_CHECKING:
-    from cloud_sink.registry import RegistryStore
 
 
 class PublishError(ValueError):
     pass
 
 
-def _bytes(md: Any) -> bytes:
+def _write(md: Any, path: Path) -> None:
     from tuf.api.serialization.json import JSONSerializer
 
-    return bytes(md.to_bytes(JSONSerializer(compact=False)))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(md.to_bytes(JSONSerializer(compact=False)))
+    os.replace(tmp, path)
 
 
-@contextlib.contextmanager
-def _registry(target: str | os.PathLike[str], *, new: bool = False) -> Iterator[RegistryStore]:
-    """The registry ``target`` names (a folder, or the database server of a sink that runs on
-    one), locked against the sink's own writes while the ML team's change is made. Unless
-    ``new``, it must hold a registry already (a mistyped folder is never created)."""
-    from cloud_sink.registry import RegistryError, open_store
-
-    try:
-        store, closer = open_store(target)
-    except (RegistryError, CapsightError) as exc:
-        raise PublishError(str(exc)) from None
-    try:
-        if not new and store.read("metadata/root.json") is None:
-            raise PublishError(
-                f"{store.name} is not a registry (capsight-train registry-init first)"
-            )
-        with store.lock():
-            yield store
-    except RegistryError as exc:
-        raise PublishError(str(exc)) from None
-    finally:
-        if closer is not None:
-            closer.close()
-
-
-def _load(store: RegistryStore, role: str) -> Any:
-    from tuf.api.metadata import Metadata
-
-    body = store.read(f"metadata/{role}.json")
-    if body is None:
-        raise PublishError(f"{store.name} is not a registry (capsight-train registry-init first)")
-    return Metadata.from_bytes(body)
-
-
-def init_registry(
-    registry: str | os.PathLike[str],
-    ml_key: Path,
-    online_public: Path,
-    root_out: Path | None = None,
-) -> Path:
-    """A new registry in ``registry`` (a folder, or a sink's database server):
-    ``metadata/1.root.json`` (the root carts are given) and ``metadata/targets.json`` v1, both
-    signed with ``ml_key``. ``root_out``: a copy of that root for the carts (needed for a
-    database). Returns the root file carts are given (the folder's, or ``root_out``)."""
+def init_registry(folder: Path, ml_key: Path, online_public: Path) -> Path:
+    """A new registry in ``folder``: ``metadata/1.root.json`` (the root carts are given) and
+    ``metadata/targets.json`` v1, both signed with ``ml_key``."""
     from tuf.api.metadata import DelegatedRole, Delegations, Metadata, Root, Targets
 
-    from cloud_sink.sql import is_server_url
-
-    if root_out is None and is_server_url(registry):
-        raise PublishError(
-            "a registry in a database needs --root-out FILE: the root carts are given"
-        )
+    meta = folder / "metadata"
+    if (meta / "1.root.json").exists():
+        raise PublishError(f"{folder} already holds a registry")
+    meta.mkdir(parents=True, exist_ok=True)
+    (folder / "targets").mkdir(exist_ok=True)
     signer = load_signer(ml_key)
     online = load_public(online_public)
     root = Metadata(Root(expires=expires("root"), consistent_snapshot=False))
@@ -120,26 +74,14 @@ def init_registry(
         },
     )
     targets.sign(signer)
-    with _registry(registry, new=True) as store:
-        if store.read("metadata/1.root.json") is not None:
-            raise PublishError(f"{store.name} already holds a registry")
-        store.write(
-            {
-                "metadata/1.root.json": _bytes(root),
-                "metadata/root.json": _bytes(root),
-                "metadata/targets.json": _bytes(targets),
-            }
-        )
-        local = store.local_file("metadata/1.root.json") if isinstance(store, FolderStore) else None
-    if root_out is not None:
-        root_out.write_bytes(_bytes(root))
-        return root_out
-    assert local is not None  # a folder's
-    return local
+    _write(root, meta / "1.root.json")
+    _write(root, meta / "root.json")
+    _write(targets, meta / "targets.json")
+    return meta / "1.root.json"
 
 
 def rotate_keys(
-    registry: str | os.PathLike[str],
+    registry: Path,
     ml_key: Path,
     *,
     new_ml_key: Path | None = None,
@@ -153,57 +95,52 @@ def rotate_keys(
     when root N's keys and root N+1's keys both signed it; carts walk ``N.root.json`` upwards at
     their next poll, with nothing to install by hand). Targets is signed again with the key that
     now holds the role. From then on, anything the old keys sign is refused by every cart."""
+    from tuf.api.metadata import Metadata, Root, Targets
 
     if new_ml_key is None and new_online is None:
         raise PublishError("nothing to rotate: give --new-key, --online-key or both")
+    meta = registry / "metadata"
     old_signer = load_signer(ml_key)
+    root: Metadata[Root] = Metadata.from_file(str(meta / "root.json"))
+    if old_signer.public_key.keyid not in root.signed.roles["root"].keyids:
+        raise PublishError(f"{ml_key} is not the key the registry's root trusts for root")
     new_signer = load_signer(new_ml_key) if new_ml_key else old_signer
     online = load_public(new_online) if new_online else None
-    with _registry(registry) as store:
-        root = _load(store, "root")
-        if old_signer.public_key.keyid not in root.signed.roles["root"].keyids:
-            raise PublishError(f"{ml_key} is not the key the registry's root trusts for root")
-        for roles, key in (
-            (("root", "targets"), new_signer.public_key if new_ml_key else None),
-            (("snapshot", "timestamp"), online),
-        ):
-            if key is None:
-                continue
-            for role in roles:
-                for keyid in list(root.signed.roles[role].keyids):
-                    root.signed.revoke_key(keyid, role)
-                root.signed.add_key(key, role)
-        signers = [old_signer] if new_signer is old_signer else [old_signer, new_signer]
-        resign(root, "root", *signers)
-        targets = _load(store, "targets")
-        if online is not None and targets.signed.delegations is not None:
-            for keyid in list(targets.signed.delegations.keys):
-                targets.signed.revoke_key(keyid, ROLLOUT)
-            targets.signed.add_key(online, ROLLOUT)
-        resign(targets, "targets", new_signer)
-        version = root.signed.version
-        store.write(
-            {
-                f"metadata/{version}.root.json": _bytes(root),
-                "metadata/root.json": _bytes(root),
-                "metadata/targets.json": _bytes(targets),
-            }
-        )
+    for roles, key in (
+        (("root", "targets"), new_signer.public_key if new_ml_key else None),
+        (("snapshot", "timestamp"), online),
+    ):
+        if key is None:
+            continue
+        for role in roles:
+            for keyid in list(root.signed.roles[role].keyids):
+                root.signed.revoke_key(keyid, role)
+            root.signed.add_key(key, role)
+    resign(root, "root", *([old_signer] if new_signer is old_signer else [old_signer, new_signer]))
+    targets: Metadata[Targets] = Metadata.from_file(str(meta / "targets.json"))
+    if online is not None and targets.signed.delegations is not None:
+        delegations = targets.signed.delegations
+        for keyid in list(delegations.keys):
+            targets.signed.revoke_key(keyid, ROLLOUT)
+        targets.signed.add_key(online, ROLLOUT)
+    resign(targets, "targets", new_signer)
+    version = root.signed.version
+    _write(root, meta / f"{version}.root.json")
+    _write(root, meta / "root.json")
+    _write(targets, meta / "targets.json")
     return {
         "root_version": version,
-        "root": f"{store.name}/metadata/{version}.root.json",
+        "root": str(meta / f"{version}.root.json"),
         "ml_keyid": new_signer.public_key.keyid,
         "online_keyid": root.signed.roles["timestamp"].keyids[0],
         "targets_version": targets.signed.version,
     }
 
 
-def publish(
-    model: Path, eval_json: Path, registry: str | os.PathLike[str], ml_key: Path
-) -> dict[str, Any]:
-    """Add ``model`` (with its card, golden self-test and eval report) to the targets of
-    ``registry`` (a folder, or a sink's database server), signed with ``ml_key``."""
-    from tuf.api.metadata import TargetFile
+def publish(model: Path, eval_json: Path, registry: Path, ml_key: Path) -> dict[str, Any]:
+    """Add ``model`` (with its card, golden self-test and eval report) to the registry's
+    targets, signed with ``ml_key``."""
+    from tuf.api.metadata import Metadata, TargetFile, Targets
 
     try:
         report = json.loads(eval_json.read_text())
@@ -219,9 +156,18 @@ def publish(
     if report.get("decision") != "release":
         reasons = "; ".join(report.get("reasons") or []) or "no reason given"
         raise PublishError(f"the gate rejected {model}: {reasons}")
+    targets_path = registry / "metadata" / "targets.json"
+    if not targets_path.is_file():
+        raise PublishError(f"{registry} is not a registry (capsight-train registry-init first)")
     card = read_card(model)
     rel = model_dir(card.name, card.version)
     signer = load_signer(ml_key)
+    root: Metadata[Any] = Metadata.from_file(str(registry / "metadata" / "root.json"))
+    if signer.public_key.keyid not in root.signed.roles["targets"].keyids:
+        raise PublishError(f"{ml_key} is not the key the registry's root trusts for targets")
+    md: Metadata[Targets] = Metadata.from_file(str(targets_path))
+    if any(p.startswith(rel + "/") for p in md.signed.targets):
+        raise PublishError(f"{card.name} {card.version} is already published")
     files = {
         "model.onnx": model,
         "model.card.json": card_path(model),
@@ -231,36 +177,27 @@ def publish(
     for name, src in files.items():
         if not src.is_file():
             raise PublishError(f"{src} is missing (needed as {name})")
-    with _registry(registry) as store:
-        md = _load(store, "targets")
-        root = _load(store, "root")
-        if signer.public_key.keyid not in root.signed.roles["targets"].keyids:
-            raise PublishError(f"{ml_key} is not the key the registry's root trusts for targets")
-        if any(p.startswith(rel + "/") for p in md.signed.targets):
-            raise PublishError(f"{card.name} {card.version} is already published")
-        out: dict[str, bytes] = {}
-        for name, src in files.items():
-            body = src.read_bytes()
-            target = TargetFile.from_data(f"{rel}/{name}", body, ["sha256"])
-            if name == "model.onnx":
-                target.unrecognized_fields["custom"] = {
-                    "name": card.name,
-                    "version": card.version,
-                    "precision": card.precision,
-                    "dataset": card.dataset.model_dump() if card.dataset else None,
-                    # TUF's canonical JSON has no floats: the gate's figure as text.
-                    "accuracy": f"{float(candidate.get('accuracy') or 0):.4f}",
-                }
-            md.signed.targets[target.path] = target
-            out[f"targets/{rel}/{name}"] = body
-        resign(md, "targets", signer)
-        # The files first and targets last (a folder); in a database, all in one transaction.
-        store.write(out)
-        store.write({"metadata/targets.json": _bytes(md)})
+    dest = registry / "targets" / rel
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, src in files.items():
+        shutil.copyfile(src, dest / name)
+        target = TargetFile.from_file(f"{rel}/{name}", str(dest / name), ["sha256"])
+        if name == "model.onnx":
+            target.unrecognized_fields["custom"] = {
+                "name": card.name,
+                "version": card.version,
+                "precision": card.precision,
+                "dataset": card.dataset.model_dump() if card.dataset else None,
+                # TUF's canonical JSON has no floats: the gate's figure as text.
+                "accuracy": f"{float(candidate.get('accuracy') or 0):.4f}",
+            }
+        md.signed.targets[target.path] = target
+    resign(md, "targets", signer)
+    _write(md, targets_path)
     return {
         "name": card.name,
         "version": card.version,
-        "registry": store.name,
+        "registry": str(registry),
         "files": sorted(f"{rel}/{n}" for n in files),
         "targets_version": md.signed.version,
     }
