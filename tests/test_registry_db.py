@@ -89,6 +89,17 @@ def ml_team(tmp_path: Path, online_pub: Path) -> tuple[Path, Path, Path]:
     return key, folder, folder / "metadata" / "1.root.json"
 
 
+def signed_offline(postgres, tmp_path: Path, model: Path) -> tuple[str, Path, Path, Path, Path]:  # type: ignore[no-untyped-def]
+    """A fresh database, a sink's data folder with its online key, and the ML team's folder
+    with ``model`` published: (db, data, key, folder, root)."""
+    db = postgres.database()
+    data = tmp_path / "sink"
+    ok("cloud_sink.cli", "model", "keygen", "--data", str(data))
+    key, folder, root = ml_team(tmp_path, data / "registry" / "online.pub.json")
+    publish(str(folder), model, key)
+    return db, data, key, folder, root
+
+
 def test_two_instances_serve_and_sign_one_registry_in_postgresql(
     postgres, tmp_path: Path, models: dict[str, Path]
 ) -> None:  # type: ignore[no-untyped-def]
@@ -157,11 +168,7 @@ def test_changes_from_two_instances_at_once_never_collide(
     from cloud_sink.db import SinkDB
     from cloud_sink.registry import Registry, sink_store
 
-    db = postgres.database()
-    data = tmp_path / "a"
-    ok("cloud_sink.cli", "model", "keygen", "--data", str(data))
-    key, folder, root = ml_team(tmp_path, data / "registry" / "online.pub.json")
-    publish(str(folder), models["1"], key)
+    db, data, key, folder, root = signed_offline(postgres, tmp_path, models["1"])
     publish(str(folder), models["2"], key)
     take_in(folder, data, db)
     # Two instances, each its own connection, change channels at once, 10 times each.
@@ -241,11 +248,7 @@ def test_migrate_from_sqlite_moves_the_registry_folder_into_the_server(
 def test_an_import_takes_nothing_on_trust(
     postgres, tmp_path: Path, models: dict[str, Path]
 ) -> None:  # type: ignore[no-untyped-def]
-    db = postgres.database()
-    data = tmp_path / "sink"
-    ok("cloud_sink.cli", "model", "keygen", "--data", str(data))
-    key, folder, _root = ml_team(tmp_path, data / "registry" / "online.pub.json")
-    publish(str(folder), models["1"], key)
+    db, data, key, folder, _root = signed_offline(postgres, tmp_path, models["1"])
     older = tmp_path / "older"
     shutil.copytree(folder, older)
     publish(str(folder), models["2"], key)
