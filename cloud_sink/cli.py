@@ -701,7 +701,12 @@ def cmd_model_ls(args: argparse.Namespace) -> int:
     with _registry(args) as reg:
         if not reg.ready:
             raise SinkError(
-                "no registry yet: capsight-train registry-init --registry DATA/registry"
+                "no registry yet: capsight-train registry-init --registry "
+                + (
+                    "ML_FOLDER, then capsight-sink model import ML_FOLDER"
+                    if args.db
+                    else "DATA/registry"
+                )
             )
         try:
             models = reg.models()

@@ -252,13 +252,21 @@ def _registry(data: Path, db: str | None) -> Check:
     try:
         store = DatabaseStore(server) if server else FolderStore(registry_dir(data))
         reg = Registry(data, store)
-        where = "--registry " + (redact(db) if db else "DATA/registry")
+        remedy = (
+            "capsight-sink model keygen --data DIR; capsight-train registry-init --registry "
+            + (
+                "ml-registry ...; capsight-sink model import ml-registry --data DIR "
+                f"--db {redact(db)}"
+                if db
+                else "DATA/registry ..."
+            )
+        )
         if not reg.ready:
             return Check(
                 "model registry",
                 WARN,
                 f"not set up in {store.name}: the sink serves no models",
-                f"capsight-train registry-init {where}; capsight-sink model keygen --data DIR",
+                remedy,
             )
         if not (reg.folder / "online.json").is_file():
             return Check(

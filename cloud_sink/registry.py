@@ -460,15 +460,17 @@ class Registry:
         )
 
     def _load(self, role: str) -> Any:
+        md = self._maybe(role)
+        if md is None:
+            raise RegistryError(f"the registry has no {role}.json")
+        return md
+
+    def _maybe(self, role: str) -> Any:
+        """The role's metadata, or None when the registry has none yet (one read)."""
         from tuf.api.metadata import Metadata
 
         body = self.store.read(f"metadata/{role}.json")
-        if body is None:
-            raise RegistryError(f"the registry has no {role}.json")
-        return Metadata.from_bytes(body)
-
-    def _has(self, role: str) -> bool:
-        return self.store.read(f"metadata/{role}.json") is not None
+        return None if body is None else Metadata.from_bytes(body)
 
     @staticmethod
     def _stale(md: Any, role: str) -> bool:
@@ -501,10 +503,10 @@ class Registry:
     def refresh(self, *, force: bool = False) -> bool:
         """Re-sign rollout, snapshot and timestamp where they changed or age, written together;
         True when anything was written."""
+        if not force and not self._due():  # first: a poll's usual answer, in the fewest reads
+            return False
         if not self.ready:
             raise RegistryError("no registry yet: capsight-train registry-init")
-        if not force and not self._due():
-            return False
         with self._writing():
             out = self._signed(force)
             if out:
@@ -515,8 +517,9 @@ class Registry:
         """The rollout role as it is, or a new empty one (not written)."""
         from tuf.api.metadata import Metadata, Targets
 
-        if self._has(ROLLOUT):
-            return self._load(ROLLOUT)
+        rollout = self._maybe(ROLLOUT)
+        if rollout is not None:
+            return rollout
         rollout = Metadata(Targets(expires=expires(ROLLOUT)))
         rollout.signed.version = 0  # the first signing makes it version 1
         return rollout
@@ -539,7 +542,7 @@ class Registry:
             "targets.json": self._load("targets").signed.version,
             f"{ROLLOUT}.json": rollout.signed.version,
         }
-        snapshot = self._load("snapshot") if self._has("snapshot") else None
+        snapshot = self._maybe("snapshot")
         pinned = {k: v.version for k, v in snapshot.signed.meta.items()} if snapshot else {}
         if snapshot is None or pinned != versions or force or self._stale(snapshot, "snapshot"):
             if snapshot is None:
@@ -551,7 +554,7 @@ class Registry:
             snapshot.signatures.clear()
             snapshot.sign(signer)
             out["metadata/snapshot.json"] = _bytes(snapshot)
-        timestamp = self._load("timestamp") if self._has("timestamp") else None
+        timestamp = self._maybe("timestamp")
         if (
             timestamp is None
             or timestamp.signed.snapshot_meta.version != snapshot.signed.version

@@ -73,19 +73,13 @@ def private_sink(fleet: Fleet, data: Path) -> Path:
     """A private copy of the fleet's sink in ``data`` (each test labels from scratch), on the
     backend in use: the folder, and on PostgreSQL its two databases copied into the fresh one
     that ``data``'s sinks and commands then use."""
-    from cloud_sink.db import SinkDB
-    from cloud_sink.index import Index
+    from cloud_sink.doctor import migrate
 
     shutil.copytree(fleet.sink_data, data)
     url = BACKEND.db_for(data)
     if url:
-        for cls, name in ((SinkDB, "sink.db"), (Index, "index.db")):
-            src, dst = cls(data / name), cls(url)
-            try:
-                dst.copy_from(src)  # type: ignore[arg-type]
-            finally:
-                src.close()
-                dst.close()
+        migrate(data, db=url, from_sqlite=data)  # what `capsight-sink migrate --from-sqlite` does
+        for name in ("sink.db", "index.db"):
             for stale in (name, f"{name}-wal", f"{name}-shm"):  # nothing reads them by mistake
                 (data / stale).unlink(missing_ok=True)
     return data
