@@ -34,9 +34,11 @@ def make_bundle(
     noise_frames: int = 0,
     priority: int = 3,
     rule: str = "unscanned_item",
+    also: tuple[str, ...] = (),
 ) -> Path:
     """A real bundle: a libx264 clip, an MCAP sensor log, a manifest. ``noise_frames`` adds
-    frames of random noise (about 0.1 MB each at 320x240) for uploads of a few MB."""
+    frames of random noise (about 0.1 MB each at 320x240) for uploads of a few MB; ``also``:
+    other rules that fired in it."""
     folder.mkdir(parents=True)
     w, h = (320, 240) if noise_frames else (160, 120)
     if not_video:
@@ -70,7 +72,7 @@ def make_bundle(
         device,
         "store-7",
         "sim",
-        TriggerInfo(rule, priority, 0, {}),
+        TriggerInfo(rule, priority, 0, {}, also=list(also)),
         0,
         10**9,
         "2026-11-26T08:00:00.000Z",

@@ -1,7 +1,8 @@
 """The sink's JSON API: query the index (admin tokens), device heartbeats and the fleet view.
 
-- ``GET /api/bundles?store=&device=&rule=&since=&until=&barcode=&label_status=&status=&q=&limit=``
-  (admin): bundles, newest first; ``q`` is a full-text query.
+- ``GET /api/bundles?store=&device=&rule=&fired=&since=&until=&barcode=&label_status=&status=``
+  ``&q=&limit=`` (admin): bundles, newest first; ``rule``: the rule that opened the bundle,
+  ``fired``: a rule that fired in it at all; ``q`` is a full-text query.
 - ``POST /api/heartbeat`` (device): ``{"queue_depth", "disk_used_pct", "last_upload_utc",
   "model_version"}``.
 - ``GET /api/fleet`` (admin): per device its last heartbeat.
@@ -119,6 +120,7 @@ def add_api(
                 store=params.store,
                 device=params.device,
                 rule=params.rule,
+                fired=params.fired,
                 since=params.since,
                 until=params.until,
                 barcode=params.barcode,

@@ -250,6 +250,32 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the items not reviewed yet, labelled by their pre-labels alone (what review adds)",
     )
+    ex.add_argument(
+        "--rule",
+        action="append",
+        metavar="RULE",
+        help="only the bundles in which this trigger rule fired (it opened the capture or "
+        "fired while it was open; repeatable)",
+    )
+    ex.add_argument(
+        "--without-rule",
+        action="append",
+        metavar="RULE",
+        help="leave out the bundles in which this rule fired (repeatable)",
+    )
+    ex.add_argument("--since", metavar="UTC", help="only bundles that started at or after this")
+    ex.add_argument(
+        "--max-bundles",
+        type=int,
+        metavar="N",
+        help="only the first N bundles of the selection, oldest first (equal-sized comparisons)",
+    )
+    ex.add_argument(
+        "--all-train",
+        action="store_true",
+        help="every store in training: data to add to a dataset whose test set lives elsewhere "
+        "(capsight-train combine-datasets)",
+    )
     ex.add_argument("--json", action="store_true", help="one `dataset` record")
     add_db_option(ex)
     ex.set_defaults(handler=cmd_export)
@@ -576,6 +602,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     catalogue = _catalogue(args.data)
     if catalogue is None:
         raise SinkError("import the fleet's catalogue first: its SKUs are the classes")
+    if args.max_bundles is not None and args.max_bundles < 1:
+        raise SinkError("--max-bundles must be at least 1")
+    if args.all_train and args.test_store:
+        raise SinkError("--all-train puts every store in training: it takes no --test-store")
+    selected: list[dict[str, Any]] | None = None
+    if args.rule or args.without_rule or args.since or args.max_bundles:
+        found = {
+            (r["device_id"], r["id"]): r
+            for rule in args.rule or [None]
+            for r in index.query(fired=rule, since=args.since, status="ok", limit=100_000)
+        }
+        without = set(args.without_rule or [])
+        kept = [r for r in found.values() if not without & set((r["rules"] or "").split())]
+        selected = sorted(kept, key=lambda r: (r["start_utc"], r["device_id"], r["id"]))
+        selected = selected[: args.max_bundles or None]
     try:
         folder = export_dataset(
             index,
@@ -588,6 +629,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             stores=args.store,
             gtins=catalogue.gtins(),
             prelabels=args.prelabels,
+            bundles=None if selected is None else {(r["device_id"], r["id"]) for r in selected},
+            all_train=args.all_train,
         )
     except ExportError as exc:
         raise SinkError(f"export refused: {exc}") from None
@@ -600,6 +643,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         splits=m.counts(),
         stores=dict(m.stores),
         digest=m.digest(),
+        bundles=None if selected is None else len(selected),
+        bundle_bytes=None if selected is None else sum(int(r["bytes"] or 0) for r in selected),
     )
     if args.json:
         print(record.model_dump_json())

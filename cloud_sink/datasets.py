@@ -76,6 +76,8 @@ class Item(_Model):
     #: them all: ``lighting``, ``blur``, ``glare``, ``occlusion``, ``crumpled``); the release
     #: gate's slices. Empty for fleet frames: the gate measures what it can from the pixels.
     conditions: dict[str, str] = {}
+    #: For a frame of a reviewed item's track: that item's id (one review labelled both).
+    track_of: str = ""
 
 
 class Manifest(_Model):

@@ -78,10 +78,15 @@ def export_dataset(
     stores: list[str] | None = None,
     gtins: dict[str, str] | None = None,
     prelabels: bool = False,
+    bundles: set[tuple[str, str]] | None = None,
+    all_train: bool = False,
 ) -> Path:
     """Write the next version of dataset ``name``; returns its folder. ExportError (nothing
     written) when the selection is empty or a split would leak. ``prelabels``: the items no
-    one has reviewed yet, labelled by their pre-labels alone (to measure what review adds)."""
+    one has reviewed yet, labelled by their pre-labels alone (to measure what review adds).
+    ``bundles``: only the items of these (device, bundle) pairs. ``all_train``: every store in
+    training, for data that joins another dataset whose test set lives elsewhere
+    (``capsight-train combine-datasets``)."""
     base = Path(root) / "datasets" / name
     known = versions(base)
     store = LabelStore(index)
@@ -90,15 +95,25 @@ def export_dataset(
         r
         for state in states
         for r in store.items(state=state, limit=100_000)
-        if (not stores or r["store_id"] in stores) and (r["source"] or not prelabels)
+        if (not stores or r["store_id"] in stores)
+        and (r["source"] or not prelabels)
+        and (bundles is None or (r["device_id"], r["bundle_id"]) in bundles)
     ]
     if not rows:
         what = "pre-labelled" if prelabels else "reviewed"
         raise ExportError(f"no {what} items in the selection: nothing to export")
     fixed_test: dict[str, Item] = {}
-    if known:  # the first version fixed the test set and the stores' sides
-        first = load_manifest(base / f"v{known[0]}", verify=False)
-        sides: dict[str, str] = dict(first.stores)
+    sides: dict[str, str]
+    first = load_manifest(base / f"v{known[0]}", verify=False) if known else None
+    if all_train:
+        if first is not None and set(first.stores.values()) != {"train"}:
+            raise ExportError(
+                f"dataset {name} v{known[0]} has a test split: with --all-train its test items "
+                "would train; export under another name"
+            )
+        sides = dict.fromkeys({r["store_id"] for r in rows}, "train")
+    elif first is not None:  # the first version fixed the test set and the stores' sides
+        sides = dict(first.stores)
         fixed_test = {i.item_id: i for i in first.items if i.split == "test"}
         for s in {r["store_id"] for r in rows} - set(sides):
             sides[s] = "train"  # a store seen for the first time trains
@@ -117,43 +132,57 @@ def export_dataset(
         sku = r["sku"] or NONE
         if sku not in valid:
             raise ExportError(f"item {r['item_id']}: SKU {sku!r} is not in the catalogue")
-        data = blobs.get_bytes(r["frame_key"])
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != r["frame_sha256"]:
-            raise ExportError(f"item {r['item_id']}: its frame does not match its sha256")
-        rel = f"frames/{r['item_id'].replace('~', '.')}.jpg"
-        (tmp / rel).write_bytes(data)
         moment = r["moment"] or {}
-        items.append(
-            Item(
-                item_id=r["item_id"],
-                frame=rel,
-                sha256=digest,
-                width=r["width"],
-                height=r["height"],
-                label=Label(
-                    sku=sku,
-                    box=r["box"] if sku else None,
-                    source=r["source"] if r["source"] in MACHINE_SOURCES else "human",
-                    model_version=r["model_version"],
-                    score=min(1.0, max(0.0, float(r["score"]))),
-                    reviewer=r["reviewer"],
-                    review_s=float(r["review_s"]),
-                ),
-                split=split,  # type: ignore[arg-type]
-                store_id=r["store_id"],
-                device_id=r["device_id"],
-                bundle_id=r["bundle_id"],
-                t_ns=r["t_ns"],
-                t_utc=r["t_utc"],
-                moment=Moment(
-                    weight_delta_g=moment.get("weight_delta_g"),
-                    accel_g=moment.get("accel_g"),
-                    position_mm=moment.get("position_mm"),
-                    reasons=moment.get("reasons", []),
-                ),
-            )
+        label = Label(
+            sku=sku,
+            box=r["box"] if sku else None,
+            source=r["source"] if r["source"] in MACHINE_SOURCES else "human",
+            model_version=r["model_version"],
+            score=min(1.0, max(0.0, float(r["score"]))),
+            reviewer=r["reviewer"],
+            review_s=float(r["review_s"]),
         )
+        item = Item(
+            item_id=r["item_id"],
+            frame=f"frames/{r['item_id'].replace('~', '.')}.jpg",
+            sha256=r["frame_sha256"],
+            width=r["width"],
+            height=r["height"],
+            label=label,
+            split=split,  # type: ignore[arg-type]
+            store_id=r["store_id"],
+            device_id=r["device_id"],
+            bundle_id=r["bundle_id"],
+            t_ns=r["t_ns"],
+            t_utc=r["t_utc"],
+            moment=Moment(
+                weight_delta_g=moment.get("weight_delta_g"),
+                accel_g=moment.get("accel_g"),
+                position_mm=moment.get("position_mm"),
+                reasons=moment.get("reasons", []),
+            ),
+        )
+        items.append(_copy_frame(blobs, r["frame_key"], item, tmp))
+        # The track takes the item's label: its own box (where the product is in that frame)
+        # for a product, none for "no product"; the sensors of its moment are the item's.
+        for k, t in enumerate(r.get("track") or [], start=1):
+            track_id = f"{r['item_id']}~{k}"
+            if split == "test" and fixed_test and track_id not in fixed_test:
+                continue
+            tracked = item.model_copy(
+                update={
+                    "item_id": track_id,
+                    "frame": f"frames/{track_id.replace('~', '.')}.jpg",
+                    "sha256": t["frame_sha256"],
+                    "t_ns": t["t_ns"],
+                    "t_utc": "",
+                    "label": label.model_copy(
+                        update={"box": t.get("box") if sku else None, "review_s": 0.0}
+                    ),
+                    "track_of": r["item_id"],
+                }
+            )
+            items.append(_copy_frame(blobs, t["frame_key"], tracked, tmp))
     missing = set(fixed_test) - {i.item_id for i in items}
     if missing:
         raise ExportError(f"{len(missing)} items of the fixed test set are no longer reviewed")
@@ -173,6 +202,16 @@ def export_dataset(
     return folder
 
 
+def _copy_frame(blobs: Any, key: str, item: Item, folder: Path) -> Item:
+    """Write ``item``'s frame (blob ``key``) into the export, checked against its sha256."""
+    data = blobs.get_bytes(key)
+    if hashlib.sha256(data).hexdigest() != item.sha256:
+        what = f"the frame {key} of its track" if item.track_of else "its frame"
+        raise ExportError(f"item {item.track_of or item.item_id}: {what} does not match its sha256")
+    (folder / item.frame).write_bytes(data)
+    return item
+
+
 def to_coco(m: Manifest) -> dict[str, Any]:
     cats = [
         {"id": i, "name": sku, "supercategory": "product"} for i, sku in enumerate(m.classes) if sku
@@ -181,6 +220,8 @@ def to_coco(m: Manifest) -> dict[str, Any]:
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     for n, item in enumerate(m.items, start=1):
+        if item.label.sku and not item.label.box:
+            continue  # a product with no box: in COCO it would read as a frame without one
         images.append(
             {
                 "id": n,

@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 from capsight_edge.bundle.manifest import Manifest
 from cloud_sink.sql import Database, DatabaseUnavailable, Migration, SinkError, copy_tables
 
-COLUMNS = {
+#: The bundles table as migration 1 made it (never edited: later columns are later steps).
+_COLUMNS_1 = {
     "id": str,
     "device_id": str,
     "store_id": str,
@@ -39,6 +40,11 @@ COLUMNS = {
     "empty_background": int,
     "indexed_utc": str,
 }
+COLUMNS = {
+    **_COLUMNS_1,
+    #: every rule that fired in the bundle, space-separated: the one that opened it first
+    "rules": str,
+}
 
 
 _SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "REAL"}
@@ -49,7 +55,7 @@ _OLD = ", ".join(f'old."{c}"' for c in _FTS)
 
 _BUNDLES_TABLE = (
     "CREATE TABLE IF NOT EXISTS bundles ("
-    + ", ".join(f'"{k}" {_SQL_TYPES[t]}' for k, t in COLUMNS.items())
+    + ", ".join(f'"{k}" {_SQL_TYPES[t]}' for k, t in _COLUMNS_1.items())
     + ', PRIMARY KEY ("device_id", "id"))'
 )
 _BUNDLES_INDEXES = (
@@ -133,6 +139,15 @@ MIGRATIONS: list[Migration] = [
     );
     CREATE INDEX label_events_item ON label_events(item_id, seq);
     """,
+    # 3: an item's track: the other frames of its moment that show the same product (JSON:
+    #    time, frame key, sha256, box each); they take the item's label when it is exported
+    "ALTER TABLE label_items ADD COLUMN track TEXT NOT NULL DEFAULT '[]'",
+    # 4: every rule that fired in a bundle (the manifest's trigger and its ``also``); bundles
+    #    indexed before know the one that opened them
+    (
+        "ALTER TABLE bundles ADD COLUMN rules TEXT NOT NULL DEFAULT ''",
+        "UPDATE bundles SET rules = rule",
+    ),
 ]
 
 
@@ -227,6 +242,7 @@ class Index:
                 "device_id": device,
                 "store_id": m.store_id,
                 "rule": m.trigger.rule,
+                "rules": " ".join(dict.fromkeys([m.trigger.rule, *m.trigger.also])),
                 "priority": m.trigger.priority,
                 "start_utc": m.start_utc,
                 "end_utc": m.end_utc,
@@ -253,6 +269,7 @@ class Index:
                 "device_id": device,
                 "store_id": m.store_id if m else "",
                 "rule": m.trigger.rule if m else "",
+                "rules": m.trigger.rule if m else "",
                 "priority": m.trigger.priority if m else 0,
                 "start_utc": m.start_utc if m else "",
                 "end_utc": m.end_utc if m else "",
@@ -276,6 +293,7 @@ class Index:
         store: str | None = None,
         device: str | None = None,
         rule: str | None = None,
+        fired: str | None = None,
         since: str | None = None,
         until: str | None = None,
         barcode: str | None = None,
@@ -306,6 +324,10 @@ class Index:
         if until:
             where.append("start_utc <= ?")
             args.append(until)
+        if fired:  # opened the bundle or fired while it was open
+            escaped = fired.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append("(' ' || rules || ' ') LIKE ? ESCAPE '\\'")
+            args.append(f"% {escaped} %")
         if barcode:
             escaped = barcode.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             where.append("(' ' || barcodes || ' ') LIKE ? ESCAPE '\\'")

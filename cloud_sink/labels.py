@@ -52,6 +52,17 @@ class Candidate:
 
 
 @dataclass
+class TrackFrame:
+    """A frame of an item's moment besides the one reviewed: it takes the item's label when
+    exported (one review labels the whole track)."""
+
+    t_ns: int
+    frame_key: str
+    frame_sha256: str
+    box: list[int] | None = None
+
+
+@dataclass
 class NewItem:
     item_id: str
     device_id: str
@@ -65,6 +76,8 @@ class NewItem:
     height: int
     candidates: list[Candidate]
     moment: dict[str, Any] = field(default_factory=dict)
+    #: The other frames of the moment that show the same product (:class:`TrackFrame`).
+    track: list[TrackFrame] = field(default_factory=list)
 
 
 #: Which source's answer is the pre-label when several spoke (higher first; others by score).
@@ -118,8 +131,8 @@ class LabelStore:
             db.execute(
                 "INSERT INTO label_items (item_id, device_id, bundle_id, store_id, t_ns, t_utc, "
                 "frame_key, frame_sha256, width, height, state, sku, box, source, model_version, "
-                "score, candidates, moment, updated_utc) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "score, candidates, moment, track, updated_utc) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     item.item_id,
                     item.device_id,
@@ -139,6 +152,7 @@ class LabelStore:
                     best.score if best else 0.0,
                     json.dumps([c.__dict__ for c in item.candidates]),
                     json.dumps(item.moment),
+                    json.dumps([t.__dict__ for t in item.track]),
                     now,
                 ),
             )
@@ -311,4 +325,5 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
     row["box"] = json.loads(row["box"]) if row.get("box") else None
     row["candidates"] = json.loads(row.get("candidates") or "[]")
     row["moment"] = json.loads(row.get("moment") or "{}")
+    row["track"] = json.loads(row.get("track") or "[]")
     return row

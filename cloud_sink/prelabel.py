@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -43,7 +44,7 @@ from capsight_edge.bundle.manifest import CLIP, MANIFEST, SENSORS, Manifest
 from capsight_edge.sensors.sensorlog import iter_messages_bounded
 from cloud_sink import evidence
 from cloud_sink.catalogue import Catalogue
-from cloud_sink.labels import Candidate, LabelStore, NewItem
+from cloud_sink.labels import Candidate, LabelStore, NewItem, TrackFrame
 from cloud_sink.teacher import Prediction, Teacher, TeacherError
 
 log = logging.getLogger("capsight.sink.prelabel")
@@ -73,6 +74,24 @@ class PrelabelConfig:
     weight_sd_rel: float = 0.02
     #: a read is carried to an item placed at most this long after it (scan, then place)
     scan_to_place_s: float = 10.0
+    #: the item's track: up to ``track_frames`` other frames of its moment, from the unbroken
+    #: run of frames around the chosen one (at most ``track_s`` away, never past half-way to
+    #: another moment's frame) whose changed pixels stay at least ``track_share`` of the
+    #: chosen frame's: the same product in other poses and blurs, labelled by one review.
+    #: At most ``max_track_per_bundle`` in a bundle (frames held at once are bounded).
+    track_frames: int = 12
+    track_s: float = 1.5
+    track_share: float = 0.5
+    max_track_per_bundle: int = 48
+    #: a quiet item: the middle frame of the clip's longest stretch with under
+    #: ``empty_changed_pct`` changed pixels and at least ``quiet_gap_s`` from every moment (the
+    #: basket with no product in hand: what "no product" looks like in that store), with up
+    #: to ``quiet_track`` more frames of the stretch as its track; none when the stretch is
+    #: shorter than ``quiet_min_frames``
+    quiet: bool = True
+    quiet_gap_s: float = 1.5
+    quiet_track: int = 4
+    quiet_min_frames: int = 5
 
 
 @dataclass
@@ -93,6 +112,7 @@ class PrelabelReport:
     moments: int = 0
     empty_frames: int = 0
     items: int = 0
+    track_frames: int = 0
     by_state: dict[str, int] = field(default_factory=dict)
     decode_s: float = 0.0
     model_s: float = 0.0
@@ -195,20 +215,67 @@ def _nearest_batched(
     return best
 
 
+def track_around(
+    pick: int,
+    times: list[int],
+    changed: list[float],
+    keys: set[int],
+    taken: set[int],
+    cfg: PrelabelConfig,
+) -> list[int]:
+    """The frames of ``pick``'s track (see :class:`PrelabelConfig`): the unbroken run around it
+    whose changed pixels stay at least ``track_share`` of its own (and above the empty
+    threshold), within ``track_s``, ending at a frame in ``taken`` (another item's) and before
+    half-way to another item's chosen frame (``keys``); up to ``track_frames`` of them, spread
+    evenly over the run."""
+    if cfg.track_frames <= 0:
+        return []
+    floor = max(cfg.empty_changed_pct, cfg.track_share * changed[pick])
+    reach = int(cfg.track_s * 1e9)
+    run: list[int] = []
+    for step in (-1, 1):
+        j = pick + step
+        while (
+            0 <= j < len(times)
+            and abs(times[j] - times[pick]) <= reach
+            and j not in taken
+            and changed[j] >= floor
+            and not any(
+                (k - pick) * step > 0 and abs(times[j] - times[k]) <= abs(times[j] - times[pick])
+                for k in keys
+            )
+        ):
+            run.append(j)
+            j += step
+    run.sort()
+    if len(run) > cfg.track_frames:
+        gap = len(run) / cfg.track_frames
+        run = [run[int(gap * i + gap / 2)] for i in range(cfg.track_frames)]
+    return run
+
+
 def frames_at(
     clip: Path, start_ns: int, moments: list[Moment], cfg: PrelabelConfig
-) -> tuple[list[tuple[int, Any] | None], list[bool], Any]:
+) -> tuple[
+    list[tuple[int, Any] | None],
+    list[bool],
+    Any,
+    list[list[tuple[int, Any]]],
+    list[tuple[int, Any]],
+]:
     """For each moment, (time, BGR frame) of the frame to label, and whether it shows only the
     background. A barcode read's moment takes the frame nearest the read; any other moment (a
     trigger, a weight change: the hand has let go by then) takes, of the frames from
     ``look_back_s`` before it to ``look_ahead_s`` after, the one that differs most from the
     clip's median frame: where the product is in view. A frame whose share of changed pixels
     (more than ``changed_grey`` levels at 160 px wide) is under ``empty_changed_pct`` shows only
-    the basket. Two decoding passes: the first measures every frame, the second keeps only
-    the chosen ones. Also returns the clip's median frame in colour (``fit_samples`` frames
-    spread over the clip, :class:`cloud_sink.evidence.Background`; None when boxes are not
-    fitted), for fitting boxes. At most twice ``fit_samples`` colour frames are held at once,
-    whatever length the container states."""
+    the basket. Each chosen frame also brings its track (:func:`track_around`), as (time, BGR
+    frame) lists; last come the quiet item's frames (:func:`quiet_stretch`). Two decoding
+    passes: the first measures every frame, the second keeps only the chosen ones. Also returns
+    the clip's median frame in colour (``fit_samples`` frames spread over the clip,
+    :class:`cloud_sink.evidence.Background`; None when boxes are not fitted), for fitting boxes.
+    At most twice ``fit_samples`` colour frames are held at once, whatever length the container
+    states."""
     import av
     import numpy as np
 
@@ -230,7 +297,7 @@ def frames_at(
                 if len(samples) > 2 * cfg.fit_samples:  # longer than the container said
                     samples, every = samples[::2], every * 2
     if not times:
-        return [None] * len(moments), [True] * len(moments), None
+        return [None] * len(moments), [True] * len(moments), None, [[] for _ in moments], []
     if len(samples) > cfg.fit_samples > 0:  # fit_samples of them, spread evenly
         step = (len(samples) - 1) / max(1, cfg.fit_samples - 1)
         samples = [samples[round(i * step)] for i in range(cfg.fit_samples)]
@@ -245,7 +312,19 @@ def frames_at(
         lo, hi = m.t_ns - int(cfg.look_back_s * 1e9), m.t_ns + int(cfg.look_ahead_s * 1e9)
         window = [k for k, t in enumerate(times) if lo <= t <= hi]
         chosen.append(max(window, key=lambda k: changed[k]) if window else None)
-    wanted = {k for k in chosen if k is not None}
+    keys = {k for k in chosen if k is not None and changed[k] >= cfg.empty_changed_pct}
+    taken = set(keys)
+    tracks: list[list[int]] = []
+    budget = cfg.max_track_per_bundle
+    for key in chosen:
+        run: list[int] = []
+        if key is not None and key in keys and budget > 0:
+            run = track_around(key, times, changed, keys - {key}, taken - {key}, cfg)[:budget]
+            budget -= len(run)
+            taken.update(run)
+        tracks.append(run)
+    still = quiet_stretch(times, changed, moments, cfg)
+    wanted = {k for k in chosen if k is not None} | {i for t in tracks for i in t} | set(still)
     images: dict[int, Any] = {}
     with av.open(str(clip)) as container:
         for k, frame in enumerate(container.decode(video=0)):
@@ -262,7 +341,34 @@ def frames_at(
             continue
         frames.append((times[pick], images[pick]))
         empty.append(changed[pick] < cfg.empty_changed_pct)
-    return frames, empty, colour_bg
+    held = [[(times[i], images[i]) for i in run if i in images] for run in tracks]
+    quiet = [(times[i], images[i]) for i in still if i in images]
+    return frames, empty, colour_bg, held, quiet
+
+
+def quiet_stretch(
+    times: list[int], changed: list[float], moments: list[Moment], cfg: PrelabelConfig
+) -> list[int]:
+    """The quiet item's frames (see :class:`PrelabelConfig`), its own first; [] for none."""
+    if not cfg.quiet:
+        return []
+    gap = int(cfg.quiet_gap_s * 1e9)
+    best: list[int] = []
+    run: list[int] = []
+    for k, t in enumerate(times):
+        if changed[k] < cfg.empty_changed_pct and all(abs(t - m.t_ns) >= gap for m in moments):
+            run.append(k)
+            if len(run) > len(best):
+                best = list(run)
+        else:
+            run = []
+    if len(best) < max(1, cfg.quiet_min_frames):
+        return []
+    mid = best[len(best) // 2]
+    rest = [k for k in best if k != mid]
+    n = min(cfg.quiet_track, len(rest))
+    gap_n = len(rest) / n if n else 0
+    return [mid, *(rest[int(gap_n * i + gap_n / 2)] for i in range(n))]
 
 
 def _fit(pred: Prediction, img: Any, background: Any, cfg: PrelabelConfig) -> Prediction:
@@ -284,6 +390,11 @@ def _small(grey: Any) -> Any:
     return cv2.resize(
         grey, (160, max(1, 160 * grey.shape[0] // grey.shape[1])), interpolation=cv2.INTER_AREA
     ).astype(np.float32)
+
+
+def _ms_into(manifest: Manifest, t_ns: int) -> int:
+    """Milliseconds from the bundle's start (an item's and a frame's name)."""
+    return max(0, (t_ns - manifest.start_ns) // 1_000_000)
 
 
 def utc_at(manifest: Manifest, t_ns: int) -> str:
@@ -359,6 +470,7 @@ class Prelabeler:
         for f in work["frames"]:
             state = self._item(manifest, device, store, f)
             report.items += 1
+            report.track_frames += len(f.get("track", [])) if state != "exists" else 0
             report.by_state[state] = report.by_state.get(state, 0) + 1
         report.write_s += time.perf_counter() - t2
         status = "prelabelled" if work["frames"] else "nothing"
@@ -419,12 +531,16 @@ class Prelabeler:
 
     def _item(self, manifest: Manifest, device: str, store: str, f: dict[str, Any]) -> str:
         m, t_ns, data, pred = f["moment"], f["t_ns"], f["jpeg"], f["pred"]
-        t_ms = max(0, (t_ns - manifest.start_ns) // 1_000_000)
-        key = f"frames/{device}/{manifest.bundle_id}/{t_ms:08d}.jpg"
-        with tempfile.NamedTemporaryFile(suffix=".jpg") as fh:
-            fh.write(data)
-            fh.flush()
-            self.blobs.put_file(key, Path(fh.name))
+        key = self._put_frame(manifest, device, t_ns, data)
+        track = [
+            TrackFrame(
+                t["t_ns"],
+                self._put_frame(manifest, device, t["t_ns"], t["jpeg"]),
+                hashlib.sha256(t["jpeg"]).hexdigest(),
+                t["box"],
+            )
+            for t in f.get("track", [])
+        ]
         candidates: list[Candidate] = []
         box = pred.product_box if pred is not None else None
         if self.catalogue is not None:
@@ -472,7 +588,7 @@ class Prelabeler:
         h, w = f["height"], f["width"]
         return self.labels.add(
             NewItem(
-                item_id=f"{device}~{manifest.bundle_id}~{t_ms}",
+                item_id=f"{device}~{manifest.bundle_id}~{_ms_into(manifest, t_ns)}",
                 device_id=device,
                 bundle_id=manifest.bundle_id,
                 store_id=store,
@@ -484,10 +600,19 @@ class Prelabeler:
                 height=h,
                 candidates=candidates,
                 moment=moment,
+                track=track,
             ),
             agree_score=self.cfg.agree_score,
             alone_score=self.cfg.alone_score,
         )
+
+    def _put_frame(self, manifest: Manifest, device: str, t_ns: int, data: bytes) -> str:
+        key = f"frames/{device}/{manifest.bundle_id}/{_ms_into(manifest, t_ns):08d}.jpg"
+        with tempfile.NamedTemporaryFile(suffix=".jpg") as fh:
+            fh.write(data)
+            fh.flush()
+            self.blobs.put_file(key, Path(fh.name))
+        return key
 
     def _scanned_then_placed(self, m: Moment) -> Candidate | None:
         """The read an added item was placed after, as its label, when the scale's change is
@@ -537,8 +662,6 @@ def compute_bundle(
 ) -> dict[str, Any]:
     """The per-bundle work, with no writes: the frames worth a label (JPEG), the teacher's
     predictions and the sensors at each moment. Runs in this process or in a Ray worker."""
-    import cv2
-
     prefix = f"bundles/{device}/{bundle_id}"
     tmp = Path(tempfile.mkdtemp(prefix="prelabel-"))
     try:
@@ -551,36 +674,46 @@ def compute_bundle(
         t0 = time.perf_counter()
         sensors = read_sensors(tmp / SENSORS)
         moments = moments_of(sensors, cfg)
-        frames, empty, background = frames_at(tmp / CLIP, manifest.start_ns, moments, cfg)
+        frames, empty, background, tracks, quiet = frames_at(
+            tmp / CLIP, manifest.start_ns, moments, cfg
+        )
         decode_s = time.perf_counter() - t0
         keep: list[tuple[Moment, tuple[int, Any]]] = []
-        for m, f, e in zip(moments, frames, empty, strict=True):
+        kept_tracks: list[list[tuple[int, Any]]] = []
+        for m, f, e, track in zip(moments, frames, empty, tracks, strict=True):
             if not f or e:
                 continue
             same = next((k for k in keep if k[1][0] == f[0]), None)
             if same is None:
                 keep.append((m, f))
+                kept_tracks.append(track)
             else:  # two moments chose one frame: one item, with both reasons
                 same[0].reasons += [r for r in m.reasons if r not in same[0].reasons]
                 same[0].codes += [c for c in m.codes if c not in same[0].codes]
                 if m.weight_delta_g is not None:
                     same[0].weight_delta_g = m.weight_delta_g
                 same[0].scanned = same[0].scanned or m.scanned
-        preds: list[Any] = [None] * len(keep)
+        if quiet:
+            keep.append((Moment(quiet[0][0], ["quiet"]), quiet[0]))
+            kept_tracks.append(quiet[1:])
+        # The teacher sees every frame (the chosen ones, then the tracks'): its box, fitted to
+        # the changed pixels, is where each track frame's product is.
+        images = [f[1] for _m, f in keep] + [img for t in kept_tracks for _t, img in t]
+        preds: list[Any] = [None] * len(images)
         model_s = 0.0
-        if teacher is not None and keep:
+        if teacher is not None and images:
             t1 = time.perf_counter()
-            preds = list(teacher.predict([f[1] for _m, f in keep]))
+            preds = list(teacher.predict(images))
             model_s = time.perf_counter() - t1
             if cfg.fit_boxes and background is not None:
                 preds = [
-                    _fit(p, f[1], background, cfg) for p, (_m, f) in zip(preds, keep, strict=True)
+                    _fit(p, img, background, cfg) for p, img in zip(preds, images, strict=True)
                 ]
+        track_preds = iter(preds[len(keep) :])
         out = []
-        for (m, (t_ns, img)), pred in zip(keep, preds, strict=True):
-            ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
-            if not ok:
-                raise ValueError("a frame could not be encoded as JPEG")
+        kept = zip(keep, preds[: len(keep)], kept_tracks, strict=True)
+        for (m, (t_ns, img)), pred, track in kept:
+            jpg = _jpeg(img, cfg)
             h, w = img.shape[:2]
             at = {
                 "accel_g": _nearest_batched(sensors["/imu"], t_ns, ("accel_g",)),
@@ -592,11 +725,21 @@ def compute_bundle(
                 {
                     "moment": m,
                     "t_ns": t_ns,
-                    "jpeg": jpg.tobytes(),
+                    "jpeg": jpg,
                     "width": w,
                     "height": h,
                     "pred": pred,
                     "at": at,
+                    "track": [
+                        {
+                            "t_ns": t,
+                            "jpeg": _jpeg(timg, cfg),
+                            "box": p.product_box if p is not None else None,
+                        }
+                        for (t, timg), p in zip(
+                            track, itertools.islice(track_preds, len(track)), strict=True
+                        )
+                    ],
                 }
             )
         return {
@@ -604,12 +747,21 @@ def compute_bundle(
             "frames": out,
             "moments": len(moments),
             "empty_frames": sum(1 for f, e in zip(frames, empty, strict=True) if f and e),
-            "model_frames": len(keep) if teacher is not None else 0,
+            "model_frames": len(images) if teacher is not None else 0,
             "decode_s": decode_s,
             "model_s": model_s,
         }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _jpeg(img: Any, cfg: PrelabelConfig) -> bytes:
+    import cv2
+
+    ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
+    if not ok:
+        raise ValueError("a frame could not be encoded as JPEG")
+    return bytes(jpg.tobytes())
 
 
 class _RayBundleWork:

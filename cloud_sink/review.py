@@ -7,7 +7,8 @@ API (admin: a bearer token, or the UI's session cookie):
 - ``POST /api/labels/ITEM`` ``{"version", "action": "accept"|"correct"|"reject", "seconds",
   "sku"?, "box"?}``: a review; 409 when the item changed since ``version`` (someone else saved
   first), 400 when the review does not fit the item;
-- ``GET /api/frames/ITEM.jpg``: the item's frame;
+- ``GET /api/frames/ITEM.jpg``: the item's frame; ``?track=K``: the K-th frame of its track
+  (the other frames of the moment, which take the item's label when exported);
 - ``GET /api/clips/DEVICE/BUNDLE.mp4``: the bundle's clip as a seekable MP4 (Range requests);
 - ``GET /api/bundles/DEVICE/BUNDLE/sensors``: the sensor channels on the clip's time axis
   (seconds from its first frame), thinned to at most 1500 points each;
@@ -167,7 +168,14 @@ def add_review(
             return who
         if isinstance(item := item_or_404(request.path_params["item_id"]), JSONResponse):
             return item
-        data = await asyncio.to_thread(blobs.get_bytes, item["frame_key"])
+        key = item["frame_key"]
+        if "track" in request.query_params:  # ?track=K: the K-th frame of the item's track
+            k = request.query_params["track"]
+            track = item.get("track") or []
+            if not k.isdigit() or not 1 <= int(k) <= len(track):
+                return _error(404, f"item {item['item_id']} has {len(track)} track frame(s)")
+            key = track[int(k) - 1]["frame_key"]
+        data = await asyncio.to_thread(blobs.get_bytes, key)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private"})
 
     def bundle_key(request: Request) -> str | None:

@@ -57,6 +57,8 @@ class BundleQuery(BaseModel):
     store: Annotated[str, Field(pattern=NAME)] | None = None
     device: Annotated[str, Field(pattern=NAME)] | None = None
     rule: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,47}$")] | None = None
+    #: bundles in which this rule fired (it opened the bundle or fired while it was open)
+    fired: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,47}$")] | None = None
     since: Annotated[str, Field(max_length=32, pattern=UTC_PATTERN)] | None = None
     until: Annotated[str, Field(max_length=32, pattern=UTC_PATTERN)] | None = None
     barcode: Annotated[str, Field(pattern=r"^[0-9A-Za-z]{1,64}$")] | None = None
@@ -109,6 +111,8 @@ class BundleRow(_Out):
     device_id: str
     store_id: str
     rule: str
+    #: every rule that fired in the bundle, the one that opened it first
+    rules: list[str]
     priority: int
     start_utc: str
     end_utc: str
@@ -131,6 +135,7 @@ class BundleRow(_Out):
         out = {k: v for k, v in row.items() if k != "id"}
         out["bundle_id"] = row["id"]
         out["barcodes"] = (row.get("barcodes") or "").split()
+        out["rules"] = (row.get("rules") or row.get("rule") or "").split()
         out["empty_background"] = bool(row.get("empty_background"))
         return cls.model_validate(out)
 
@@ -227,6 +232,8 @@ class PrelabelRecord(_Out):
     moments: int
     empty_frames: int
     items: int
+    #: the items' track frames (labelled with their item when exported)
+    track_frames: int
     by_state: dict[str, int]
     decode_s: float
     model_s: float
@@ -260,6 +267,10 @@ class DatasetRecord(_Out):
     splits: dict[str, int]
     stores: dict[str, str]
     digest: str
+    #: with a bundle selection (--rule, --since, --max-bundles): how many bundles it held, and
+    #: their bytes as uploaded (what the data cost to collect)
+    bundles: int | None = None
+    bundle_bytes: int | None = None
 
 
 class ModelChannelRecord(_Out):
@@ -296,6 +307,13 @@ class Candidate(_Out):
     detail: str
 
 
+class TrackFrame(_Out):
+    t_ns: int
+    frame_key: str
+    frame_sha256: str
+    box: list[int] | None
+
+
 class LabelItem(_Out):
     """One frame to label (``cloud_sink.labels``): its pre-label, state and version."""
 
@@ -320,6 +338,8 @@ class LabelItem(_Out):
     score: float
     candidates: list[Candidate]
     moment: dict[str, Any]
+    #: the other frames of the moment, labelled with the item when exported
+    track: list[TrackFrame]
     reviewer: str
     review_s: float
     flagged: str

@@ -179,7 +179,9 @@ def test_the_median_frame_holds_a_bounded_number_of_frames_whatever_the_clip_say
 
     small_frame = evidence.small_frame
     monkeypatch.setattr(evidence, "small_frame", counted)
-    frames, empty, background = frames_at(clip, 0, [], PrelabelConfig(fit_samples=3))
+    frames, empty, background, _tracks, _quiet = frames_at(
+        clip, 0, [], PrelabelConfig(fit_samples=3)
+    )
     assert len(held) > 10 and most <= 2 * 3 + 1, (len(held), most)
     assert frames == [] and empty == []
     assert background is not None and len(background.stack) == 3

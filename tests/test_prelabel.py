@@ -5,10 +5,12 @@ that load in pycocotools and the trainer's loader."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +18,7 @@ from capsight_edge.bundle.manifest import SENSORS
 from capsight_edge.demo import reviewer as sim_reviewer
 from cloud_sink.blobs import LocalBlobStore
 from cloud_sink.catalogue import Catalogue
+from cloud_sink.datasets import load_manifest
 from cloud_sink.index import Index
 from cloud_sink.labels import LabelConflict, LabelError, LabelStore
 from cloud_sink.prelabel import Prelabeler
@@ -54,8 +57,6 @@ def test_barcode_as_label_names_the_product_in_the_hand(
         assert item["score"] == 1.0 and item["candidates"][0]["detail"]  # the code read
     assert right / len(by_barcode) >= 0.9, (right, len(by_barcode))
     # Every frame is stored with its hash; every bundle says how its labelling went.
-    import hashlib
-
     for item in items:
         assert (
             hashlib.sha256(blobs.get_bytes(item["frame_key"])).hexdigest() == item["frame_sha256"]
@@ -66,6 +67,42 @@ def test_barcode_as_label_names_the_product_in_the_hand(
     # Pre-labelling twice changes nothing.
     again = Prelabeler(index, blobs, Catalogue.load(fleet.catalogue)).run()
     assert again.bundles == 0 and len(LabelStore(index).items()) == len(items)
+
+
+def test_an_items_track_shows_the_same_product(
+    fleet: Fleet, sink: tuple[Index, LocalBlobStore, Path], tmp_path: Path
+) -> None:
+    """The frames that take an item's label when exported (its track) show, by the
+    simulation's truth, the product its own frame shows; none is another item's frame, and
+    each lies within the configured reach of its item."""
+    index, blobs, _data = sink
+    classes = ["", *Catalogue.load(fleet.catalogue).skus]
+    pre = Prelabeler(index, blobs, None, Teacher(make_teacher(tmp_path, classes)))
+    report = pre.run()
+    items = LabelStore(index).items()
+    assert report.track_frames == sum(len(i["track"]) for i in items) >= 2 * len(items) > 0
+    truths = sim_reviewer.Truths(blobs, tmp_path)
+    same = total = 0
+    frames = [i["frame_key"] for i in items] + [t["frame_key"] for i in items for t in i["track"]]
+    assert len(frames) == len(set(frames))  # one item per frame
+    for item in items:
+        truth = truths.of(item)
+        sku = truth.at(item["t_ns"])[0]
+        assert len(item["track"]) <= pre.cfg.track_frames
+        for t in item["track"]:
+            assert 0 < abs(t["t_ns"] - item["t_ns"]) <= pre.cfg.track_s * 1e9
+            assert t["box"] is None or len(t["box"]) == 4
+            blob = blobs.get_bytes(t["frame_key"])
+            assert hashlib.sha256(blob).hexdigest() == t["frame_sha256"]
+            same += truth.at(t["t_ns"])[0] == sku
+            total += 1
+    assert same / total >= 0.95, (same, total)
+    # A quiet item: the basket with no product in hand, a frame of the store's "no product".
+    quiet = [i for i in items if i["moment"]["reasons"] == ["quiet"]]
+    assert quiet and len({(i["device_id"], i["bundle_id"]) for i in quiet}) == len(quiet)
+    empty = sum(truths.of(i).at(i["t_ns"])[0] == "" for i in quiet)
+    assert empty / len(quiet) >= 0.9, (empty, len(quiet))
+    assert all(len(i["track"]) <= pre.cfg.quiet_track for i in quiet)
 
 
 def test_the_scale_names_what_a_poor_teacher_cannot_on_a_recorded_fleet(
@@ -156,7 +193,8 @@ def test_a_teacher_labels_in_batches_and_a_broken_one_labels_nothing(
         Prelabeler(index, blobs, None, nan).run()
     assert LabelStore(index).items() == []  # nothing labelled with a broken model
     report = Prelabeler(index, blobs, None, Teacher(make_teacher(tmp_path, classes))).run()
-    assert report.model_frames == report.items > 0 and report.as_dict()["model_frames_per_s"]
+    assert report.model_frames == report.items + report.track_frames > 0
+    assert report.as_dict()["model_frames_per_s"]
     item = LabelStore(index).items()[0]
     assert item["candidates"][0]["model_version"] == "tiny-teacher:tiny-1"
 
@@ -219,7 +257,17 @@ def test_simulated_review_audit_and_versioned_exports(
         )
     )  # fmt: skip
     labelled = [i for i in store.items(limit=100_000) if i["source"]]
-    assert len(pre.items) == len(labelled) > 0
+    assert len([i for i in pre.items if not i.track_of]) == len(labelled) > 0
+    # Each item's track comes along with the item's label.
+    assert len([i for i in pre.items if i.track_of]) == sum(len(i["track"]) for i in labelled)
+    by_id = {i.item_id: i for i in pre.items}
+    for i in pre.items:
+        if i.track_of:
+            parent = by_id[i.track_of]
+            assert (i.label.sku, i.split, i.store_id) == (
+                parent.label.sku, parent.split, parent.store_id
+            )  # fmt: skip
+            assert i.label.review_s == 0 and i.t_ns != parent.t_ns
     assert {i.label.source for i in pre.items} <= {"barcode", "teacher", "vlm"}
     assert all(i.label.reviewer == "" for i in pre.items)
     truths = sim_reviewer.Truths(blobs, tmp_path)
@@ -264,7 +312,8 @@ def test_simulated_review_audit_and_versioned_exports(
     assert {i.store_id for i in m1.items if i.split == "test"} == {"store-east"}
     assert all(i.split != "test" for i in m1.items if i.store_id != "store-east")
     coco = COCO(str(v1 / "coco.json"))
-    assert len(coco.getImgIds()) == len(m1.items)
+    # A product with no box is not a COCO image (it would read as a frame without one).
+    assert len(coco.getImgIds()) == sum(1 for i in m1.items if i.label.box or not i.label.sku)
     assert len(coco.getAnnIds()) == sum(1 for i in m1.items if i.label.sku and i.label.box)
     tasks = json.loads((v1 / "label-studio.json").read_text())
     assert len(tasks) == len(m1.items) and all("annotations" in t for t in tasks)
@@ -288,3 +337,37 @@ def test_the_cli_prelabels_and_exports(fleet: Fleet, tmp_path: Path) -> None:
     assert refused.returncode == 2 and "no reviewed items" in refused.stderr
     missing = sink_cli("prelabel", "--data", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "holds no sink" in missing.stderr
+    # A selection of bundles (by rule, start and count) all in training, with what it cost.
+    index = sink_index(data)
+    by_rule: dict[str, list[dict[str, Any]]] = {}
+    for row in index.query(limit=1000):
+        for fired in row["rules"].split():  # every rule that fired in it
+            by_rule.setdefault(fired, []).append(row)
+    index.close()
+    rule, rows = max(by_rule.items(), key=lambda kv: len(kv[1]))
+    rows.sort(key=lambda r: (r["start_utc"], r["device_id"], r["id"]))
+    since = rows[1]["start_utc"]
+    res = sink_cli(
+        "export", "--data", str(data), "--name", "picked", "--prelabels", "--rule", rule,
+        "--since", since, "--max-bundles", "2", "--all-train", "--json",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    (rec,) = json_records(res.stdout, folder="schemas/api")
+    picked = rows[1:3]
+    assert rec["bundles"] == 2 and rec["bundle_bytes"] == sum(r["bytes"] for r in picked)
+    m = load_manifest(rec["path"])
+    assert {i.bundle_id for i in m.items} <= {r["id"] for r in picked} and m.items
+    assert set(m.stores.values()) == {"train"} and rec["splits"]["test"] == 0
+    res = sink_cli(
+        "export", "--data", str(data), "--name", "none-left", "--prelabels", "--rule", rule,
+        "--without-rule", rule,
+    )  # fmt: skip
+    assert res.returncode == 2 and "nothing to export" in res.stderr  # every one left out
+    for bad, why in (
+        (["--max-bundles", "0"], "at least 1"),
+        (["--all-train", "--test-store", "store-east"], "takes no --test-store"),
+        (["--name", "tested", "--test-store", "store-east"], ""),
+        (["--name", "tested", "--all-train"], "has a test split"),  # its v1 tests
+    ):
+        res = sink_cli("export", "--data", str(data), "--name", "bad", "--prelabels", *bad)
+        assert res.returncode == (2 if why else 0) and why in res.stderr, res.stderr

@@ -70,6 +70,16 @@ def test_review_in_the_browser(reviewed_sink: tuple[Sink, str], tmp_path: Path) 
         loaded = "document.body.dataset.loaded === {!r}"
         page.wait_for_function(loaded.format(queue[0]["item_id"]))
         page.wait_for_function("document.getElementById('frame').naturalWidth > 0")
+        # The item's track (the frames that take its label) is shown beside it, every one.
+        track = len(queue[0]["track"])
+        assert track > 0
+        page.wait_for_function(
+            "[...document.querySelectorAll('#track img')].filter(i => i.naturalWidth > 0)"
+            f".length === {track}"
+        )
+        frame = f"{sink.url}/api/frames/{queue[0]['item_id']}.jpg"
+        for k in ("0", str(track + 1), "x"):
+            assert httpx.get(frame, params={"track": k}, headers=auth).status_code == 404
         # The clip is seekable to its end (a plain MP4 with its index first, Range requests).
         page.wait_for_function("document.getElementById('video').readyState >= 1")
         duration = page.evaluate("document.getElementById('video').duration")

@@ -97,7 +97,7 @@ def test_a_bundle_is_verified_probed_summarised_and_indexed(
     sink: tuple[Sink, str, str, str], tmp_path: Path
 ) -> None:
     s, a, _, admin = sink
-    folder = make_bundle(tmp_path / "b1", "b-1")
+    folder = make_bundle(tmp_path / "b1", "b-1", also=("model_wrong",))
     for name in (CLIP, SENSORS):  # the manifest last: nothing happens before it
         upload(s, a, folder / name, "b-1")
     assert query(s, admin, device="cart-a") == []
@@ -111,6 +111,11 @@ def test_a_bundle_is_verified_probed_summarised_and_indexed(
     assert query(s, admin, barcode="4006381333931")[0]["bundle_id"] == "b-1"
     assert query(s, admin, q="unscanned_item")[0]["bundle_id"] == "b-1"
     assert query(s, admin, rule="scanned_item") == []
+    # Every rule that fired in it: the one that opened it, then the others.
+    assert row["rules"] == ["unscanned_item", "model_wrong"]
+    assert query(s, admin, rule="model_wrong") == []  # it did not open the bundle
+    assert [r["bundle_id"] for r in query(s, admin, fired="model_wrong")] == ["b-1"]
+    assert query(s, admin, fired="model") == []  # a whole rule's name, not a part of one
     stored = s.data / "blobs" / "store" / "bundles" / "cart-a" / "b-1" / CLIP
     assert stored.read_bytes() == (folder / CLIP).read_bytes()
     assert row["keyframes"] >= 1 and row["empty_background"] is False
@@ -406,3 +411,28 @@ def test_the_queue_says_when_its_last_ingest_finished(tmp_path: Path) -> None:
         last = db.last_ingest_ts()
         assert last is not None and before <= last <= stamps[-1][1]
     db.close()
+
+
+def test_an_index_from_before_the_rules_column_learns_each_bundles_opening_rule(
+    tmp_path: Path,
+) -> None:
+    """Migration 4 adds every rule that fired in a bundle; a bundle indexed before it knows the
+    rule that opened it."""
+    from cloud_sink.index import MIGRATIONS, Index
+    from cloud_sink.sql import Database
+
+    path = tmp_path / "index.db"
+    old = Database(path)
+    old.migrate(MIGRATIONS[:3], "schema_migrations")
+    old.execute(
+        "INSERT INTO bundles (id, device_id, store_id, rule, start_utc, status, bytes) "
+        "VALUES ('b-1', 'cart-a', 'store-7', 'scanned_item', '2026-12-01T10:00:00.000Z', 'ok', 1)"
+    )
+    old.close()
+    index = Index(path)
+    try:
+        assert index.schema_version == len(MIGRATIONS)
+        (row,) = index.query(fired="scanned_item")
+        assert row["rules"] == "scanned_item"
+    finally:
+        index.close()

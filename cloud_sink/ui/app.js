@@ -81,6 +81,9 @@ async function open(i) {
   const img = $("frame");
   img.onload = drawBox;
   img.src = "/api/frames/" + encodeURIComponent(ui.item.item_id) + ".jpg";
+  const track = $("track"), base = "/api/frames/" + encodeURIComponent(ui.item.item_id) + ".jpg";
+  track.replaceChildren(...(ui.item.track.length ? [document.createTextNode(`this label also goes to ${ui.item.track.length} more frames of the moment:`)] : []),
+    ...ui.item.track.map((t, k) => Object.assign(document.createElement("img"), { src: `${base}?track=${k + 1}`, alt: `track frame ${k + 1}`, title: `${((t.t_ns - ui.item.t_ns) / 1e9).toFixed(2)} s` })));
   const clip = `/api/clips/${ui.item.device_id}/${ui.item.bundle_id}.mp4`;
   const video = $("video");
   const series = await api(`/api/bundles/${ui.item.device_id}/${ui.item.bundle_id}/sensors`);
