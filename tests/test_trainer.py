@@ -491,12 +491,34 @@ def test_datasets_combine_with_the_added_ones_in_training(small: Path, tmp_path:
     assert both.counts()["test"] == base.counts()["test"]
     assert {s: both.stores[s] for s in added.stores} == dict.fromkeys(added.stores, "train")
     assert open_dataset(rec["path"]).classes == base.classes
-    # The same stores twice, or another catalogue, are refused.
+    # The same frames twice, a store the base tests on, or another catalogue, are refused.
     res = train_cli(
         "combine-datasets", "--name", "twice", "--base", "small", "--add", "shops",
         "--add", "shops", "--root", str(root),
     )  # fmt: skip
-    assert res.returncode == 2 and "are in two of the datasets" in res.stderr
+    assert res.returncode == 2 and "in another of the datasets too" in res.stderr
+    (test_store,) = [s for s, side in base.stores.items() if side == "test"]
+    leaky = render(
+        tmp_path, "--name", "leaky", "--views", "6", "--seed", "8", "--store", test_store,
+        "--split", "test",
+    )  # fmt: skip
+    res = train_cli(
+        "combine-datasets", "--name", "leak", "--base", "small", "--add", str(leaky),
+        "--root", str(root),
+    )  # fmt: skip
+    assert res.returncode == 2 and "validation or test side" in res.stderr
+    # A store the base trains on may gain items (the fleet's next round, for instance).
+    (train_store,) = [s for s, side in base.stores.items() if side == "train"]
+    more = render(
+        tmp_path, "--name", "more", "--views", "6", "--seed", "9", "--store", train_store,
+        "--split", "test",
+    )  # fmt: skip
+    res = train_cli(
+        "combine-datasets", "--name", "more-of-a", "--base", "small", "--add", str(more),
+        "--root", str(root), "--json",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert load_manifest(records(res.stdout)[0]["path"]).stores[train_store] == "train"
     other = render(tmp_path, "--name", "other", "--views", "6", "--catalogue-size", "4", *stores)
     res = train_cli(
         "combine-datasets", "--name", "mixed", "--base", "small", "--add", str(other),
@@ -543,3 +565,43 @@ def test_a_dataset_name_resolves_to_its_newest_version(small: Path, tmp_path: Pa
         resolve("nothing-here", root)
     res = train_cli("run", "--dataset", "small", "--root", str(root), "--out", str(small))
     assert res.returncode == 2 and "is not empty" in res.stderr
+
+
+def test_a_slice_rejects_only_on_a_loss_chance_does_not_explain() -> None:
+    """The gate's per-slice test: the models are judged on the same items, so a loss counts
+    when the items the candidate lost outnumber those it gained beyond chance (one-sided exact
+    McNemar test)."""
+    from trainer.evaluate import Scored, TestItems, disagreements, p_by_chance
+
+    assert p_by_chance(0, 0) == 1.0 and p_by_chance(1, 0) == 0.5
+    assert p_by_chance(5, 0) == 1 / 32 and p_by_chance(5, 1) == 7 / 64
+    assert p_by_chance(0, 5) == 1.0 and p_by_chance(10, 10) > 0.5
+    # One store, two SKUs: on sku "a" the candidate lost 5 items and gained none (a loss no
+    # coin explains, 1 in 32); on "b" it lost 2 and gained 1.
+    champ_ok = [True] * 5 + [True, True, False] + [True] * 4
+    cand_ok = [False] * 5 + [False, False, True] + [True] * 4
+    skus = ["a"] * 5 + ["b"] * 7
+    tests = TestItems(truth=skus, slices=[{"store": "s", "sku": k} for k in skus])
+
+    def scored(ok: list[bool]) -> Scored:
+        return Scored("m.onnx", "0" * 64, "1", "fp32", skus, ok, [None] * len(ok))
+
+    pairs = disagreements(tests, scored(cand_ok), scored(champ_ok))
+    assert pairs == {("store", "s"): (7, 1), ("sku", "a"): (5, 0), ("sku", "b"): (2, 1)}
+    assert p_by_chance(*pairs[("sku", "a")]) < 0.05 < p_by_chance(*pairs[("sku", "b")])
+
+
+def test_class_balance_draws_every_class_equally_often() -> None:
+    import numpy as np
+
+    from trainer.train import draw
+
+    labels = np.array([0] * 90 + [1] * 9 + [2])
+    plain = draw(labels, 100, 0.0, [0, 1])
+    assert sorted(plain.tolist()) == list(range(100))  # each frame once an epoch
+    drawn = draw(labels, 30_000, 1.0, [0, 1])
+    shares = np.bincount(labels[drawn], minlength=3) / len(drawn)
+    assert np.allclose(shares, 1 / 3, atol=0.02), shares
+    half = np.bincount(labels[draw(labels, 30_000, 0.5, [0, 1])], minlength=3) / 30_000
+    assert half[0] > half[1] > half[2] > 1 / 100  # between the data and equal shares
+    assert (draw(labels, 50, 1.0, [3, 4]) == draw(labels, 50, 1.0, [3, 4])).all()

@@ -131,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--batch", type=int, default=32, help="frames per step per worker")
     t.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW)")
+    t.add_argument(
+        "--balance",
+        type=float,
+        default=0.0,
+        help="0..1: draw a class with chance count**-BALANCE (0: the data as it is; 1: every "
+        "class equally often, for data whose classes are uneven, like a fleet's)",
+    )
     t.add_argument("--seed", type=int, default=0, help="the run's seed (same seed, same model)")
     t.add_argument("--workers", type=int, default=2, help="Ray Train workers")
     t.add_argument(
@@ -167,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="where eval.json, eval.md and the plots go")
     e.add_argument("--margin", type=float, default=0.01, help="accuracy the candidate must gain")
     e.add_argument("--tolerance", type=float, default=0.03, help="accuracy any one slice may lose")
+    e.add_argument(
+        "--alpha",
+        type=float,
+        default=0.05,
+        help="a slice's loss past the tolerance rejects when chance explains it less often "
+        "than this (one-sided exact McNemar test on the same items); 1 rejects on any such loss",
+    )
     e.add_argument(
         "--min-slice-items", type=int, default=20, help="slices smaller than this are not judged"
     )
@@ -305,7 +319,7 @@ def cmd_combine(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     base = open_dataset(args.base, root=args.root, allow_empty_classes=True)
     added = [
-        open_dataset(a, root=args.root, allow_empty_classes=True, test_only=True) for a in args.add
+        open_dataset(a, root=args.root, allow_empty_classes=True, added=True) for a in args.add
     ]
     folder = combine_datasets(args.name, base, added, root=args.root)
     combined = [f"{d.manifest.name}@{d.manifest.version}" for d in [base, *added]]
@@ -360,6 +374,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError("--workers must be 1..256 and --cpus-per-worker above 0")
     if not 0 < args.lr < 1:
         raise CliError("--lr must be between 0 and 1")
+    if not 0 <= args.balance <= 1:
+        raise CliError("--balance must be between 0 and 1")
     out = Path(args.out).expanduser()
     if out.exists() and any(out.iterdir()):
         raise CliError(f"{out} is not empty: give a new folder for the run")
@@ -379,6 +395,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         steps=args.steps or 0,
         batch=args.batch,
         lr=args.lr,
+        balance=args.balance,
         seed=args.seed,
         workers=args.workers,
         cpus_per_worker=args.cpus_per_worker,
@@ -454,6 +471,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     config = GateConfig(
         margin=args.margin,
         tolerance=args.tolerance,
+        alpha=args.alpha,
         min_slice_items=args.min_slice_items,
         min_accuracy=args.min_accuracy,
         min_box_iou=args.min_box_iou,

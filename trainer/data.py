@@ -82,11 +82,13 @@ def open_dataset(
     root: str | os.PathLike[str] | None = None,
     allow_empty_classes: bool = False,
     test_only: bool = False,
+    added: bool = False,
 ) -> Dataset:
     """Read and check a dataset; :class:`DatasetError` lists what is wrong: missing frames,
     hashes that do not match, labels outside the catalogue, a class with no training item,
     a test frame that is also in training or validation, a store on both sides.
-    ``test_only``: a test set for the gate (no training split needed)."""
+    ``test_only``: a test set for the gate (no training split needed). ``added``: data to add
+    to another dataset's training (:func:`combine_datasets`: no split needed)."""
     folder = resolve(dataset, root)
     try:
         manifest = Manifest.model_validate_json((folder / "manifest.json").read_bytes())
@@ -141,9 +143,9 @@ def open_dataset(
             "test set would flatter the model"
         )
     train = [i for i in manifest.items if i.split == "train"]
-    if not train and not test_only:
+    if not train and not test_only and not added:
         problems.append("no training items")
-    if not any(i.split == "test" for i in manifest.items):
+    if not added and not any(i.split == "test" for i in manifest.items):
         problems.append("no test items: the gate would have nothing to judge on")
     counts = Counter(i.label.sku for i in train)
     empty = [c for c in classes if c in known and counts[c] == 0]
@@ -211,8 +213,10 @@ def combine_datasets(
     """A new dataset ``name`` (its next version under the datasets root): every item of
     ``base`` on its own split, and every item of each ``added`` dataset in training (its stores
     too: a store stays wholly on one side). For adding what a fleet captured to what the team had,
-    when the test set that judges lives elsewhere. The class lists must be the same; a store in
-    two of the datasets is refused. Frames are hard-linked (copied across filesystems)."""
+    when the test set that judges lives elsewhere. The class lists must be the same. Refused: an
+    added store on the base's validation or test side (its items would be on two sides), and a
+    frame in two of the datasets (the same bytes would train twice). Frames are hard-linked
+    (copied across filesystems)."""
     import json
     import shutil
     import time
@@ -224,9 +228,12 @@ def combine_datasets(
             raise DatasetError(f"{ds.root}: its classes are not {base.root}'s (another catalogue?)")
     stores: dict[str, Any] = dict(base.manifest.stores)
     for ds in added:
-        clash = sorted(set(ds.manifest.stores) & set(stores))
+        clash = sorted(s for s in ds.manifest.stores if stores.get(s, "train") != "train")
         if clash:
-            raise DatasetError(f"store(s) {', '.join(clash)} are in two of the datasets")
+            raise DatasetError(
+                f"store(s) {', '.join(clash)} of {ds.root} are on a validation or test side of "
+                f"{base.root}: their items would be on two sides"
+            )
         stores.update(dict.fromkeys(ds.manifest.stores, "train"))
     held_out = {i.sha256 for i in base.manifest.items if i.split != "train"}
     clash_n = sum(1 for ds in added for i in ds.manifest.items if i.sha256 in held_out)
@@ -235,6 +242,15 @@ def combine_datasets(
             f"{clash_n} frame(s) of the added datasets are frames of {base.root}'s validation or "
             "test split (same bytes): training on them would flatter the model"
         )
+    seen: set[str] = set()
+    for ds in [base, *added]:
+        twice = {i.sha256 for i in ds.manifest.items} & seen
+        if twice:
+            raise DatasetError(
+                f"{len(twice)} frame(s) of {ds.root} are in another of the datasets too (same "
+                "bytes): they would train twice"
+            )
+        seen |= {i.sha256 for i in ds.manifest.items}
     folder_base = datasets_root(root) / name
     version = (versions(folder_base) or [0])[-1] + 1
     tmp = folder_base / f".v{version}.partial"
