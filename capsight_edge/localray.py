@@ -8,7 +8,7 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from capsight_edge.localsink import free_port
@@ -17,10 +17,22 @@ from capsight_edge.unixsock import ray_temp_dir
 RAY = Path(sys.executable).with_name("ray")
 
 
+def niced(nice: int) -> Callable[[], None] | None:
+    """For ``subprocess``'s ``preexec_fn``: the child runs at niceness ``nice`` (None for 0)."""
+    if not nice:
+        return None
+
+    def lower() -> None:
+        os.nice(nice)
+
+    return lower
+
+
 @contextlib.contextmanager
-def ray_head(cpus: int = 2, object_store_bytes: int = 150_000_000) -> Iterator[str]:
+def ray_head(cpus: int = 2, object_store_bytes: int = 150_000_000, nice: int = 0) -> Iterator[str]:
     """Yields the cluster's address (``127.0.0.1:PORT``); RuntimeError when Ray is missing or
-    does not start."""
+    does not start. ``nice``: the cluster's processes (its workers too) run at this niceness,
+    so that work on it takes only the CPU that others leave."""
     if not RAY.exists():
         raise RuntimeError(f"Ray is not installed beside {sys.executable} (the train extras)")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
@@ -41,6 +53,7 @@ def ray_head(cpus: int = 2, object_store_bytes: int = 150_000_000) -> Iterator[s
             text=True,
             timeout=180,
             env=env,
+            preexec_fn=niced(nice),
         )
         try:
             if started.returncode != 0:

@@ -18,7 +18,7 @@ from tests.conftest import ROOT, run_cli
 
 STAGES = [
     "fleet: round 1",
-    "teacher: render and train",
+    "teacher: the rest of its training",
     "prelabel",
     "review",
     "render: baseline and the stores' test set",
@@ -52,10 +52,20 @@ def test_the_demo_closes_the_loop(tmp_path: Path) -> None:
     )  # fmt: skip
     summary = json.loads((out / "demo-summary.json").read_text())
     stages = [t["stage"] for t in summary["stages"]]
-    released = summary["gate"]["fleet"]["decision"] == "release"
-    assert stages == [*STAGES, *(["publish"] if released else []), "fleet: round 2"], res.stdout[
-        -3000:
-    ]
+    assert "active_learning" in summary, res.stdout[-3000:]
+    gate = summary["gate"]
+    released = gate["fleet"]["decision"] == "release"
+    # --quick lowers a first model's bar: the baseline goes out, so round 2 runs a model.
+    assert gate["baseline"]["decision"] == "release", gate["baseline"]
+    al = summary["active_learning"]
+    assert stages == [
+        *STAGES,
+        "publish",
+        "fleet: round 2",
+        "active learning: label round 2",
+        "active learning: model-driven",
+        "active learning: plain",
+    ], (res.stdout[-3000:], al)
     assert all(t["wall_s"] > 0 for t in summary["stages"])
     # Round 1: two carts in two stores, every capture verified at the sink, clips complete.
     carts = summary["round1"]["carts"]
@@ -83,10 +93,30 @@ def test_the_demo_closes_the_loop(tmp_path: Path) -> None:
     assert train["fleet"]["train_items"] > train["baseline"]["train_items"]
     # Round 2: the carts run what the gate released (nothing when it released nothing).
     versions = set(summary["models_on_carts"].values())
-    assert versions == ({"recogniser:1"} if released else {""})
+    assert versions == ({"recogniser:2"} if released else {"recogniser:1"})
     assert res.returncode == (0 if released else 1), res.stdout[-3000:] + res.stderr[-3000:]
+    # Active learning: as many captures from the model-driven rule as from the plain ones,
+    # each labelled, added to the fleet model's data and trained with the same steps.
+    n = al["captures_each"]
+    assert n >= 1 and al["bundles_by_rule"]["model_wrong"] >= n, al
+    for side, rules in (("model-driven", ["model_wrong"]), ("plain", al["plain_rules"])):
+        x = al[side]
+        assert x["rules"] == rules and x["bundles"] == n and x["mb"] > 0, x
+        assert x["fleet_accuracy"] == acc["fleet"]
+        assert x["gain_points"] == pytest.approx(
+            100 * (x["accuracy"] - x["fleet_accuracy"]), abs=0.06
+        )
+        # Captures with nothing worth a label add nothing: no model is trained for them.
+        assert (out / "runs" / f"round2-{side}" / "model.onnx").is_file() == (x["items"] > 0)
+    assert "model_wrong" not in al["plain_rules"] and al["plain_rules"]
     report = (out / "demo-report.md").read_text()
-    for heading in ("Round 1", "Labelling", "Accuracy on the stores' test set", "Stages"):
+    for heading in (
+        "Round 1",
+        "Labelling",
+        "Accuracy on the stores' test set",
+        "Active learning: round 2's captures, by rule",
+        "Stages",
+    ):
         assert f"## {heading}" in report
     assert (out / "demo-accuracy.png").stat().st_size > 0
     assert (out / "demo-stages.png").stat().st_size > 0

@@ -54,6 +54,7 @@ from capsight_edge.demo.fleet import (
     run_carts,
     summarise_fleet,
 )
+from capsight_edge.localray import niced
 from capsight_edge.machine import describe_machine, machine_line
 
 PY = sys.executable
@@ -62,10 +63,28 @@ TRAIN = (PY, "-m", "trainer.cli")
 CAPSIGHT = (PY, "-m", "capsight_edge.cli.main", "--log-level", "ERROR")
 
 #: The rule that makes the carts capture what the model gets wrong (round 2).
-LEARNING_RULE = (
-    '\n[[triggers]]\nname = "model_wrong"\nwhen = "model_disagrees | model_uncertain & '
-    'hand_motion"\npriority = 3\npreroll_s = 1.0\npostroll_s = 1.0\ncooldown_s = 4.0\n'
-)
+MODEL_RULE = "model_wrong"
+
+
+def learning_rules(profile: Any) -> str:
+    """Round 2's ``[[triggers]]`` as TOML: the profile's own rules and :data:`MODEL_RULE`
+    (a profile's arrays replace the ones it extends, so the plain rules are written again)."""
+    import dataclasses
+
+    import tomli_w
+
+    rules = [dataclasses.asdict(r) for r in profile.triggers if r.name != MODEL_RULE]
+    rules.append(
+        {
+            "name": MODEL_RULE,
+            "when": "model_disagrees | model_uncertain & hand_motion",
+            "priority": 3,
+            "preroll_s": 1.5,
+            "postroll_s": 1.0,
+            "cooldown_s": 4.0,
+        }
+    )
+    return "\n" + tomli_w.dumps({"triggers": rules})
 
 
 #: Frames per step per worker: small datasets, so small batches (more steps for each epoch's
@@ -101,7 +120,9 @@ class Settings:
 
     @property
     def teacher_epochs(self) -> int:
-        return 8 if self.quick else 16
+        # 12: at 16 the teacher was the longest stage (3.5 minutes), and round 2's active
+        # learning stages needed the time; at 10 its accuracy fell by a tenth.
+        return 8 if self.quick else 12
 
     @property
     def round2_s(self) -> float:  # how long the carts run with the new model
@@ -140,6 +161,7 @@ class Demo:
     procs: list[subprocess.Popen[Any]] = field(default_factory=list)
     times: list[StageTime] = field(default_factory=list)
     _bar: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def say(self, text: str) -> None:
         self.progress.console.print(text, highlight=False, markup=False)
@@ -161,7 +183,11 @@ class Demo:
             )
 
     def advance(
-        self, completed: float | None = None, total: float | None = None, text: str | None = None
+        self,
+        completed: float | None = None,
+        total: float | None = None,
+        text: str | None = None,
+        task: Any = None,
     ) -> None:
         kw: dict[str, Any] = {}
         if completed is not None:
@@ -170,7 +196,7 @@ class Demo:
             kw["total"] = total
         if text is not None:
             kw["description"] = text
-        self.progress.update(self._bar, **kw)
+        self.progress.update(self._bar if task is None else task, **kw)
 
     def run(
         self,
@@ -180,15 +206,18 @@ class Demo:
         env: dict[str, str] | None = None,
         timeout_s: float = 900,
         ok: tuple[int, ...] = (0,),
+        nice: int = 0,
     ) -> list[dict[str, Any]]:
-        """Run one command (its own process group, stopped with the demo); its JSON Lines
-        records. A failure raises :class:`DemoError` with the end of its stderr."""
+        """Run one command (its own process group, stopped with the demo, at niceness
+        ``nice``); its JSON Lines records. A failure raises :class:`DemoError` with the end of
+        its stderr."""
         words = [a for a in args[1:] if not a.startswith("-") and a not in ("ERROR", "stable")]
         what = "-".join(w.rsplit("/", 1)[-1] for w in words[:3])
-        log = self.s.out / "logs" / f"{len(self.procs):02d}-{what[:60]}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
         records = []
-        with log.open("w") as err:
+        with self._lock:  # the teacher's commands run beside round 1's
+            log = self.s.out / "logs" / f"{len(self.procs):02d}-{what[:60]}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            err = log.open("w")
             proc = subprocess.Popen(
                 list(args),
                 stdout=subprocess.PIPE,
@@ -196,8 +225,10 @@ class Demo:
                 text=True,
                 env={**os.environ, **(env or {})},
                 start_new_session=True,
+                preexec_fn=niced(nice),
             )
             self.procs.append(proc)
+        with err:
             assert proc.stdout is not None
             watchdog = threading.Timer(timeout_s, proc.kill)  # a command that hangs ends
             watchdog.start()
@@ -242,7 +273,9 @@ class Demo:
 # -- stages -----------------------------------------------------------------------------------
 
 
-def _carts_round(d: Demo, carts: list[DemoCart], seconds: float, seed: int, label: str) -> None:
+def _carts_round(
+    d: Demo, carts: list[DemoCart], seconds: float, seed: int, label: str, beside: str = ""
+) -> None:
     import queue
 
     events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
@@ -276,7 +309,9 @@ def _carts_round(d: Demo, carts: list[DemoCart], seconds: float, seed: int, labe
                 ]
             )
             cart.flush = next((x for x in reversed(rec) if "uploaded" in x), {})
-        st.detail = f"{len(carts)} carts x {seconds:.0f} s"
+        st.detail = f"{len(carts)} carts x {seconds:.0f} s" + (
+            f"; {beside} at the lowest priority beside them" if beside else ""
+        )
 
 
 def _catalogue(d: Demo, sink: DemoSink, profile: Any) -> Path:
@@ -300,7 +335,7 @@ def _store_profiles(d: Demo, stores: list[tuple[str, str]], base: Path) -> dict[
 
 
 def _render(
-    d: Demo, name: str, *extra: str, seed: int = 0, views: int | None = None
+    d: Demo, name: str, *extra: str, seed: int = 0, views: int | None = None, nice: int = 0
 ) -> dict[str, Any]:
     (rec,) = [
         r
@@ -322,7 +357,8 @@ def _render(
                 str(d.s.out / "datasets"),
                 "--json",
                 *extra,
-            ]
+            ],
+            nice=nice,
         )
         if r.get("type") == "dataset_rendered"
     ]
@@ -340,6 +376,8 @@ def _train(
     arch: str = "recogniser",
     batch: int = BATCH,
     version: str = "1",
+    task: Any = None,
+    nice: int = 0,
 ) -> dict[str, Any]:
     args = [
         *TRAIN,
@@ -362,6 +400,10 @@ def _train(
         "--allow-empty-classes",
         "--batch",
         str(batch),
+        # Every model of the demo draws its classes equally often: the fleet's follow what the
+        # shoppers bought, and the products bought rarely lost accuracy without it.
+        "--balance",
+        "1",
     ]
     args += ["--steps", str(steps)] if steps else ["--epochs", str(epochs)]
 
@@ -369,14 +411,18 @@ def _train(
         if rec.get("type") == "train_epoch":
             d.advance(
                 text=f"train {out}: epoch {rec['epoch'] + 1}/{rec['epochs']}, "
-                f"loss {rec['loss']:.3f}"
+                f"loss {rec['loss']:.3f}",
+                task=task,
             )
 
-    (result,) = [r for r in d.run(args, on_record=on) if r.get("type") == "train_result"]
+    records = d.run(args, on_record=on, nice=nice)
+    (result,) = [r for r in records if r.get("type") == "train_result"]
     return result
 
 
-def _evaluate(d: Demo, candidate: str, champion: str | None, test_set: str) -> dict[str, Any]:
+def _evaluate(
+    d: Demo, candidate: str, champion: str | None, test_set: str, *extra: str
+) -> dict[str, Any]:
     runs = d.s.out / "runs"
     args = [
         *TRAIN,
@@ -393,19 +439,21 @@ def _evaluate(d: Demo, candidate: str, champion: str | None, test_set: str) -> d
     ]
     if champion:
         args += ["--champion", str(runs / champion / "model.onnx")]
+    args += extra
     # Exit 1 is the gate's "reject", a verdict like "release".
     (rec,) = [r for r in d.run(args, ok=(0, 1)) if r.get("type") == "eval"]
     return rec
 
 
 @contextlib.contextmanager
-def ray_cluster() -> Iterator[str]:
-    """One ``ray start --head`` for every training of the demo; stopped at the end."""
+def ray_cluster(nice: int = 0) -> Iterator[str]:
+    """One ``ray start --head`` for every training of the demo (its processes at niceness
+    ``nice``); stopped at the end."""
     from capsight_edge.localray import ray_head
 
     with contextlib.ExitStack() as stack:
         try:
-            address = stack.enter_context(ray_head())
+            address = stack.enter_context(ray_head(nice=nice))
         except RuntimeError as exc:
             raise DemoError(f"{exc}: the learning half needs `./dev.sh setup`") from None
         yield address
@@ -455,25 +503,20 @@ def _review(d: Demo, sink: DemoSink) -> dict[str, Any]:
     return out
 
 
-def _export(d: Demo, sink: DemoSink, name: str, test_store: str, *extra: str) -> dict[str, Any]:
-    (rec,) = [
-        r
-        for r in d.run(
-            [
-                *SINK,
-                "export",
-                "--data",
-                str(sink.data),
-                "--name",
-                name,
-                "--test-store",
-                test_store,
-                "--json",
-                *extra,
-            ]
-        )
-        if r.get("type") == "dataset"
-    ]
+def _export(
+    d: Demo, sink: DemoSink, name: str, test_store: str | None, *extra: str
+) -> dict[str, Any]:
+    args = [*SINK, "export", "--data", str(sink.data), "--name", name, "--json", *extra]
+    args += ["--test-store", test_store] if test_store else []
+    (rec,) = [r for r in d.run(args) if r.get("type") == "dataset"]
+    return rec
+
+
+def _prelabel(d: Demo, s: Settings, sink: DemoSink) -> dict[str, Any]:
+    """``capsight-sink prelabel`` with the teacher, over every bundle not labelled yet."""
+    teacher = s.out / "runs" / "teacher" / "model.onnx"
+    args = [*SINK, "prelabel", "--data", str(sink.data), "--teacher", str(teacher), "--json"]
+    (rec,) = [r for r in d.run(args) if r.get("type") == "prelabel_report"]
     return rec
 
 
@@ -483,7 +526,9 @@ def _steps_of(dataset_folder: Path, epochs: int, workers: int = 2, batch: int = 
     return epochs * math.ceil(math.ceil(train / workers) / batch)
 
 
-def _publish(d: Demo, sink: DemoSink, model: Path, gate: Path) -> Path:
+def _publish(d: Demo, sink: DemoSink, runs: list[Path]) -> Path:
+    """The keys, the registry, and ``capsight-train publish`` of each run's model (with its
+    gate report), in order; returns the trust root the carts start from."""
     reg = sink.data / "registry"
     key = d.s.out / "keys" / "ml-team.key"
     key.parent.mkdir(parents=True, exist_ok=True)
@@ -501,21 +546,22 @@ def _publish(d: Demo, sink: DemoSink, model: Path, gate: Path) -> Path:
             str(reg / "online.pub.json"),
         ]
     )
-    d.run(
-        [
-            *TRAIN,
-            "publish",
-            "--model",
-            str(model),
-            "--eval",
-            str(gate / "eval.json"),
-            "--registry",
-            str(reg),
-            "--key",
-            str(key),
-            "--json",
-        ]
-    )
+    for run in runs:
+        d.run(
+            [
+                *TRAIN,
+                "publish",
+                "--model",
+                str(run / "model.onnx"),
+                "--eval",
+                str(run / "gate" / "eval.json"),
+                "--registry",
+                str(reg),
+                "--key",
+                str(key),
+                "--json",
+            ]
+        )
     return reg / "metadata" / "1.root.json"
 
 
@@ -624,17 +670,21 @@ def run_demo(s: Settings) -> int:
     names = [f"demo-cart-{i + 1}" for i in range(n_carts)]
     status = 1
     try:
-        with progress:
+        with progress, ray_cluster(nice=TeacherJob.NICE) as address:
             tokens = sink.start_with(names)
-            d.say(f"sink on {sink.url} (data in {s.out / 'sink'})")
+            d.say(f"sink on {sink.url} (data in {s.out / 'sink'}), Ray at {address}")
             carts = [
                 DemoCart(i + 1, s.out / "carts", base, sink, tokens[n], stores=stores)
                 for i, n in enumerate(names)
             ]
-            _carts_round(d, carts, seconds, s.seed, "fleet: round 1")
+            store_files = _store_profiles(d, stores, base)
+            teacher = TeacherJob(d, s, store_files, address)
+            _carts_round(d, carts, seconds, s.seed, "fleet: round 1", beside="the teacher")
             sink.wait_ingested()
             summary["round1"] = summarise_fleet(carts, sink, seconds, profile)
-            status = _learn(d, s, sink, carts, stores, base, profile, summary)
+            status = _learn(
+                d, s, sink, carts, stores, store_files, address, teacher, profile, summary
+            )
     except DemoError as exc:
         d.say(f"demo stopped: {exc}")
         status = 1
@@ -661,96 +711,142 @@ def run_demo(s: Settings) -> int:
     return status
 
 
+class TeacherJob:
+    """The teacher's rendering and training on a thread, beside round 1: it needs no fleet
+    data, and its commands (and the Ray cluster's workers) run at the lowest priority, so the
+    carts keep every frame and the teacher takes the CPU they leave."""
+
+    NICE = 19
+
+    def __init__(self, d: Demo, s: Settings, store_files: dict[str, Path], address: str) -> None:
+        # The teacher architecture (144 px, wider and deeper than the carts'); --quick trains
+        # the carts' recogniser in its place, to keep the loop short.
+        self.arch = "recogniser" if s.quick else "teacher"
+        self.wall_s = 0.0
+        self._result: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self._error: BaseException | None = None
+        self._task = d.progress.add_task("teacher: render and train, beside round 1", total=None)
+        self._thread = threading.Thread(
+            target=self._work, args=(d, s, store_files, address), daemon=True
+        )
+        self._t0 = time.monotonic()
+        self._thread.start()
+
+    def _work(self, d: Demo, s: Settings, store_files: dict[str, Path], address: str) -> None:
+        try:
+            specs = [f"t{k}-{sid}:{path}" for k in range(2) for sid, path in store_files.items()]
+            data = _render(
+                d,
+                "teacher",
+                *(x for spec in specs for x in ("--store", spec)),
+                "--split",
+                "by-store",
+                seed=101,
+                views=3 * s.views,
+                nice=self.NICE,
+            )
+            d.advance(text="teacher: training, beside round 1", task=self._task)
+            teacher = _train(
+                d,
+                "teacher",
+                "teacher",
+                address,
+                epochs=s.teacher_epochs,
+                batch=32,
+                arch=self.arch,
+                task=self._task,
+                nice=self.NICE,
+            )
+            self._result = (data, teacher)
+        except BaseException as exc:  # handed to the main thread by wait()
+            self._error = exc
+        finally:
+            self.wall_s = time.monotonic() - self._t0
+            d.progress.update(self._task, total=1, completed=1, description="teacher: trained")
+
+    def wait(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        self._thread.join()
+        if self._error is not None:
+            if isinstance(self._error, DemoError):
+                raise self._error
+            raise DemoError(f"the teacher's training failed: {self._error!r}")
+        assert self._result is not None
+        return self._result
+
+
 def _learn(
     d: Demo,
     s: Settings,
     sink: DemoSink,
     carts: list[DemoCart],
     stores: list[tuple[str, str]],
-    base: Path,
+    store_files: dict[str, Path],
+    address: str,
+    teacher_job: TeacherJob,
     profile: Any,
     summary: dict[str, Any],
 ) -> int:
-    store_files = _store_profiles(d, stores, base)
     store_ids = [st for st, _ in stores]
     datasets = s.out / "datasets"
-    with ray_cluster() as address:
-        with d.stage("teacher: render and train") as st:
-            specs = [f"t{k}-{sid}:{store_files[sid]}" for k in range(2) for sid in store_ids]
-            specs = [x for spec in specs for x in ("--store", spec)]
-            teacher_data = _render(
-                d, "teacher", *specs, "--split", "by-store", seed=101, views=3 * s.views
+    with d.stage("teacher: the rest of its training") as st:
+        teacher_data, teacher = teacher_job.wait()
+        st.detail = (
+            f"{teacher_job.arch} architecture, {teacher_data['items']} rendered frames, test "
+            f"accuracy {teacher['models']['fp32']['accuracy']:.1%}; "
+            f"{teacher_job.wall_s:.0f} s in all, from round 1's start"
+        )
+    with d.stage("prelabel") as st:
+        _catalogue(d, sink, profile)
+        summary["prelabel"] = pre = _prelabel(d, s, sink)
+        test_store = store_ids[0]
+        pre_export = _export(d, sink, "fleet-prelabels", test_store, "--prelabels")
+        st.detail = f"{pre['items']} frames worth a label from {pre['bundles']} bundles"
+    with d.stage("review") as st:
+        summary["review"] = _review(d, sink)
+        fleet_export = _export(d, sink, "fleet", test_store)
+        r = summary["review"]
+        st.detail = f"{r['items']} items, {r['accepted_unchanged_pct']}% accepted unchanged"
+    with d.stage("render: baseline and the stores' test set") as st:
+        baseline = _render(d, "baseline", seed=0)
+        specs = [x for sid in store_ids for x in ("--store", f"{sid}:{store_files[sid]}")]
+        stores_test = _render(d, "stores-test", *specs, "--split", "test", seed=9001)
+        for name, export in (("fleet-train", fleet_export), ("prelabels-train", pre_export)):
+            d.run(
+                [
+                    *TRAIN,
+                    "combine-datasets",
+                    "--name",
+                    name,
+                    "--base",
+                    "baseline",
+                    "--add",
+                    export["path"],
+                    "--root",
+                    str(datasets),
+                    "--json",
+                ]
             )
-            d.advance(text="teacher: training")
-            # The teacher architecture (144 px, wider and deeper than the carts'); --quick
-            # trains the carts' recogniser in its place, to keep the loop short.
-            arch = "recogniser" if s.quick else "teacher"
-            teacher = _train(
-                d, "teacher", "teacher", address, epochs=s.teacher_epochs, batch=32, arch=arch
-            )
-            st.detail = (
-                f"{arch} architecture, {teacher_data['items']} rendered frames, test accuracy "
-                f"{teacher['models']['fp32']['accuracy']:.1%}"
-            )
-        with d.stage("prelabel") as st:
-            _catalogue(d, sink, profile)
-            (pre,) = [
-                r
-                for r in d.run(
-                    [
-                        *SINK,
-                        "prelabel",
-                        "--data",
-                        str(sink.data),
-                        "--teacher",
-                        str(s.out / "runs" / "teacher" / "model.onnx"),
-                        "--json",
-                    ]
-                )
-                if r.get("type") == "prelabel_report"
-            ]
-            summary["prelabel"] = pre
-            test_store = store_ids[0]
-            pre_export = _export(d, sink, "fleet-prelabels", test_store, "--prelabels")
-            st.detail = f"{pre['items']} frames worth a label from {pre['bundles']} bundles"
-        with d.stage("review") as st:
-            summary["review"] = _review(d, sink)
-            fleet_export = _export(d, sink, "fleet", test_store)
-            r = summary["review"]
-            st.detail = f"{r['items']} items, {r['accepted_unchanged_pct']}% accepted unchanged"
-        with d.stage("render: baseline and the stores' test set") as st:
-            baseline = _render(d, "baseline", seed=0)
-            specs = [x for sid in store_ids for x in ("--store", f"{sid}:{store_files[sid]}")]
-            stores_test = _render(d, "stores-test", *specs, "--split", "test", seed=9001)
-            for name, export in (("fleet-train", fleet_export), ("prelabels-train", pre_export)):
-                d.run(
-                    [
-                        *TRAIN,
-                        "combine-datasets",
-                        "--name",
-                        name,
-                        "--base",
-                        "baseline",
-                        "--add",
-                        export["path"],
-                        "--root",
-                        str(datasets),
-                        "--json",
-                    ]
-                )
-            st.detail = f"baseline {baseline['items']} frames, test set {stores_test['items']}"
-        steps = _steps_of(Path(baseline["path"]), s.epochs)
-        trained = {}
-        for name, dataset in (
-            ("baseline", "baseline"),
-            ("fleet", "fleet-train"),
-            ("prelabels", "prelabels-train"),
-        ):
-            with d.stage(f"train: {name}") as st:
-                trained[name] = _train(d, dataset, name, address, steps=steps)
-                st.detail = f"{steps} steps on {trained[name]['dataset'].get('name', dataset)}"
+        st.detail = f"baseline {baseline['items']} frames, test set {stores_test['items']}"
+    steps = _steps_of(Path(baseline["path"]), s.epochs)
+    trained = {}
+    for name, dataset in (
+        ("baseline", "baseline"),
+        ("fleet", "fleet-train"),
+        ("prelabels", "prelabels-train"),
+    ):
+        with d.stage(f"train: {name}") as st:
+            # The baseline is the carts' first model (version 1); the fleet's are its
+            # challengers (version 2).
+            version = "1" if name == "baseline" else "2"
+            trained[name] = _train(d, dataset, name, address, steps=steps, version=version)
+            st.detail = f"{steps} steps on {trained[name]['dataset'].get('name', dataset)}"
     with d.stage("gate: the stores' test set") as st:
+        # --quick's few steps are for the loop, not the figures (its models score about what
+        # chance does): its first model goes out whatever it scores, so that round 2 runs a
+        # model and the model-driven rules fire.
+        first = ["--min-accuracy", "0", "--min-box-iou", "0"] if s.quick else []
         gates = {
+            "baseline": _evaluate(d, "baseline", None, "stores-test", *first),
             "fleet": _evaluate(d, "fleet", "baseline", "stores-test"),
             "prelabels": _evaluate(d, "prelabels", "baseline", "stores-test"),
         }
@@ -773,12 +869,14 @@ def _learn(
         for k, v in trained.items()
     }
     released = gates["fleet"]["decision"] == "release"
+    # What the gate released goes out: the baseline as the carts' first model, the fleet model
+    # as its successor; the newest on stable.
+    publish = [name for name in ("baseline", "fleet") if gates[name]["decision"] == "release"]
     version = ""
-    if released:
+    if publish:
         with d.stage("publish") as st:
-            root = _publish(
-                d, sink, s.out / "runs" / "fleet" / "model.onnx", s.out / "runs" / "fleet" / "gate"
-            )
+            root = _publish(d, sink, [s.out / "runs" / name for name in publish])
+            number = "2" if publish[-1] == "fleet" else "1"
             d.run(
                 [
                     *SINK,
@@ -786,7 +884,7 @@ def _learn(
                     "promote",
                     "stable",
                     "recogniser",
-                    "1",
+                    number,
                     "--by",
                     "demo",
                     "--data",
@@ -794,16 +892,14 @@ def _learn(
                     "--json",
                 ]
             )
-            version = "recogniser:1"
-            st.detail = "the fleet model on stable, 100% of the fleet"
+            version = f"recogniser:{number}"
+            st.detail = f"{' and '.join(publish)} published; {publish[-1]} on stable, all carts"
         for cart in carts:
-            cart.add_model(sink.url, root, LEARNING_RULE)
+            cart.add_model(sink.url, root, learning_rules(profile))
     else:
-        d.say(
-            "the gate did not release the fleet model: nothing is pushed; round 2 runs "
-            "without a model"
-        )
+        d.say("the gate released no model: nothing is pushed; round 2 runs without a model")
     carts2 = [c.again() for c in carts]
+    round2_utc = utc_ms()
     _carts_round(d, carts2, s.round2_s, s.seed + 100, "fleet: round 2")
     sink.wait_ingested()
     summary["round2"] = summarise_fleet(carts2, sink, s.round2_s, profile)
@@ -811,7 +907,146 @@ def _learn(
         c["cart"]: c["heartbeat"].get("model_version", "") for c in summary["round2"]["carts"]
     }
     ok = released and all(v == version for v in summary["models_on_carts"].values())
+    if version:
+        summary["active_learning"] = _active_learning(
+            d, s, sink, address, round2_utc, steps, summary["accuracy"]["fleet"]
+        )
+    else:
+        summary["active_learning"] = {
+            "skipped": "no model was on the carts, so the model-driven rules could not fire"
+        }
     return 0 if ok else 1
+
+
+def utc_ms() -> str:
+    """Now, as the sink's index writes a bundle's start (UTC, milliseconds)."""
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
+
+
+def _active_learning(
+    d: Demo,
+    s: Settings,
+    sink: DemoSink,
+    address: str,
+    since: str,
+    steps: int,
+    fleet_accuracy: float,
+) -> dict[str, Any]:
+    """Round 2's captures, labelled like round 1's; then the same number of captures from
+    the model-driven rule and from the plain rules, each added to the fleet model's data and
+    trained with the same steps: accuracy gained on the stores' test set per uploaded MB."""
+    import httpx
+
+    out: dict[str, Any] = {"since_utc": since, "rule": MODEL_RULE}
+    with d.stage("active learning: label round 2") as st:
+        _prelabel(d, s, sink)
+        out["review"] = _review(d, sink)
+        r = httpx.get(
+            sink.url + "/api/bundles",
+            params={"since": since, "status": "ok", "limit": "1000"},
+            headers={"Authorization": f"Bearer {sink.admin}"},
+            timeout=30,
+        )
+        r.raise_for_status()
+        # The plain side: every capture in which a plain rule fired (the plain rules would
+        # have made it; the model's rule often opens it, a hand moving before the scale
+        # settles). The model-driven side: the captures only the model's rule made.
+        bundles = r.json()["bundles"]
+        by_rule: dict[str, int] = {}
+        for b in bundles:
+            for rule in b["rules"]:
+                by_rule[rule] = by_rule.get(rule, 0) + 1
+        plain = sorted(k for k in by_rule if k != MODEL_RULE)
+        n_plain = sum(1 for b in bundles if set(b["rules"]) & set(plain))
+        n_model = sum(1 for b in bundles if set(b["rules"]) == {MODEL_RULE})
+        n = min(n_model, n_plain)
+        out |= {
+            "bundles": len(bundles),
+            "bundles_by_rule": by_rule,
+            "plain_rules": plain,
+            "captures_each": n,
+        }
+        st.detail = f"{out['review']['items']} items; {n} captures from each side"
+    if n == 0:
+        out["skipped"] = (
+            f"round 2 made {n_model} captures in which only {MODEL_RULE} fired and {n_plain} "
+            "in which a plain rule did: nothing to compare"
+        )
+        return out
+    sides = {"model-driven": [MODEL_RULE], "plain": plain}
+    left_out = {"model-driven": plain, "plain": []}
+    for side, rules in sides.items():
+        name = f"round2-{side}"
+        with d.stage(f"active learning: {side}") as st:
+            # The same selection the export makes: the first n, oldest first.
+            chosen = sorted(
+                (
+                    b
+                    for b in bundles
+                    if set(b["rules"]) & set(rules) and not set(b["rules"]) & set(left_out[side])
+                ),
+                key=lambda b: (b["start_utc"], b["device_id"], b["bundle_id"]),
+            )[:n]
+            mb = sum(b["bytes"] for b in chosen) / 1e6
+            records = d.run(
+                [
+                    *SINK,
+                    "export",
+                    "--data",
+                    str(sink.data),
+                    "--name",
+                    name,
+                    "--json",
+                    *(x for rule in rules for x in ("--rule", rule)),
+                    *(x for rule in left_out[side] for x in ("--without-rule", rule)),
+                    "--since",
+                    since,
+                    "--max-bundles",
+                    str(n),
+                    "--all-train",
+                ],
+                ok=(0, 2),  # 2: nothing worth a label in them (nothing to add, nothing gained)
+            )
+            picked = next((r for r in records if r.get("type") == "dataset"), None)
+            result: dict[str, Any] = {
+                "rules": rules,
+                "bundles": len(chosen),
+                "mb": round(mb, 2),
+                "items": picked["items"] if picked else 0,
+                "accuracy": fleet_accuracy,
+                "fleet_accuracy": fleet_accuracy,
+            }
+            if picked:
+                d.run(
+                    [
+                        *TRAIN,
+                        "combine-datasets",
+                        "--name",
+                        f"{name}-train",
+                        "--base",
+                        "fleet-train",
+                        "--add",
+                        picked["path"],
+                        "--root",
+                        str(s.out / "datasets"),
+                        "--json",
+                    ]
+                )
+                _train(d, f"{name}-train", name, address, steps=steps)
+                gate = _evaluate(d, name, "fleet", "stores-test")
+                result["accuracy"] = gate["candidate"]["accuracy"]
+            gain = 100 * (result["accuracy"] - fleet_accuracy)
+            result |= {
+                "gain_points": round(gain, 1),
+                "points_per_mb": round(gain / mb, 2) if mb > 0 else None,
+            }
+            out[side] = result
+            st.detail = (
+                f"{n} captures ({mb:.1f} MB), {result['items']} frames: "
+                f"{result['accuracy']:.1%} ({gain:+.1f} points)"
+            )
+    return out
 
 
 def accuracy_table(gates: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -857,16 +1092,14 @@ def report_markdown(summary: dict[str, Any]) -> str:
     ]
     if "machine" in summary:
         lines += ["", f"Run {summary['created_utc']} on {machine_line(summary['machine'])}."]
-    released = summary.get("gate", {}).get("fleet", {}).get("decision") == "release"
-    for key, title in (
-        ("round1", "Round 1: the fleet collects"),
-        (
-            "round2",
-            "Round 2: the carts run the fleet model"
-            if released
-            else "Round 2: the carts again, with no new model (the gate released none)",
-        ),
-    ):
+    gate = summary.get("gate", {})
+    if gate.get("fleet", {}).get("decision") == "release":
+        round2 = "Round 2: the carts run the fleet model"
+    elif gate.get("baseline", {}).get("decision") == "release":
+        round2 = "Round 2: the carts run the baseline (the gate kept it)"
+    else:
+        round2 = "Round 2: the carts again, with no new model (the gate released none)"
+    for key, title in (("round1", "Round 1: the fleet collects"), ("round2", round2)):
         rows = summary.get(key, {}).get("carts", [])
         if not rows:
             continue
@@ -931,6 +1164,16 @@ def report_markdown(summary: dict[str, Any]) -> str:
                 else ""
             )
             + ".",
+        ]
+        if "baseline" in gate:
+            first = gate["baseline"]
+            lines += [
+                "",
+                f"The baseline as the carts' first model: {first['decision']}"
+                + (f" ({'; '.join(first['reasons'])})" if first["reasons"] else "")
+                + ".",
+            ]
+        lines += [
             "",
             "| slice | items | baseline | pre-labels only | fleet |",
             "|---|---:|---:|---:|---:|",
@@ -943,6 +1186,34 @@ def report_markdown(summary: dict[str, Any]) -> str:
             lines.append(
                 f"| {r['slice']}={r['value']} | {r['items']} | " + " | ".join(cells) + " |"
             )
+    al = summary.get("active_learning")
+    if al:
+        lines += ["", "## Active learning: round 2's captures, by rule", ""]
+        if "skipped" in al:
+            lines.append(f"Not measured: {al['skipped']}.")
+        if "model-driven" in al and "plain" in al:
+            found = ", ".join(f"{k} {v}" for k, v in sorted(al["bundles_by_rule"].items()))
+            lines += [
+                f"Round 2 made {al['bundles']} captures; the rules that fired in them: {found}. "
+                "The plain side: the captures in which a plain rule fired (the model's rule "
+                "often fired in them too); the model-driven side: those only the model's rule "
+                f"made. The first {al['captures_each']} captures of each side, labelled as "
+                "round 1's were "
+                "(pre-labels, then review), each added to the fleet model's data and trained "
+                "with the same steps and seed; accuracy on the stores' test set, against the "
+                f"fleet model's {al['model-driven']['fleet_accuracy']:.1%}:",
+                "",
+                "| captures from | captures | uploaded | frames | accuracy | gain | "
+                "points per MB |",
+                "|---|---:|---:|---:|---:|---:|---:|",
+            ]
+            for side in ("model-driven", "plain"):
+                x = al[side]
+                per_mb = f"{x['points_per_mb']:+.2f}" if x["points_per_mb"] is not None else "-"
+                lines.append(
+                    f"| {side}: {', '.join(x['rules'])} | {x['bundles']} | {x['mb']:.1f} MB | "
+                    f"{x['items']} | {x['accuracy']:.1%} | {x['gain_points']:+.1f} | {per_mb} |"
+                )
     if summary.get("models_on_carts"):
         lines += [
             "",
