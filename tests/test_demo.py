@@ -66,7 +66,8 @@ def test_the_demo_closes_the_loop(tmp_path: Path) -> None:
         "active learning: model-driven",
         "active learning: plain",
     ], (res.stdout[-3000:], al)
-    assert all(t["wall_s"] > 0 for t in summary["stages"])
+    # The teacher trains beside round 1: what is left of it after may be nothing.
+    assert all(t["wall_s"] > 0 for t in summary["stages"] if not t["stage"].startswith("teacher"))
     # Round 1: two carts in two stores, every capture verified at the sink, clips complete.
     carts = summary["round1"]["carts"]
     assert [(c["cart"], c["store"]) for c in carts] == [
