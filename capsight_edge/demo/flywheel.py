@@ -54,6 +54,7 @@ from capsight_edge.demo.fleet import (
     run_carts,
     summarise_fleet,
 )
+from capsight_edge.journal.journal import utc_now
 from capsight_edge.localray import niced
 from capsight_edge.machine import describe_machine, machine_line
 
@@ -505,12 +506,42 @@ def _review(d: Demo, sink: DemoSink) -> dict[str, Any]:
 
 
 def _export(
-    d: Demo, sink: DemoSink, name: str, test_store: str | None, *extra: str
+    d: Demo,
+    sink: DemoSink,
+    name: str,
+    test_store: str | None,
+    *extra: str,
+    refused_ok: bool = False,
 ) -> dict[str, Any]:
+    """``capsight-sink export``'s ``dataset`` record; with ``refused_ok``, {} when the export
+    was refused (exit 2: nothing in the selection)."""
     args = [*SINK, "export", "--data", str(sink.data), "--name", name, "--json", *extra]
     args += ["--test-store", test_store] if test_store else []
-    (rec,) = [r for r in d.run(args) if r.get("type") == "dataset"]
-    return rec
+    records = d.run(args, ok=(0, 2) if refused_ok else (0,))
+    rec = next((r for r in records if r.get("type") == "dataset"), None)
+    if rec is None and not refused_ok:
+        raise DemoError(f"export of {name} wrote no dataset record")
+    return rec or {}
+
+
+def _combine(d: Demo, name: str, base: str, added: str) -> None:
+    """``capsight-train combine-datasets``: ``base`` on its splits, ``added`` in training."""
+    root = str(d.s.out / "datasets")
+    d.run(
+        [
+            *TRAIN,
+            "combine-datasets",
+            "--name",
+            name,
+            "--base",
+            base,
+            "--add",
+            added,
+            "--root",
+            root,
+            "--json",
+        ]
+    )
 
 
 def _prelabel(d: Demo, s: Settings, sink: DemoSink) -> dict[str, Any]:
@@ -788,7 +819,6 @@ def _learn(
     summary: dict[str, Any],
 ) -> int:
     store_ids = [st for st, _ in stores]
-    datasets = s.out / "datasets"
     with d.stage("teacher: the rest of its training") as st:
         teacher_data, teacher = teacher_job.wait()
         st.detail = (
@@ -812,21 +842,7 @@ def _learn(
         specs = [x for sid in store_ids for x in ("--store", f"{sid}:{store_files[sid]}")]
         stores_test = _render(d, "stores-test", *specs, "--split", "test", seed=9001)
         for name, export in (("fleet-train", fleet_export), ("prelabels-train", pre_export)):
-            d.run(
-                [
-                    *TRAIN,
-                    "combine-datasets",
-                    "--name",
-                    name,
-                    "--base",
-                    "baseline",
-                    "--add",
-                    export["path"],
-                    "--root",
-                    str(datasets),
-                    "--json",
-                ]
-            )
+            _combine(d, name, "baseline", export["path"])
         st.detail = f"baseline {baseline['items']} frames, test set {stores_test['items']}"
     steps = _steps_of(Path(baseline["path"]), s.epochs)
     trained = {}
@@ -900,7 +916,7 @@ def _learn(
     else:
         d.say("the gate released no model: nothing is pushed; round 2 runs without a model")
     carts2 = [c.again() for c in carts]
-    round2_utc = utc_ms()
+    round2_utc = utc_now()  # as the index writes a bundle's start
     _carts_round(d, carts2, s.round2_s, s.seed + 100, "fleet: round 2")
     sink.wait_ingested()
     summary["round2"] = summarise_fleet(carts2, sink, s.round2_s, profile)
@@ -917,12 +933,6 @@ def _learn(
             "skipped": "no model was on the carts, so the model-driven rules could not fire"
         }
     return 0 if ok else 1
-
-
-def utc_ms() -> str:
-    """Now, as the sink's index writes a bundle's start (UTC, milliseconds)."""
-    t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
 
 
 def _active_learning(
@@ -990,26 +1000,20 @@ def _active_learning(
                 key=lambda b: (b["start_utc"], b["device_id"], b["bundle_id"]),
             )[:n]
             mb = sum(b["bytes"] for b in chosen) / 1e6
-            records = d.run(
-                [
-                    *SINK,
-                    "export",
-                    "--data",
-                    str(sink.data),
-                    "--name",
-                    name,
-                    "--json",
-                    *(x for rule in rules for x in ("--rule", rule)),
-                    *(x for rule in left_out[side] for x in ("--without-rule", rule)),
-                    "--since",
-                    since,
-                    "--max-bundles",
-                    str(n),
-                    "--all-train",
-                ],
-                ok=(0, 2),  # 2: nothing worth a label in them (nothing to add, nothing gained)
+            picked = _export(
+                d,
+                sink,
+                name,
+                None,
+                *(x for rule in rules for x in ("--rule", rule)),
+                *(x for rule in left_out[side] for x in ("--without-rule", rule)),
+                "--since",
+                since,
+                "--max-bundles",
+                str(n),
+                "--all-train",
+                refused_ok=True,  # nothing worth a label in them: nothing added, nothing gained
             )
-            picked = next((r for r in records if r.get("type") == "dataset"), None)
             result: dict[str, Any] = {
                 "rules": rules,
                 "bundles": len(chosen),
@@ -1019,21 +1023,7 @@ def _active_learning(
                 "fleet_accuracy": fleet_accuracy,
             }
             if picked:
-                d.run(
-                    [
-                        *TRAIN,
-                        "combine-datasets",
-                        "--name",
-                        f"{name}-train",
-                        "--base",
-                        "fleet-train",
-                        "--add",
-                        picked["path"],
-                        "--root",
-                        str(s.out / "datasets"),
-                        "--json",
-                    ]
-                )
+                _combine(d, f"{name}-train", "fleet-train", picked["path"])
                 _train(d, f"{name}-train", name, address, steps=steps)
                 gate = _evaluate(d, name, "fleet", "stores-test")
                 result["accuracy"] = gate["candidate"]["accuracy"]
