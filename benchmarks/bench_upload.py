@@ -31,7 +31,7 @@ from capsight_edge.journal.journal import Journal
 from capsight_edge.localsink import LocalSink
 from capsight_edge.uploader.service import UploaderThread
 from capsight_edge.uploader.shaping import UploadSchedule
-from capsight_edge.uploader.status import RATE_KEY
+from capsight_edge.uploader.status import ENDPOINT_KEY, RATE_KEY
 from capsight_edge.uploader.uploader import Uploader
 from cloud_sink.db import SinkDB
 
@@ -181,16 +181,23 @@ class Trial:
 
 
 def _ours_once(
-    url: str, token: str, prefix: str, n: int, size: int, concurrency: int, rate: float = 0.0
-) -> tuple[Trial, float]:
-    """Our uploader's trial and the link rate it measured (bytes/s). ``rate``: a cart that
-    has uploaded before, whose journal keeps the rate it measured then (0: a first start,
-    which sizes its first chunk blind)."""
+    url: str,
+    token: str,
+    prefix: str,
+    n: int,
+    size: int,
+    concurrency: int,
+    kept: dict[str, str] | None = None,
+) -> tuple[Trial, dict[str, str]]:
+    """Our uploader's trial and what its journal kept for the next start: the link rate it
+    measured and the tus endpoint it found. ``kept``: a cart that has uploaded before starts
+    from what its journal kept then (None: a first start, which sizes its first chunk blind
+    and asks where the endpoint is)."""
     work = Path(tempfile.mkdtemp(prefix="capsight-thr-"))
     journal = Journal(work / "journal.db")
     total = payload_bundles(journal, work, prefix, n, size)
-    if rate:
-        journal.kv_set(RATE_KEY, f"{rate:.0f}")
+    for key, value in (kept or {}).items():
+        journal.kv_set(key, value)
     up = Uploader(
         journal,
         work,
@@ -205,9 +212,10 @@ def _ours_once(
     stats = asyncio.run(up.run(until_idle=True))
     spent = time.perf_counter() - start
     assert stats.bundles_uploaded == n, up.status()
+    kept = {k: v for k in (RATE_KEY, ENDPOINT_KEY) if (v := journal.kv_get(k))}
     journal.close()
     shutil.rmtree(work, ignore_errors=True)
-    return Trial(total, started, spent), stats.measured_bytes_per_s
+    return Trial(total, started, spent), kept
 
 
 def _tuspy_once(
@@ -334,12 +342,12 @@ def bench_upload(ctx: BenchContext) -> BenchResult:
             keep("theirs2", _tuspy_once(url, token, f"tuspy2-{t}", n, size, False, 2))
             keep("theirs_sum", _tuspy_once(url, token, f"tuspysum{t}", n, size, True))
             keep("theirs_sum2", _tuspy_once(url, token, f"tuspysum2-{t}", n, size, True, 2))
-            # A first start (nothing measured), then carts in service: each starts from the
-            # rate the first start measured, as a restarted cart does from its journal.
-            trial, rate = _ours_once(url, token, f"cold-{t}", n, size, 1)
+            # A first start (nothing measured), then carts in service: each starts from what
+            # the first start's journal kept (the rate, the endpoint), as a restarted cart does.
+            trial, kept = _ours_once(url, token, f"cold-{t}", n, size, 1)
             keep("cold", trial)
-            keep("ours1", _ours_once(url, token, f"ours1-{t}", n, size, 1, rate)[0])
-            keep("ours2", _ours_once(url, token, f"ours2-{t}", n, size, 2, rate)[0])
+            keep("ours1", _ours_once(url, token, f"ours1-{t}", n, size, 1, kept)[0])
+            keep("ours2", _ours_once(url, token, f"ours2-{t}", n, size, 2, kept)[0])
 
         def median(name: str, which: int = 0) -> float:
             return statistics.median(r[which] for r in runs[name])
@@ -407,12 +415,12 @@ def bench_upload(ctx: BenchContext) -> BenchResult:
             "manifest's digest: the end-to-end check); tuspy sends each file in one request, "
             "without checksums unless asked. Each trial's uploaders start on a fresh journal: "
             "the targets are for a cart in service, whose journal keeps the link rate it "
-            "measured (seeded with what that trial's first start measured); the first start "
-            "sends its first 8 MiB blind and is reported apart. 'On the wire': until the "
-            "last upload is acknowledged; 'until ingested': until the sink has verified and "
-            "indexed the last file (its ingest queue's finish time), the same work on the sink "
-            "for both: what tuspy sends unchecked the sink hashes at ingest, after the wire "
-            "figure's clock has stopped"
+            "measured and the tus endpoint it found (seeded with what that trial's first start "
+            "kept); the first start sends its first 8 MiB blind and is reported apart. "
+            "'On the wire': until the last upload is acknowledged; 'until ingested': until "
+            "the sink has verified and indexed the last file (its ingest queue's finish "
+            "time), the same work on the sink for both: what tuspy sends unchecked the sink "
+            "hashes at ingest, after the wire figure's clock has stopped"
         )
     finally:
         sink.stop()

@@ -7,8 +7,9 @@ Safety rules, after tusd:
 - a chunk with an ``Upload-Checksum`` is written in place behind a durable ``.pending`` marker
   that holds the verified size: the offset reported is the marker's while it exists, a chunk that
   fails its checksum (460) or is cut off is truncated away, and a marker left by a crash is
-  rolled back before anything else touches the upload; without a checksum, whatever arrived
-  before a disconnect is kept;
+  rolled back before anything else touches the upload (a creation's own body needs no marker:
+  nobody holds the upload's URL before the 201, so it has no offset to keep); without a
+  checksum, whatever arrived before a disconnect is kept;
 - one writer per upload at a time (an exclusive ``flock`` on the data file; 423 when busy);
 - with ``staging`` (:mod:`cloud_sink.staging`) the data lives in a bucket instead: a chunk is
   received into a local spool file and verified before one step adds it there, and PostgreSQL's
@@ -61,11 +62,28 @@ MAX_META_VALUE = 1024
 WRITE_BLOCK = 4 << 20
 
 
-def _write_all(fd: int, data: bytes | bytearray) -> int:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-    return len(data)
+#: Most pieces one write gathers (``os.writev`` takes up to IOV_MAX, 1024 on Linux).
+WRITE_PIECES = 512
+
+
+def _write_all(fd: int, data: bytes | bytearray | list[bytes]) -> int:
+    """Write every byte of ``data``; a list of pieces goes in one ``writev`` (no copy to join
+    them first), the rest of a short write after it."""
+    if not isinstance(data, list):
+        data = [bytes(data)] if isinstance(data, bytearray) else [data]
+    total = sum(len(piece) for piece in data)
+    done = os.writev(fd, data) if data else 0
+    if done < total:  # short: the rest, piece by piece
+        skip = done
+        for piece in data:
+            if skip >= len(piece):
+                skip -= len(piece)
+                continue
+            view = memoryview(piece)[skip:]
+            skip = 0
+            while view:
+                view = view[os.write(fd, view) :]
+    return total
 
 
 def _hash_back(fd: int, start: int, length: int, digest: Any) -> None:
@@ -169,7 +187,8 @@ async def _stalling(stream: AsyncIterator[bytes], stall_s: float) -> AsyncIterat
     it = stream.__aiter__()
     while True:
         try:
-            chunk = await asyncio.wait_for(it.__anext__(), stall_s)
+            async with asyncio.timeout(stall_s):  # wait_for would make a task per chunk
+                chunk = await it.__anext__()
         except StopAsyncIteration:
             return
         except TimeoutError:
@@ -378,15 +397,13 @@ class TusApp:
                 self.db.forget_upload(upload_id)
                 raise
         else:
-            os.close(os.open(self.path(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            fsync_dir(self.dir)  # offsets it reports count bytes of this file: its name must last
-            self.db.create_upload(upload_id, device, length, metadata, expires)
-        up = self.own_upload(upload_id, device)
+            await asyncio.to_thread(self._create_file, upload_id, device, length, metadata, expires)
+        up = await asyncio.to_thread(self.own_upload, upload_id, device)
         location = str(request.url_for("upload", upload_id=upload_id))
         headers = self.headers(Location=location, **self.expires_header(up))
         if request.headers.get("content-type") == OFFSET_TYPE:  # creation-with-upload
             try:
-                offset, up = await self.write(request, up, 0)
+                offset, up = await self.write(request, up, 0, fresh=True)
             except BaseException:  # refused: no upload was made (no row, no data left)
                 if self.staging is not None:
                     await asyncio.to_thread(self.staging.remove, upload_id)
@@ -395,6 +412,15 @@ class TusApp:
                 raise
             headers["Upload-Offset"] = str(offset)
         return Response(status_code=201, headers=headers)
+
+    def _create_file(
+        self, upload_id: str, device: str, length: int | None, metadata: Any, expires: float
+    ) -> None:
+        """The upload's data file and row (in a thread: the fsync and the commit do not hold up
+        the bodies of other devices' uploads)."""
+        os.close(os.open(self.path(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        fsync_dir(self.dir)  # offsets it reports count bytes of this file: its name must last
+        self.db.create_upload(upload_id, device, length, metadata, expires)
 
     def head(self, upload_id: str, device: str) -> Response:
         up = self.own_upload(upload_id, device)
@@ -550,7 +576,11 @@ class TusApp:
             raise TusError(413, f"{declared} bytes would pass the upload's length")
         return room
 
-    async def write(self, request: Request, up: Upload, offset: int) -> tuple[int, Upload]:
+    async def write(
+        self, request: Request, up: Upload, offset: int, *, fresh: bool = False
+    ) -> tuple[int, Upload]:
+        """Apply a request's body at ``offset``. ``fresh``: the body of the creation request
+        itself (creation-with-upload)."""
         digest, expected = self._checksum(request)
         if up.completed_utc is not None:  # complete: nothing more can be written
             if offset != up.length:
@@ -562,7 +592,12 @@ class TusApp:
             await self._still_there(up)
             current = os.fstat(fd).st_size
             room = self._room(request, up, offset, current)
-            marker = self.pending(up.id) if digest is not None else None
+            # A checksummed chunk is written behind a durable marker of the verified size, so
+            # a crash mid-chunk rolls back to it; except a creation's own body: nobody holds
+            # that upload's URL until the 201 answers, so there is no offset to keep (a crash
+            # leaves an upload nobody resumes, removed at its expiry).
+            checked = digest is not None
+            marker = self.pending(up.id) if checked and not fresh else None
             if marker is not None:
                 # fsyncs run in a thread: the event loop keeps serving other devices meanwhile
                 await asyncio.to_thread(_durable_marker, marker, current)
@@ -574,35 +609,37 @@ class TusApp:
                 # block arrives; one write in flight at a time keeps memory bounded. A checksum
                 # is verified after the body, beside its fsync (``_hash_back``).
                 loop = asyncio.get_running_loop()
-                pending = bytearray()
+                pending: list[bytes] = []  # the pieces as they came, written in one writev
+                pending_size = 0
                 in_flight: asyncio.Future[int] | None = None
                 in_flight_size = 0
                 try:
                     stall_s = self.config.timeouts.body_stall_s
                     async for chunk in _stalling(request.stream(), stall_s):
-                        if written + in_flight_size + len(pending) + len(chunk) > room:
+                        if written + in_flight_size + pending_size + len(chunk) > room:
                             too_big = True
                             break
-                        pending += chunk
-                        if len(pending) >= WRITE_BLOCK:
+                        pending.append(chunk)
+                        pending_size += len(chunk)
+                        if pending_size >= WRITE_BLOCK or len(pending) >= WRITE_PIECES:
                             if in_flight is not None:
                                 written += await in_flight
                             in_flight = loop.run_in_executor(None, _write_all, fd, pending)
-                            in_flight_size = len(pending)
-                            pending = bytearray()
+                            in_flight_size = pending_size
+                            pending, pending_size = [], 0
                 except (ClientDisconnect, BodyStalled) as cut:
                     if in_flight is not None:
                         written += await in_flight
                         in_flight = None
                     stalled = isinstance(cut, BodyStalled)
-                    if marker is not None:  # an unverifiable chunk is never applied
+                    if checked:  # an unverifiable chunk is never applied
                         if stalled:
                             raise TusError(408, f"the body stalled for {stall_s:g} s") from None
                         raise TusError(400, "the client went away mid-chunk") from None
                     if stalled:  # without a checksum, what arrived is kept (tus core)
                         if pending:
                             written += _write_all(fd, pending)
-                            pending = bytearray()
+                            pending, pending_size = [], 0
                         await asyncio.to_thread(os.fsync, fd)
                         applied = True
                         raise TusError(408, f"the body stalled for {stall_s:g} s") from None
@@ -624,7 +661,7 @@ class TusApp:
                 await synced
                 applied = True
             finally:
-                if not applied and (marker is not None or too_big):
+                if not applied and (checked or too_big):
                     os.ftruncate(fd, current)
                     os.fsync(fd)
                 if marker is not None:

@@ -180,8 +180,10 @@ def sink_backend(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A test marked ``one_database`` checks what happens before the database is reached
-    (parsing, bounds, timeouts): its PostgreSQL pass would repeat its SQLite pass exactly."""
+    """A test marked ``one_database`` checks what does not depend on the database (parsing,
+    bounds and timeouts before it is reached; what labelling decides from the frames): its
+    PostgreSQL pass would repeat its SQLite pass. Each module keeps other tests that take the
+    same paths through PostgreSQL."""
     keep, dropped = [], []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})

@@ -39,6 +39,7 @@ def sink(fleet: Fleet, tmp_path: Path) -> Iterator[tuple[Index, LocalBlobStore, 
     index.close()
 
 
+@pytest.mark.one_database  # what labelling decides: the same on either database
 def test_barcode_as_label_names_the_product_in_the_hand(
     fleet: Fleet, sink: tuple[Index, LocalBlobStore, Path], tmp_path: Path
 ) -> None:
@@ -69,6 +70,7 @@ def test_barcode_as_label_names_the_product_in_the_hand(
     assert again.bundles == 0 and len(LabelStore(index).items()) == len(items)
 
 
+@pytest.mark.one_database  # what labelling decides: the same on either database
 def test_an_items_track_shows_the_same_product(
     fleet: Fleet, sink: tuple[Index, LocalBlobStore, Path], tmp_path: Path
 ) -> None:
@@ -105,6 +107,7 @@ def test_an_items_track_shows_the_same_product(
     assert all(len(i["track"]) <= pre.cfg.quiet_track for i in quiet)
 
 
+@pytest.mark.one_database  # what labelling decides: the same on either database
 def test_the_scale_names_what_a_poor_teacher_cannot_on_a_recorded_fleet(
     fleet: Fleet, sink: tuple[Index, LocalBlobStore, Path], tmp_path: Path
 ) -> None:
@@ -133,6 +136,7 @@ def test_the_scale_names_what_a_poor_teacher_cannot_on_a_recorded_fleet(
     assert carried and sum(carried) / len(carried) >= 0.9, carried
 
 
+@pytest.mark.one_database  # what labelling decides: the same on either database
 def test_prelabels_never_read_the_simulations_truth(
     fleet: Fleet, sink: tuple[Index, LocalBlobStore, Path], tmp_path: Path
 ) -> None:
@@ -173,6 +177,7 @@ def test_prelabels_never_read_the_simulations_truth(
     assert label_rows(index) == label_rows(other) and label_rows(index)
 
 
+@pytest.mark.one_database  # what labelling decides: the same on either database
 def test_a_teacher_labels_in_batches_and_a_broken_one_labels_nothing(
     fleet: Fleet, sink: tuple[Index, LocalBlobStore, Path], tmp_path: Path
 ) -> None:

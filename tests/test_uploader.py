@@ -21,7 +21,7 @@ from capsight_edge.localsink import free_port
 from capsight_edge.profile.schema import UploadWindow
 from capsight_edge.uploader.service import UploaderThread
 from capsight_edge.uploader.shaping import Backoff, UploadSchedule
-from capsight_edge.uploader.status import RATE_KEY
+from capsight_edge.uploader.status import ENDPOINT_KEY, RATE_KEY
 from capsight_edge.uploader.uploader import (
     MAX_CHUNK,
     MIN_CHUNK,
@@ -513,6 +513,42 @@ def test_the_sink_url_may_be_its_base_or_its_endpoint_and_redirects_are_followed
         assert posts and all(p == "/files/" for p in posts)  # never /files/files/
     finally:
         s.stop()
+
+
+def test_the_endpoint_is_asked_once_and_a_restart_asks_where_it_was_found(
+    sink: SinkUnderTest, cart: tuple[Journal, Path]
+) -> None:
+    """Three bundles at once ask the sink's base URL what it is once between them (the base,
+    then the endpoint under it); a restarted uploader asks the endpoint its journal kept, and
+    one the sink no longer answers at is asked, then forgotten for the URL's candidates."""
+    journal, data = cart
+
+    def options() -> list[str]:
+        return [p for m, p, _ in sink.faults.seen if m == "OPTIONS"]
+
+    for i in range(3):
+        seal_bundle(journal, data, f"e{i}", noise_frames=5)
+    stats = asyncio.run(uploader(journal, data, sink.url, sink.token, concurrency=3).run(
+        until_idle=True
+    ))  # fmt: skip
+    assert stats.bundles_uploaded == 3
+    assert options() == ["/", "/files/"]
+    kept = json.loads(journal.kv_get(ENDPOINT_KEY) or "{}")
+    assert kept == {"sink_url": sink.url, "endpoint": sink.url + "/files/"}
+    sink.faults.seen.clear()
+    seal_bundle(journal, data, "e3", noise_frames=5)
+    assert asyncio.run(uploader(journal, data, sink.url, sink.token).run(
+        until_idle=True
+    )).bundles_uploaded == 1  # fmt: skip
+    assert options() == ["/files/"]
+    # A kept endpoint that is no tus endpoint any more: asked first, then the URL's own.
+    journal.kv_set(ENDPOINT_KEY, json.dumps({"sink_url": sink.url, "endpoint": sink.url + "/x/"}))
+    sink.faults.seen.clear()
+    seal_bundle(journal, data, "e4", noise_frames=5)
+    up = uploader(journal, data, sink.url, sink.token)
+    assert asyncio.run(up.run(until_idle=True)).bundles_uploaded == 1, up.status()
+    assert options() == ["/x/", "/", "/files/"]
+    assert json.loads(journal.kv_get(ENDPOINT_KEY) or "{}")["endpoint"] == sink.url + "/files/"
 
 
 @pytest.mark.parametrize("suffix", ["/nope/", "/loop/files/"])

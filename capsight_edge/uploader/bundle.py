@@ -39,7 +39,7 @@ from capsight_edge.uploader.progress import (
 from capsight_edge.uploader.reader import ChunkReader, LocalFileProblem
 from capsight_edge.uploader.shaping import Backoff
 from capsight_edge.uploader.sinkside import Interrupted, SinkClient
-from capsight_edge.uploader.status import RATE_KEY
+from capsight_edge.uploader.status import ENDPOINT_KEY, RATE_KEY
 from capsight_edge.uploader.tus import (
     COMPLETE,
     MISCONFIGURED,
@@ -92,6 +92,18 @@ class UploadContext:
     caps: ServerCaps | None = None
     progress: dict[str, BundleProgress] = field(default_factory=dict)
     remembered_rate: float = 0.0  # the rate last kept in the journal (RATE_KEY)
+    _discovering: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def server_caps(self) -> ServerCaps:
+        """What the sink's tus endpoint can do, asked once for every upload of the run (the
+        first bundle asks; the others wait for its answer). The endpoint found is kept in the
+        journal (:data:`ENDPOINT_KEY`), so a restarted cart asks there first."""
+        async with self._discovering:
+            if self.caps is None:
+                self.caps = await self.sink.discover(self.journal.kv_get(ENDPOINT_KEY) or "")
+                if self.journal.kv_get(ENDPOINT_KEY) != self.sink.remembered():
+                    self.journal.kv_set(ENDPOINT_KEY, self.sink.remembered())
+            return self.caps
 
     def recall_rate(self) -> None:
         """Start from the rate a previous run kept, if nothing was measured yet."""
@@ -158,8 +170,7 @@ class BundleUpload:
     async def _send(self) -> None:
         ctx, bundle_id = self.ctx, self.row.id
         ctx.journal.start_upload(bundle_id)
-        if ctx.caps is None:
-            ctx.caps = await ctx.sink.discover()
+        await ctx.server_caps()
         before = {p.name: p for p in ctx.journal.upload_plan(bundle_id)}
         files = await asyncio.to_thread(self._plan)
         await self._terminate_replaced(before, files)

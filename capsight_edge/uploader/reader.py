@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import os
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -110,19 +111,35 @@ class ChunkReader:
 
     # -- the body ----------------------------------------------------------------------------
     async def blocks(self, offset: int, length: int) -> AsyncIterator[bytes]:
-        """The chunk, read from disk in blocks as it is sent."""
+        """The chunk, read from disk in blocks as it is sent: the next block is read (in a
+        thread) while this one goes out, so the socket never waits for the disk and at most
+        two blocks are in memory."""
         f = await asyncio.to_thread(_open, self.path)
+
+        def read(at: int, n: int) -> bytes:
+            return os.pread(f.fileno(), n, at)
+
+        ahead: asyncio.Future[bytes] | None = None
         try:
-            await asyncio.to_thread(f.seek, offset)
-            left = length
-            while left > 0:
-                data = await asyncio.to_thread(f.read, min(BLOCK, left))
+            pos, end = offset, offset + length
+            if pos < end:
+                ahead = asyncio.ensure_future(asyncio.to_thread(read, pos, min(BLOCK, end - pos)))
+            while ahead is not None:
+                data = await ahead
+                ahead = None
                 if not data:
                     raise LocalFileProblem(f"{self.path.name}: shorter than planned")
-                left -= len(data)
+                pos += len(data)
+                if pos < end:
+                    ahead = asyncio.ensure_future(
+                        asyncio.to_thread(read, pos, min(BLOCK, end - pos))
+                    )
                 yield data
         finally:
-            f.close()
+            if ahead is None or ahead.done():
+                f.close()
+            else:  # a read still in its thread: the file closes when it returns
+                ahead.add_done_callback(lambda _: f.close())
 
     # -- the whole file ----------------------------------------------------------------------
     async def close(self) -> None:

@@ -12,6 +12,7 @@ the fleet view.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -79,13 +80,32 @@ class SinkClient:
         except httpx.TransportError as exc:  # timeouts, resets, protocol errors
             raise Interrupted(f"{method} interrupted: {exc!r}") from exc
 
-    async def discover(self) -> ServerCaps:
+    def remembered(self) -> str:
+        """What :meth:`discover` found, to be given back to it on the next start."""
+        return json.dumps({"sink_url": self.sink_url, "endpoint": self.endpoint})
+
+    def _recalled(self, remembered: str) -> list[str]:
+        """The endpoint a previous run found for this very sink URL ([] for another URL or
+        nothing kept)."""
+        try:
+            kept = json.loads(remembered) if remembered else {}
+        except ValueError:
+            return []
+        if not isinstance(kept, dict) or kept.get("sink_url") != self.sink_url:
+            return []
+        endpoint = kept.get("endpoint")
+        return [endpoint] if isinstance(endpoint, str) and endpoint.startswith("http") else []
+
+    async def discover(self, remembered: str = "") -> ServerCaps:
         """Find the tus endpoint behind the sink URL (OPTIONS, redirects followed) and what it
-        can do: extensions, checksum algorithms, maximum size. SinkMisconfigured when neither
-        the URL nor the URL with our sink's path is a tus endpoint."""
+        can do: extensions, checksum algorithms, maximum size. ``remembered``: what
+        :meth:`remembered` said on a previous run, asked first (one request instead of one per
+        candidate when the URL is the sink's base). SinkMisconfigured when neither the URL nor
+        the URL with our sink's path is a tus endpoint."""
         headers = {"Tus-Resumable": TUS_VERSION, **self.auth()}
         seen: list[str] = []
-        for candidate in endpoint_candidates(self.sink_url, self.tus_path):
+        candidates = endpoint_candidates(self.sink_url, self.tus_path)
+        for candidate in dict.fromkeys([*self._recalled(remembered), *candidates]):
             try:
                 resp = await self.send("OPTIONS", candidate, headers, follow_redirects=True)
             except Interrupted as exc:

@@ -20,6 +20,8 @@ PAUSE_KEY = "upload_paused"  # set by `capsight upload pause` (or any process) t
 # The link rate the sink confirmed, kept across restarts: a restarted uploader sizes its first
 # chunk from it instead of starting blind.
 RATE_KEY = "upload_measured_bytes_per_s"
+#: The tus endpoint found behind the sink URL, with that URL (JSON): asked first on a restart.
+ENDPOINT_KEY = "upload_endpoint"
 PUBLISH_IDLE_S = 30.0
 LIVE_S = 45.0  # a status older than this is not a running uploader's
 
