@@ -162,7 +162,9 @@ class Outages:
 
 def _ours(url: str, token: str, work: Path) -> dict[str, float]:
     journal = Journal(work / "journal.db")
-    up = Uploader(journal, work, sink_url=url, token=token, uncapped=True, heartbeat_s=0)
+    up = Uploader(  # one upload at a time, as tuspy here
+        journal, work, sink_url=url, token=token, uncapped=True, concurrency=1, heartbeat_s=0
+    )
     try:
         stats = asyncio.run(up.run(until_idle=True, max_attempts=100))
     finally:
@@ -278,5 +280,14 @@ def bench_upload_wifi(ctx: BenchContext) -> BenchResult:
         f"ours: {ours['restarts']:.0f} whole-file restarts, {ours['retries']:.0f} retries; "
         "wire bytes are the host side's veth transmit counter (IP and TCP headers, "
         "retransmissions and anything sent again)"
+    )
+    from capsight_edge.uploader.uploader import RTO_MAX_MS, socket_options
+
+    res.notes.append(
+        f"ours caps TCP's wait between retransmissions at {RTO_MAX_MS} ms (TCP_RTO_MAX_MS), "
+        "so it goes on within a second of the link's return"
+        if socket_options()
+        else "this kernel has no TCP_RTO_MAX_MS (Linux 6.15+): ours waits out TCP's own "
+        "backoff after an outage, as tuspy does"
     )
     return res

@@ -337,3 +337,23 @@ def test_a_failed_request_can_only_lower_the_measured_rate() -> None:
     for _ in range(12):
         stats.measured(256 << 10, 0.1, whole_chunk=True)
     assert stats.measured_bytes_per_s > 2.4 * 2**20  # the link: 2.5 MiB/s
+
+
+def test_the_uploaders_connections_cap_tcps_retransmission_wait_where_the_kernel_can() -> None:
+    """After an outage TCP waits up to seconds before trying again; the uploader's
+    connections cap that wait at RTO_MAX_MS where the kernel has TCP_RTO_MAX_MS (Linux 6.15+),
+    and carry no option at all where it has not (a socket refusing it would fail to connect)."""
+    import socket
+
+    from capsight_edge.uploader.uploader import RTO_MAX_MS, TCP_RTO_MAX_MS, socket_options
+
+    with socket.socket() as s:
+        try:
+            s.setsockopt(socket.IPPROTO_TCP, TCP_RTO_MAX_MS, RTO_MAX_MS)
+            kernel_has_it = s.getsockopt(socket.IPPROTO_TCP, TCP_RTO_MAX_MS) == RTO_MAX_MS
+        except OSError:
+            kernel_has_it = False
+    if kernel_has_it:
+        assert socket_options() == ((socket.IPPROTO_TCP, TCP_RTO_MAX_MS, RTO_MAX_MS),)
+    else:
+        assert socket_options() == ()
