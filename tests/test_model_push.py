@@ -118,14 +118,18 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-@pytest.fixture
-def push(tmp_path: Path, models: dict[str, Path]):  # type: ignore[no-untyped-def]
-    data = tmp_path / "sink"
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path]) -> Push:
+    """A sink (not started) with cart-1's token and a registry: the sink's online key, the ML
+    team's key and the root it signed, recogniser 1 published and on stable. Made once (its
+    commands take seconds); each test starts a sink on its own copy (``push``)."""
+    base = tmp_path_factory.mktemp("push")
+    data = base / "sink"
     sink = Sink(data)
     token = sink.add_device("cart-1")
     res = cli("-m", "cloud_sink.cli", "model", "keygen", "--data", str(data))
     assert res.returncode == 0, res.stderr
-    key = tmp_path / "ml-team.key"
+    key = base / "ml-team.key"
     res = cli("-m", "trainer.cli", "keygen", "--out", str(key))
     assert res.returncode == 0, res.stderr
     res = cli(
@@ -140,14 +144,24 @@ def push(tmp_path: Path, models: dict[str, Path]):  # type: ignore[no-untyped-de
         str(data / "registry" / "online.pub.json"),
     )
     assert res.returncode == 0, res.stderr
-    root = tmp_path / "trusted-root.json"
+    root = base / "trusted-root.json"
     shutil.copyfile(data / "registry" / "metadata" / "1.root.json", root)
-    sink.start()
     p = Push(data, sink, token, key, root, models)
     p.publish("1")
     p.promote("stable", "1")
+    return p
+
+
+@pytest.fixture
+def push(tmp_path: Path, template: Push):  # type: ignore[no-untyped-def]
+    """A copy of the template's sink, registry and keys, its sink running."""
+    shutil.copytree(template.data, tmp_path / "sink")
+    key, root = tmp_path / template.key.name, tmp_path / template.root.name
+    shutil.copyfile(template.key, key)
+    shutil.copyfile(template.root, root)
+    sink = Sink(tmp_path / "sink").start()
     try:
-        yield p
+        yield Push(tmp_path / "sink", sink, template.token, key, root, template.models)
     finally:
         sink.stop()
 

@@ -9,6 +9,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,31 @@ def sink(fleet: Fleet, tmp_path: Path) -> Iterator[tuple[Index, LocalBlobStore, 
     data = private_sink(fleet, tmp_path / "sink")
     index = sink_index(data)
     yield index, LocalBlobStore(data / "blobs" / "store"), data
+    index.close()
+
+
+@dataclass
+class Labelled:
+    index: Index
+    blobs: LocalBlobStore
+    prelabeler: Prelabeler
+    report: Any
+    scratch: Path
+
+
+@pytest.fixture(scope="module")
+def labelled(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Labelled]:
+    """The fleet's sink labelled once, with its catalogue and the tiny stand-in teacher (a
+    mean colour through a fixed layer: it recognises nothing), for the tests that only read
+    what labelling decided (on SQLite: they are ``one_database``)."""
+    root = tmp_path_factory.mktemp("labelled")
+    data = private_sink(fleet, root / "sink")
+    index = sink_index(data)
+    blobs = LocalBlobStore(data / "blobs" / "store")
+    cat = Catalogue.load(fleet.catalogue)
+    pre = Prelabeler(index, blobs, cat, Teacher(make_teacher(root, ["", *cat.skus])))
+    report = pre.run()
+    yield Labelled(index, blobs, pre, report, root)
     index.close()
 
 
@@ -71,16 +97,11 @@ def test_barcode_as_label_names_the_product_in_the_hand(
 
 
 @pytest.mark.one_database  # what labelling decides: the same on either database
-def test_an_items_track_shows_the_same_product(
-    fleet: Fleet, sink: tuple[Index, LocalBlobStore, Path], tmp_path: Path
-) -> None:
+def test_an_items_track_shows_the_same_product(labelled: Labelled, tmp_path: Path) -> None:
     """The frames that take an item's label when exported (its track) show, by the
     simulation's truth, the product its own frame shows; none is another item's frame, and
     each lies within the configured reach of its item."""
-    index, blobs, _data = sink
-    classes = ["", *Catalogue.load(fleet.catalogue).skus]
-    pre = Prelabeler(index, blobs, None, Teacher(make_teacher(tmp_path, classes)))
-    report = pre.run()
+    index, blobs, pre, report = labelled.index, labelled.blobs, labelled.prelabeler, labelled.report
     items = LabelStore(index).items()
     assert report.track_frames == sum(len(i["track"]) for i in items) >= 2 * len(items) > 0
     truths = sim_reviewer.Truths(blobs, tmp_path)
@@ -109,15 +130,14 @@ def test_an_items_track_shows_the_same_product(
 
 @pytest.mark.one_database  # what labelling decides: the same on either database
 def test_the_scale_names_what_a_poor_teacher_cannot_on_a_recorded_fleet(
-    fleet: Fleet, sink: tuple[Index, LocalBlobStore, Path], tmp_path: Path
+    fleet: Fleet, labelled: Labelled, tmp_path: Path
 ) -> None:
-    """With the tiny stand-in teacher (a mean colour through a fixed layer: it recognises
-    nothing), the labels at weight events come from the scale and the catalogue's weights
-    and a scan is carried to the item placed after it; both against the simulation's truth."""
-    index, blobs, _data = sink
+    """With the tiny stand-in teacher (it recognises nothing), the labels at weight events
+    come from the scale and the catalogue's weights and a scan is carried to the item placed
+    after it; both against the simulation's truth."""
+    index, blobs = labelled.index, labelled.blobs
     cat = Catalogue.load(fleet.catalogue)
     assert cat.weights and len(cat.weights) == len(cat.skus)  # the fleet's catalogue has them
-    Prelabeler(index, blobs, cat, Teacher(make_teacher(tmp_path, ["", *cat.skus]))).run()
     truths = sim_reviewer.Truths(blobs, tmp_path)
     weighed, carried, teacher_right = [], [], 0
     for item in LabelStore(index).items():
@@ -179,7 +199,7 @@ def test_prelabels_never_read_the_simulations_truth(
 
 @pytest.mark.one_database  # what labelling decides: the same on either database
 def test_a_teacher_labels_in_batches_and_a_broken_one_labels_nothing(
-    fleet: Fleet, sink: tuple[Index, LocalBlobStore, Path], tmp_path: Path
+    fleet: Fleet, sink: tuple[Index, LocalBlobStore, Path], labelled: Labelled, tmp_path: Path
 ) -> None:
     index, blobs, _data = sink
     classes = ["", *Catalogue.load(fleet.catalogue).skus]
@@ -197,11 +217,13 @@ def test_a_teacher_labels_in_batches_and_a_broken_one_labels_nothing(
     with pytest.raises(TeacherError, match="NaN"):
         Prelabeler(index, blobs, None, nan).run()
     assert LabelStore(index).items() == []  # nothing labelled with a broken model
-    report = Prelabeler(index, blobs, None, Teacher(make_teacher(tmp_path, classes))).run()
+    # A good one (the same fleet, labelled once for these tests) sees every frame it labels.
+    report = labelled.report
     assert report.model_frames == report.items + report.track_frames > 0
     assert report.as_dict()["model_frames_per_s"]
-    item = LabelStore(index).items()[0]
-    assert item["candidates"][0]["model_version"] == "tiny-teacher:tiny-1"
+    item = LabelStore(labelled.index).items()[0]
+    teacher = [c for c in item["candidates"] if c["source"] == "teacher"]
+    assert teacher and teacher[0]["model_version"] == "tiny-teacher:tiny-1"
 
 
 def test_review_states_versions_and_history(
