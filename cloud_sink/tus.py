@@ -66,11 +66,11 @@ WRITE_BLOCK = 4 << 20
 WRITE_PIECES = 512
 
 
-def _write_all(fd: int, data: bytes | bytearray | list[bytes]) -> int:
+def _write_all(fd: int, data: bytes | bytearray | list[bytes] | list[bytes | bytearray]) -> int:
     """Write every byte of ``data``; a list of pieces goes in one ``writev`` (no copy to join
     them first), the rest of a short write after it."""
     if not isinstance(data, list):
-        data = [bytes(data)] if isinstance(data, bytearray) else [data]
+        data = [data]
     total = sum(len(piece) for piece in data)
     done = os.writev(fd, data) if data else 0
     if done < total:  # short: the rest, piece by piece

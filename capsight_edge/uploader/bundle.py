@@ -100,8 +100,9 @@ class UploadContext:
         journal (:data:`ENDPOINT_KEY`), so a restarted cart asks there first."""
         async with self._discovering:
             if self.caps is None:
-                self.caps = await self.sink.discover(self.journal.kv_get(ENDPOINT_KEY) or "")
-                if self.journal.kv_get(ENDPOINT_KEY) != self.sink.remembered():
+                kept = self.journal.kv_get(ENDPOINT_KEY) or ""
+                self.caps = await self.sink.discover(kept)
+                if kept != self.sink.remembered():
                     self.journal.kv_set(ENDPOINT_KEY, self.sink.remembered())
             return self.caps
 
