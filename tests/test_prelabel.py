@@ -158,12 +158,13 @@ def test_the_scale_names_what_a_poor_teacher_cannot_on_a_recorded_fleet(
 
 @pytest.mark.one_database  # what labelling decides: the same on either database
 def test_prelabels_never_read_the_simulations_truth(
-    fleet: Fleet, sink: tuple[Index, LocalBlobStore, Path], tmp_path: Path
+    fleet: Fleet, labelled: Labelled, tmp_path: Path
 ) -> None:
+    """The fleet's sink with the simulation's truth taken out of every bundle labels exactly
+    as the fleet's own (labelled once for these tests, with the same teacher)."""
     from mcap.reader import make_reader
     from mcap.writer import Writer
 
-    index, blobs, _data = sink
     stripped_data = private_sink(fleet, tmp_path / "stripped")
     stripped = LocalBlobStore(stripped_data / "blobs" / "store")
     for key in stripped.keys("bundles/"):
@@ -188,13 +189,12 @@ def test_prelabels_never_read_the_simulations_truth(
                 )
             w.finish()
         stripped.put_file(key, dst)
-    teacher = make_teacher(tmp_path, ["", *Catalogue.load(fleet.catalogue).skus])
     cat = Catalogue.load(fleet.catalogue)
-    Prelabeler(index, blobs, cat, Teacher(teacher)).run()
+    teacher = make_teacher(tmp_path, ["", *cat.skus])  # the one `labelled` was labelled with
     other = sink_index(stripped_data)
     Prelabeler(other, stripped, cat, Teacher(teacher)).run()
-
-    assert label_rows(index) == label_rows(other) and label_rows(index)
+    assert label_rows(labelled.index) == label_rows(other) and label_rows(other)
+    other.close()
 
 
 @pytest.mark.one_database  # what labelling decides: the same on either database
