@@ -337,13 +337,13 @@ def bench_upload(ctx: BenchContext) -> BenchResult:
             # the one before it.
             runs.setdefault(name, []).append((trial.wire, trial.ingested(sink)))
 
-        def theirs(t: int) -> None:
+        def tuspy_trials(t: int) -> None:
             keep("theirs", _tuspy_once(url, token, f"tuspy{t}", n, size, False))
             keep("theirs2", _tuspy_once(url, token, f"tuspy2-{t}", n, size, False, 2))
             keep("theirs_sum", _tuspy_once(url, token, f"tuspysum{t}", n, size, True))
             keep("theirs_sum2", _tuspy_once(url, token, f"tuspysum2-{t}", n, size, True, 2))
 
-        def ours(t: int) -> None:
+        def our_trials(t: int) -> None:
             # A first start (nothing measured), then carts in service: each starts from what
             # the first start's journal kept (the rate, the endpoint), as a restarted cart does.
             trial, kept = _ours_once(url, token, f"cold-{t}", n, size, 1)
@@ -354,7 +354,7 @@ def bench_upload(ctx: BenchContext) -> BenchResult:
         # Interleaved, so all see the same machine; who goes first alternates, so neither
         # always meets the sink (its database, its disk's write-back) as the other left it.
         for t in range(trials):
-            for side in (theirs, ours) if t % 2 == 0 else (ours, theirs):
+            for side in (tuspy_trials, our_trials) if t % 2 == 0 else (our_trials, tuspy_trials):
                 side(t)
 
         def median(name: str, which: int = 0) -> float:
