@@ -106,14 +106,24 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     )
     common = ["--dataset", str(dataset), "--epochs", "10", "--seed", "3", "--json"]
 
-    # 1. On an existing cluster (`ray start --head`), killing one worker after the first epoch.
-    killed = root / "killed"
-    with ray_head() as address:
+    # 1. On an existing cluster (`ray start --head`), killing one worker after the first epoch;
+    # beside it on the same cluster, a deliberately worse candidate: five optimiser steps (a
+    # fixed budget, --steps).
+    killed, worse = root / "killed", root / "worse"
+    with ray_head() as address, (root / "worse.log").open("w+") as worse_log:
         proc = subprocess.Popen(
             [*TRAIN, "run", *common, "--out", str(killed), "--address", address],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env=ENV,
+            cwd=ROOT,
+        )
+        worse_run = [*TRAIN, "run", "--dataset", str(dataset), "--steps", "5", "--out", str(worse)]
+        worse_proc = subprocess.Popen(
+            [*worse_run, "--address", address],
+            stdout=worse_log,
+            stderr=subprocess.STDOUT,
             env=ENV,
             cwd=ROOT,
         )
@@ -128,6 +138,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
         os.kill(pid, signal.SIGKILL)
         _out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
+        if worse_proc.wait(timeout=600) != 0:
+            worse_log.seek(0)
+            pytest.fail(f"the five-step run failed: {worse_log.read()[-3000:]}")
 
     # 2. The same run, uninterrupted, on a local cluster started for it (the default), with a
     # temporary folder too deep for Ray's session sockets: Ray gets a short one, removed after.
@@ -138,10 +151,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     res = train_cli("run", *common, "--out", str(clean), env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert list(deep.iterdir()) == []
-    # 3. A deliberately worse candidate: five optimiser steps (a fixed budget, --steps).
-    worse = root / "worse"
-    res = train_cli("run", "--dataset", str(dataset), "--steps", "5", "--out", str(worse))
-    assert res.returncode == 0, res.stderr[-3000:]
     return Runs(root, dataset, stores_test, killed, clean, worse, pid)
 
 
