@@ -85,6 +85,23 @@ def _sensors(reads: list[float], adds: list[tuple[float, float]]) -> dict[str, l
     return s
 
 
+def test_the_median_frame_is_the_per_pixel_median_wherever_it_is_asked_for() -> None:
+    """Worked out tile by tile as boxes ask for it, and kept: any crop, in any order, is the
+    per-pixel median of the samples (the upper middle one of an even count)."""
+    rng = np.random.default_rng(4)
+    for count in (1, 2, 5, 16):
+        samples = [rng.integers(0, 256, (150, 200, 3), dtype=np.uint8) for _ in range(count)]
+        stack = np.stack(samples)
+        bg = evidence.Background(samples)
+        for _ in range(25):
+            x0, x1 = sorted(int(v) for v in rng.integers(0, 201, 2))
+            y0, y1 = sorted(int(v) for v in rng.integers(0, 151, 2))
+            want = np.sort(stack[:, y0:y1, x0:x1], axis=0)[count // 2].astype(np.int16)
+            got = bg.crop(x0, y0, x1, y1)
+            assert got.dtype == np.int16 and np.array_equal(got, want)
+        assert np.array_equal(bg.crop(0, 0, 200, 150), np.sort(stack, axis=0)[count // 2])
+
+
 def test_a_scan_is_carried_to_the_first_item_placed_after_it() -> None:
     cfg = PrelabelConfig()
     ms = moments_of(_sensors([1.0, 20.0], [(3.0, 412.0), (5.0, 412.0), (31.0, 412.0)]), cfg)
