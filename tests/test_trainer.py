@@ -133,14 +133,20 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
             assert proc.poll() is None, proc.communicate()[1][-3000:]
             return progress.is_file() and progress.read_text().count("\n") >= 2
 
-        wait_for(first_epoch, 300, "the first two epochs")
-        pid = int((killed / "workers" / "1.pid").read_text())
-        os.kill(pid, signal.SIGKILL)
-        _out, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err[-3000:]
-        if worse_proc.wait(timeout=600) != 0:
-            worse_log.seek(0)
-            pytest.fail(f"the five-step run failed: {worse_log.read()[-3000:]}")
+        try:
+            wait_for(first_epoch, 300, "the first two epochs")
+            pid = int((killed / "workers" / "1.pid").read_text())
+            os.kill(pid, signal.SIGKILL)
+            _out, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err[-3000:]
+            if worse_proc.wait(timeout=600) != 0:
+                worse_log.seek(0)
+                pytest.fail(f"the five-step run failed: {worse_log.read()[-3000:]}")
+        finally:  # a failure leaves neither run behind
+            for left in (proc, worse_proc):
+                if left.poll() is None:
+                    left.kill()
+                    left.wait()
 
     # 2. The same run, uninterrupted, on a local cluster started for it (the default), with a
     # temporary folder too deep for Ray's session sockets: Ray gets a short one, removed after.
