@@ -190,9 +190,8 @@ def test_prelabels_never_read_the_simulations_truth(
             w.finish()
         stripped.put_file(key, dst)
     cat = Catalogue.load(fleet.catalogue)
-    teacher = make_teacher(tmp_path, ["", *cat.skus])  # the one `labelled` was labelled with
     other = sink_index(stripped_data)
-    Prelabeler(other, stripped, cat, Teacher(teacher)).run()
+    Prelabeler(other, stripped, cat, labelled.prelabeler.teacher).run()  # the same teacher
     assert label_rows(labelled.index) == label_rows(other) and label_rows(other)
     other.close()
 
