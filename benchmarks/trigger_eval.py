@@ -71,6 +71,8 @@ def simulate(
             t_ns = int(next_sample * 1e9)
             for weight_event in pipeline.push(RawSample(t_ns, hx.sample(next_sample)))[1]:
                 collector._on_weight_event(weight_event)
+            # as a cart's sensor hub does: the load cells' unsettled state is a signal too
+            collector.engine.signal("unstable", t_ns, pipeline.detector.unstable)
             next_sample += sample_dt
             continue
         image, truth = renderer.render(next_frame)

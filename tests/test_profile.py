@@ -138,7 +138,7 @@ def test_effective_settings_have_every_default(tmp_path: Path) -> None:
     p = load_profile(write(tmp_path, "name = 'bare'\n"))
     d = profile_as_dict(p)
     assert d["camera"]["width_px"] == 1280
-    assert [t["name"] for t in d["triggers"]] == ["scanned_item", "unscanned_item"]
+    assert [t["name"] for t in d["triggers"]] == ["scanned_item", "unscanned_item", "empty_hand"]
 
 
 def test_cli_profile_check_rejects_with_exit_2_and_no_traceback(tmp_path: Path) -> None:

@@ -154,7 +154,7 @@ CAT = Catalogue(10, seed=1)
     [
         ("scanned", {"scanned_item"}),
         ("unscanned", {"unscanned_item"}),
-        ("wave", set()),
+        ("wave", {"empty_hand"}),  # a hand that left nothing: "no product" with a hand
         ("bump", set()),
     ],
 )

@@ -80,8 +80,10 @@ def learning_rules(profile: Any) -> str:
             "name": MODEL_RULE,
             "when": "model_disagrees | model_uncertain & hand_motion",
             "priority": 3,
-            "preroll_s": 1.5,
-            "postroll_s": 1.0,
+            # Long enough that pre-labelling sees 3 s before a hand and 1 s after it, so a
+            # hand the model took for a product can be labelled "no product" (empty hands).
+            "preroll_s": 4.0,
+            "postroll_s": 1.5,
             "cooldown_s": 4.0,
         }
     )

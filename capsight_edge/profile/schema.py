@@ -300,6 +300,10 @@ class SimSection:
     store_conditions: StoreConditionsSection = field(default_factory=StoreConditionsSection)
 
 
+#: The ``empty_hand`` rule's expression (see :data:`DEFAULT_TRIGGERS`).
+EMPTY_HAND = "hand_motion & !weight_delta[3s] & !barcode[3s] & !unstable & !bump[3s]"
+
+
 @dataclass(frozen=True)
 class TriggerRule:
     name: str = setting(
@@ -327,6 +331,18 @@ DEFAULT_TRIGGERS = [
     TriggerRule(name="scanned_item", when="hand_motion & barcode", priority=2),
     TriggerRule(
         name="unscanned_item", when="weight_delta & !barcode[3s]", priority=3, confirm_s=0.5
+    ),
+    # A hand over the basket for more than a second with nothing put in, taken out or read, the
+    # load cells settled and the cart not jolted: "no product" with a hand in view. Pre- and
+    # post-roll show the pre-labeller that nothing changed for 3 s before the hand and 1 s
+    # after it (cloud_sink.prelabel, empty hands).
+    TriggerRule(
+        name="empty_hand",
+        when=EMPTY_HAND,
+        priority=1,
+        confirm_s=0.8,
+        preroll_s=5.0,
+        postroll_s=3.0,
     ),
 ]
 
