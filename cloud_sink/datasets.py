@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field
 SCHEMA_VERSION = 1
 NONE = ""  # the label of a frame that shows no product
 Split = Literal["train", "val", "test"]
-Source = Literal["barcode", "weight", "teacher", "vlm", "human", "render"]
+Source = Literal["barcode", "weight", "scale", "teacher", "vlm", "human", "render"]
 #: The sources that label without a person (cloud_sink.prelabel).
-MACHINE_SOURCES = ("barcode", "weight", "teacher", "vlm")
+MACHINE_SOURCES = ("barcode", "weight", "scale", "teacher", "vlm")
 
 
 def box_iou(a: list[int] | list[float], b: list[int] | list[float]) -> float:

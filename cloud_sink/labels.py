@@ -43,7 +43,7 @@ def utc_now() -> str:
 class Candidate:
     """One pre-label: what a source says about the frame."""
 
-    source: str  # barcode | weight | teacher | vlm
+    source: str  # barcode | weight | scale | teacher | vlm
     sku: str  # "" = no product
     score: float
     box: list[int] | None = None
@@ -80,8 +80,9 @@ class NewItem:
     track: list[TrackFrame] = field(default_factory=list)
 
 
-#: Which source's answer is the pre-label when several spoke (higher first; others by score).
-PRIORITY = {"barcode": 2, "weight": 1}
+#: Which source's answer is the pre-label when several spoke (higher first; others by score):
+#: what the sensors say (a read, the scale) before what a model sees.
+PRIORITY = {"barcode": 2, "weight": 1, "scale": 1}
 
 
 def route(

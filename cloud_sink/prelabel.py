@@ -9,7 +9,9 @@ what they show, so a person only confirms or corrects.
    (the product in view; by the time the scale settles, the hand has let go). A frame whose
    changed pixels are under ``empty_changed_pct`` shows only the basket: skipped, as are
    bundles indexed ``empty_background`` or ``corrupt``. Times: the manifest's ``start_ns``
-   plus the frame's presentation time.
+   plus the frame's presentation time. An **empty hand** (:func:`empty_hands`) is a moment
+   too: a stretch of the cart's hand-activity signal (``/camera/motion``) with no weight
+   change near it and no read in it; its frame is the most changed of the stretch.
 3. **Boxes** fitted to the changed pixels (:func:`cloud_sink.evidence.fit_box`): the
    teacher's box, moved to where the frame differs from the clip's median frame.
 4. **Sources**: barcode-as-label (the read's GTIN through the fleet catalogue: the product in
@@ -18,7 +20,8 @@ what they show, so a person only confirms or corrects.
    self-checkout's weight check); the teacher (:mod:`cloud_sink.teacher`, batched), whose box
    also serves the barcode's label; and at a weight event, ``weight``: the teacher's
    probabilities weighed by how well each product's catalogue weight explains the change
-   (:func:`cloud_sink.evidence.weigh`). Agreement and confidence route the item
+   (:func:`cloud_sink.evidence.weigh`); at an empty hand, ``scale``: "no product" (nothing
+   was put in or taken out, nothing was read). Agreement and confidence route the item
    (:func:`cloud_sink.labels.route`).
 
 Pre-labelling never reads ``/sim/truth``: that channel is the simulation's answer sheet.
@@ -44,12 +47,20 @@ from capsight_edge.bundle.manifest import CLIP, MANIFEST, SENSORS, Manifest
 from capsight_edge.sensors.sensorlog import iter_messages_bounded
 from cloud_sink import evidence
 from cloud_sink.catalogue import Catalogue
+from cloud_sink.datasets import NONE
 from cloud_sink.labels import Candidate, LabelStore, NewItem, TrackFrame
 from cloud_sink.teacher import Prediction, Teacher, TeacherError
 
 log = logging.getLogger("capsight.sink.prelabel")
 TRUTH = "/sim/truth"  # never read here
-READ = ("/triggers", "/camera/barcodes", "/weight/events", "/imu", "/position/uwb")
+READ = (
+    "/triggers",
+    "/camera/barcodes",
+    "/weight/events",
+    "/camera/motion",
+    "/imu",
+    "/position/uwb",
+)
 
 
 @dataclass
@@ -92,6 +103,26 @@ class PrelabelConfig:
     quiet_gap_s: float = 1.5
     quiet_track: int = 4
     quiet_min_frames: int = 5
+    #: an empty hand: a stretch of the cart's hand activity (gaps up to ``hand_join_s``
+    #: joined) at least ``hand_min_s`` long with no read in it, no weight change starting
+    #: within ``hand_lead_s`` after it (a hand puts a product down while in view: the scale
+    #: starts changing before it leaves), none settled within ``hand_after_added_s`` before
+    #: it (the hand let go of what it put in) nor, for a removal, ``hand_after_removed_s``
+    #: (the hand may be leaving with what it took out), and the log covering all of that (the
+    #: bundle's first and last ``/camera/motion`` samples): a hand over the basket holding
+    #: nothing, "no product" in that store with a hand in view. A change starts where the
+    #: load cells became unsettled (``unstable_end``'s ``start_ns``). The scale's word for it
+    #: scores ``hand_score``. Its track: up to ``hand_track_frames`` other frames of the
+    #: stretch that show a change (:func:`hand_track`). At most ``max_hands`` in a bundle.
+    hands: bool = True
+    hand_join_s: float = 0.3
+    hand_min_s: float = 0.8
+    hand_lead_s: float = 1.0
+    hand_after_added_s: float = 1.0
+    hand_after_removed_s: float = 3.0
+    hand_score: float = 0.9
+    hand_track_frames: int = 24
+    max_hands: int = 8
 
 
 @dataclass
@@ -102,6 +133,8 @@ class Moment:
     weight_delta_g: float | None = None
     #: (code, read time) of the read this item was placed after (scan, then place)
     scanned: tuple[str, int] | None = None
+    #: (start, end) of the empty hand this moment lies in (:func:`empty_hands`)
+    hand: tuple[int, int] | None = None
 
 
 @dataclass
@@ -189,7 +222,81 @@ def moments_of(
             if mo.t_ns - read[1] <= cfg.scan_to_place_s * 1e9:
                 mo.scanned = read
             read = None
+    # An empty hand takes the triggers' moments in it (no read or weight change is near it),
+    # or is a moment of its own.
+    near = int(cfg.merge_s * 1e9)
+    for a, b in empty_hands(sensors, cfg):
+        inside = [
+            mo
+            for mo in merged
+            if a - near <= mo.t_ns <= b + near and not mo.codes and mo.weight_delta_g is None
+        ]
+        if inside:
+            first = inside[0]
+            for mo in inside[1:]:
+                first.reasons += [r for r in mo.reasons if r not in first.reasons]
+                merged.remove(mo)
+        else:
+            first = Moment((a + b) // 2)
+            merged.append(first)
+        first.reasons.append("hand:empty")
+        first.hand = (a, b)
+    merged.sort(key=lambda mo: mo.t_ns)
     return merged[: cfg.max_moments]
+
+
+def empty_hands(
+    sensors: dict[str, list[tuple[int, dict[str, Any]]]], cfg: PrelabelConfig
+) -> list[tuple[int, int]]:
+    """(start, end) of each empty hand (see :class:`PrelabelConfig`), in time order."""
+    if not cfg.hands:
+        return []
+    active: list[int] = []
+    seen: list[int] = []  # what the log covers: the first and last samples
+    for _t, m in sensors.get("/camera/motion", []):
+        times, flags = m.get("t_ns"), m.get("hand_activity")
+        if isinstance(times, list) and isinstance(flags, list) and len(times) == len(flags):
+            active += [int(t) for t, f in zip(times, flags, strict=True) if f is True]
+            seen += [int(times[0]), int(times[-1])] if times else []
+    if not active:
+        return []
+    active.sort()
+    # A hand whose margins the log does not cover may have put in or taken out something the
+    # log does not show.
+    first, last = min(seen), max(seen)
+    stretches: list[list[int]] = []
+    for t in active:
+        if stretches and t - stretches[-1][1] <= cfg.hand_join_s * 1e9:
+            stretches[-1][1] = t
+        else:
+            stretches.append([t, t])
+    events = [(int(m.get("t_ns", t)), m) for t, m in sensors["/weight/events"]]
+    began = {
+        t: int(m["start_ns"])
+        for t, m in events
+        if m.get("kind") == "unstable_end" and m.get("start_ns")
+    }
+    changes: list[tuple[int, int, int]] = []  # (start, settled, how long after it to keep off)
+    for end, m in events:
+        if m.get("kind") in ("item_added", "item_removed"):
+            start = int(m.get("start_ns") or began.get(end) or end)
+            keep = cfg.hand_after_added_s if m["kind"] == "item_added" else cfg.hand_after_removed_s
+            changes.append((start, end, int(keep * 1e9)))
+    reads = sorted(
+        int(m.get("t_ns", t)) for t, m in sensors["/camera/barcodes"] if m.get("confirmed", True)
+    )
+    lead = int(cfg.hand_lead_s * 1e9)
+    back = int(max(cfg.hand_after_added_s, cfg.hand_after_removed_s) * 1e9)
+    out: list[tuple[int, int]] = []
+    for a, b in stretches:
+        if b - a < cfg.hand_min_s * 1e9 or a - back < first or b + lead > last:
+            continue
+        if any(s <= b + lead and e + keep >= a for s, e, keep in changes):
+            continue
+        if any(a <= r <= b for r in reads):
+            continue
+        out.append((a, b))
+    return out[: cfg.max_hands]
 
 
 def _nearest_batched(
@@ -266,16 +373,17 @@ def frames_at(
     """For each moment, (time, BGR frame) of the frame to label, and whether it shows only the
     background. A barcode read's moment takes the frame nearest the read; any other moment (a
     trigger, a weight change: the hand has let go by then) takes, of the frames from
-    ``look_back_s`` before it to ``look_ahead_s`` after, the one that differs most from the
-    clip's median frame: where the product is in view. A frame whose share of changed pixels
-    (more than ``changed_grey`` levels at 160 px wide) is under ``empty_changed_pct`` shows only
-    the basket. Each chosen frame also brings its track (:func:`track_around`), as (time, BGR
-    frame) lists; last come the quiet item's frames (:func:`quiet_stretch`). Two decoding
-    passes: the first measures every frame, the second keeps only the chosen ones. Also returns
-    the clip's median frame in colour (``fit_samples`` frames spread over the clip,
-    :class:`cloud_sink.evidence.Background`; None when boxes are not fitted), for fitting boxes.
-    At most twice ``fit_samples`` colour frames are held at once, whatever length the container
-    states."""
+    ``look_back_s`` before it to ``look_ahead_s`` after (an empty hand: of its stretch), the
+    one that differs most from the clip's median frame: where the product is in view. A frame
+    whose share of changed pixels (more than ``changed_grey`` levels at 160 px wide) is under
+    ``empty_changed_pct`` shows only the basket. Each chosen frame also brings its track
+    (:func:`track_around`; an empty hand's: :func:`hand_track`), as (time, BGR frame) lists;
+    last come the quiet item's frames (:func:`quiet_stretch`). Two decoding passes: the first
+    measures every frame, the second keeps only the chosen ones. Also returns the clip's median
+    frame in colour (``fit_samples`` frames spread over the clip,
+    :class:`cloud_sink.evidence.Background`; None when boxes are not fitted), for fitting
+    boxes. At most twice ``fit_samples`` colour frames are held at once, whatever length the
+    container states."""
     import av
     import numpy as np
 
@@ -310,16 +418,22 @@ def frames_at(
             chosen.append(min(range(len(times)), key=lambda k: abs(times[k] - m.t_ns)))
             continue
         lo, hi = m.t_ns - int(cfg.look_back_s * 1e9), m.t_ns + int(cfg.look_ahead_s * 1e9)
+        if m.hand is not None:  # the hand's stretch: where it is most in view
+            lo, hi = m.hand
         window = [k for k, t in enumerate(times) if lo <= t <= hi]
         chosen.append(max(window, key=lambda k: changed[k]) if window else None)
     keys = {k for k in chosen if k is not None and changed[k] >= cfg.empty_changed_pct}
     taken = set(keys)
     tracks: list[list[int]] = []
     budget = cfg.max_track_per_bundle
-    for key in chosen:
+    for m, key in zip(moments, chosen, strict=True):
         run: list[int] = []
         if key is not None and key in keys and budget > 0:
-            run = track_around(key, times, changed, keys - {key}, taken - {key}, cfg)[:budget]
+            if m.hand is not None:
+                run = hand_track(key, times, changed, m.hand, taken, cfg)[:budget]
+            else:
+                run = track_around(key, times, changed, keys - {key}, taken - {key}, cfg)
+                run = run[:budget]
             budget -= len(run)
             taken.update(run)
         tracks.append(run)
@@ -344,6 +458,30 @@ def frames_at(
     held = [[(times[i], images[i]) for i in run if i in images] for run in tracks]
     quiet = [(times[i], images[i]) for i in still if i in images]
     return frames, empty, colour_bg, held, quiet
+
+
+def hand_track(
+    pick: int,
+    times: list[int],
+    changed: list[float],
+    hand: tuple[int, int],
+    taken: set[int],
+    cfg: PrelabelConfig,
+) -> list[int]:
+    """An empty hand's track: up to ``hand_track_frames`` other frames of its stretch that
+    show a change (the hand elsewhere over the basket), spread evenly, none another item's."""
+    run = [
+        k
+        for k, t in enumerate(times)
+        if hand[0] <= t <= hand[1]
+        and k != pick
+        and k not in taken
+        and changed[k] >= cfg.empty_changed_pct
+    ]
+    if len(run) > cfg.hand_track_frames:
+        gap = len(run) / cfg.hand_track_frames
+        run = [run[int(gap * i + gap / 2)] for i in range(cfg.hand_track_frames)]
+    return run
 
 
 def quiet_stretch(
@@ -584,6 +722,18 @@ class Prelabeler:
                         f"teacher x scale: {m.weight_delta_g:+.0f} g",
                     )
                 )
+        if m.hand is not None and not m.codes and m.weight_delta_g is None:
+            held_s = (m.hand[1] - m.hand[0]) / 1e9
+            candidates.append(
+                Candidate(
+                    "scale",
+                    NONE,
+                    self.cfg.hand_score,
+                    None,
+                    "",
+                    f"a hand in view for {held_s:.1f} s with nothing put in, taken out or read",
+                )
+            )
         moment = {"reasons": m.reasons, "weight_delta_g": m.weight_delta_g, **f["at"]}
         h, w = f["height"], f["width"]
         return self.labels.add(
@@ -693,6 +843,7 @@ def compute_bundle(
                 if m.weight_delta_g is not None:
                     same[0].weight_delta_g = m.weight_delta_g
                 same[0].scanned = same[0].scanned or m.scanned
+                same[0].hand = same[0].hand or m.hand
         if quiet:
             keep.append((Moment(quiet[0][0], ["quiet"]), quiet[0]))
             kept_tracks.append(quiet[1:])

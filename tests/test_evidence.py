@@ -4,6 +4,7 @@ pre-labelling carries a scan to the item placed after it."""
 from __future__ import annotations
 
 import weakref
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,63 @@ def _sensors(reads: list[float], adds: list[tuple[float, float]]) -> dict[str, l
     return s
 
 
+def _hand_activity(s: dict[str, list], spans: list[tuple[float, float]]) -> None:
+    """The cart's ``/camera/motion`` at 15 frames a second for 40 s, batched as it logs it,
+    its hand activity raised within each (start, end)."""
+    times = [int(k * 1e9 / 15) for k in range(600)]
+    flags = [any(a <= t / 1e9 <= b for a, b in spans) for t in times]
+    s["/camera/motion"] = [(times[0], {"t_ns": times, "hand_activity": flags})]
+
+
+def test_a_hand_that_left_nothing_is_a_no_product_moment() -> None:
+    """A hand in view for a while with no weight change near it and no read in it is a moment
+    of its own ("no product" with a hand); one with a trigger in it takes the trigger's."""
+    cfg = PrelabelConfig()
+    s = _sensors([12.5], [(19.2, 412.0), (33.0, -412.0)])
+    # The load cells became unsettled at 18.4 s: where the change put in at 19.2 s began.
+    s["/weight/events"].append((int(19.2e9), {"kind": "unstable_end", "start_ns": int(18.4e9)}))
+    _hand_activity(
+        s,
+        [
+            (1.0, 2.5),  # the log began 1 s before it: it may have taken something out
+            (3.5, 5.0),  # alone: an empty hand
+            (6.5, 7.0),  # too short
+            (9.0, 9.8),  # joined with the next (0.13 s apart): one hand
+            (9.93, 10.6),
+            (12.0, 13.5),  # a read in it
+            (16.0, 17.8),  # the scale began changing 0.6 s after: it put something down
+            (21.0, 22.5),  # 1.8 s after what was put in settled: the hand let go of it
+            (25.0, 27.0),  # a trigger in it
+            (30.0, 31.5),  # something was taken out 1.5 s after it left: another hand's doing
+            (35.0, 36.5),  # 2 s after that: it may hold what it took out
+            (38.0, 39.5),  # the log ends 0.4 s after it: it may have put something in
+        ],
+    )
+    s["/triggers"].append((int(26.5e9), {"kind": "fire", "rule": "model_wrong"}))
+    ms = moments_of(s, cfg)
+    hands = [m for m in ms if m.hand is not None]
+    assert [(round(m.hand[0] / 1e9, 1), round(m.hand[1] / 1e9, 1)) for m in hands] == [
+        (3.5, 5.0),
+        (9.0, 10.6),
+        (21.0, 22.5),
+        (25.0, 27.0),
+        (30.0, 31.5),
+    ]
+    assert [m.reasons for m in hands] == [
+        ["hand:empty"],
+        ["hand:empty"],
+        ["hand:empty"],
+        ["trigger:model_wrong", "hand:empty"],
+        ["hand:empty"],
+    ]
+    assert round(hands[0].t_ns / 1e9, 1) == 4.3 and round(hands[3].t_ns / 1e9, 1) == 26.5
+    assert all(m.weight_delta_g is None and not m.codes for m in hands)
+    assert len(ms) == len(hands) + 3  # and the read, and the two weight changes
+    assert not [m for m in moments_of(s, replace(cfg, hands=False)) if m.hand]
+    # Bounded: at most max_hands in a bundle.
+    assert len([m for m in moments_of(s, replace(cfg, max_hands=1)) if m.hand]) == 1
+
+
 def test_the_median_frame_is_the_per_pixel_median_wherever_it_is_asked_for() -> None:
     """Worked out tile by tile as boxes ask for it, and kept: any crop, in any order, is the
     per-pixel median of the samples (the upper middle one of an even count)."""
@@ -161,6 +219,12 @@ def test_the_weighed_answer_outranks_the_teacher_and_a_barcode_outranks_both() -
     scan = Candidate("barcode", "salt", 1.0, box, "", "4006381333931")
     best, _ = route([teacher, weighed, scan], agree_score=0.8, alone_score=0.95)
     assert best is not None and best.source == "barcode"
+    # An empty hand: the scale's "no product" outranks the teacher's product, and a person looks.
+    hand = Candidate("scale", "", 0.9)
+    best, state = route([teacher, hand], agree_score=0.8, alone_score=0.95)
+    assert best == hand and state == "needs_review"
+    best, state = route([Candidate("teacher", "", 0.9), hand], agree_score=0.8, alone_score=0.95)
+    assert best is not None and best.sku == "" and state == "quick_confirm"
 
 
 def test_the_median_frame_holds_a_bounded_number_of_frames_whatever_the_clip_says(
