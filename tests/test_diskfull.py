@@ -43,6 +43,8 @@ def test_capture_pauses_before_the_disk_fills_and_resumes(small_fs: Path) -> Non
     profile = load_profile(SIM, data_dir=small_fs)
     profile = dataclasses.replace(
         profile,
+        # a busy shopper: captures come often, so the disk fills (and frees) sooner
+        sim=dataclasses.replace(profile.sim, item_every_s=1.5),
         storage=dataclasses.replace(
             profile.storage,
             high_watermark_pct=60.0,
