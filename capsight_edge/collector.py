@@ -210,12 +210,18 @@ class Collector:
             while not self._stop.is_set():
                 frame = reader.next_frame(timeout_s=0.2)
                 now = time.monotonic_ns()
-                self._poll_control(now)
-                self._poll_sensors(now)
-                if frame is None:
-                    self.engine.tick(now)
+                try:
+                    self._poll_control(now)
+                    self._poll_sensors(now)
+                    if frame is None:
+                        self.engine.tick(now)
+                        continue
+                    self.process(frame.image, frame.t_ns, valid=frame.valid)
+                except Exception as exc:  # one step's bug must not stop every trigger for good
+                    self.stats["collector_errors"] += 1
+                    if self.stats["collector_errors"] == 1:
+                        log.exception("a collector step failed (further ones are counted): %s", exc)
                     continue
-                self.process(frame.image, frame.t_ns, valid=frame.valid)
                 self.stats["skipped"] = reader.skipped
         finally:
             reader.close()

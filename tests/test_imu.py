@@ -155,3 +155,42 @@ def test_cart_motion_from_the_imu() -> None:
             clock.t = t_end - 1.0 + i / 100
             det.push(imu.read())
         assert det.moving(int(t_end * 1e9)) is expect
+
+
+def test_cart_motion_is_asked_safely_while_the_imu_thread_pushes() -> None:
+    """The IMU thread pushes samples while the collector thread asks whether the cart moves
+    (an unguarded deque raised "mutated during iteration" there and stopped a cart's collector).
+    Threads switch every microsecond here, so an unguarded window is hit at once."""
+    import sys
+    import threading
+
+    from capsight_edge.sensors.imu import CartMotionDetector
+
+    detector = CartMotionDetector(window_s=1.0)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def pusher() -> None:
+        k = 0
+        while not stop.is_set():
+            k += 1
+            detector.push(
+                ImuSample(k * 1_000_000, (0.01 * (k % 7), 0.0, 1.0), (0.0, 0.0, 0.0), 25.0)
+            )
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    thread = threading.Thread(target=pusher)
+    thread.start()
+    try:
+        for _ in range(20_000):
+            try:
+                detector.moving(10**12)
+            except RuntimeError as exc:
+                errors.append(exc)
+                break
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(old)
+    assert errors == []

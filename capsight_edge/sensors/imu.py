@@ -224,14 +224,19 @@ class CartMotionDetector:
         self.threshold_g = threshold_g
         self.window_ns = int(window_s * 1e9)
         self._samples: deque[tuple[int, float]] = deque()
+        # The IMU thread pushes while the collector thread asks: a deque iterated while
+        # another thread appends raises (it once stopped a cart's collector thread).
+        self._lock = threading.Lock()
 
     def push(self, sample: ImuSample) -> None:
-        self._samples.append((sample.t_ns, sample.accel_g[0]))
-        while self._samples and self._samples[0][0] < sample.t_ns - self.window_ns:
-            self._samples.popleft()
+        with self._lock:
+            self._samples.append((sample.t_ns, sample.accel_g[0]))
+            while self._samples and self._samples[0][0] < sample.t_ns - self.window_ns:
+                self._samples.popleft()
 
     def moving(self, now_ns: int) -> bool:
-        xs = [x for t, x in self._samples if now_ns - t <= self.window_ns]
+        with self._lock:
+            xs = [x for t, x in self._samples if now_ns - t <= self.window_ns]
         if len(xs) < 10:
             return False
         mean = sum(xs) / len(xs)
