@@ -263,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RULE",
         help="leave out the bundles in which this rule fired (repeatable)",
     )
+    ex.add_argument(
+        "--opened-by",
+        action="append",
+        metavar="RULE",
+        help="only the bundles whose capture this rule opened (repeatable)",
+    )
     ex.add_argument("--since", metavar="UTC", help="only bundles that started at or after this")
     ex.add_argument(
         "--max-bundles",
@@ -607,7 +613,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.all_train and args.test_store:
         raise SinkError("--all-train puts every store in training: it takes no --test-store")
     selected: list[dict[str, Any]] | None = None
-    if args.rule or args.without_rule or args.since or args.max_bundles:
+    if args.rule or args.without_rule or args.opened_by or args.since or args.max_bundles:
         found = {
             (r["device_id"], r["id"]): r
             for rule in args.rule or [None]
@@ -615,6 +621,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         }
         without = set(args.without_rule or [])
         kept = [r for r in found.values() if not without & set((r["rules"] or "").split())]
+        if args.opened_by:
+            kept = [r for r in kept if r["rule"] in set(args.opened_by)]
         selected = sorted(kept, key=lambda r: (r["start_utc"], r["device_id"], r["id"]))
         selected = selected[: args.max_bundles or None]
     try:

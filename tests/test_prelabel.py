@@ -382,9 +382,11 @@ def test_the_cli_prelabels_and_exports(fleet: Fleet, tmp_path: Path) -> None:
     # A selection of bundles (by rule, start and count) all in training, with what it cost.
     index = sink_index(data)
     by_rule: dict[str, list[dict[str, Any]]] = {}
+    opened_by: dict[str, set[str]] = {}
     for row in index.query(limit=1000):
         for fired in row["rules"].split():  # every rule that fired in it
             by_rule.setdefault(fired, []).append(row)
+        opened_by.setdefault(row["rule"], set()).add(row["id"])  # the rule that opened it
     index.close()
     rule, rows = max(by_rule.items(), key=lambda kv: len(kv[1]))
     rows.sort(key=lambda r: (r["start_utc"], r["device_id"], r["id"]))
@@ -405,6 +407,19 @@ def test_the_cli_prelabels_and_exports(fleet: Fleet, tmp_path: Path) -> None:
         "--without-rule", rule,
     )  # fmt: skip
     assert res.returncode == 2 and "nothing to export" in res.stderr  # every one left out
+    # The bundles one rule opened (other rules may have fired in them too).
+    opener, ids = min(opened_by.items(), key=lambda kv: len(kv[1]))
+    res = sink_cli(
+        "export", "--data", str(data), "--name", "opened", "--prelabels", "--opened-by", opener,
+        "--all-train", "--json",
+    )  # fmt: skip
+    assert res.returncode in (0, 2), res.stderr
+    if res.returncode == 0:
+        (rec,) = json_records(res.stdout, folder="schemas/api")
+        assert rec["bundles"] == len(ids)
+        assert {i.bundle_id for i in load_manifest(rec["path"]).items} <= ids
+    else:  # nothing worth a label in them
+        assert "nothing to export" in res.stderr
     for bad, why in (
         (["--max-bundles", "0"], "at least 1"),
         (["--all-train", "--test-store", "store-east"], "takes no --test-store"),

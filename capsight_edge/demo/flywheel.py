@@ -962,43 +962,39 @@ def _active_learning(
             timeout=30,
         )
         r.raise_for_status()
-        # The plain side: every capture in which a plain rule fired (the plain rules would
-        # have made it; the model's rule often opens it, a hand moving before the scale
-        # settles). The model-driven side: the captures only the model's rule made.
+        # A capture counts for the rule that opened it: the model-driven side is what the
+        # model's rule opened, the plain side what a plain rule opened (since the plain rules
+        # capture empty hands too, few captures are the model's rule's alone).
         bundles = r.json()["bundles"]
         by_rule: dict[str, int] = {}
         for b in bundles:
             for rule in b["rules"]:
                 by_rule[rule] = by_rule.get(rule, 0) + 1
         plain = sorted(k for k in by_rule if k != MODEL_RULE)
-        n_plain = sum(1 for b in bundles if set(b["rules"]) & set(plain))
-        n_model = sum(1 for b in bundles if set(b["rules"]) == {MODEL_RULE})
+        n_plain = sum(1 for b in bundles if b["rule"] in plain)
+        n_model = sum(1 for b in bundles if b["rule"] == MODEL_RULE)
         n = min(n_model, n_plain)
         out |= {
             "bundles": len(bundles),
             "bundles_by_rule": by_rule,
             "plain_rules": plain,
             "captures_each": n,
+            "sides": "opened_by",
         }
         st.detail = f"{out['review']['items']} items; {n} captures from each side"
     if n == 0:
         out["skipped"] = (
-            f"round 2 made {n_model} captures in which only {MODEL_RULE} fired and {n_plain} "
-            "in which a plain rule did: nothing to compare"
+            f"round 2 made {n_model} captures that {MODEL_RULE} opened and {n_plain} that a "
+            "plain rule opened: nothing to compare"
         )
         return out
     sides = {"model-driven": [MODEL_RULE], "plain": plain}
-    left_out = {"model-driven": plain, "plain": []}
     for side, rules in sides.items():
         name = f"round2-{side}"
         with d.stage(f"active learning: {side}") as st:
             # The same selection the export makes: the first n, oldest first.
             chosen = sorted(
-                (
-                    b
-                    for b in bundles
-                    if set(b["rules"]) & set(rules) and not set(b["rules"]) & set(left_out[side])
-                ),
+                (b for b in bundles if b["rule"] in rules),
                 key=lambda b: (b["start_utc"], b["device_id"], b["bundle_id"]),
             )[:n]
             mb = sum(b["bytes"] for b in chosen) / 1e6
@@ -1007,8 +1003,7 @@ def _active_learning(
                 sink,
                 name,
                 None,
-                *(x for rule in rules for x in ("--rule", rule)),
-                *(x for rule in left_out[side] for x in ("--without-rule", rule)),
+                *(x for rule in rules for x in ("--opened-by", rule)),
                 "--since",
                 since,
                 "--max-bundles",
@@ -1186,11 +1181,18 @@ def report_markdown(summary: dict[str, Any]) -> str:
             lines.append(f"Not measured: {al['skipped']}.")
         if "model-driven" in al and "plain" in al:
             found = ", ".join(f"{k} {v}" for k, v in sorted(al["bundles_by_rule"].items()))
+            sides = (
+                "The model-driven side: the captures the model's rule opened; the plain side: "
+                "those a plain rule opened (other rules may have fired in either). "
+                if al.get("sides") == "opened_by"
+                else "The plain side: the captures in which a plain rule fired (the model's "
+                "rule often fired in them too); the model-driven side: those only the model's "
+                "rule made. "
+            )
             lines += [
                 f"Round 2 made {al['bundles']} captures; the rules that fired in them: {found}. "
-                "The plain side: the captures in which a plain rule fired (the model's rule "
-                "often fired in them too); the model-driven side: those only the model's rule "
-                f"made. The first {al['captures_each']} captures of each side, labelled as "
+                + sides
+                + f"The first {al['captures_each']} captures of each side, labelled as "
                 "round 1's were "
                 "(pre-labels, then review), each added to the fleet model's data and trained "
                 "with the same steps and seed; accuracy on the stores' test set, against the "
