@@ -355,10 +355,7 @@ def track_around(
             run.append(j)
             j += step
     run.sort()
-    if len(run) > cfg.track_frames:
-        gap = len(run) / cfg.track_frames
-        run = [run[int(gap * i + gap / 2)] for i in range(cfg.track_frames)]
-    return run
+    return spread(run, cfg.track_frames)
 
 
 def frames_at(
@@ -478,10 +475,7 @@ def hand_track(
         and k not in taken
         and changed[k] >= cfg.empty_changed_pct
     ]
-    if len(run) > cfg.hand_track_frames:
-        gap = len(run) / cfg.hand_track_frames
-        run = [run[int(gap * i + gap / 2)] for i in range(cfg.hand_track_frames)]
-    return run
+    return spread(run, cfg.hand_track_frames)
 
 
 def quiet_stretch(
@@ -503,10 +497,18 @@ def quiet_stretch(
     if len(best) < max(1, cfg.quiet_min_frames):
         return []
     mid = best[len(best) // 2]
-    rest = [k for k in best if k != mid]
-    n = min(cfg.quiet_track, len(rest))
-    gap_n = len(rest) / n if n else 0
-    return [mid, *(rest[int(gap_n * i + gap_n / 2)] for i in range(n))]
+    return [mid, *spread([k for k in best if k != mid], cfg.quiet_track)]
+
+
+def spread(frames: list[int], most: int) -> list[int]:
+    """At most ``most`` of ``frames``, spread evenly over them (all of them when they are
+    fewer): how a track is thinned."""
+    if len(frames) <= most:
+        return frames
+    if most <= 0:
+        return []
+    gap = len(frames) / most
+    return [frames[int(gap * i + gap / 2)] for i in range(most)]
 
 
 def _fit(pred: Prediction, img: Any, background: Any, cfg: PrelabelConfig) -> Prediction:

@@ -332,8 +332,8 @@ DEFAULT_TRIGGERS = [
     TriggerRule(
         name="unscanned_item", when="weight_delta & !barcode[3s]", priority=3, confirm_s=0.5
     ),
-    # A hand over the basket for more than a second with nothing put in, taken out or read, the
-    # load cells settled and the cart not jolted: "no product" with a hand in view. Pre- and
+    # A hand over the basket for 0.8 s with nothing put in, taken out or read, the load cells
+    # settled and the cart not jolted: "no product" with a hand in view. Pre- and
     # post-roll show the pre-labeller that nothing changed for 3 s before the hand and 1 s
     # after it (cloud_sink.prelabel, empty hands).
     TriggerRule(
