@@ -485,6 +485,16 @@ def test_bad_datasets_are_refused_before_any_worker_starts(
     assert not out.exists()  # no worker, no cluster, nothing written
 
 
+@pytest.mark.parametrize("option", ["--balance", "--track-balance"])
+def test_a_draw_setting_out_of_range_is_refused(small: Path, tmp_path: Path, option: str) -> None:
+    out = tmp_path / "run"
+    res = train_cli("run", "--dataset", str(small), "--out", str(out), option, "1.5", "--json")
+    assert res.returncode == 2, res.stderr
+    (rec,) = records(res.stdout)
+    assert rec["type"] == "error" and rec["error"] == f"{option} must be between 0 and 1"
+    assert not out.exists()
+
+
 def test_datasets_combine_with_the_added_ones_in_training(small: Path, tmp_path: Path) -> None:
     from cloud_sink.datasets import load_manifest
     from trainer.data import open_dataset
@@ -620,3 +630,32 @@ def test_class_balance_draws_every_class_equally_often() -> None:
     half = np.bincount(labels[draw(labels, 30_000, 0.5, [0, 1])], minlength=3) / 30_000
     assert half[0] > half[1] > half[2] > 1 / 100  # between the data and equal shares
     assert (draw(labels, 50, 1.0, [3, 4]) == draw(labels, 50, 1.0, [3, 4])).all()
+
+
+def test_track_balance_counts_a_track_as_less_than_its_frames() -> None:
+    import numpy as np
+
+    from trainer.train import draw
+
+    # Class 0: one item with a 15-frame track (16 frames) and four single frames; class 1: four
+    # single frames.
+    labels = np.array([0] * 20 + [1] * 4)
+    items = ["ev"] * 16 + ["a", "b", "c", "d"] + ["e", "f", "g", "h"]
+    n = 40_000
+
+    def shares(track_balance: float, balance: float = 1.0) -> tuple[float, float]:
+        drawn = draw(labels, n, balance, [0, 1], items, track_balance)
+        return float(np.mean(np.isin(drawn, range(16)))), float(np.mean(labels[drawn] == 0))
+
+    # Frame by frame the event is 16/20 of its class; as one frame, 1/5; at 0.5, 4/8.
+    for tb, event in ((0.0, 16 / 20), (1.0, 1 / 5), (0.5, 4 / 8)):
+        got_event, got_class = shares(tb)
+        assert got_class == pytest.approx(0.5, abs=0.01)  # balance 1 still holds
+        assert got_event == pytest.approx(event * 0.5, abs=0.01), tb
+    # Without class balance the event alone weighs as much as one frame: 1/9 of the draws.
+    assert shares(1.0, balance=0.0)[0] == pytest.approx(1 / 9, abs=0.01)
+    # Items without tracks draw as before, whatever the setting: the same frames in order.
+    single = [str(k) for k in range(24)]
+    assert (draw(labels, 500, 1.0, [5], single, 1.0) == draw(labels, 500, 1.0, [5])).all()
+    again = draw(labels, 500, 1.0, [5], items, 0.5)
+    assert (draw(labels, 500, 1.0, [5], items, 0.5) == again).all()

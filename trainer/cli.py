@@ -138,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="0..1: draw a class with chance count**-BALANCE (0: the data as it is; 1: every "
         "class equally often, for data whose classes are uneven, like a fleet's)",
     )
+    t.add_argument(
+        "--track-balance",
+        type=float,
+        default=0.0,
+        help="0..1: draw a frame of an item of n frames (its own and its track's) with chance "
+        "n**-TRACK_BALANCE (0: every frame alike; 1: an item with its whole track as often as "
+        "one frame; 0.5: a track of n frames worth sqrt(n) frames)",
+    )
     t.add_argument("--seed", type=int, default=0, help="the run's seed (same seed, same model)")
     t.add_argument("--workers", type=int, default=2, help="Ray Train workers")
     t.add_argument(
@@ -376,6 +384,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError("--lr must be between 0 and 1")
     if not 0 <= args.balance <= 1:
         raise CliError("--balance must be between 0 and 1")
+    if not 0 <= args.track_balance <= 1:
+        raise CliError("--track-balance must be between 0 and 1")
     out = Path(args.out).expanduser()
     if out.exists() and any(out.iterdir()):
         raise CliError(f"{out} is not empty: give a new folder for the run")
@@ -396,6 +406,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         batch=args.batch,
         lr=args.lr,
         balance=args.balance,
+        track_balance=args.track_balance,
         seed=args.seed,
         workers=args.workers,
         cpus_per_worker=args.cpus_per_worker,
