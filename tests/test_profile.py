@@ -203,3 +203,21 @@ def test_a_deeply_nested_profile_is_a_clean_error(tmp_path: Path) -> None:
     res = run_cli("profile", "check", str(deep))
     assert res.returncode == 2 and "nested too deeply" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_the_simulated_shoppers_habits_come_from_the_profile(tmp_path: Path) -> None:
+    from capsight_edge.devices.sim import SimFactory
+
+    def shopper(sim: str) -> tuple[int, int]:
+        path = tmp_path / "p.toml"
+        path.write_text(f'extends = "{hw_profiles.path("sim")}"\n\n[sim]\n{sim}')
+        sc = SimFactory(load_profile(path), seed=3, duration_s=1800).scenario
+        return len(sc.waves), len(sc.items)
+
+    waves, items = shopper("")
+    more_waves, fewer_items = shopper("empty_hand_rate = 0.45\n")
+    assert more_waves > 2 * waves and fewer_items < items  # a hand that puts nothing in
+    assert shopper("empty_hand_rate = 0\n")[0] == 0
+    assert shopper("item_every_s = 1.0\n")[1] > items
+    with pytest.raises(ProfileError, match="empty_hand_rate"):
+        shopper("empty_hand_rate = 1.5\n")

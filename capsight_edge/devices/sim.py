@@ -96,6 +96,7 @@ class SimFactory(DeviceFactory):
             seed=seed,
             item_every_s=sim.item_every_s,
             bump_every_s=sim.bump_every_s,
+            wave_rate=sim.empty_hand_rate,
             products=[(p.sku, p.weight_g) for p in self.catalogue.products],
         )
         self.clock: ScenarioClock = ScenarioClock()

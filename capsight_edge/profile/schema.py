@@ -297,6 +297,13 @@ class SimSection:
     bump_every_s: float = setting(
         12.0, "the simulated cart bumps into something about this often", min=1, max=3600
     )
+    empty_hand_rate: float = setting(
+        0.15,
+        "share of the simulated shopper's turns at the basket that put nothing in (a hand over "
+        "the basket, holding nothing)",
+        min=0,
+        max=0.9,
+    )
     store_conditions: StoreConditionsSection = field(default_factory=StoreConditionsSection)
 
 
