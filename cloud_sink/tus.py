@@ -219,6 +219,12 @@ class TusApp:
         self.expire_s = config.sweep.expire_hours * 3600
         self.on_complete = on_complete
         self.rejected: dict[int, int] = {}
+        #: Per device, held from the quota check to the new upload's row: without it, two
+        #: creations at once both passed the check before either row was written, and a
+        #: device could hold more uploads in progress than its quota. (Per process: several
+        #: instances of the sink on one database can each let one more through.) One lock per
+        #: authenticated device: as many as the devices an operator registered.
+        self._creating: dict[str, asyncio.Lock] = {}
 
     # -- helpers ---------------------------------------------------------------------------
     def path(self, upload_id: str) -> Path:
@@ -386,18 +392,22 @@ class TusApp:
             max_pairs=lim.metadata_pairs,
             max_value_chars=lim.metadata_value_chars,
         )
-        self.check_quotas(device, length)
         upload_id = secrets.token_urlsafe(24)
         expires = time.time() + self.expire_s
-        if self.staging is not None:
-            self.db.create_upload(upload_id, device, length, metadata, expires)
-            try:
-                await asyncio.to_thread(self.staging.create, upload_id)
-            except BaseException:  # the bucket is out of reach: no upload was made
-                self.db.forget_upload(upload_id)
-                raise
-        else:
-            await asyncio.to_thread(self._create_file, upload_id, device, length, metadata, expires)
+        lock = self._creating.setdefault(device, asyncio.Lock())
+        async with lock:
+            self.check_quotas(device, length)
+            if self.staging is not None:
+                self.db.create_upload(upload_id, device, length, metadata, expires)
+                try:
+                    await asyncio.to_thread(self.staging.create, upload_id)
+                except BaseException:  # the bucket is out of reach: no upload was made
+                    self.db.forget_upload(upload_id)
+                    raise
+            else:
+                await asyncio.to_thread(
+                    self._create_file, upload_id, device, length, metadata, expires
+                )
         up = await asyncio.to_thread(self.own_upload, upload_id, device)
         location = str(request.url_for("upload", upload_id=upload_id))
         headers = self.headers(Location=location, **self.expires_header(up))

@@ -366,6 +366,29 @@ def test_per_device_quotas_answer_429_with_retry_after(abused: Abused) -> None:
 
 
 @pytest.mark.one_database
+def test_creations_at_once_get_no_more_than_the_quota(abused: Abused) -> None:
+    """Sixteen creations sent at once by one device: six (its quota of uploads in progress)
+    are made, the rest answered 429. The check and the new row used to be apart, and
+    creations at the same moment all passed the check."""
+    import asyncio
+
+    tok = abused.device("crowd")
+    auth = {**TUS, "Authorization": f"Bearer {tok}", "Upload-Length": "1000"}
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=abused.url, timeout=30) as client:
+            return list(
+                await asyncio.gather(*(client.post("/files/", headers=auth) for _ in range(16)))
+            )
+
+    answers = asyncio.run(burst())
+    made = [r for r in answers if r.status_code == 201]
+    assert sorted(r.status_code for r in answers) == [201] * 6 + [429] * 10
+    for r in made:
+        httpx.delete(r.headers["Location"], headers=auth)
+
+
+@pytest.mark.one_database
 def test_metadata_is_bounded_and_unambiguous(abused: Abused) -> None:
     tok = abused.device("meta")
     auth = {**TUS, "Authorization": f"Bearer {tok}", "Upload-Length": "10"}

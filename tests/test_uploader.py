@@ -6,6 +6,7 @@ pause hook and the schedule; and against a tus server that is not ours (tuspyser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -454,7 +455,13 @@ def test_the_sinks_quotas_slow_the_cart_down_but_everything_arrives(
     from cloud_sink.config import Quotas, SinkConfig
 
     config = SinkConfig(quotas=Quotas(uploads_in_progress=1, creates_per_minute=400))
-    tight = SinkUnderTest(tmp_path / "tight", config=config).start()  # type: ignore[arg-type]
+    tight = SinkUnderTest(tmp_path / "tight", config=config)  # type: ignore[arg-type]
+    # Small bundles on a fast machine may each arrive whole before the other starts: the first
+    # creation's body waits until another creation has been answered, so that two uploads are
+    # in progress at once whatever the timing.
+    hold = HoldFirstCreation(tight.faults.app)
+    tight.faults.app = hold
+    tight.start()
     try:
         journal, data = cart
         for i in range(3):
@@ -462,12 +469,50 @@ def test_the_sinks_quotas_slow_the_cart_down_but_everything_arrives(
         up = uploader(journal, data, tight.url, tight.token, concurrency=2, chunk_bytes=64 * 1024)
         stats = asyncio.run(up.run(until_idle=True, max_attempts=10))
         refused = [s for m, p, s in tight.faults.seen if s == 429]
-        assert refused, "the quota never came into play"
+        assert hold.held and refused, "the quota never came into play"
         assert stats.bundles_uploaded == 3
         for i in range(3):
             assert_identical(tight, data, f"q{i}")
     finally:
         tight.stop()
+
+
+class HoldFirstCreation:
+    """In front of the sink: the first POST's body is passed on only once another POST has been
+    answered (at most 30 s)."""
+
+    def __init__(self, app: object) -> None:
+        self.app = app
+        self.posts = 0
+        self.answered: asyncio.Event | None = None
+        self.held = False  # the first body went on after another POST was answered
+
+    async def __call__(self, scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)  # type: ignore[operator]
+            return
+        if self.answered is None:
+            self.answered = asyncio.Event()
+        answered = self.answered
+        self.posts += 1
+        if self.posts == 1:
+
+            async def held() -> object:
+                if not answered.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(answered.wait(), 30)
+                self.held = self.held or answered.is_set()
+                return await receive()  # type: ignore[operator]
+
+            await self.app(scope, held, send)  # type: ignore[operator]
+            return
+
+        async def telling(message: dict) -> None:  # type: ignore[type-arg]
+            await send(message)  # type: ignore[operator]
+            if message["type"] == "http.response.start":
+                answered.set()
+
+        await self.app(scope, receive, telling)  # type: ignore[operator]
 
 
 class Redirecting:
