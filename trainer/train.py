@@ -224,15 +224,11 @@ def loop(config: dict[str, Any], rank: int = 0, world: int = 1, *, ray_mode: boo
         start_epoch = resumed_from = int(state["epoch"]) + 1
     (out / "workers").mkdir(parents=True, exist_ok=True)
     (out / "workers" / f"{rank}.pid").write_text(str(os.getpid()))
+    events = [item.track_of or item.item_id for item in train.items]  # a track is its item's
     for epoch in range(start_epoch, s.epochs):
         t_epoch, started_unix = time.perf_counter(), time.time()
         order = draw(
-            train.labels,
-            per_rank * world,
-            s.balance,
-            [s.seed, epoch],
-            [item.track_of or item.item_id for item in train.items],
-            s.track_balance,
+            train.labels, per_rank * world, s.balance, [s.seed, epoch], events, s.track_balance
         )
         mine = order[rank::world]
         rng = np.random.default_rng([s.seed, epoch, rank, 1])
