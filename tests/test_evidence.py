@@ -266,3 +266,38 @@ def test_the_median_frame_holds_a_bounded_number_of_frames_whatever_the_clip_say
     assert len(held) > 10 and most <= 2 * 3 + 1, (len(held), most)
     assert frames == [] and empty == []
     assert background is not None and len(background.stack) == 3
+
+
+def test_a_weight_changes_item_is_the_frame_where_the_weighed_product_is_best_seen() -> None:
+    from cloud_sink.prelabel import best_seen, surest_weighed
+    from cloud_sink.teacher import Prediction
+
+    labels = ["", "tea", "rice"]
+    weights = {"tea": 100.0, "rice": 500.0}
+    cfg = PrelabelConfig(track_s=1.0)
+
+    def pred(probs: list[float]) -> Prediction:
+        k = max(range(3), key=probs.__getitem__)
+        return Prediction(labels[k], probs[k], None, None, tuple(probs))
+
+    # The frame that changed most (first) shows mostly the arm; the teacher sees tea best in
+    # the third frame, and the scale (+101 g) says tea. A frame the teacher is surer of, but
+    # of rice, does not win: the scale rules rice out.
+    preds = [
+        pred([0.6, 0.3, 0.1]),
+        pred([0.1, 0.05, 0.85]),
+        pred([0.1, 0.85, 0.05]),
+        pred([0.3, 0.6, 0.1]),
+    ]
+    assert surest_weighed(preds, labels, weights, 101.0, cfg) == 2
+    ns = 1_000_000_000
+    frames = [(t * ns // 2, f"img{t}") for t in (4, 1, 5, 8)]  # seconds 2, 0.5, 2.5, 4
+    seen, seen_preds = best_seen(frames, preds, labels, weights, 101.0, cfg)
+    # The picked frame first; then, in time order, the others within track_s (1 s) of it.
+    assert [t for t, _ in seen] == [5 * ns // 2, 4 * ns // 2]
+    assert seen_preds == [preds[2], preds[0]]
+    # Nothing better than the chosen frame, or no product by the scale anywhere: unchanged.
+    assert best_seen(frames, [preds[2], *preds[1:]], labels, weights, 101.0, cfg)[0] == frames
+    # (300 g: no product weighs that, so every frame says "no product" once weighed)
+    assert surest_weighed(preds, labels, weights, 300.0, cfg) == 0
+    assert surest_weighed([None, *preds[1:]], labels, weights, 101.0, cfg) == 2
