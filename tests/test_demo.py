@@ -167,3 +167,20 @@ def test_the_committed_demo_report_is_one_full_runs_output(
     assert (ROOT / folder / "demo-report.md").read_text() == report_markdown(summary) + "\n"
     for plot in summary["plots"]:
         assert (ROOT / folder / plot).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_simulated_reviewers_corrections_are_ones_the_label_store_takes() -> None:
+    """A correction always names what the label becomes: a product held out of view (the
+    truth has no box for it) keeps the proposed box; "no product" has none."""
+    from capsight_edge.demo.reviewer import BOX_S, CLASS_S, VERIFY_S, Truth, correction, review
+
+    item = {"source": "weight", "sku": "sku-1", "box": [10, 20, 30, 40], "t_ns": 5}
+    item |= {"width": 640, "height": 360}
+    d = review(item, Truth([(5, "sku-1", None)]))
+    assert (d.action, d.sku, d.box, d.seconds) == ("correct", None, None, VERIFY_S + BOX_S)
+    assert correction(item, d) == {"sku": "sku-1", "box": [10, 20, 30, 40]}
+    d = review(item, Truth([(5, "sku-2", [600, 300, 80, 90])]))  # wrong product and box
+    assert d.seconds == VERIFY_S + CLASS_S + BOX_S
+    assert correction(item, d) == {"sku": "sku-2", "box": [600, 300, 40, 60]}  # inside
+    d = review(item, Truth([(5, "", None)]))  # nothing in hand
+    assert correction(item, d) == {"sku": "", "box": None}

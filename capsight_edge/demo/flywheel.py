@@ -499,10 +499,7 @@ def _review(d: Demo, sink: DemoSink) -> dict[str, Any]:
                 "seconds": dec.seconds,
             }
             if dec.action == "correct":
-                body["sku"] = (dec.sku if dec.sku is not None else item.get("sku")) or ""
-                body["box"] = dec.box if dec.box is not None else item.get("box")
-                if not body["sku"]:
-                    body["box"] = None
+                body |= sim.correction(item, dec)
             r = client.post(f"/api/labels/{item['item_id']}", json=body)
             if r.status_code != 200:
                 raise DemoError(f"review of {item['item_id']} refused: {r.text[:300]}")

@@ -109,8 +109,19 @@ class Truths:
         return self._read[key]
 
 
+def correction(item: dict[str, Any], d: Decision) -> dict[str, Any]:
+    """What a correction of ``item`` records (``POST /api/labels/{id}``'s ``sku`` and ``box``):
+    the product and box the reviewer settled on, a part not corrected as proposed, no box for
+    "no product". A product held out of view (the truth has no box for it) keeps the proposed
+    box: the reviewer was charged for looking at it, and no box can be drawn."""
+    sku = (d.sku if d.sku is not None else item.get("sku")) or ""
+    box = d.box if d.box is not None else item.get("box")
+    return {"sku": sku, "box": box if sku else None}
+
+
 def review_into(store: Any, item: dict[str, Any], truth: Truth) -> Decision:
-    """Review ``item`` and record the verdict in the label store ``store`` as reviewer "sim"."""
+    """Review ``item`` and record the verdict in the label store ``store`` as reviewer "sim",
+    as the demo does over the review API."""
     d = review(item, truth)
     store.review(
         item["item_id"],
@@ -118,8 +129,7 @@ def review_into(store: Any, item: dict[str, Any], truth: Truth) -> Decision:
         action=d.action,
         who="sim",
         seconds=d.seconds,
-        sku=d.sku,
-        box=d.box,
+        **(correction(item, d) if d.action == "correct" else {}),
     )
     return d
 
