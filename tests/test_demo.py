@@ -47,8 +47,7 @@ def processes_naming(folder: Path) -> list[str]:
 def test_the_demo_closes_the_loop(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     res = run_cli(
-        "demo", "--quick", "--minutes", "0.5", "--carts", "2", "--stores", "2",
-        "--out", str(out), timeout=600,
+        "demo", "--quick", "--out", str(out), timeout=600,  # 2 carts, 2 stores, 0.5 minutes
     )  # fmt: skip
     summary = json.loads((out / "demo-summary.json").read_text())
     stages = [t["stage"] for t in summary["stages"]]

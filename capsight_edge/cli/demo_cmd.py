@@ -13,12 +13,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--profile", metavar="FILE", help="cart profile (default: hw_profiles/sim.toml)")
     p.add_argument("--out", metavar="DIR", default="demo-out", help="where the demo writes")
-    p.add_argument("--minutes", type=float, default=2.0, help="how long the carts run (round 1)")
-    p.add_argument("--carts", type=int, default=3, help="how many simulated carts")
-    p.add_argument("--stores", type=int, default=3, help="how many stores (2..3)")
+    p.add_argument(
+        "--minutes", type=float, help="how long the carts run (round 1; default 2, --quick 0.5)"
+    )
+    p.add_argument("--carts", type=int, help="how many simulated carts (default 3, --quick 2)")
+    p.add_argument("--stores", type=int, help="how many stores, 2..3 (default 3, --quick 2)")
     p.add_argument("--seed", type=int, default=7, help="scenario seed of the first cart")
     p.add_argument(
-        "--quick", action="store_true", help="a shortened loop (fewer renders and steps)"
+        "--quick",
+        action="store_true",
+        help="the test suite's shortened loop: fewer renders and steps, and unless given "
+        "otherwise 2 carts in 2 stores for 0.5 minutes",
     )
     p.set_defaults(handler=cmd_demo)
 
@@ -28,6 +33,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from capsight_edge.demo import Settings, run_demo
 
+    # --quick is the suite's loop (tests/test_demo.py): about 3 minutes here, where the
+    # defaults' 3 carts for 2 minutes took 5 minutes with --quick's short trainings.
+    for name, full, quick in (("minutes", 2.0, 0.5), ("carts", 3, 2), ("stores", 3, 2)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
     for ok, text in (
         (0.1 <= args.minutes <= 120, "--minutes must be 0.1..120"),
         (1 <= args.carts <= 16, "--carts must be 1..16"),
