@@ -647,6 +647,9 @@ class Prelabeler:
         # RAY_AUTH_MODE is unset does not send the token it has: say so before importing ray.
         if (Path.home() / ".ray" / "auth_token").is_file():
             os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # No usage statistics: with them on, Ray Data's driver also starts a thread that asks
+        # a Prometheus server (localhost:9090 unless told) for the cluster's counters.
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         import ray
 
         report = PrelabelReport()
