@@ -179,11 +179,74 @@ def sink_backend(request: pytest.FixtureRequest) -> Iterator[str]:
         BACKEND.use(None)
 
 
+# The quick benchmark run (`python -m benchmarks --quick`, about 4 minutes of its own) starts
+# when the session's tests do, niced, and runs beside the tests that leave a core idle: the
+# suite's tests keep one of the two cores busy on average. The modules marked ``whole_machine``
+# run after it: they take both cores, start a Ray cluster (whose `ray stop --force` ends every
+# Ray process here, the quick run's too) or count this machine's processes and shared memory.
+QUICK_RUN = pytest.StashKey["QuickRunProcess"]()
+QUICK_RUN_NICE = 10
+
+
+class QuickRunProcess:
+    """The quick benchmark run as a child process in a session of its own, with its report
+    folder (``out``) and its temporary folder (``scratch``, its ``TMPDIR``) under ``root``."""
+
+    def __init__(self) -> None:
+        import tempfile
+
+        from capsight_edge.localray import niced
+
+        self.root = Path(tempfile.mkdtemp(prefix="capsight-quick-run-"))
+        self.scratch, self.out = self.root / "tmp", self.root / "out"
+        self.scratch.mkdir()
+        self.stderr_path = self.root / "stderr.txt"
+        env = {k: v for k, v in os.environ.items() if k != "CAPSIGHT_PROFILE"}
+        with self.stderr_path.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks", "--quick", "--out", str(self.out)],
+                cwd=ROOT,
+                env={**env, "TMPDIR": str(self.scratch)},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+                preexec_fn=niced(QUICK_RUN_NICE),
+            )
+
+    def wait(self, timeout_s: float) -> tuple[int, str]:
+        """The run's exit status and its stderr (a TimeoutExpired past ``timeout_s``)."""
+        code = self.proc.wait(timeout=timeout_s)
+        return code, self.stderr_path.read_text(errors="replace")
+
+    def close(self) -> None:
+        """Interrupts a run still going (Ctrl-C first, so that it removes what it made), then
+        removes its folder."""
+        import shutil
+        import signal
+
+        if self.proc.poll() is None:
+            for sig, grace_s in ((signal.SIGINT, 60.0), (signal.SIGKILL, 10.0)):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                    self.proc.wait(timeout=grace_s)
+                    break
+                except ProcessLookupError:
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A test marked ``one_database`` checks what does not depend on the database (parsing,
     bounds and timeouts before it is reached; what labelling decides from the frames): its
     PostgreSQL pass would repeat its SQLite pass. Each module keeps other tests that take the
-    same paths through PostgreSQL."""
+    same paths through PostgreSQL.
+
+    Then, after every other deselection: when a selected test uses the quick benchmark run, its
+    module goes after the others, the ``whole_machine`` modules last, and the run starts."""
     keep, dropped = [], []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
@@ -194,3 +257,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
+    quick = {getattr(i, "module", None) for i in items if "quick_run" in i.fixturenames}
+    if not quick:
+        return
+
+    def phase(item: pytest.Item) -> int:
+        if item.get_closest_marker("whole_machine"):
+            return 2
+        return 1 if getattr(item, "module", None) in quick else 0
+
+    items.sort(key=phase)  # stable: each module's tests keep their order
+    if not config.option.collectonly:
+        config.stash[QUICK_RUN] = QuickRunProcess()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    run = session.config.stash.get(QUICK_RUN, None)
+    if run is not None:
+        run.close()

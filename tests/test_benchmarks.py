@@ -146,18 +146,17 @@ class QuickRun:
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
-    """`python -m benchmarks --quick`, all of it, once for this module (about 4 minutes here),
-    with every temporary folder under a scratch folder of its own."""
-    root = tmp_path_factory.mktemp("quick")
-    scratch, out = root / "tmp", root / "out"
-    scratch.mkdir()
-    res = run_cli(
-        "--quick", "--out", str(out), prog="benchmarks", timeout=900, env={"TMPDIR": str(scratch)}
-    )
-    results = out / "results.json"
+def quick_run(request: pytest.FixtureRequest) -> QuickRun:
+    """`python -m benchmarks --quick`, all of it, once per session (about 4 minutes of its own),
+    with every temporary folder under a scratch folder of its own. It started when the tests were
+    collected and ran beside the others (tests/conftest.py: ``QuickRunProcess``)."""
+    from tests.conftest import QUICK_RUN
+
+    run = request.config.stash[QUICK_RUN]
+    returncode, stderr = run.wait(timeout_s=900)
+    results = run.out / "results.json"
     report = json.loads(results.read_text()) if results.is_file() else {}
-    return QuickRun(out, scratch, res.returncode, res.stderr, report)
+    return QuickRun(run.out, run.scratch, returncode, stderr, report)
 
 
 @pytest.mark.timeout(1200)

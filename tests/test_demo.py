@@ -16,6 +16,8 @@ import pytest
 
 from tests.conftest import ROOT, run_cli
 
+pytestmark = pytest.mark.whole_machine  # both cores, a Ray cluster, a count of its processes
+
 STAGES = [
     "fleet: round 1",
     "teacher: the rest of its training",

@@ -18,6 +18,8 @@ from capsight_edge.errors import DeviceBusy
 from capsight_edge.hygiene import RunRecord
 from tests.conftest import SIM, start_run, wait_until
 
+pytestmark = pytest.mark.whole_machine  # counts this machine's orphans and shared-memory segments
+
 
 def segments() -> set[str]:
     return {p.name for p in Path("/dev/shm").glob("capsight-fb-*")}

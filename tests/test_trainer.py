@@ -24,6 +24,8 @@ from capsight_edge.localray import ray_head
 from cloud_sink.datasets import Manifest, load_manifest
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.whole_machine  # a Ray cluster (`ray start --head`), both cores
+
 TRAIN = [sys.executable, "-m", "trainer.cli"]
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
 SKUS = 6
