@@ -12,8 +12,9 @@ Figures: training frames per second (all epochs' frames over all epochs' time; t
 Ray >= 0.8x plain), the fixed start cost of a Ray run (from the call to the first step: starting
 Ray and the workers, each worker decoding the dataset), the per-worker loader's decode time,
 and, on the Ray-trained model, inferences per second on one core (batch 1) of the fp32 and the
-int8 (QDQ, calibrated on training frames) ONNX models and their test accuracy.
-"""
+int8 (QDQ, calibrated on training frames) ONNX models and their test accuracy. For comparison,
+the same fp32 and int8 figures for the teacher's larger network (untrained weights: speed
+only), exported and quantised the same way on the same CPU."""
 
 from __future__ import annotations
 
@@ -23,6 +24,35 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.registry import BenchContext, BenchResult, Metric, benchmark
+
+
+def _int8_speed_of(arch: str, classes: list[str], root: Path) -> tuple[float, float]:
+    """fp32 and int8 inferences/s (one core, batch 1) of network ``arch`` with untrained
+    weights, exported and quantised as the trainer does (calibrated on random frames): how much
+    int8 gains on this CPU for a network larger than the recogniser."""
+    import numpy as np
+    import torch
+
+    from capsight_edge.runtime.card import ModelCard
+    from trainer.export import export_onnx, quantize_int8, speed
+    from trainer.models import build, card_input
+
+    torch.manual_seed(0)
+    card = ModelCard(
+        name=arch,
+        version="speed",
+        input=card_input(arch),  # type: ignore[arg-type]
+        labels=classes,
+        architecture=f"capsight-{arch}, untrained",
+    )
+    folder = root / f"int8-{arch}"
+    folder.mkdir()
+    fp32 = export_onnx(build(arch, len(classes)).eval(), card, folder / "model.onnx")
+    size = card.input.width
+    rng = np.random.default_rng(0)
+    calib = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(32)]
+    int8 = quantize_int8(fp32, folder / "model-int8.onnx", card, calib)
+    return speed(fp32, card, seconds=3.0), speed(int8, card, seconds=3.0)
 
 
 @benchmark("train")
@@ -113,6 +143,21 @@ def bench_train(ctx: BenchContext) -> BenchResult:
                 loss_pts <= 1.0,
             )
         )
+        if ctx.quick:
+            result.notes.append(
+                "--quick: the teacher's network's int8 comparison is left out (full runs have it)"
+            )
+        else:
+            teacher_fp32, teacher_int8 = _int8_speed_of("teacher", ds.classes, root)
+            result.metrics.append(
+                Metric(
+                    "int8 inference of the teacher's network, 1 core, batch 1 (for comparison)",
+                    round(teacher_int8, 1),
+                    "inferences/s",
+                    round(teacher_fp32, 1),
+                    "fp32",
+                )
+            )
         result.metrics.append(
             Metric(
                 "recogniser fp32 on one core (a cart's CPU)",
