@@ -20,16 +20,19 @@ def run_cli(
     prog: str = "capsight_edge.cli.main",
 ) -> subprocess.CompletedProcess[str]:
     """Run a console command in a real child process, as a technician would."""
-    full_env = {k: v for k, v in os.environ.items() if k != "CAPSIGHT_PROFILE"}
-    full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", prog, *args],
         cwd=cwd or ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=full_env,
+        env=cli_env(env),
     )
+
+
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A console command's environment: this one's without ``CAPSIGHT_PROFILE``, plus ``extra``."""
+    return {**{k: v for k, v in os.environ.items() if k != "CAPSIGHT_PROFILE"}, **(extra or {})}
 
 
 @pytest.fixture
@@ -201,12 +204,11 @@ class QuickRunProcess:
         self.scratch, self.out = self.root / "tmp", self.root / "out"
         self.scratch.mkdir()
         self.stderr_path = self.root / "stderr.txt"
-        env = {k: v for k, v in os.environ.items() if k != "CAPSIGHT_PROFILE"}
         with self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "benchmarks", "--quick", "--out", str(self.out)],
                 cwd=ROOT,
-                env={**env, "TMPDIR": str(self.scratch)},
+                env=cli_env({"TMPDIR": str(self.scratch)}),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
