@@ -427,10 +427,14 @@ class SinkDB:
         )
 
     def terminated_with_data(self) -> list[str]:
+        """Uploads a client terminated before finishing them, whose data is still on disk. A
+        finished one's data belongs to ingest (which removes it once its bundle is stored) and
+        to the keep time of what is no bundle; its DELETE only forgets it."""
         return [
             r[0]
             for r in self._exec(
-                "SELECT id FROM uploads WHERE terminated = 1 AND removed_utc IS NULL"
+                "SELECT id FROM uploads WHERE terminated = 1 AND completed_utc IS NULL "
+                "AND removed_utc IS NULL"
             )
         ]
 

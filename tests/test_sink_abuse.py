@@ -499,6 +499,44 @@ def test_the_sweep_removes_a_corrupt_bundles_uploads_after_their_keep_time(
     db.close()
 
 
+def test_a_delete_of_a_finished_upload_leaves_its_bundle_to_ingest(tmp_path: Path) -> None:
+    """tus lets a client DELETE an upload it finished; its bytes belong to ingest by then, so
+    the sweep must not take them before the bundle is stored."""
+    from cloud_sink.config import Sweep
+    from cloud_sink.sweep import Sweeper
+
+    a = Abused(tmp_path, "--ingest-workers", "0")  # the bundle waits in the ingest queue
+    folder = make_bundle(tmp_path / "d", "del-1", "deleter")
+    try:
+        tok = a.device("deleter")
+        locations = []
+        for name in (CLIP, SENSORS, MANIFEST):
+            r = upload_bundle_file(a.url, tok, "del-1", name, (folder / name).read_bytes())
+            assert r.status_code == 201
+            locations.append(r.headers["Location"])
+        auth = {**TUS, "Authorization": f"Bearer {tok}"}
+        for loc in locations:
+            assert httpx.delete(loc, headers=auth).status_code == 204
+            assert httpx.head(loc, headers=auth).status_code in (404, 410)
+    finally:
+        a.sink.stop()
+    db, index = sink_db(a.data), sink_index(a.data)
+    figures = Sweeper(db, index, a.uploads, Sweep()).sweep()
+    db.close()
+    assert figures.terminated_removed == 0 and figures.bytes_returned == 0
+    ids = [loc.rsplit("/", 1)[1] for loc in locations]
+    assert all((a.uploads / i).exists() for i in ids)
+    a.sink = Sink(a.data, "--config", str(tmp_path / "sink.toml"))  # ingest workers back
+    a.sink.start()
+    a.url = a.sink.url
+    try:
+        row = a.bundle("del-1", "deleter")
+        assert row is not None and row["status"] == "ok"
+        assert wait_until(lambda: not any((a.uploads / i).exists() for i in ids), timeout_s=15)
+    finally:
+        a.sink.stop()
+
+
 # -- timeouts -----------------------------------------------------------------------------------
 @pytest.mark.one_database
 def test_a_stalled_body_releases_the_upload_within_the_stall_time(abused: Abused) -> None:
