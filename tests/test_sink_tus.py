@@ -235,6 +235,33 @@ def test_devices_see_only_their_own_uploads(sink: tuple[Sink, str, str]) -> None
     assert len(url.rsplit("/", 1)[1]) == 32  # unguessable ids (192 random bits)
 
 
+def _minor_faults(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        return int(fh.read().rsplit(")", 1)[1].split()[7])
+
+
+@pytest.mark.one_database
+def test_a_body_is_received_into_kept_memory_not_fresh_pages(
+    sink: tuple[Sink, str, str],
+) -> None:
+    """The sink keeps freed heap memory for the next buffers (``server.keep_heap``): with
+    glibc's defaults each MiB received faulted about as many fresh pages in as it holds."""
+    s, a, _ = sink
+    size = 8 << 20
+    body = os.urandom(size)
+    faults = []
+    for _ in range(3):  # the first one grows the heap
+        loc = create(s, a, size)
+        before = _minor_faults(s.pid)
+        r = httpx.patch(
+            loc, headers={**tus_headers(a, **OCTETS), "Upload-Offset": "0"}, content=body
+        )
+        assert r.status_code == 204
+        faults.append(_minor_faults(s.pid) - before)
+    pages = size // os.sysconf("SC_PAGESIZE")
+    assert max(faults[1:]) < pages / 10, (faults, pages)
+
+
 def test_expired_upload_is_gone(tmp_path: Path) -> None:
     s = Sink(tmp_path, "--expire-hours", str(1 / 3600))  # one second
     token = s.add_device("cart")
