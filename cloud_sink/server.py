@@ -116,8 +116,8 @@ def keep_heap() -> bool:
     pages in: about 300,000 minor faults per GiB received, measured. With these values (heap
     kept up to 32 MiB above what is in use, buffers under 8 MiB from the heap) a 1 GiB upload
     took about 1.4 s of the sink's CPU instead of 1.9 s, with almost no faults, and its peak
-    memory did not grow. Only glibc has
-    ``mallopt``; elsewhere this does nothing and says so (False)."""
+    memory did not grow. Only glibc has ``mallopt``; elsewhere this does nothing and says so
+    (False)."""
     import ctypes
     import ctypes.util
 
