@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from capsight_edge.journal.journal import Journal
 from tests.conftest import json_records, run_cli
@@ -85,3 +86,46 @@ def test_looking_writes_nothing(tmp_path: Path) -> None:
         assert res.returncode == 0, (args, res.stderr)
     after = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in tmp_path.iterdir()}
     assert after == before
+
+
+def test_options_given_before_the_action_hold(tmp_path: Path) -> None:
+    """`capsight queue --data D --json ls` is `capsight queue ls --data D --json`: an action
+    does not reset what its command was given (argparse would, with the action's defaults)."""
+    import argparse
+
+    from capsight_edge.cli.main import build_parser
+
+    populate(tmp_path)
+    before = run_cli("queue", "--data", str(tmp_path), "--json", "ls")
+    after = run_cli("queue", "ls", "--data", str(tmp_path), "--json")
+    assert before.returncode == after.returncode == 0, before.stderr
+    assert json_records(before.stdout) == json_records(after.stdout)
+    assert len(json_records(before.stdout)) == 3
+    # Every action of every command that shares an option with its command keeps it.
+    parser = build_parser()
+
+    def actions(p: argparse.ArgumentParser, path: list[str]) -> Any:
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, child in a.choices.items():
+                    yield path, p, name, child
+                    yield from actions(child, [*path, name])
+
+    checked = 0
+    for path, p, name, child in actions(parser, []):
+        if not path:
+            continue
+        shared = {o for a in p._actions for o in a.option_strings} & {
+            o for a in child._actions for o in a.option_strings
+        }
+        given = [o for o in ("--profile", "--data") if o in shared]
+        if not given:
+            continue
+        argv = [*path]
+        for o in given:
+            argv += [o, f"given{o}"]
+        ids = ["x"] if name in ("retry", "purge") else []
+        args = parser.parse_args([*argv, name, *ids])
+        assert [getattr(args, o[2:]) for o in given] == [f"given{o}" for o in given], (path, name)
+        checked += 1
+    assert checked >= 3

@@ -13,18 +13,28 @@ from capsight_edge.profile import Profile, load_profile
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
-def add_device_options(parser: argparse.ArgumentParser, *, json_output: bool = True) -> None:
+def add_device_options(
+    parser: argparse.ArgumentParser, *, json_output: bool = True, inherited: bool = False
+) -> None:
+    """``--profile``, ``--data`` and ``--json``. ``inherited``: ``parser`` is an action of a
+    command that has them already (``queue ls``): given there, they keep what was given before
+    the action (``capsight queue --data D ls``) instead of resetting it to their defaults."""
+    keep: dict[str, Any] = {"default": argparse.SUPPRESS} if inherited else {}
     parser.add_argument(
         "--profile",
         metavar="FILE",
         help="hardware profile (default: $CAPSIGHT_PROFILE, else hw_profiles/sim.toml)",
+        **keep,
     )
-    parser.add_argument("--data", metavar="DIR", help="data folder (overrides storage.data_dir)")
+    parser.add_argument(
+        "--data", metavar="DIR", help="data folder (overrides storage.data_dir)", **keep
+    )
     if json_output:
         parser.add_argument(
             "--json",
             action="store_true",
             help="machine-readable output: JSON Lines, one typed record per line",
+            **keep,
         )
 
 

@@ -40,17 +40,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(handler=cmd_progress)
     qsub = q.add_subparsers(dest="queue_command", metavar="ACTION", required=False)
     ls = qsub.add_parser("ls", help="one line (or `bundle` record) per bundle")
-    add_device_options(ls)
+    add_device_options(ls, inherited=True)
     ls.add_argument(
         "--state", action="append", choices=STATES, help="only these states (repeatable)"
     )
     ls.set_defaults(handler=cmd_ls)
     r = qsub.add_parser("retry", help="send quarantined bundles back to the upload queue")
-    add_device_options(r)
+    add_device_options(r, inherited=True)
     r.add_argument("ids", nargs="*", metavar="ID", help="bundle ids (default: all quarantined)")
     r.set_defaults(handler=cmd_retry)
     p = qsub.add_parser("purge", help="delete bundles now (uploaded ones by default)")
-    add_device_options(p)
+    add_device_options(p, inherited=True)
     p.add_argument("ids", nargs="*", metavar="ID", help="bundle ids")
     p.add_argument(
         "--state",
