@@ -5,6 +5,8 @@ each run in its data folder so the next start removes what a killed run left beh
   (``PR_SET_PDEATHSIG``), so a ``kill -9`` of ``capsight run`` cannot leave its encoder
   process running (and, with it, multiprocessing's resource tracker and the shared memory they
   hold: the tracker removes the segments once the last process holding its pipe is gone).
+- :func:`settle_imports`: before a spawn, no import in another thread has ``sys.path`` half
+  changed (OpenCV's loader does, while it loads).
 - :class:`RunRecord`: ``DATA/run.lock`` (an exclusive ``flock``: one ``capsight run`` per data
   folder; the kernel drops it when the holder dies) and ``DATA/run.json`` (the run's pid, its
   children and its shared-memory segments). A start that finds the record of a run that is no
@@ -30,6 +32,16 @@ from capsight_edge.errors import DeviceBusy
 
 log = logging.getLogger("capsight.hygiene")
 PR_SET_PDEATHSIG = 1
+
+
+def settle_imports() -> None:
+    """Call before spawning a process (multiprocessing's ``spawn`` gives the child the
+    parent's ``sys.path`` as it is at that moment). OpenCV's loader puts its own folder first
+    on ``sys.path`` while it loads its native module and puts the old path back after; a child
+    spawned in that window, while another thread (the Collector's) imports cv2, finds
+    ``cv2/typing`` for ``typing`` and dies before it runs a line of ours. ``import cv2`` here
+    waits for an import in flight to finish; after it, cv2 never touches ``sys.path`` again."""
+    import cv2  # noqa: F401
 
 
 def die_with_parent(parent_pid: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from capsight_edge.profile.schema import ENCODERS
 from capsight_edge.recorder.encoders import VideoEncoder, open_encoder
 from capsight_edge.recorder.outputs import Mp4Output, OutputError, PacketRing, RawRing
 from capsight_edge.recorder.probe import probe_encoder
+from tests.conftest import ROOT, SIM
 
 OPENS = {name: probe_encoder(name) for name in ENCODERS}
 
@@ -364,3 +366,71 @@ def test_a_hardware_encoder_that_does_not_open_says_ffmpegs_reason_quietly(
     out, err = capfd.readouterr()
     assert "h264_nvenc" not in out + err
     assert av.logging.get_level() is None  # the probe leaves PyAV's logging as it found it
+
+
+def test_the_encoder_process_starts_while_another_thread_imports_opencv(tmp_path: Path) -> None:
+    """OpenCV's loader puts its own folder first on ``sys.path`` while it loads its native
+    module; a process spawned in that window inherits the path, finds ``cv2/typing`` for
+    ``typing`` and dies at start. Here a collector-like thread is held inside that window
+    (deterministically: an import hook waits where the loader imports the native module) while
+    the Recorder starts its encoder process: it must start. In a fresh interpreter, where cv2
+    is not imported yet."""
+    code = f"""
+import importlib.abc, importlib.machinery, os, sys, threading
+from capsight_edge.camera.framebus import FrameBus
+from capsight_edge.profile import load_profile
+from capsight_edge.recorder.recorder import Recorder
+
+profile = load_profile({str(SIM)!r}, data_dir={str(tmp_path)!r})
+bus = FrameBus(320, 240, fps=15.0)
+rec = Recorder(profile, bus_name=bus.name, width=320, height=240, fps=15.0)
+assert "cv2" not in sys.modules
+hold, inside = threading.Event(), threading.Event()
+
+class Held:  # loads the native module once let go (outside the import lock, as it runs)
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        inside.set()
+        hold.wait(60)
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+
+
+class Hold(importlib.abc.MetaPathFinder):
+    calls = 0
+
+    def find_spec(self, name, path, target=None):
+        if name != "cv2":
+            return None
+        Hold.calls += 1
+        if Hold.calls < 2:
+            return None
+        # the loader imports the native module: its folder is first on sys.path now
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        spec.loader = Held(spec.loader)
+        return spec
+
+sys.meta_path.insert(0, Hold())
+importer = threading.Thread(target=lambda: __import__("cv2"))
+importer.start()
+assert inside.wait(60)
+assert any(os.path.basename(p) == "cv2" for p in sys.path), sys.path  # the window is open
+threading.Timer(1.0, hold.set).start()  # how long the import stays open: not what is tested
+try:
+    rec.start()
+    print("started", rec.encoder_name)
+    rec.stop()
+finally:
+    hold.set()
+    importer.join()
+    bus.close()
+"""
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "started libx264" in res.stdout

@@ -36,6 +36,7 @@ from capsight_edge.bundle.manifest import (
 from capsight_edge.bundle.seal import seal
 from capsight_edge.durable import make_dirs
 from capsight_edge.errors import CapsightError
+from capsight_edge.hygiene import settle_imports
 from capsight_edge.profile.schema import Profile
 from capsight_edge.recorder.messages import (
     ClipFailed,
@@ -135,6 +136,7 @@ class Recorder:
     def start(self) -> Recorder:
         if self.mode == "auto":
             self.mode = self._choose_mode()
+        settle_imports()
         self._proc = self._ctx.Process(
             target=run_recorder,
             name="capsight-recorder",
