@@ -191,6 +191,7 @@ class Cart:
             on_opened=self._opened,
             on_failed=self._failed,
         )
+        self.run_record.add_segment(*self.recorder.semaphore_files)
         self.recorder.start()
         if self.recorder.pid is not None:
             self.run_record.add_child(self.recorder.pid)

@@ -5,6 +5,8 @@ each run in its data folder so the next start removes what a killed run left beh
   (``PR_SET_PDEATHSIG``), so a ``kill -9`` of ``capsight run`` cannot leave its encoder
   process running (and, with it, multiprocessing's resource tracker and the shared memory they
   hold: the tracker removes the segments once the last process holding its pipe is gone).
+- :func:`semaphore_files`: the named semaphores a run's queues hold in /dev/shm, recorded with
+  its segments, so a start after a run killed with its resource tracker unlinks them too.
 - :func:`settle_imports`: before a spawn, no import in another thread has ``sys.path`` half
   changed (OpenCV's loader does, while it loads).
 - :class:`RunRecord`: ``DATA/run.lock`` (an exclusive ``flock``: one ``capsight run`` per data
@@ -42,6 +44,23 @@ def settle_imports() -> None:
     ``cv2/typing`` for ``typing`` and dies before it runs a line of ours. ``import cv2`` here
     waits for an import in flight to finish; after it, cv2 never touches ``sys.path`` again."""
     import cv2  # noqa: F401
+
+
+def semaphore_files(*queues: Any) -> list[str]:
+    """The /dev/shm files (``sem.mp-...``) of the named semaphores behind multiprocessing
+    queues made with the ``spawn`` context: a queue's two locks and its counter. Their process's
+    resource tracker unlinks them when it ends, even after a SIGKILL of the process; when the
+    tracker is killed with it (a whole process group killed, as systemd does when a stop times
+    out), nothing did, and each such kill of a cart left six. (The attributes read here are
+    CPython's own; where they are missing, nothing is found and nothing is recorded.)"""
+    files = []
+    for q in queues:
+        for attr in ("_rlock", "_wlock", "_sem"):
+            part = getattr(q, attr, None)
+            name = getattr(getattr(part, "_semlock", None), "name", None)
+            if isinstance(name, str) and name:
+                files.append("sem." + name.lstrip("/"))
+    return files
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -113,8 +132,10 @@ class RunRecord:
         self.record["children"].append({"pid": pid, "started": _start_time(pid)})
         self._write()
 
-    def add_segment(self, name: str) -> None:
-        self.record["segments"].append(name)
+    def add_segment(self, *names: str) -> None:
+        """Shared-memory objects of the run, by their name in /dev/shm: the frame bus, the named
+        semaphores behind the encoder's queues (:func:`semaphore_files`)."""
+        self.record["segments"].extend(names)
         self._write()
 
     def add_temp_dir(self, path: str | os.PathLike[str]) -> None:

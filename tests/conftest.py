@@ -99,10 +99,15 @@ def fleet(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
 
 
 def start_run(
-    data: Path, *args: str, profile: Path | None = None, stderr: int = subprocess.PIPE
+    data: Path,
+    *args: str,
+    profile: Path | None = None,
+    stderr: int = subprocess.PIPE,
+    new_session: bool = False,
 ) -> subprocess.Popen[str]:
     """`capsight run --json` on ``data`` as a real process (errors only on stderr); its first
-    stdout line is the `run_started` record, written once everything runs."""
+    stdout line is the `run_started` record, written once everything runs. ``new_session``: in
+    a process group of its own (to kill it whole)."""
     return subprocess.Popen(
         [
             sys.executable,
@@ -122,6 +127,7 @@ def start_run(
         stdout=subprocess.PIPE,
         stderr=stderr,
         text=True,
+        start_new_session=new_session,
     )
 
 

@@ -73,6 +73,30 @@ def test_twenty_kills_leave_no_orphans_and_no_segments(tmp_path: Path) -> None:
     assert mcu_links() <= before_links, mcu_links() - before_links
 
 
+def test_a_run_killed_with_its_process_group_leaves_no_semaphores(tmp_path: Path) -> None:
+    """Killed as systemd kills a service whose stop timed out: every process of its group at
+    once, multiprocessing's resource tracker too, which would have unlinked the named
+    semaphores behind the encoder's queues. The run records them with its segments, and the
+    next start unlinks them (each such kill left six in /dev/shm before)."""
+    before_orphans = set(orphans())
+    proc = start_run(tmp_path, stderr=subprocess.DEVNULL, new_session=True)
+    assert proc.stdout is not None
+    assert json.loads(proc.stdout.readline())["type"] == "run_started"
+    record = json.loads((tmp_path / "run.json").read_text())
+    sems = [s for s in record["segments"] if s.startswith("sem.mp-")]
+    assert len(sems) == 6, record  # two queues: two locks and a counter each
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert wait_until(lambda: set(orphans()) <= before_orphans, timeout_s=20), orphans()
+
+    def left() -> list[str]:
+        return [s for s in sems if (Path("/dev/shm") / s).exists()]
+
+    assert left() == sems  # no one else removes them
+    RunRecord(tmp_path).claim().release()  # the next start
+    assert left() == []
+
+
 def test_one_run_per_data_folder_and_a_dead_runs_leftovers_go(tmp_path: Path) -> None:
     first = RunRecord(tmp_path).claim()
     with pytest.raises(DeviceBusy, match=f"pid {os.getpid()}"):

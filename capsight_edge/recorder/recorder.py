@@ -36,7 +36,7 @@ from capsight_edge.bundle.manifest import (
 from capsight_edge.bundle.seal import seal
 from capsight_edge.durable import make_dirs
 from capsight_edge.errors import CapsightError
-from capsight_edge.hygiene import settle_imports
+from capsight_edge.hygiene import semaphore_files, settle_imports
 from capsight_edge.profile.schema import Profile
 from capsight_edge.recorder.messages import (
     ClipFailed,
@@ -131,6 +131,12 @@ class Recorder:
         self.stats: dict[str, Any] = {}
         self.seal_delays_s: list[float] = []
         self.dropped_commands = 0
+
+    @property
+    def semaphore_files(self) -> list[str]:
+        """The /dev/shm files of the named semaphores behind its queues to the encoder process
+        (a run records them: :func:`capsight_edge.hygiene.semaphore_files`)."""
+        return semaphore_files(self._cmd_q, self._result_q)
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> Recorder:
