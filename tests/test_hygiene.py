@@ -80,13 +80,15 @@ def test_a_run_killed_with_its_process_group_leaves_no_semaphores(tmp_path: Path
     next start unlinks them (each such kill left six in /dev/shm before)."""
     before_orphans = set(orphans())
     proc = start_run(tmp_path, stderr=subprocess.DEVNULL, new_session=True)
-    assert proc.stdout is not None
-    assert json.loads(proc.stdout.readline())["type"] == "run_started"
-    record = json.loads((tmp_path / "run.json").read_text())
+    try:
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline())["type"] == "run_started"
+        record = json.loads((tmp_path / "run.json").read_text())
+    finally:  # killed whatever is asserted: a failing check leaves no run behind
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     sems = [s for s in record["segments"] if s.startswith("sem.mp-")]
     assert len(sems) == 6, record  # two queues: two locks and a counter each
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
     assert wait_until(lambda: set(orphans()) <= before_orphans, timeout_s=20), orphans()
 
     def left() -> list[str]:
