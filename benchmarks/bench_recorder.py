@@ -279,7 +279,7 @@ def _off_and_recording(
             stats, ex = _inference_case(model, seconds / windows, "raw", True)
             recs.append(stats)
             for k, v in ex.items():
-                extra[k] = extra.get(k, 0) + v if isinstance(v, int) else v
+                extra[k] = (extra.get(k, 0) + v) if isinstance(v, int) else v
     return _pooled(offs), _pooled(recs), extra
 
 
