@@ -6,6 +6,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -245,12 +246,15 @@ def test_a_body_is_received_into_kept_memory_not_fresh_pages(
     sink: tuple[Sink, str, str],
 ) -> None:
     """The sink keeps freed heap memory for the next buffers (``server.keep_heap``): with
-    glibc's defaults each MiB received faulted about as many fresh pages in as it holds."""
+    glibc's defaults each body received faulted about twice as many fresh pages in as it holds
+    (4,000 to 4,600 for 8 MiB, measured); kept, 0 to 70 on an idle machine. The whole process
+    is counted, so a busy machine adds some (CI saw 325 once): the median of five bodies is
+    held to a quarter of the pages, eight times under the default's count."""
     s, a, _ = sink
     size = 8 << 20
     body = os.urandom(size)
     faults = []
-    for _ in range(3):  # the first one grows the heap
+    for _ in range(6):  # the first one grows the heap
         loc = create(s, a, size)
         before = _minor_faults(s.pid)
         r = httpx.patch(
@@ -259,7 +263,7 @@ def test_a_body_is_received_into_kept_memory_not_fresh_pages(
         assert r.status_code == 204
         faults.append(_minor_faults(s.pid) - before)
     pages = size // os.sysconf("SC_PAGESIZE")
-    assert max(faults[1:]) < pages / 10, (faults, pages)
+    assert statistics.median(faults[1:]) < pages / 4, (faults, pages)
 
 
 def test_expired_upload_is_gone(tmp_path: Path) -> None:
