@@ -5,20 +5,25 @@ and how fast a bundle is sealed.
   frames: frames per second of CPU, CPU per frame, bytes per second at the default quality.
 - preroll: keeping 3 s of pre-roll at 720p15 by encoding continuously into a packet ring, vs
   keeping raw I420 frames and encoding them only when a clip opens.
-- inference_regression: the reference inference loop (its own process, 1 thread, 15 Hz) with
-  collection off, vs while the Collector and the Recorder record 720p15 with the CPU encoder;
-  the same with the cart's ModelRuntime (a recogniser pulled from a real registry) as the AI.
-  Where a hardware encoder opens, also while recording with it (target <= 1.02x).
+- inference_regression: the reference inference loop (its own process, 1 thread, 15 Hz, alive
+  for the whole session) with collection off, vs while the Collector and the Recorder record
+  720p15 with the CPU encoder, the conditions in turn; the same with the cart's ModelRuntime (a
+  recogniser pulled from a real registry) as the AI. Where a hardware encoder opens, also while
+  recording with it (target <= 1.02x).
 - gpu_inference: the reference CNN on the GPU, collection off vs recording (skipped without one).
 - seal_latency: from the end of a clip's post-roll to its bundle sealed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import resource
+import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -148,9 +153,11 @@ def bench_preroll(ctx: BenchContext) -> BenchResult:
     return res
 
 
-def _infer_proc(bus_q: Any, out_q: Any, model: str, seconds: float, backend: str = "") -> None:
-    """The inference loop in its own process. ``backend``: "" (onnxruntime on the CPU, as a CPU
-    cart), "onnxruntime-cuda" or "torch-cuda" (``benchmarks.gpu``)."""
+def _infer_proc(bus_q: Any, cmd_q: Any, out_q: Any, model: str, backend: str = "") -> None:
+    """The inference loop in its own process, for the whole session: each number from
+    ``cmd_q`` is one window of that many seconds, answered on ``out_q``; None ends it.
+    ``backend``: "" (onnxruntime on the CPU, as a CPU cart), "onnxruntime-cuda" or "torch-cuda"
+    (``benchmarks.gpu``)."""
     from capsight_edge.runtime.inference import InferenceLoop
 
     providers = ["CUDAExecutionProvider"] if backend == "onnxruntime-cuda" else None
@@ -173,23 +180,89 @@ def _infer_proc(bus_q: Any, out_q: Any, model: str, seconds: float, backend: str
 
         loop.step = step  # type: ignore[method-assign]
     loop.run(1.0)  # warm up
-    loop.stats = type(loop.stats)()
-    stats = loop.run(seconds)
-    out_q.put({**stats.summary(), "latencies_ms": list(stats.latencies_ms)})
+    out_q.put("ready")
+    while (seconds := cmd_q.get()) is not None:
+        skipped = loop.reader.skipped
+        loop.stats = type(loop.stats)()
+        stats = loop.run(seconds)
+        stats.skipped_frames -= skipped  # the reader counts over its life
+        out_q.put({**stats.summary(), "latencies_ms": list(stats.latencies_ms)})
     loop.close()
 
 
-def _inference_case(
+@dataclass(frozen=True)
+class Condition:
+    """What runs beside the inference loop in a window: nothing (``mode`` None), or the
+    Collector and a Recorder with that pre-roll ``mode``, a clip open if ``recording``,
+    ``encoders`` its preference list (default: libx264 alone, the CPU encoder)."""
+
+    mode: str | None = None
+    recording: bool = False
+    encoders: tuple[str, ...] = ("libx264",)
+
+
+OFF = Condition()
+RECORDING = Condition("raw", True)
+
+
+def _interleaved(
     model: str,
+    conditions: dict[str, Condition],
     seconds: float,
-    mode: str | None,
-    recording: bool,
-    *,
-    encoders: list[str] | None = None,
+    windows: int,
     backend: str = "",
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``encoders``: the Recorder's preference list (default: libx264 alone, the CPU encoder,
-    whatever else opens here)."""
+) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """One inference process and one camera for the whole session; ``seconds`` of each
+    condition, in ``windows`` windows taken in turn (the order rotating from one round to the
+    next), each condition's windows pooled. Only the inference steps inside a window count: a
+    Recorder's start and stop fall between windows. A drift of the machine meets every
+    condition alike. Returns, per condition, the pooled inference figures and the recorder's
+    (summed over its windows)."""
+    ctx = mp.get_context("spawn")
+    name_q, stop, bus_q, cmd_q, out_q = (
+        ctx.Queue(),
+        ctx.Event(),
+        ctx.Queue(),
+        ctx.Queue(),
+        ctx.Queue(),
+    )
+    pub = ctx.Process(target=_publisher, args=(name_q, stop, "active", 15.0), daemon=True)
+    pub.start()
+    infer = None
+    stats: dict[str, list[dict[str, Any]]] = {label: [] for label in conditions}
+    extras: dict[str, dict[str, Any]] = {label: {} for label in conditions}
+    try:
+        name = name_q.get(timeout=120)
+        infer = ctx.Process(
+            target=_infer_proc, args=(bus_q, cmd_q, out_q, model, backend), daemon=True
+        )
+        infer.start()
+        bus_q.put(name)
+        if out_q.get(timeout=120) != "ready":
+            raise RuntimeError("the inference process did not start")
+        labels = list(conditions)
+        for w in range(windows):
+            for label in labels[w % len(labels) :] + labels[: w % len(labels)]:
+                with _beside(conditions[label], name) as extra:
+                    cmd_q.put(seconds / windows)
+                    stats[label].append(out_q.get(timeout=seconds / windows + 120))
+                for k, v in extra.items():
+                    old = extras[label].get(k, 0)
+                    extras[label][k] = (old + v) if isinstance(v, int) else v
+        cmd_q.put(None)
+        infer.join(10)
+    finally:
+        stop.set()
+        pub.join(10)
+        if infer is not None and infer.is_alive():
+            infer.kill()
+    return {label: (_pooled(stats[label]), extras[label]) for label in conditions}
+
+
+@contextlib.contextmanager
+def _beside(cond: Condition, bus_name: str) -> Iterator[dict[str, Any]]:
+    """The Collector and Recorder of ``cond`` running for the block (nothing if ``mode`` is
+    None); afterwards the dict yielded holds the recorder's figures."""
     import dataclasses
 
     from capsight_edge.collector import Collector
@@ -197,57 +270,38 @@ def _inference_case(
     from capsight_edge.recorder.recorder import Recorder
     from capsight_edge.triggers.engine import Decision
 
-    ctx = mp.get_context("spawn")
-    name_q, stop, bus_q, out_q = ctx.Queue(), ctx.Event(), ctx.Queue(), ctx.Queue()
-    pub = ctx.Process(target=_publisher, args=(name_q, stop, "active", 15.0), daemon=True)
-    pub.start()
-    name = name_q.get(timeout=120)
     extra: dict[str, Any] = {}
-    collector = recorder = None
+    if cond.mode is None:
+        yield extra
+        return
     tmp = tempfile.mkdtemp(prefix="capsight-bench-")
+    profile = load_profile("hw_profiles/sim.toml", data_dir=tmp)
+    profile = dataclasses.replace(
+        profile, encoder=dataclasses.replace(profile.encoder, preference=list(cond.encoders))
+    )
+    collector = Collector(profile)
+    collector.start(bus_name=bus_name)
+    recorder = Recorder(
+        profile, bus_name=bus_name, width=1280, height=720, fps=15.0, preroll_mode=cond.mode
+    )
     try:
-        if mode is not None:
-            profile = load_profile("hw_profiles/sim.toml", data_dir=tmp)
-            profile = dataclasses.replace(
-                profile,
-                encoder=dataclasses.replace(profile.encoder, preference=encoders or ["libx264"]),
+        recorder.start()
+        if cond.recording:
+            now = time.monotonic_ns()
+            recorder.on_decision(
+                Decision("fire", "bench", 1, now, {}, "", clip_start_ns=now - 3_000_000_000)
             )
-            collector = Collector(profile)
-            collector.start(bus_name=name)
-            recorder = Recorder(
-                profile, bus_name=name, width=1280, height=720, fps=15.0, preroll_mode=mode
+        yield extra
+        if cond.recording:
+            now = time.monotonic_ns()
+            recorder.on_decision(
+                Decision("end", "bench", 1, now, {}, "", clip_start_ns=now, clip_end_ns=now)
             )
-            recorder.start()
-            if recording:
-                now = time.monotonic_ns()
-                recorder.on_decision(
-                    Decision("fire", "bench", 1, now, {}, "", clip_start_ns=now - 3_000_000_000)
-                )
-        infer = ctx.Process(
-            target=_infer_proc, args=(bus_q, out_q, model, seconds, backend), daemon=True
-        )
-        infer.start()
-        bus_q.put(name)
-        stats = out_q.get(timeout=seconds + 120)
-        infer.join(10)
-        if recorder is not None:
-            if recording:
-                now = time.monotonic_ns()
-                recorder.on_decision(
-                    Decision("end", "bench", 1, now, {}, "", clip_start_ns=now, clip_end_ns=now)
-                )
-            recorder.stop()
-            extra = {
-                "sealed": len(recorder.sealed),
-                "encoder": recorder.encoder_name,
-                **recorder.stats,
-            }
-        if collector is not None:
-            collector.stop()
     finally:
-        stop.set()
-        pub.join(10)
-    return stats, extra
+        recorder.stop()
+        collector.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    extra.update(sealed=len(recorder.sealed), encoder=recorder.encoder_name, **recorder.stats)
 
 
 def _pooled(cases: list[dict[str, Any]]) -> dict[str, Any]:
@@ -261,47 +315,36 @@ def _pooled(cases: list[dict[str, Any]]) -> dict[str, Any]:
     return {**stats.summary(), "latencies_ms": stats.latencies_ms}
 
 
-def _off_and_recording(
-    model: str, seconds: float, windows: int
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """Collection off and recording (CPU encoder), ``seconds`` each, as ``windows`` windows
-    taken in turn (off first in every other pair), each condition's windows pooled: a drift of
-    the machine over the run meets both alike. Returns off, recording, the recorder's figures
-    (summed over its windows)."""
-    offs: list[dict[str, Any]] = []
-    recs: list[dict[str, Any]] = []
-    extra: dict[str, Any] = {}
-    for w in range(windows):
-        for recording in (False, True) if w % 2 == 0 else (True, False):
-            if not recording:
-                offs.append(_inference_case(model, seconds / windows, None, False)[0])
-                continue
-            stats, ex = _inference_case(model, seconds / windows, "raw", True)
-            recs.append(stats)
-            for k, v in ex.items():
-                extra[k] = (extra.get(k, 0) + v) if isinstance(v, int) else v
-    return _pooled(offs), _pooled(recs), extra
-
-
 @benchmark("inference_regression")
 def bench_inference_regression(ctx: BenchContext) -> BenchResult:
     from capsight_edge.runtime.inference import build_reference_cnn
 
-    # Full runs: 60 s of each condition in 4 windows of 15 s, off and recording in turn (900
-    # steps each, so the p99 is the 10th slowest; one window of 30 s each gave 1.06x and 1.23x
-    # in two runs of the same code).
-    seconds, windows = (4.0, 1) if ctx.quick else (60.0, 4)
+    # Full runs: 60 s of each condition in 6 windows of 10 s, one inference process throughout,
+    # the conditions in turn (900 steps each, so the p99 is the 10th slowest). Before: a window
+    # of 30 s each gave 1.06x and 1.23x in two runs of the same code; 4 windows of 15 s with a
+    # fresh inference process each gave 0.86x to 1.45x in four tries on this machine.
+    seconds, windows = (4.0, 1) if ctx.quick else (60.0, 6)
     model = str(build_reference_cnn(Path(tempfile.mkdtemp()) / "reference_cnn.onnx"))
     res = BenchResult(
         "inference_regression",
         "reference inference loop (0.3 GMAC CNN, 1 thread, "
         f"15 Hz, own process) for {seconds:.0f} s of each: collection off vs the "
         "Collector recording 1280x720 at 15 fps with the CPU encoder (libx264)"
-        + (f", in {windows} windows each, taken in turn" if windows > 1 else ""),
+        + (
+            f", in {windows} windows each, taken in turn by one inference process"
+            if windows > 1
+            else ""
+        ),
     )
-    off, raw_rec, raw_extra = _off_and_recording(model, seconds, windows)
+    conditions = {"off": OFF, "recording": RECORDING}
     # (--quick leaves the idle pre-roll case out: a smoke run)
-    enc_idle = None if ctx.quick else _inference_case(model, 30.0, "encoded", False)[0]
+    if not ctx.quick:
+        conditions["idle pre-roll"] = Condition("encoded")
+    hw = hardware_encoders()
+    if hw:
+        conditions["hardware"] = Condition("raw", True, tuple(hw))
+    runs = _interleaved(model, conditions, seconds, windows)
+    (off, _), (raw_rec, raw_extra) = runs["off"], runs["recording"]
     base_p99 = off["p99_ms"]
     ratio = raw_rec["p99_ms"] / base_p99
     res.metrics += [
@@ -321,13 +364,13 @@ def bench_inference_regression(ctx: BenchContext) -> BenchResult:
             [
                 Metric(
                     "p99, idle with continuous pre-roll encoding",
-                    enc_idle["p99_ms"],
+                    runs["idle pre-roll"][0]["p99_ms"],
                     "ms",
                     base_p99,
                     "off",
                 )
             ]
-            if enc_idle is not None
+            if "idle pre-roll" in runs
             else []
         ),
         Metric(
@@ -361,7 +404,7 @@ def bench_inference_regression(ctx: BenchContext) -> BenchResult:
         )
     else:
         res.metrics += _model_runtime_pair(seconds, windows)
-    _with_hardware_encoder(res, model, min(seconds, 30.0), base_p99)
+    _with_hardware_encoder(res, runs, hw)
     res.notes.append(f"recording run: {raw_extra}")
     return res
 
@@ -376,7 +419,8 @@ def _model_runtime_pair(seconds: float, windows: int) -> list[Metric]:
         rt = served.runtime(root / "cart")
         rt.pull()
         rt.close()
-    rt_off, rt_rec, _ = _off_and_recording(str(root / "cart"), seconds, windows)
+    runs = _interleaved(str(root / "cart"), {"off": OFF, "recording": RECORDING}, seconds, windows)
+    (rt_off, _), (rt_rec, _) = runs["off"], runs["recording"]
     return [
         Metric("ModelRuntime p99, collection off", rt_off["p99_ms"], "ms"),
         Metric(
@@ -392,18 +436,19 @@ def _model_runtime_pair(seconds: float, windows: int) -> list[Metric]:
 
 
 def _with_hardware_encoder(
-    res: BenchResult, model: str, seconds: float, base_p99: float, backend: str = ""
+    res: BenchResult, runs: dict[str, tuple[dict[str, Any], dict[str, Any]]], hw: list[str]
 ) -> None:
-    """The inference p99 while recording with the hardware encoder, against ``base_p99``
-    (collection off; target <= 1.02x), or a note naming each hardware encoder's probe error."""
-    hw = hardware_encoders()
-    if not hw:
+    """The inference p99 while recording with the hardware encoder (``runs["hardware"]``),
+    against collection off in the same session (target <= 1.02x), or a note naming each
+    hardware encoder's probe error."""
+    if "hardware" not in runs:
         res.notes.append(
             "hardware encoder: none opens here, so the <= 1.02x figure cannot be measured "
             f"({_why_no_hardware_encoder()})"
         )
         return
-    rec, extra = _inference_case(model, seconds, "raw", True, encoders=hw, backend=backend)
+    rec, extra = runs["hardware"]
+    base_p99 = runs["off"][0]["p99_ms"]
     res.metrics.append(
         Metric(
             f"p99, recording ({extra.get('encoder', hw[0])}, the hardware encoder)",
@@ -438,7 +483,8 @@ def _why_no_hardware_encoder() -> str:
 def bench_gpu_inference(ctx: BenchContext) -> BenchResult:
     """The reference CNN on the GPU (batch 1, 15 Hz, its own process), collection off vs
     recording 720p15 with the hardware encoder where one opens (target <= 1.02x), and with the
-    CPU encoder. Skipped, with the reason, where there is no GPU."""
+    CPU encoder, in turn as in ``inference_regression``. Skipped, with the reason, where there
+    is no GPU."""
     from benchmarks.gpu import gpu_backend, gpu_name
     from capsight_edge.runtime.inference import build_reference_cnn
 
@@ -451,10 +497,15 @@ def bench_gpu_inference(ctx: BenchContext) -> BenchResult:
     if not backend:
         res.notes.append(f"skipped: no GPU inference here ({why})")
         return res
-    seconds = 6.0 if ctx.quick else 30.0
+    # 30 s of each in 3 windows: the device tool lends a GPU for minutes, not an hour
+    seconds, windows = (6.0, 1) if ctx.quick else (30.0, 3)
     model = str(build_reference_cnn(Path(tempfile.mkdtemp()) / "reference_cnn.onnx"))
-    off, _ = _inference_case(model, seconds, None, False, backend=backend)
-    cpu_rec, cpu_extra = _inference_case(model, seconds, "raw", True, backend=backend)
+    conditions = {"off": OFF, "recording": RECORDING}
+    hw = hardware_encoders()
+    if hw:
+        conditions["hardware"] = Condition("raw", True, tuple(hw))
+    runs = _interleaved(model, conditions, seconds, windows, backend)
+    (off, _), (cpu_rec, cpu_extra) = runs["off"], runs["recording"]
     base = off["p99_ms"]
     res.metrics += [
         Metric("p50, collection off", off["p50_ms"], "ms"),
@@ -467,7 +518,7 @@ def bench_gpu_inference(ctx: BenchContext) -> BenchResult:
             "off",
         ),
     ]
-    _with_hardware_encoder(res, model, seconds, base, backend)
+    _with_hardware_encoder(res, runs, hw)
     res.notes.append(
         f"ran on {gpu_name() or 'the GPU'} through {backend}" + (f" ({why})" if why else "")
     )
