@@ -2,6 +2,7 @@
 # One entry point for people and CI:
 #   ./dev.sh demo [ARGS...]   set up (if needed) and run the simulated flywheel on hw_profiles/sim.toml
 #   ./dev.sh test [ARGS...]   set up (if needed) and run the whole test suite
+#   ./dev.sh bench [ARGS...]  set up what the benchmarks need and run them (python -m benchmarks ARGS)
 #   ./dev.sh setup            only set up: Debian libzbar0, .venv, pinned packages
 # Set-up is idempotent: it reinstalls only when pyproject.toml or constraints.txt changed.
 set -euo pipefail
@@ -93,5 +94,6 @@ case "$cmd" in
   setup) setup ;;
   demo) setup; exec "$venv/bin/capsight" demo "$@" ;;
   test) setup; ensure_ffprobe; ensure_chromium; ensure_fuse; ensure_postgres; exec "$venv/bin/python" -m pytest "$@" ;;
-  *) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  bench) setup; ensure_fuse; ensure_postgres; exec "$venv/bin/python" -m benchmarks "$@" ;;
+  *) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
