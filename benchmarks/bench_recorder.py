@@ -205,6 +205,17 @@ OFF = Condition()
 RECORDING = Condition("raw", True)
 
 
+def _conditions(hw: list[str], idle_preroll: bool = False) -> dict[str, Condition]:
+    """Collection off and recording with libx264; continuous pre-roll encoding with no clip
+    open if ``idle_preroll``; recording with the hardware encoders ``hw`` if any open."""
+    conditions = {"off": OFF, "recording": RECORDING}
+    if idle_preroll:
+        conditions["idle pre-roll"] = Condition("encoded")
+    if hw:
+        conditions["hardware"] = Condition("raw", True, tuple(hw))
+    return conditions
+
+
 def _interleaved(
     model: str,
     conditions: dict[str, Condition],
@@ -321,7 +332,7 @@ def bench_inference_regression(ctx: BenchContext) -> BenchResult:
 
     # Full runs: 60 s of each condition in 6 windows of 10 s, one inference process throughout,
     # the conditions in turn (900 steps each, so the p99 is the 10th slowest). Before: a window
-    # of 30 s each gave 1.06x and 1.23x in two runs of the same code; 4 windows of 15 s with a
+    # of 30 s each gave 1.06x and 1.23x in two runs of the same code; windows of 10 s with a
     # fresh inference process each gave 0.86x to 1.45x in four tries on this machine.
     seconds, windows = (4.0, 1) if ctx.quick else (60.0, 6)
     model = str(build_reference_cnn(Path(tempfile.mkdtemp()) / "reference_cnn.onnx"))
@@ -336,14 +347,9 @@ def bench_inference_regression(ctx: BenchContext) -> BenchResult:
             else ""
         ),
     )
-    conditions = {"off": OFF, "recording": RECORDING}
-    # (--quick leaves the idle pre-roll case out: a smoke run)
-    if not ctx.quick:
-        conditions["idle pre-roll"] = Condition("encoded")
     hw = hardware_encoders()
-    if hw:
-        conditions["hardware"] = Condition("raw", True, tuple(hw))
-    runs = _interleaved(model, conditions, seconds, windows)
+    # (--quick leaves the idle pre-roll case out: a smoke run)
+    runs = _interleaved(model, _conditions(hw, idle_preroll=not ctx.quick), seconds, windows)
     (off, _), (raw_rec, raw_extra) = runs["off"], runs["recording"]
     base_p99 = off["p99_ms"]
     ratio = raw_rec["p99_ms"] / base_p99
@@ -500,11 +506,8 @@ def bench_gpu_inference(ctx: BenchContext) -> BenchResult:
     # 30 s of each in 3 windows: the device tool lends a GPU for minutes, not an hour
     seconds, windows = (6.0, 1) if ctx.quick else (30.0, 3)
     model = str(build_reference_cnn(Path(tempfile.mkdtemp()) / "reference_cnn.onnx"))
-    conditions = {"off": OFF, "recording": RECORDING}
     hw = hardware_encoders()
-    if hw:
-        conditions["hardware"] = Condition("raw", True, tuple(hw))
-    runs = _interleaved(model, conditions, seconds, windows, backend)
+    runs = _interleaved(model, _conditions(hw), seconds, windows, backend)
     (off, _), (cpu_rec, cpu_extra) = runs["off"], runs["recording"]
     base = off["p99_ms"]
     res.metrics += [
