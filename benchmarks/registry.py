@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -39,6 +40,21 @@ class BenchResult:
     metrics: list[Metric] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """As ``results.json`` holds it (plots by file name: they lie in the run's folder)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "notes": list(self.notes),
+            "plots": [Path(p).name for p in self.plots],
+            "metrics": [m.as_dict() for m in self.metrics],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BenchResult:
+        metrics = [Metric(**{k: v for k, v in m.items() if k != "ratio"}) for m in d["metrics"]]
+        return cls(d["name"], d["description"], metrics, list(d["notes"]), list(d["plots"]))
 
 
 @dataclass

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.isolated import run_isolated
 from benchmarks.registry import (
     BENCHMARKS,
     BenchContext,
     BenchResult,
-    Metric,
     profile_note,
     unmet_needs,
 )
@@ -240,21 +240,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
         for name in args.only or sorted(BENCHMARKS):
             start = time.perf_counter()
             why = unmet_needs(name, args.profile)
-            try:
-                if why:
-                    result = BenchResult(name, "not run")
-                    result.notes.append(f"skipped: {why}")
-                else:
-                    result = BENCHMARKS[name](ctx)
-            except Exception as exc:  # one broken benchmark does not lose the others' figures
-                import traceback
-
-                traceback.print_exc()
-                result = BenchResult(name, "FAILED")
-                result.metrics.append(Metric("benchmark ran", 0, "", target="ran", met=False))
-                result.notes.append(f"failed: {type(exc).__name__}: {exc}"[:500])
+            if why:
+                result = BenchResult(name, "not run")
+                result.notes.append(f"skipped: {why}")
+            else:  # a failure, even a crash of its process, loses no other benchmark's figures
+                result = run_isolated(name, BENCHMARKS[name].__module__, ctx, scratch)
             result.notes.append(
-                f"ran in {time.perf_counter() - start:.1f} s" + (" (--quick)" if args.quick else "")
+                f"ran in {time.perf_counter() - start:.1f} s, in a process of its own"
+                + (" (--quick)" if args.quick else "")
             )
             results.append(result)
     finally:
@@ -289,16 +282,7 @@ def build_report(
         "machine": machine,
         "quick": quick,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "benchmarks": [
-            {
-                "name": r.name,
-                "description": r.description,
-                "notes": r.notes,
-                "plots": [Path(p).name for p in r.plots],
-                "metrics": [m.as_dict() for m in r.metrics],
-            }
-            for r in results
-        ],
+        "benchmarks": [r.as_dict() for r in results],
     }
 
 

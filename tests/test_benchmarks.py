@@ -25,6 +25,73 @@ def test_the_committed_results_and_the_readme_table_are_generated_from_one_run()
     assert readme_block(report) in (ROOT / "README.md").read_text()
 
 
+def gone(pid: int) -> bool:
+    """No such process, or only its zombie (its parent was killed; init reaps it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_each_benchmark_runs_in_a_process_of_its_own_and_takes_what_it_left_with_it(
+    tmp_path: Path,
+) -> None:
+    """A benchmark runs in a fresh process, not the runner's (whose heap held what earlier
+    benchmarks loaded); a process it leaves running is killed and named in its notes; a
+    benchmark that raises or whose process is killed is a FAILED result with the reason, and
+    the runner goes on."""
+    from benchmarks.isolated import run_isolated
+    from benchmarks.registry import BenchContext
+
+    ctx = BenchContext(quick=True, profile_path="hw_profiles/sim.toml", out_dir=str(tmp_path))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    helpers = "tests.isolation_helpers"
+
+    res = run_isolated("test_leaves_a_process", helpers, ctx, str(scratch))
+    (pid,) = [m.value for m in res.metrics if m.name == "pid"]
+    assert pid != os.getpid()
+    sleeper = int((tmp_path / "sleeper.pid").read_text())
+    (note,) = [n for n in res.notes if n.startswith("left 1 process")]
+    assert f"{sleeper} (sleep)" in note
+    assert gone(sleeper)
+
+    killed = run_isolated("test_kills_itself", helpers, ctx, str(scratch))
+    assert killed.description == "FAILED" and killed.metrics[0].met is False
+    assert killed.notes == ["failed: its process ended with signal 9 (SIGKILL) and wrote no result"]
+    raised = run_isolated("test_raises", helpers, ctx, str(scratch))
+    assert raised.notes == ["failed: RuntimeError: the sink did not start"]
+    assert list(scratch.iterdir()) == []  # no result file left behind
+
+
+def test_an_interrupted_runner_leaves_no_process_of_the_benchmark_it_was_running(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C of the runner while a benchmark runs: the benchmark's process and what it started
+    go with the runner (its process group is killed), rather than running on unseen."""
+    import signal
+    import subprocess
+
+    from tests.conftest import wait_until
+
+    script = (
+        "import sys, tempfile\n"
+        "from benchmarks.isolated import run_isolated\n"
+        "from benchmarks.registry import BenchContext\n"
+        f"ctx = BenchContext(True, 'hw_profiles/sim.toml', {str(tmp_path)!r})\n"
+        "run_isolated('test_hangs', 'tests.isolation_helpers', ctx, tempfile.mkdtemp())\n"
+    )
+    runner = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    try:
+        assert wait_until(lambda: (tmp_path / "pids").exists(), timeout_s=60)
+        pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
+        runner.send_signal(signal.SIGINT)
+        assert runner.wait(timeout=30) != 0
+    finally:
+        runner.kill()
+    assert all(gone(pid) for pid in pids)  # the sweep waits for them: no time to wait here
+
+
 def assert_wifi_ran_or_said_why(wifi: dict[str, Any]) -> None:
     """upload_wifi ran (as root with iproute2) or says why not, and left no namespace or veth
     behind either way."""
@@ -163,9 +230,9 @@ def quick_run(request: pytest.FixtureRequest) -> QuickRun:
 def test_every_benchmark_runs_in_quick_form_and_leaves_nothing_behind(quick_run: QuickRun) -> None:
     """Every registered benchmark produces metrics (or says why it was skipped), none fails; the
     report names the machine and the commit, and RESULTS.md is what results.json renders to.
-    Targets are not asserted: a smoke run's figures are not the full run's. Every temporary
-    folder goes, and the benchmark that needs network namespaces leaves no namespace or veth
-    behind."""
+    Targets are not asserted: a smoke run's figures are not the full run's. No benchmark leaves
+    a process running after it (the runner would kill it and say so). Every temporary folder
+    goes, and the benchmark that needs network namespaces leaves no namespace or veth behind."""
     from benchmarks.runner import BENCHMARKS, _load
 
     _load()
@@ -181,6 +248,7 @@ def test_every_benchmark_runs_in_quick_form_and_leaves_nothing_behind(quick_run:
     assert set(by_name) == set(BENCHMARKS)
     for name, bench in by_name.items():
         assert not any(n.startswith("failed:") for n in bench["notes"]), (name, bench["notes"])
+        assert not any(n.startswith("left ") for n in bench["notes"]), (name, bench["notes"])
         if not bench["notes"][0].startswith("skipped:"):
             assert bench["metrics"], name
     load = next(m for m in by_name["profile"]["metrics"] if m["name"].startswith("profile load"))
