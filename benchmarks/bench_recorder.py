@@ -326,6 +326,29 @@ def _pooled(cases: list[dict[str, Any]]) -> dict[str, Any]:
     return {**stats.summary(), "latencies_ms": stats.latencies_ms}
 
 
+#: Fewest inference steps a p99 verdict rests on: at 400 the p99 is the 4th slowest step; at
+#: 60 (a 4 s --quick window at 15 Hz) it is the slowest one, and two tries of the same code
+#: gave 1.55x and 1.06x.
+MIN_P99_STEPS = 400
+
+
+def _p99_verdict(
+    rec: dict[str, Any], off: dict[str, Any], limit: float, notes: list[str]
+) -> bool | None:
+    """Whether ``rec``'s p99 is within ``limit`` times ``off``'s, or None (no verdict, with a
+    note) when either rests on fewer than MIN_P99_STEPS steps."""
+    steps = min(len(rec["latencies_ms"]), len(off["latencies_ms"]))
+    if steps < MIN_P99_STEPS:
+        note = (
+            f"no p99 verdict: {steps} steps in a condition, fewer than the {MIN_P99_STEPS} a p99 "
+            "needs to be more than the slowest few steps (a full run has them)"
+        )
+        if note not in notes:
+            notes.append(note)
+        return None
+    return bool(rec["p99_ms"] / off["p99_ms"] <= limit)
+
+
 @benchmark("inference_regression")
 def bench_inference_regression(ctx: BenchContext) -> BenchResult:
     from capsight_edge.runtime.inference import build_reference_cnn
@@ -352,7 +375,6 @@ def bench_inference_regression(ctx: BenchContext) -> BenchResult:
     runs = _interleaved(model, _conditions(hw, idle_preroll=not ctx.quick), seconds, windows)
     (off, _), (raw_rec, raw_extra) = runs["off"], runs["recording"]
     base_p99 = off["p99_ms"]
-    ratio = raw_rec["p99_ms"] / base_p99
     res.metrics += [
         Metric("p50, collection off", off["p50_ms"], "ms"),
         Metric("p99, collection off", base_p99, "ms"),
@@ -364,7 +386,7 @@ def bench_inference_regression(ctx: BenchContext) -> BenchResult:
             base_p99,
             "off",
             "<= 1.10x",
-            ratio <= 1.10,
+            _p99_verdict(raw_rec, off, 1.10, res.notes),
         ),
         *(
             [
@@ -436,7 +458,7 @@ def _model_runtime_pair(seconds: float, windows: int) -> list[Metric]:
             rt_off["p99_ms"],
             "off",
             "<= 1.10x",
-            rt_rec["p99_ms"] / rt_off["p99_ms"] <= 1.10,
+            _p99_verdict(rt_rec, rt_off, 1.10, []),
         ),
     ]
 
@@ -454,16 +476,16 @@ def _with_hardware_encoder(
         )
         return
     rec, extra = runs["hardware"]
-    base_p99 = runs["off"][0]["p99_ms"]
+    off = runs["off"][0]
     res.metrics.append(
         Metric(
             f"p99, recording ({extra.get('encoder', hw[0])}, the hardware encoder)",
             rec["p99_ms"],
             "ms",
-            base_p99,
+            off["p99_ms"],
             "off",
             "<= 1.02x",
-            rec["p99_ms"] / base_p99 <= 1.02,
+            _p99_verdict(rec, off, 1.02, res.notes),
         )
     )
 
