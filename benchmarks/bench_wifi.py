@@ -13,12 +13,15 @@ it runs with the rate and the outages only and says so.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import shutil
 import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +131,108 @@ class ShapedNet:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def shaper(self) -> str:
+        return "a veth pair shaped with tc (netem, tbf)" if self.netem else "a veth pair (tbf)"
+
+
+class TunNet:
+    """The same link where the kernel has no ``sch_netem``: a namespace for the sink and two
+    TUN devices, one on each side, joined by a process (``benchmarks.tunwire``) that applies the
+    loss, the rate and the delay to the packets in user space. Same interface as
+    :class:`ShapedNet`; removed on close (the devices go with the process)."""
+
+    netem = True  # the delay and the loss are applied
+
+    def __init__(self, link: Link) -> None:
+        tag = f"{os.getpid() % 100000}"
+        self.ns, self.host_if, self.ns_if = f"capsight-wifi-{tag}", f"cst{tag}a", f"cst{tag}b"
+        self.link = link
+        self.wire: subprocess.Popen[str] | None = None
+        self.stats_path = Path(tempfile.mkdtemp(prefix="capsight-wire-")) / "stats.json"
+        self.counts: dict[str, int] = {}
+
+    def __enter__(self) -> TunNet:
+        import sys
+
+        try:
+            res = _run("ip", "netns", "add", self.ns)
+            if res.returncode != 0:
+                raise RuntimeError(f"ip netns add: {res.stderr.strip()}")
+            ln = self.link
+            self.wire = subprocess.Popen(
+                [
+                    sys.executable, "-m", "benchmarks.tunwire", "--host-if", self.host_if,
+                    "--ns", self.ns, "--ns-if", self.ns_if, "--rate-mbit", f"{ln.rate_mbit}",
+                    "--rtt-ms", f"{ln.rtt_ms}", "--loss-pct", f"{ln.loss_pct}",
+                    "--stats", str(self.stats_path), "--parent", str(os.getpid()),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            assert self.wire.stdout is not None
+            if self.wire.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"the user-space wire did not start (rc {self.wire.wait()})")
+            steps = [
+                ("ip", "addr", "add", f"{HOST_IP}/24", "dev", self.host_if),
+                ("ip", "link", "set", self.host_if, "up"),
+                ("ip", "netns", "exec", self.ns, "ip", "addr", "add", f"{SINK_IP}/24", "dev",
+                 self.ns_if),
+                ("ip", "netns", "exec", self.ns, "ip", "link", "set", self.ns_if, "up"),
+                ("ip", "netns", "exec", self.ns, "ip", "link", "set", "lo", "up"),
+            ]  # fmt: skip
+            for step in steps:
+                res = _run(*step)
+                if res.returncode != 0:
+                    raise RuntimeError(f"{' '.join(step)}: {res.stderr.strip()}")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def tx_bytes(self) -> int:
+        return int(Path(f"/sys/class/net/{self.host_if}/statistics/tx_bytes").read_text())
+
+    def set_up(self, up: bool) -> None:
+        _run("ip", "link", "set", self.host_if, "up" if up else "down")
+
+    def close(self) -> None:
+        if self.wire is not None and self.wire.poll() is None:
+            self.wire.terminate()
+            try:
+                self.wire.wait(10)
+            except subprocess.TimeoutExpired:
+                self.wire.kill()
+                self.wire.wait()
+            if self.stats_path.is_file():
+                self.counts = json.loads(self.stats_path.read_text())
+        shutil.rmtree(self.stats_path.parent, ignore_errors=True)
+        _run("ip", "netns", "del", self.ns)
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def shaper(self) -> str:
+        return (
+            "two TUN devices joined by a user-space wire (benchmarks/tunwire.py: this kernel "
+            "has no sch_netem) that drops, rate-limits and delays the packets"
+        )
+
+
+@contextlib.contextmanager
+def shaped_link(link: Link) -> Iterator[ShapedNet | TunNet]:
+    """The kernel's netem where it has one, else the user-space wire where TUN devices can be
+    made, else the kernel's rate alone (the description then says: no delay, no loss)."""
+    kernel = ShapedNet(link).__enter__()
+    if kernel.netem or not os.path.exists("/dev/net/tun"):
+        with kernel:
+            yield kernel
+        return
+    kernel.close()
+    with TunNet(link) as net:
+        yield net
+
 
 #: How often the link's transmit counter is read, and the bytes in one such interval that
 #: mean data is flowing again after an outage (3 KB in 50 ms: 0.5 Mbit/s).
@@ -139,7 +244,7 @@ class Outages:
     after the start; counts the seconds it was down, and reads the link's transmit counter
     every ``SAMPLE_S`` to tell how long after each return data flowed again."""
 
-    def __init__(self, net: ShapedNet) -> None:
+    def __init__(self, net: ShapedNet | TunNet) -> None:
         self.net, self.down_s = net, 0.0
         self.returns: list[float] = []  # when the link came back up (monotonic)
         self.samples: list[tuple[float, int]] = []  # (monotonic, transmit counter)
@@ -225,14 +330,14 @@ def bench_upload_wifi(ctx: BenchContext) -> BenchResult:
     link = Link(outage_s=1.5, first_outage_s=1.0, outage_every_s=60.0) if ctx.quick else Link()
     bundles, size = (2, 1 * 2**20) if ctx.quick else (6, 12 * 2**20)
 
-    def described(netem: bool) -> str:
+    def described(netem: bool, shaper: str = "a shaped link") -> str:
         shaped = (
             f"{link.rate_mbit:g} Mbit/s, {link.rtt_ms:g} ms RTT and {link.loss_pct:g}% loss"
             if netem
-            else f"{link.rate_mbit:g} Mbit/s (no netem in this kernel: no delay, no loss)"
+            else f"{link.rate_mbit:g} Mbit/s (no delay, no loss)"
         )
         return (
-            f"our uploader and tuspy over a veth pair between two network namespaces shaped to "
+            f"our uploader and tuspy between two network namespaces over {shaper}, "
             f"{shaped}, the link down {link.outage_s:g} s at {link.first_outage_s:g} s and "
             f"every {link.outage_every_s:g} s; {bundles} bundles of {size >> 20} MiB, one "
             "upload at a time"
@@ -246,7 +351,7 @@ def bench_upload_wifi(ctx: BenchContext) -> BenchResult:
     root = Path(tempfile.mkdtemp(prefix="capsight-wifi-"))
     figures: dict[str, dict[str, float]] = {}
     try:
-        with ShapedNet(link) as net:
+        with shaped_link(link) as net:
             sink, token = _sink(root / "sink", host=SINK_IP, wrap=("ip", "netns", "exec", net.ns))
             url = sink.url
             try:
@@ -273,7 +378,7 @@ def bench_upload_wifi(ctx: BenchContext) -> BenchResult:
                     }
             finally:
                 sink.stop()
-            res.description = described(net.netem)
+            res.description = described(net.netem, net.shaper)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     ours, theirs = figures["ours"], figures["tuspy"]
@@ -324,9 +429,20 @@ def bench_upload_wifi(ctx: BenchContext) -> BenchResult:
         f"idle after one: until a {SAMPLE_S * 1000:.0f} ms reading of the transmit counter "
         f"shows {FLOWING_BYTES} bytes or more); "
         f"ours: {ours['restarts']:.0f} whole-file restarts, {ours['retries']:.0f} retries; "
-        "wire bytes are the host side's veth transmit counter (IP and TCP headers, "
+        "wire bytes are the host side's interface transmit counter (IP and TCP headers, "
         "retransmissions and anything sent again)"
     )
+    if isinstance(net, TunNet) and net.counts:
+        c = net.counts
+        res.notes.append(
+            f"the user-space wire, both uploads: {c['up_packets']} packets towards the sink, "
+            f"{c['up_lost']} dropped at random ({100 * c['up_lost'] / max(1, c['up_packets']):.2f}"
+            f" %), {c['up_queue_drops']} by its full queue; {c['down_packets']} answers; "
+            f"{c['undeliverable']} undeliverable while the link was down"
+        )
+    cc = Path("/proc/sys/net/ipv4/tcp_congestion_control")
+    if cc.is_file():
+        res.notes.append(f"TCP congestion control, both uploaders: {cc.read_text().strip()}")
     from capsight_edge.uploader.uploader import RTO_MAX_MS, socket_options
 
     res.notes.append(

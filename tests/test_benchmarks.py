@@ -92,9 +92,49 @@ def test_an_interrupted_runner_leaves_no_process_of_the_benchmark_it_was_running
     assert all(gone(pid) for pid in pids)  # the sweep waits for them: no time to wait here
 
 
+def test_the_user_space_wire_loses_paces_and_delays_packets_as_asked() -> None:
+    """benchmarks/tunwire.py's shaping, on pipes in place of the TUN devices: upload packets
+    leave the bottleneck one after another at the link's rate, then the one-way delay; a queue
+    that would hold one longer than its limit drops it; the seeded loss drops the share asked;
+    answers take the delay alone; a side that cannot take a packet loses it, counted."""
+    from benchmarks.tunwire import Wire
+
+    host_r, host_w = os.pipe()
+    ns_r, ns_w = os.pipe()
+    os.set_blocking(host_r, False)  # a packet not written fails the read, not hangs it
+    os.set_blocking(ns_r, False)
+    try:
+        # 10 Mbit/s: a 1250-byte packet takes 1 ms; RTT 40 ms: 20 ms each way; queue 5.5 ms.
+        wire = Wire(host_w, ns_w, 10.0, 40.0, 0.0, 5.5, seed=1)
+        for i in range(8):
+            wire.arrive(True, bytes([i]) * 1250, now=0.0)
+        # six start within 5.5 ms (at 0 to 5 ms) and arrive 1 ms after their start plus 20 ms;
+        # the 7th and 8th would wait 6 ms: dropped
+        assert [w[0] for w in wire.due] == pytest.approx([0.020 + 0.001 * k for k in range(1, 7)])
+        assert wire.counts["up_queue_drops"] == 2
+        wire.arrive(False, b"ack", now=0.0)  # an answer: the delay alone
+        assert wire.deliver(0.0205) == pytest.approx(0.0005)  # the 1st upload is due at 21 ms
+        assert os.read(host_r, 10) == b"ack"
+        assert wire.deliver(0.0215) == pytest.approx(0.0005)
+        assert os.read(ns_r, 65536) == bytes([0]) * 1250
+        assert wire.deliver(1.0) is None and len(os.read(ns_r, 65536)) == 5 * 1250
+        lossy = Wire(host_w, ns_w, 1000.0, 0.0, 1.0, 400.0, seed=7)
+        for _ in range(100_000):
+            lossy.arrive(True, b"x", now=0.0)
+        assert 900 <= lossy.counts["up_lost"] <= 1100  # 1 % of 100,000, seeded
+        os.close(ns_r)
+        lossy.due = lossy.due[:1]
+        os.close(ns_w)  # that side is gone: the packet is lost, counted
+        assert lossy.deliver(1.0) is None and lossy.counts["undeliverable"] == 1
+    finally:
+        for fd in (host_r, host_w):
+            os.close(fd)
+
+
 def assert_wifi_ran_or_said_why(wifi: dict[str, Any]) -> None:
-    """upload_wifi ran (as root with iproute2) or says why not, and left no namespace or veth
-    behind either way."""
+    """upload_wifi ran (as root with iproute2) or says why not, and left no namespace, veth or
+    TUN device behind either way. Where TUN devices can be made, the link had its delay and loss
+    (the kernel's netem, or the user-space wire where the kernel has none)."""
     import subprocess
 
     from benchmarks.bench_wifi import why_not
@@ -105,9 +145,11 @@ def assert_wifi_ran_or_said_why(wifi: dict[str, Any]) -> None:
     names = {m["name"]: m for m in wifi["metrics"]}
     assert names["bundles delivered"]["met"], wifi
     assert names["goodput while the link is up, as a share of the shaped rate"]["value"] > 0
+    if Path("/dev/net/tun").exists():  # the kernel's netem or the user-space wire: either way
+        assert "10 Mbit/s, 40 ms RTT and 1% loss" in wifi["description"], wifi["description"]
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
-    assert "capsight-wifi" not in namespaces.stdout and "csw" not in links
+    assert "capsight-wifi" not in namespaces.stdout and "csw" not in links and "cst" not in links
 
 
 def test_the_gpu_benchmarks_reference_cnn_is_the_cart_models_network(tmp_path: Path) -> None:
