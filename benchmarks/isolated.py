@@ -75,7 +75,7 @@ def run_isolated(name: str, module: str, ctx: BenchContext, scratch: str) -> Ben
         result = BenchResult.from_dict(json.loads(result_file.read_text()))
         result_file.unlink()
     except (OSError, ValueError, KeyError, TypeError):
-        how = f"signal {-rc} ({signal.Signals(-rc).name})" if rc < 0 else f"exit status {rc}"
+        how = f"signal {-rc}{_signal_name(-rc)}" if rc < 0 else f"exit status {rc}"
         result = failed(name, f"its process ended with {how} and wrote no result")
     if left:
         result.notes.append(
@@ -83,6 +83,13 @@ def run_isolated(name: str, module: str, ctx: BenchContext, scratch: str) -> Ben
             + ", ".join(f"{pid} ({comm})" for pid, comm in left)
         )
     return result
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return f" ({signal.Signals(number).name})"
+    except ValueError:  # a real-time signal has no name of its own
+        return ""
 
 
 def group_members(pgid: int) -> list[tuple[int, str]]:
