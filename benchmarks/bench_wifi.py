@@ -6,8 +6,10 @@ goes down for a few seconds on a fixed schedule (an access point dropping out).
 Reported: goodput as a share of the shaped rate over the seconds the link was up, the time to
 drain the queue, and the bytes that crossed the wire per byte of the files (headers, protocol,
 retransmissions and anything sent again), for both uploaders. Needs root, ``ip`` and ``tc``;
-without them it is skipped with the reason. Without ``sch_netem`` (this project's CI machine)
-it runs with the rate and the outages only and says so.
+without them it is skipped with the reason. Without ``sch_netem`` (this project's machines) the
+link is two TUN devices joined by a user-space wire (``benchmarks/tunwire.py``) that applies the
+same loss, rate and delay; without TUN devices either, it runs with the rate and the outages
+only and says so.
 """
 
 from __future__ import annotations
@@ -136,18 +138,17 @@ class ShapedNet:
         return "a veth pair shaped with tc (netem, tbf)" if self.netem else "a veth pair (tbf)"
 
 
-class TunNet:
+class TunNet(ShapedNet):
     """The same link where the kernel has no ``sch_netem``: a namespace for the sink and two
     TUN devices, one on each side, joined by a process (``benchmarks.tunwire``) that applies the
-    loss, the rate and the delay to the packets in user space. Same interface as
-    :class:`ShapedNet`; removed on close (the devices go with the process)."""
-
-    netem = True  # the delay and the loss are applied
+    loss, the rate and the delay to the packets in user space. Removed on close (the devices
+    go with the process)."""
 
     def __init__(self, link: Link) -> None:
+        super().__init__(link)
         tag = f"{os.getpid() % 100000}"
-        self.ns, self.host_if, self.ns_if = f"capsight-wifi-{tag}", f"cst{tag}a", f"cst{tag}b"
-        self.link = link
+        self.host_if, self.ns_if = f"cst{tag}a", f"cst{tag}b"
+        self.netem = True  # the delay and the loss are applied
         self.wire: subprocess.Popen[str] | None = None
         self.stats_path = Path(tempfile.mkdtemp(prefix="capsight-wire-")) / "stats.json"
         self.counts: dict[str, int] = {}
@@ -190,12 +191,6 @@ class TunNet:
             raise
         return self
 
-    def tx_bytes(self) -> int:
-        return int(Path(f"/sys/class/net/{self.host_if}/statistics/tx_bytes").read_text())
-
-    def set_up(self, up: bool) -> None:
-        _run("ip", "link", "set", self.host_if, "up" if up else "down")
-
     def close(self) -> None:
         if self.wire is not None and self.wire.poll() is None:
             self.wire.terminate()
@@ -209,9 +204,6 @@ class TunNet:
         shutil.rmtree(self.stats_path.parent, ignore_errors=True)
         _run("ip", "netns", "del", self.ns)
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     @property
     def shaper(self) -> str:
         return (
@@ -221,7 +213,7 @@ class TunNet:
 
 
 @contextlib.contextmanager
-def shaped_link(link: Link) -> Iterator[ShapedNet | TunNet]:
+def shaped_link(link: Link) -> Iterator[ShapedNet]:
     """The kernel's netem where it has one, else the user-space wire where TUN devices can be
     made, else the kernel's rate alone (the description then says: no delay, no loss)."""
     kernel = ShapedNet(link).__enter__()
@@ -244,7 +236,7 @@ class Outages:
     after the start; counts the seconds it was down, and reads the link's transmit counter
     every ``SAMPLE_S`` to tell how long after each return data flowed again."""
 
-    def __init__(self, net: ShapedNet | TunNet) -> None:
+    def __init__(self, net: ShapedNet) -> None:
         self.net, self.down_s = net, 0.0
         self.returns: list[float] = []  # when the link came back up (monotonic)
         self.samples: list[tuple[float, int]] = []  # (monotonic, transmit counter)
