@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -154,8 +155,6 @@ class TunNet(ShapedNet):
         self.counts: dict[str, int] = {}
 
     def __enter__(self) -> TunNet:
-        import sys
-
         try:
             res = _run("ip", "netns", "add", self.ns)
             if res.returncode != 0:

@@ -94,18 +94,13 @@ def _signal_name(number: int) -> str:
 
 def group_members(pgid: int) -> list[tuple[int, str]]:
     """Live processes (zombies excluded) in process group ``pgid``: (pid, command name)."""
+    from capsight_edge.hygiene import proc_stat
+
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            found.append((int(entry.name), comm))
+        stat = proc_stat(entry.name) if entry.name.isdigit() else None
+        if stat and stat[1][0] != "Z" and int(stat[1][2]) == pgid:
+            found.append((int(entry.name), stat[0]))
     return found
 
 

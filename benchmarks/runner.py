@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
             else:  # a failure, even a crash of its process, loses no other benchmark's figures
                 result = run_isolated(name, BENCHMARKS[name].__module__, ctx, scratch)
             result.notes.append(
-                f"ran in {time.perf_counter() - start:.1f} s, in a process of its own"
+                f"ran in {time.perf_counter() - start:.1f} s"
+                + ("" if why else ", in a process of its own")
                 + (" (--quick)" if args.quick else "")
             )
             results.append(result)

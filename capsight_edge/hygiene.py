@@ -72,13 +72,21 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (tells a pid from its reuse)."""
+def proc_stat(pid: int | str) -> tuple[str, list[str]] | None:
+    """``/proc/PID/stat`` read: the command name and the fields after it (the first is the
+    state, "Z" for a zombie; then the parent, the process group, ...), or None when the process
+    is gone. The name may hold spaces and parentheses, so it is cut at the last ")"."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    return stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (tells a pid from its reuse)."""
+    stat = proc_stat(pid)
+    return stat[1][19] if stat else None
 
 
 def _alive(entry: dict[str, Any]) -> bool:

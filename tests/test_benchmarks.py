@@ -27,10 +27,10 @@ def test_the_committed_results_and_the_readme_table_are_generated_from_one_run()
 
 def gone(pid: int) -> bool:
     """No such process, or only its zombie (its parent was killed; init reaps it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+    from capsight_edge.hygiene import proc_stat
+
+    stat = proc_stat(pid)
+    return stat is None or stat[1][0] == "Z"
 
 
 def test_each_benchmark_runs_in_a_process_of_its_own_and_takes_what_it_left_with_it(
