@@ -64,12 +64,17 @@ def run_isolated(name: str, module: str, ctx: BenchContext, scratch: str) -> Ben
         str(os.getpid()),
     ] + (["--quick"] if ctx.quick else [])
     env = dict(os.environ, TMPDIR=scratch)
+    start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:
-        rc = proc.wait()
+        # wait4, not wait: the CPU it used comes back with it (its own and that of the
+        # processes it waited for)
+        _pid, status, usage = os.wait4(proc.pid, 0)
     except BaseException:  # an interrupt of the runner: nothing of the benchmark outlives it
         sweep_group(proc.pid, grace_s=0)
         raise
+    proc.returncode = rc = os.waitstatus_to_exitcode(status)
+    wall, cpu = time.perf_counter() - start, usage.ru_utime + usage.ru_stime
     left = sweep_group(proc.pid)
     try:
         result = BenchResult.from_dict(json.loads(result_file.read_text()))
@@ -82,6 +87,10 @@ def run_isolated(name: str, module: str, ctx: BenchContext, scratch: str) -> Ben
             f"left {len(left)} process(es) running when it ended, killed by the runner: "
             + ", ".join(f"{pid} ({comm})" for pid, comm in left)
         )
+    result.notes.append(
+        f"ran in {wall:.1f} s in a process of its own, which used {cpu:.1f} s of CPU with the "
+        "processes it waited for" + (" (--quick)" if ctx.quick else "")
+    )
     return result
 
 

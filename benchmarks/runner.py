@@ -238,18 +238,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
     tempfile.tempdir = os.environ["TMPDIR"] = scratch
     try:
         for name in args.only or sorted(BENCHMARKS):
-            start = time.perf_counter()
             why = unmet_needs(name, args.profile)
             if why:
                 result = BenchResult(name, "not run")
                 result.notes.append(f"skipped: {why}")
             else:  # a failure, even a crash of its process, loses no other benchmark's figures
                 result = run_isolated(name, BENCHMARKS[name].__module__, ctx, scratch)
-            result.notes.append(
-                f"ran in {time.perf_counter() - start:.1f} s"
-                + ("" if why else ", in a process of its own")
-                + (" (--quick)" if args.quick else "")
-            )
             results.append(result)
     finally:
         tempfile.tempdir = saved[0]

@@ -40,3 +40,13 @@ def hangs(ctx: BenchContext) -> BenchResult:
     Path(ctx.out_dir, "pids.tmp").rename(Path(ctx.out_dir, "pids"))
     signal.pause()
     raise AssertionError("unreachable")
+
+
+@benchmark("test_burns_cpu")
+def burns_cpu(ctx: BenchContext) -> BenchResult:
+    """Waits for a child that spins for 0.5 s of CPU: the runner counts it with the benchmark."""
+    import sys
+
+    spin = "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass"
+    subprocess.run([sys.executable, "-c", spin], check=True)
+    return BenchResult("test_burns_cpu", "a child spins for 0.5 s of CPU")

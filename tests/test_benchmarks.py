@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,9 +59,19 @@ def test_each_benchmark_runs_in_a_process_of_its_own_and_takes_what_it_left_with
 
     killed = run_isolated("test_kills_itself", helpers, ctx, str(scratch))
     assert killed.description == "FAILED" and killed.metrics[0].met is False
-    assert killed.notes == ["failed: its process ended with signal 9 (SIGKILL) and wrote no result"]
+    assert killed.notes[0] == (
+        "failed: its process ended with signal 9 (SIGKILL) and wrote no result"
+    )
     raised = run_isolated("test_raises", helpers, ctx, str(scratch))
-    assert raised.notes == ["failed: RuntimeError: the sink did not start"]
+    assert raised.notes[0] == "failed: RuntimeError: the sink did not start"
+    # The last note: its wall time and the CPU of its process and of what it waited for
+    burnt = run_isolated("test_burns_cpu", helpers, ctx, str(scratch))
+    wall, cpu = re.fullmatch(
+        r"ran in ([\d.]+) s in a process of its own, which used ([\d.]+) s of CPU with the "
+        r"processes it waited for \(--quick\)",
+        burnt.notes[-1],
+    ).groups()  # type: ignore[union-attr]
+    assert 0.5 <= float(cpu) <= float(wall) + 0.2, burnt.notes
     assert list(scratch.iterdir()) == []  # no result file left behind
 
 
