@@ -34,20 +34,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.registry import BenchContext, BenchResult, Metric, benchmark
+from benchmarks.registry import QUICK_CAMERA, BenchContext, BenchResult, Metric, benchmark
 
 #: The teacher's training: rendered views per SKU and epochs (--quick uses the tiny stand-in).
 TEACHER_VIEWS, TEACHER_EPOCHS = 32, 20
 STORES = {"bench-north": "store-north", "bench-south": "store-south", "bench-east": "store-east"}
 
 
-def _record(root: Path, profile: str, seconds: float) -> None:
+def _record(root: Path, profile: str, seconds: float, camera: str = "") -> None:
+    """The three carts recording at once; ``camera``: lines for their ``[camera]`` section."""
     procs = []
     for i, (device, store) in enumerate(STORES.items()):
         prof = root / f"{device}.toml"
         prof.write_text(
             f"extends = '{Path(profile).resolve()}'\n[device]\nid = '{device}'\n"
-            f"store_id = '{store}'\n"
+            f"store_id = '{store}'\n" + (f"[camera]\n{camera}" if camera else "")
         )
         procs.append(
             subprocess.Popen(
@@ -171,7 +172,9 @@ def bench_prelabel(ctx: BenchContext) -> BenchResult:
     seconds = 12.0 if ctx.quick else 90.0
     root = Path(tempfile.mkdtemp(prefix="capsight-prelabel-"))
     try:
-        _record(root, ctx.profile_path, seconds)
+        # (--quick: the carts' cameras at 640x360 and 10 fps, as fleet_cost's: three carts at
+        # full size kept both cores busy for the whole recording)
+        _record(root, ctx.profile_path, seconds, QUICK_CAMERA if ctx.quick else "")
         sink = LocalSink(root / "sink").start()
         try:
             _upload(root, sink)
@@ -302,7 +305,9 @@ def bench_prelabel(ctx: BenchContext) -> BenchResult:
             )
         )
         result.notes.append(
-            f"{len(STORES)} carts x {seconds:.0f} s; teacher: {teacher_note}; reviewer time "
+            f"{len(STORES)} carts x {seconds:.0f} s"
+            + (" (--quick: cameras at 640x360 and 10 fps)" if ctx.quick else "")
+            + f"; teacher: {teacher_note}; reviewer time "
             f"model: {s['model']} (sources in capsight_edge/demo/reviewer.py)"
         )
     finally:

@@ -327,8 +327,8 @@ def _pooled(cases: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 #: Fewest inference steps a p99 verdict rests on: at 400 the p99 is the 4th slowest step; at
-#: 60 (a 4 s --quick window at 15 Hz) it is the slowest one, and two tries of the same code
-#: gave 1.55x and 1.06x.
+#: 60 (a 4 s window at 15 Hz, as --quick had then) it is the slowest one, and two quick tries
+#: of the same code gave 1.55x and 1.06x. (--quick now has 3 s, 45 steps, and no verdict.)
 MIN_P99_STEPS = 400
 
 
@@ -357,7 +357,7 @@ def bench_inference_regression(ctx: BenchContext) -> BenchResult:
     # the conditions in turn (900 steps each, so the p99 is the 10th slowest). Before: a window
     # of 30 s each gave 1.06x and 1.23x in two runs of the same code; windows of 10 s with a
     # fresh inference process each gave 0.86x to 1.45x in four tries on this machine.
-    seconds, windows = (4.0, 1) if ctx.quick else (60.0, 6)
+    seconds, windows = (3.0, 1) if ctx.quick else (60.0, 6)
     model = str(build_reference_cnn(Path(tempfile.mkdtemp()) / "reference_cnn.onnx"))
     res = BenchResult(
         "inference_regression",
@@ -558,7 +558,7 @@ def bench_seal_latency(ctx: BenchContext) -> BenchResult:
     from capsight_edge.sensors.ring import SensorRing
     from capsight_edge.triggers.engine import Decision
 
-    clips = 2 if ctx.quick else 6
+    clips = 1 if ctx.quick else 6
     ctxm = mp.get_context("spawn")
     name_q, stop = ctxm.Queue(), ctxm.Event()
     pub = ctxm.Process(target=_publisher, args=(name_q, stop, "active", 15.0), daemon=True)

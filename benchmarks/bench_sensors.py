@@ -238,7 +238,7 @@ def _measure_bridge(
 
 @benchmark("bridge_cost")
 def bench_bridge_cost(ctx: BenchContext) -> BenchResult:
-    seconds = 4.0 if ctx.quick else 30.0
+    seconds = 2.0 if ctx.quick else 30.0
     res = BenchResult(
         "bridge_cost",
         "host CPU for 4 cells at 80 SPS + IMU at 100 Hz + UWB at "

@@ -77,7 +77,7 @@ def bench_train(ctx: BenchContext) -> BenchResult:
             )
         )
         ds = open_dataset(str(folder))
-        epochs, batch = (2, 32) if ctx.quick else (8, 32)
+        epochs, batch = (1, 32) if ctx.quick else (8, 32)
         ray_settings = TrainSettings(
             dataset=str(folder),
             out=str(root / "ray"),

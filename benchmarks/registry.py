@@ -64,6 +64,11 @@ class BenchContext:
     out_dir: str
 
 
+#: The ``[camera]`` lines of a simulated cart that a --quick run records (``capsight run``):
+#: 640x360 at 10 fps, a sixth of the pixels a second of the profile's 1280x720 at 15 fps.
+QUICK_CAMERA = "width_px = 640\nheight_px = 360\nfps = 10.0\n"
+
+
 Benchmark = Callable[[BenchContext], BenchResult]
 BENCHMARKS: dict[str, Benchmark] = {}
 
