@@ -51,7 +51,8 @@ def _sink(data: Path, sweep: str = "", **where: Any) -> tuple[LocalSink, str]:
     in-progress quotas, which exist against hostile carts, are lifted for it. ``sweep``: lines
     of the profile's ``[sweep]`` section; ``where``: :class:`LocalSink`'s ``host`` and
     ``wrap``."""
-    config = data.parent / f"{data.name}-sink.toml"
+    data.mkdir(parents=True, exist_ok=True)
+    config = data / "bench-sink.toml"  # inside: it goes with the data folder
     config.write_text(
         "[quotas]\ncreates_per_minute = 1000000\nuploads_in_progress = 100000\n"
         f"bytes_in_progress = {1 << 40}\n" + (f"[sweep]\n{sweep}\n" if sweep else "")
