@@ -38,7 +38,7 @@ from typing import Any
 
 from benchmarks.bench_sink import proc_cpu_s
 from benchmarks.plots import save_plot
-from benchmarks.registry import QUICK_CAMERA, BenchContext, BenchResult, Metric, benchmark
+from benchmarks.registry import BenchContext, BenchResult, Metric, benchmark, cart_profile
 
 SIZES, SECONDS, AT_ONCE = (2, 4, 8), 30.0, 2
 #: --quick: all four carts at once, for 12 s, their cameras at 640x360 and 10 fps (a sixth of
@@ -58,19 +58,16 @@ def _cli(*args: str) -> list[str]:
 
 
 def _record(
-    root: Path, profile: str, carts: int, seconds: float, at_once: int, camera: str = ""
+    root: Path, profile: str, carts: int, seconds: float, at_once: int, quick: bool = False
 ) -> list[str]:
-    """Record ``carts`` carts, ``at_once`` at a time; returns their device ids. ``camera``:
-    lines for the carts' ``[camera]`` section."""
+    """Record ``carts`` carts, ``at_once`` at a time; returns their device ids. ``quick``: the
+    carts' smaller camera (``registry.QUICK_CAMERA``)."""
     devices = [f"fleet-{i:02d}" for i in range(carts)]
     for start in range(0, carts, at_once):
         procs = []
         for i in range(start, min(carts, start + at_once)):
             prof = root / f"{devices[i]}.toml"
-            prof.write_text(
-                f"extends = '{Path(profile).resolve()}'\n[device]\nid = '{devices[i]}'\n"
-                f"store_id = 'store-{i:02d}'\n" + (f"[camera]\n{camera}" if camera else "")
-            )
+            prof.write_text(cart_profile(profile, devices[i], f"store-{i:02d}", quick))
             run = _cli(
                 "run",
                 "--profile",
@@ -204,9 +201,7 @@ def bench_fleet_cost(ctx: BenchContext) -> BenchResult:
     )
     root = Path(tempfile.mkdtemp(prefix="capsight-fleetcost-"))
     try:
-        devices = _record(
-            root, ctx.profile_path, max(sizes), seconds, at_once, QUICK_CAMERA if ctx.quick else ""
-        )
+        devices = _record(root, ctx.profile_path, max(sizes), seconds, at_once, ctx.quick)
         catalogue = fleet_catalogue(load_profile(ctx.profile_path))
         (root / "catalogue.json").write_text(catalogue.as_json())
         skus = Catalogue.load(root / "catalogue.json").skus

@@ -34,22 +34,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.registry import QUICK_CAMERA, BenchContext, BenchResult, Metric, benchmark
+from benchmarks.registry import BenchContext, BenchResult, Metric, benchmark, cart_profile
 
 #: The teacher's training: rendered views per SKU and epochs (--quick uses the tiny stand-in).
 TEACHER_VIEWS, TEACHER_EPOCHS = 32, 20
 STORES = {"bench-north": "store-north", "bench-south": "store-south", "bench-east": "store-east"}
 
 
-def _record(root: Path, profile: str, seconds: float, camera: str = "") -> None:
-    """The three carts recording at once; ``camera``: lines for their ``[camera]`` section."""
+def _record(root: Path, profile: str, seconds: float, quick: bool = False) -> None:
+    """The three carts recording at once; ``quick``: their smaller camera
+    (``registry.QUICK_CAMERA``)."""
     procs = []
     for i, (device, store) in enumerate(STORES.items()):
         prof = root / f"{device}.toml"
-        prof.write_text(
-            f"extends = '{Path(profile).resolve()}'\n[device]\nid = '{device}'\n"
-            f"store_id = '{store}'\n" + (f"[camera]\n{camera}" if camera else "")
-        )
+        prof.write_text(cart_profile(profile, device, store, quick))
         procs.append(
             subprocess.Popen(
                 [
@@ -174,7 +172,7 @@ def bench_prelabel(ctx: BenchContext) -> BenchResult:
     try:
         # (--quick: the carts' cameras at 640x360 and 10 fps, as fleet_cost's: three carts at
         # full size kept both cores busy for the whole recording)
-        _record(root, ctx.profile_path, seconds, QUICK_CAMERA if ctx.quick else "")
+        _record(root, ctx.profile_path, seconds, ctx.quick)
         sink = LocalSink(root / "sink").start()
         try:
             _upload(root, sink)

@@ -69,6 +69,15 @@ class BenchContext:
 QUICK_CAMERA = "width_px = 640\nheight_px = 360\nfps = 10.0\n"
 
 
+def cart_profile(profile: str, device: str, store: str, quick: bool) -> str:
+    """The profile of one simulated cart a benchmark records with ``capsight run``: ``profile``
+    with its own device id and store, and (``quick``) the smaller camera of QUICK_CAMERA."""
+    return (
+        f"extends = '{Path(profile).resolve()}'\n[device]\nid = '{device}'\n"
+        f"store_id = '{store}'\n" + (f"[camera]\n{QUICK_CAMERA}" if quick else "")
+    )
+
+
 Benchmark = Callable[[BenchContext], BenchResult]
 BENCHMARKS: dict[str, Benchmark] = {}
 
