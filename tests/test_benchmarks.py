@@ -104,6 +104,31 @@ def test_an_interrupted_runner_leaves_no_process_of_the_benchmark_it_was_running
     assert all(gone(pid) for pid in pids)  # the sweep waits for them: no time to wait here
 
 
+def test_the_disk_bound_writes_past_the_page_cache_where_it_can(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sink_upload's disk bound: on a disk file system it writes with O_DIRECT (a burst of
+    buffered writes measured the VM's memory, not the disk) and leaves nothing behind; where
+    O_DIRECT is refused it still measures, through the page cache, and says which."""
+    from benchmarks.bench_sink import _disk_once
+
+    spent, direct = _disk_once(tmp_path, 8 * 2**20)
+    assert spent > 0 and direct is True  # the suite's temporary folder is on ext4 here
+    assert list(tmp_path.iterdir()) == []
+    if hasattr(os, "O_DIRECT"):
+        real_open = os.open
+
+        def refuse_direct(path: Any, flags: int, *a: Any) -> int:
+            if flags & os.O_DIRECT:
+                raise OSError(22, "Invalid argument")
+            return real_open(path, flags, *a)
+
+        monkeypatch.setattr(os, "open", refuse_direct)
+        spent, direct = _disk_once(tmp_path, 8 * 2**20)
+        assert spent > 0 and direct is False
+        assert list(tmp_path.iterdir()) == []
+
+
 def test_the_user_space_wire_loses_paces_and_delays_packets_as_asked() -> None:
     """benchmarks/tunwire.py's shaping, on pipes in place of the TUN devices: upload packets
     leave the bottleneck one after another at the link's rate, then the one-way delay; a queue
