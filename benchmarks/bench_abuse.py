@@ -205,7 +205,7 @@ def _phase(ctx: BenchContext, devices: int, per_device: int, attack: bool) -> di
 
 @benchmark("sink_abuse")
 def bench_sink_abuse(ctx: BenchContext) -> BenchResult:
-    devices, per_device = (3, 2) if ctx.quick else (20, 3)
+    devices, per_device = (3, 1) if ctx.quick else (20, 3)
     res = BenchResult(
         "sink_abuse",
         f"{devices} honest devices upload {per_device} real bundles each with the cart's "

@@ -80,7 +80,7 @@ def bench_model_swap(ctx: BenchContext) -> BenchResult:
             assert rt.pull().status == "updated"
             load = Load(rt)
             load.thread.start()
-            time.sleep(1.0)  # the loop settles
+            time.sleep(0.5 if ctx.quick else 1.0)  # the loop settles
             pulls: list[tuple[float, float]] = []
             version = "1"
             for _ in range(swaps):
