@@ -36,14 +36,35 @@ log = logging.getLogger("capsight.hygiene")
 PR_SET_PDEATHSIG = 1
 
 
-def settle_imports() -> None:
+def settle_imports(timeout_s: float = 10.0) -> None:
     """Call before spawning a process (multiprocessing's ``spawn`` gives the child the
     parent's ``sys.path`` as it is at that moment). OpenCV's loader puts its own folder first
     on ``sys.path`` while it loads its native module and puts the old path back after; a child
     spawned in that window, while another thread (the Collector's) imports cv2, finds
-    ``cv2/typing`` for ``typing`` and dies before it runs a line of ours. ``import cv2`` here
-    waits for an import in flight to finish; after it, cv2 never touches ``sys.path`` again."""
-    import cv2  # noqa: F401
+    ``cv2/typing`` for ``typing`` and dies before it runs a line of ours.
+
+    ``import cv2`` here is not enough by itself: for a moment inside the loader the finished
+    native module stands in ``sys.modules`` as ``cv2``, and an import from another thread
+    returns it at once, with the loader's folder still on ``sys.path`` (a quick benchmark run
+    beside the test suite lost its encoder this way, about one start in six under load). So
+    this also waits for the loader's own flag (``sys.OpenCV_LOADER``, set before it changes
+    ``sys.path`` and removed after it puts it back), and refuses to go on, with a clear error,
+    if the loader's folder is still there after ``timeout_s``."""
+    import sys
+
+    import cv2
+
+    from capsight_edge.errors import CapsightError
+
+    loader_dir = os.path.dirname(os.path.realpath(cv2.__file__))
+    deadline = time.monotonic() + timeout_s
+    while hasattr(sys, "OpenCV_LOADER") or loader_dir in map(os.path.realpath, sys.path):
+        if time.monotonic() > deadline:
+            raise CapsightError(
+                f"OpenCV's folder {loader_dir} is still on sys.path after {timeout_s:g} s: a "
+                "process spawned now would import cv2's modules for the standard library's"
+            )
+        time.sleep(0.001)
 
 
 def semaphore_files(*queues: Any) -> list[str]:

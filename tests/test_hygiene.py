@@ -170,3 +170,48 @@ def test_onnxruntime_neither_phones_home_nor_writes_to_tmp(package: str, tmp_pat
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip() == "1"
     assert list(scratch.iterdir()) == []
+
+
+def test_a_spawn_waits_until_opencvs_loader_has_put_sys_path_back() -> None:
+    """``settle_imports`` (called before the encoder process is spawned) returns only once no
+    OpenCV loader is in flight in another thread and the loader's folder is off ``sys.path``:
+    a child spawned in that window took ``cv2/typing`` for the standard library's ``typing``
+    and died before running a line of ours. Here a thread plays the loader's window (its flag
+    and its folder first on ``sys.path``) for 0.3 s; and a folder that never goes gets a clear
+    error instead of a child that dies."""
+    import threading
+    import time
+
+    import cv2
+
+    from capsight_edge.errors import CapsightError
+    from capsight_edge.hygiene import settle_imports
+
+    loader_dir = os.path.dirname(os.path.realpath(cv2.__file__))
+    inside, done = threading.Event(), threading.Event()
+
+    def loader_window() -> None:
+        saved = list(sys.path)
+        sys.OpenCV_LOADER = True  # type: ignore[attr-defined]
+        sys.path.insert(1, loader_dir)
+        inside.set()
+        time.sleep(0.3)
+        sys.path[:] = saved
+        del sys.OpenCV_LOADER  # type: ignore[attr-defined]
+        done.set()
+
+    thread = threading.Thread(target=loader_window)
+    thread.start()
+    try:
+        assert inside.wait(10)
+        settle_imports()
+        assert done.is_set() and loader_dir not in sys.path
+    finally:
+        thread.join()
+
+    sys.path.insert(1, loader_dir)
+    try:
+        with pytest.raises(CapsightError, match=r"still on sys\.path"):
+            settle_imports(timeout_s=0.2)
+    finally:
+        sys.path.remove(loader_dir)
