@@ -326,7 +326,11 @@ def test_every_benchmark_runs_in_quick_form_and_leaves_nothing_behind(quick_run:
     by_name = {b["name"]: b for b in report["benchmarks"]}
     assert set(by_name) == set(BENCHMARKS)
     for name, bench in by_name.items():
-        assert not any(n.startswith("failed:") for n in bench["notes"]), (name, bench["notes"])
+        assert not any(n.startswith("failed:") for n in bench["notes"]), (
+            name,
+            bench["notes"],
+            quick_run.stderr[-3000:],  # a child's traceback goes there, not into the notes
+        )
         assert not any(n.startswith("left ") for n in bench["notes"]), (name, bench["notes"])
         if not bench["notes"][0].startswith("skipped:"):
             assert bench["metrics"], name
