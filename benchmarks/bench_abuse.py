@@ -208,7 +208,8 @@ def bench_sink_abuse(ctx: BenchContext) -> BenchResult:
     devices, per_device = (3, 1) if ctx.quick else (20, 3)
     res = BenchResult(
         "sink_abuse",
-        f"{devices} honest devices upload {per_device} real bundles each with the cart's "
+        f"{devices} honest devices upload {per_device} real bundle{'s' * (per_device > 1)} "
+        "each with the cart's "
         f"uploader at {CART_BPS / 1e6:g} Mbit/s each, without and then with a hostile device "
         "sending bombs, floods, stalled bodies and crawling request heads (fresh sinks, this run)",
     )
