@@ -25,12 +25,13 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from capsight_edge.durable import data_folder, fsync_dir, fsync_file
-from capsight_edge.errors import DeviceBusy
+from capsight_edge.errors import CapsightError, DeviceBusy
 
 log = logging.getLogger("capsight.hygiene")
 PR_SET_PDEATHSIG = 1
@@ -50,15 +51,12 @@ def settle_imports(timeout_s: float = 10.0) -> None:
     this also waits for the loader's own flag (``sys.OpenCV_LOADER``, set before it changes
     ``sys.path`` and removed after it puts it back), and refuses to go on, with a clear error,
     if the loader's folder is still there after ``timeout_s``."""
-    import sys
-
     import cv2
 
-    from capsight_edge.errors import CapsightError
-
+    # the folder exactly as the loader puts it on sys.path (its own file's real path's folder)
     loader_dir = os.path.dirname(os.path.realpath(cv2.__file__))
     deadline = time.monotonic() + timeout_s
-    while hasattr(sys, "OpenCV_LOADER") or loader_dir in map(os.path.realpath, sys.path):
+    while hasattr(sys, "OpenCV_LOADER") or loader_dir in sys.path:
         if time.monotonic() > deadline:
             raise CapsightError(
                 f"OpenCV's folder {loader_dir} is still on sys.path after {timeout_s:g} s: a "
