@@ -153,6 +153,16 @@ def bench_preroll(ctx: BenchContext) -> BenchResult:
     return res
 
 
+def runqueue_wait_ns() -> int | None:
+    """How long the calling thread has waited for a core while runnable, in ns over its life
+    (``/proc/thread-self/schedstat``, Linux with scheduler statistics); None elsewhere."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _infer_proc(bus_q: Any, cmd_q: Any, out_q: Any, model: str, backend: str = "") -> None:
     """The inference loop in its own process, for the whole session: each number from
     ``cmd_q`` is one window of that many seconds, answered on ``out_q``; None ends it.
@@ -179,14 +189,31 @@ def _infer_proc(bus_q: Any, cmd_q: Any, out_q: Any, model: str, backend: str = "
             return net((small.astype(np.float32) / 255.0).transpose(2, 0, 1)[None].copy())
 
         loop.step = step  # type: ignore[method-assign]
+    # Each step's wait for a core: a step's time is its own CPU plus the time it was runnable
+    # while other threads held both cores (what a scheduler, not the memory system, adds).
+    waits_ms: list[float] = []
+    inner = loop.step
+
+    def timed(image: Any) -> Any:
+        before = runqueue_wait_ns()
+        out = inner(image)
+        after = runqueue_wait_ns()
+        if before is not None and after is not None:
+            waits_ms.append((after - before) / 1e6)
+        return out
+
+    loop.step = timed  # type: ignore[method-assign]
     loop.run(1.0)  # warm up
     out_q.put("ready")
     while (seconds := cmd_q.get()) is not None:
         skipped = loop.reader.skipped
         loop.stats = type(loop.stats)()
+        waits_ms.clear()
         stats = loop.run(seconds)
         stats.skipped_frames -= skipped  # the reader counts over its life
-        out_q.put({**stats.summary(), "latencies_ms": list(stats.latencies_ms)})
+        out_q.put(
+            {**stats.summary(), "latencies_ms": list(stats.latencies_ms), "waits_ms": waits_ms[:]}
+        )
     loop.close()
 
 
@@ -323,7 +350,32 @@ def _pooled(cases: list[dict[str, Any]]) -> dict[str, Any]:
     stats.late, stats.skipped_frames, stats.no_frame = (
         sum(c[k] for c in cases) for k in ("late", "skipped_frames", "no_frame")
     )
-    return {**stats.summary(), "latencies_ms": stats.latencies_ms}
+    waits = [x for c in cases for x in c.get("waits_ms", [])]
+    return {**stats.summary(), "latencies_ms": stats.latencies_ms, "waits_ms": waits}
+
+
+def _wait_metrics(case: dict[str, Any], off: dict[str, Any], label: str) -> list[Metric]:
+    """The steps' waits for a core under ``label`` against collection off (none where the
+    kernel keeps no scheduler statistics, or a step went unmeasured)."""
+    ours, base = case.get("waits_ms", []), off.get("waits_ms", [])
+    if not ours or not base or len(ours) != len(case["latencies_ms"]):
+        return []
+    return [
+        Metric(
+            f"wait for a core per step, mean, {label}",
+            sum(ours) / len(ours),
+            "ms",
+            sum(base) / len(base),
+            "off",
+        ),
+        Metric(
+            f"steps that waited over 1 ms for a core, {label}",
+            sum(w > 1.0 for w in ours),
+            "steps",
+            sum(w > 1.0 for w in base),
+            "off",
+        ),
+    ]
 
 
 #: Fewest inference steps a p99 verdict rests on: at 400 the p99 is the 4th slowest step; at
@@ -410,7 +462,14 @@ def bench_inference_regression(ctx: BenchContext) -> BenchResult:
         ),
         Metric("late inference steps, recording", raw_rec["late"], "steps", off["late"], "off"),
         Metric("frames the encoder skipped while recording", raw_extra.get("skipped", 0), "frames"),
+        *_wait_metrics(raw_rec, off, "recording (CPU encoder)"),
     ]
+    if raw_rec.get("waits_ms"):
+        res.notes.append(
+            "wait for a core: the time a step's thread was runnable but not running "
+            "(/proc/thread-self/schedstat), the part of a step's time that other threads add "
+            "through the scheduler; the rest is the step's own CPU"
+        )
 
     def draw(ax: Any) -> None:
         for label, case in (("collection off", off), ("recording (CPU encoder)", raw_rec)):

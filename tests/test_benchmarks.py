@@ -189,6 +189,37 @@ def assert_wifi_ran_or_said_why(wifi: dict[str, Any]) -> None:
     assert "capsight-wifi" not in namespaces.stdout and "csw" not in links and "cst" not in links
 
 
+def test_an_inference_steps_wait_for_a_core_is_what_a_busy_neighbour_adds() -> None:
+    """inference_regression splits a step's time into its own CPU and its wait for a core
+    (the kernel's scheduler statistics): a thread spinning beside a busy process on one core
+    waits for about half of the time, and the figure only grows."""
+    import subprocess
+    import time
+
+    from benchmarks.bench_recorder import runqueue_wait_ns
+
+    if runqueue_wait_ns() is None:
+        pytest.skip("this kernel keeps no scheduler statistics (/proc/thread-self/schedstat)")
+    cpu = min(os.sched_getaffinity(0))
+    allowed = os.sched_getaffinity(0)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        os.sched_setaffinity(busy.pid, {cpu})
+        os.sched_setaffinity(0, {cpu})  # this thread only
+        time.sleep(0.2)  # the busy process is running on that core
+        before = runqueue_wait_ns()
+        end = time.monotonic() + 0.6
+        while time.monotonic() < end:
+            pass
+        after = runqueue_wait_ns()
+    finally:
+        os.sched_setaffinity(0, allowed)
+        busy.kill()
+        busy.wait()
+    assert before is not None and after is not None
+    assert 0.1e9 < after - before < 0.6e9
+
+
 def test_the_gpu_benchmarks_reference_cnn_is_the_cart_models_network(tmp_path: Path) -> None:
     """Where onnxruntime has no CUDA provider, GPU inference runs the reference CNN in PyTorch:
     the same network and weights, read from the ONNX file, giving onnxruntime's answers."""
