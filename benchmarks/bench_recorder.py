@@ -480,9 +480,10 @@ def bench_inference_regression(ctx: BenchContext) -> BenchResult:
         ),
         Metric("late inference steps, recording", raw_rec["late"], "steps", off["late"], "off"),
         Metric("frames the encoder skipped while recording", raw_extra.get("skipped", 0), "frames"),
-        *_wait_metrics(raw_rec, off, "recording (CPU encoder)"),
     ]
-    if raw_rec.get("waits_ms"):
+    waits = _wait_metrics(raw_rec, off, "recording (CPU encoder)")
+    res.metrics += waits
+    if waits:  # the note explains these metrics: only beside them
         res.notes.append(
             "wait for a core: the time a step's thread was runnable but not running "
             "(/proc/thread-self/schedstat), the part of a step's time that other threads add "
