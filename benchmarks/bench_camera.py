@@ -12,11 +12,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing as mp
 import resource
 import statistics
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from benchmarks.registry import BenchContext, BenchResult, Metric, benchmark
@@ -73,50 +75,56 @@ def _publisher(name_q: Any, stop: Any, kind: str, fps: float) -> None:
             time.sleep(max(0.0, next_t - time.monotonic()))
 
 
-def _measure(kind: str, seconds: float, what: str) -> tuple[float, dict[str, int]]:
-    from capsight_edge.camera.framebus import FrameBusReader
-    from capsight_edge.collector import Collector
-    from capsight_edge.profile import load_profile
-
+@contextlib.contextmanager
+def _publishing(kind: str) -> Iterator[str]:
+    """Frames of ``kind`` published at 30 fps by another process; yields the bus's name."""
     ctx = mp.get_context("spawn")
     name_q, stop = ctx.Queue(), ctx.Event()
     proc = ctx.Process(target=_publisher, args=(name_q, stop, kind, 30.0), daemon=True)
     proc.start()
-    stats: dict[str, int] = {}
     try:
-        name = name_q.get(timeout=60)
-        if what == "reads":
-            reader = FrameBusReader(name)
-            end = time.monotonic() + 1.0
-            while time.monotonic() < end:
-                reader.next_frame(0.2)
-            c0, w0 = _cpu(), time.monotonic()
-            n = 0
-            while time.monotonic() - w0 < seconds:
-                if reader.next_frame(0.2) is not None:
-                    n += 1
-            cpu, wall = _cpu() - c0, time.monotonic() - w0
-            reader.close()
-            stats = {"frames": n}
-        else:
-            collector = Collector(load_profile("hw_profiles/sim.toml"))
-            collector.start(bus_name=name)
-            time.sleep(1.0)
-            f0 = collector.stats["frames"]
-            c0, w0 = _cpu(), time.monotonic()
-            time.sleep(seconds)
-            cpu, wall = _cpu() - c0, time.monotonic() - w0
-            stats = {
-                "frames": collector.stats["frames"] - f0,
-                "barcodes": collector.stats["barcodes"],
-                "fired": collector.stats["decision_fire"],
-                "skipped": collector.stats["skipped"],
-            }
-            collector.stop()
+        yield name_q.get(timeout=60)
     finally:
         stop.set()
         proc.join(10)
-    return cpu / wall, stats
+
+
+def _measure(name: str, seconds: float, what: str) -> tuple[float, dict[str, int]]:
+    """CPU share of this process over ``seconds`` on the bus ``name``: ``what`` is "reads" (read
+    every frame, nothing else) or "collector" (a Collector on the sim profile)."""
+    from capsight_edge.camera.framebus import FrameBusReader
+    from capsight_edge.collector import Collector
+    from capsight_edge.profile import load_profile
+
+    if what == "reads":
+        reader = FrameBusReader(name)
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            reader.next_frame(0.2)
+        c0, w0 = _cpu(), time.monotonic()
+        n = 0
+        while time.monotonic() - w0 < seconds:
+            if reader.next_frame(0.2) is not None:
+                n += 1
+        cpu, wall = _cpu() - c0, time.monotonic() - w0
+        reader.close()
+        return cpu / wall, {"frames": n}
+    collector = Collector(load_profile("hw_profiles/sim.toml"))
+    collector.start(bus_name=name)
+    try:
+        time.sleep(1.0)
+        f0 = collector.stats["frames"]
+        c0, w0 = _cpu(), time.monotonic()
+        time.sleep(seconds)
+        cpu, wall = _cpu() - c0, time.monotonic() - w0
+        return cpu / wall, {
+            "frames": collector.stats["frames"] - f0,
+            "barcodes": collector.stats["barcodes"],
+            "fired": collector.stats["decision_fire"],
+            "skipped": collector.stats["skipped"],
+        }
+    finally:
+        collector.stop()
 
 
 @benchmark("collector_cost")
@@ -127,9 +135,11 @@ def bench_collector_cost(ctx: BenchContext) -> BenchResult:
         "CPU of the Collector at 1280x720, 30 fps (frames "
         "published by another process on the FrameBus)",
     )
-    base, _ = _measure("idle", seconds, "reads")
-    idle, idle_stats = _measure("idle", seconds, "collector")
-    active, act_stats = _measure("active", seconds, "collector")
+    with _publishing("idle") as bus:  # the baseline and the idle Collector on the same frames
+        base, _ = _measure(bus, seconds, "reads")
+        idle, idle_stats = _measure(bus, seconds, "collector")
+    with _publishing("active") as bus:
+        active, act_stats = _measure(bus, seconds, "collector")
     res.metrics += [
         Metric(
             "idle (no activity)",

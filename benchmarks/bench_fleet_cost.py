@@ -38,7 +38,14 @@ from typing import Any
 
 from benchmarks.bench_sink import proc_cpu_s
 from benchmarks.plots import save_plot
-from benchmarks.registry import BenchContext, BenchResult, Metric, benchmark, cart_profile
+from benchmarks.registry import (
+    BenchContext,
+    BenchResult,
+    Metric,
+    benchmark,
+    fleet_carts,
+    record_carts,
+)
 
 SIZES, SECONDS, AT_ONCE = (2, 4, 8), 30.0, 2
 #: --quick: all four carts at once, for 12 s, their cameras at 640x360 and 10 fps (a sixth of
@@ -55,36 +62,6 @@ TARGET = 1.2
 
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "capsight_edge.cli.main", "--log-level", "ERROR", *args]
-
-
-def _record(
-    root: Path, profile: str, carts: int, seconds: float, at_once: int, quick: bool = False
-) -> list[str]:
-    """Record ``carts`` carts, ``at_once`` at a time; returns their device ids. ``quick``: the
-    carts' smaller camera (``registry.QUICK_CAMERA``)."""
-    devices = [f"fleet-{i:02d}" for i in range(carts)]
-    for start in range(0, carts, at_once):
-        procs = []
-        for i in range(start, min(carts, start + at_once)):
-            prof = root / f"{devices[i]}.toml"
-            prof.write_text(cart_profile(profile, devices[i], f"store-{i:02d}", quick))
-            run = _cli(
-                "run",
-                "--profile",
-                str(prof),
-                "--data",
-                str(root / "carts" / devices[i]),
-                "--seed",
-                str(41 + i),
-                "--duration",
-                str(seconds),
-            )
-            procs.append(subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-        for p in procs:
-            _out, err = p.communicate(timeout=seconds + 180)
-            if p.returncode != 0:
-                raise RuntimeError(f"capsight run failed: {err.decode()[-500:]}")
-    return devices
 
 
 def _fleet(
@@ -123,7 +100,7 @@ def _fleet(
                     "now",
                     "--uncapped",
                     "--profile",
-                    str(root / f"{d}.toml"),
+                    str(root / "carts" / f"{d}.toml"),
                     "--data",
                     str(here / "carts" / d),
                     "--sink",
@@ -201,7 +178,9 @@ def bench_fleet_cost(ctx: BenchContext) -> BenchResult:
     )
     root = Path(tempfile.mkdtemp(prefix="capsight-fleetcost-"))
     try:
-        devices = _record(root, ctx.profile_path, max(sizes), seconds, at_once, ctx.quick)
+        carts = fleet_carts(max(sizes))
+        reused = record_carts(ctx, carts, seconds, root / "carts", at_once=at_once)
+        devices = [c.device for c in carts]
         catalogue = fleet_catalogue(load_profile(ctx.profile_path))
         (root / "catalogue.json").write_text(catalogue.as_json())
         skus = Catalogue.load(root / "catalogue.json").skus
@@ -278,6 +257,11 @@ def bench_fleet_cost(ctx: BenchContext) -> BenchResult:
             "; --quick: cameras at 640x360 and 10 fps, no warm-up pass, so the first size "
             "carries the first calls' cost"
             if ctx.quick
+            else ""
+        )
+        + (
+            f"; {reused} of the recordings made earlier in this run, by another benchmark"
+            if reused
             else ""
         )
     )

@@ -34,50 +34,29 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.registry import BenchContext, BenchResult, Metric, benchmark, cart_profile
+from benchmarks.registry import (
+    BenchContext,
+    BenchResult,
+    Metric,
+    SimCart,
+    benchmark,
+    fleet_carts,
+    record_carts,
+)
 
 #: The teacher's training: rendered views per SKU and epochs (--quick uses the tiny stand-in).
 TEACHER_VIEWS, TEACHER_EPOCHS = 32, 20
-STORES = {"bench-north": "store-north", "bench-south": "store-south", "bench-east": "store-east"}
+#: The three carts of a full run; --quick records the fleet's first three (fleet_cost's, so that
+#: a quick run records them once).
+CARTS = [
+    SimCart("bench-north", "store-north", 21),
+    SimCart("bench-south", "store-south", 22),
+    SimCart("bench-east", "store-east", 23),
+]
 
 
-def _record(root: Path, profile: str, seconds: float, quick: bool = False) -> None:
-    """The three carts recording at once; ``quick``: their smaller camera
-    (``registry.QUICK_CAMERA``)."""
-    procs = []
-    for i, (device, store) in enumerate(STORES.items()):
-        prof = root / f"{device}.toml"
-        prof.write_text(cart_profile(profile, device, store, quick))
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "capsight_edge.cli.main",
-                    "--log-level",
-                    "ERROR",
-                    "run",
-                    "--profile",
-                    str(prof),
-                    "--data",
-                    str(root / device),
-                    "--seed",
-                    str(21 + i),
-                    "--duration",
-                    str(seconds),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-        )
-    for p in procs:
-        _out, err = p.communicate(timeout=seconds + 180)
-        if p.returncode != 0:
-            raise RuntimeError(f"capsight run failed: {err.decode()[-500:]}")
-
-
-def _upload(root: Path, sink: Any) -> None:
-    for device in STORES:
+def _upload(root: Path, sink: Any, carts: list[SimCart]) -> None:
+    for device in (c.device for c in carts):
         token = root / f"{device}.token"
         token.write_text(sink.add_device(device))  # type: ignore[attr-defined]
         res = subprocess.run(
@@ -89,9 +68,9 @@ def _upload(root: Path, sink: Any) -> None:
                 "now",
                 "--uncapped",
                 "--profile",
-                str(root / f"{device}.toml"),
+                str(root / "carts" / f"{device}.toml"),
                 "--data",
-                str(root / device),
+                str(root / "carts" / device),
                 "--sink",
                 sink.url,
                 "--token-file",
@@ -172,10 +151,11 @@ def bench_prelabel(ctx: BenchContext) -> BenchResult:
     try:
         # (--quick: the carts' cameras at 640x360 and 10 fps, as fleet_cost's: three carts at
         # full size kept both cores busy for the whole recording)
-        _record(root, ctx.profile_path, seconds, ctx.quick)
+        carts = fleet_carts(3) if ctx.quick else CARTS
+        reused = record_carts(ctx, carts, seconds, root / "carts", at_once=len(carts))
         sink = LocalSink(root / "sink").start()
         try:
-            _upload(root, sink)
+            _upload(root, sink, carts)
             admin = sink.add_device("bench-admin", admin=True)
             sink.admin = admin
             sink.wait_ingested()
@@ -303,8 +283,13 @@ def bench_prelabel(ctx: BenchContext) -> BenchResult:
             )
         )
         result.notes.append(
-            f"{len(STORES)} carts x {seconds:.0f} s"
+            f"{len(carts)} carts x {seconds:.0f} s"
             + (" (--quick: cameras at 640x360 and 10 fps)" if ctx.quick else "")
+            + (
+                f", {reused} of them recorded earlier in this run by another benchmark"
+                if reused
+                else ""
+            )
             + f"; teacher: {teacher_note}; reviewer time "
             f"model: {s['model']} (sources in capsight_edge/demo/reviewer.py)"
         )

@@ -62,7 +62,8 @@ def run_isolated(name: str, module: str, ctx: BenchContext, scratch: str) -> Ben
         str(result_file),
         "--parent",
         str(os.getpid()),
-    ] + (["--quick"] if ctx.quick else [])
+    ]
+    cmd += (["--quick"] if ctx.quick else []) + (["--shared", ctx.shared] if ctx.shared else [])
     env = dict(os.environ, TMPDIR=scratch)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
@@ -141,11 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", required=True)
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--shared", default="")
     args = parser.parse_args(argv)
     from capsight_edge.hygiene import die_with_parent
 
     die_with_parent(args.parent)
-    ctx = BenchContext(quick=args.quick, profile_path=args.profile, out_dir=args.out)
+    ctx = BenchContext(args.quick, args.profile, args.out, shared=args.shared)
     try:
         importlib.import_module(args.module)
         result = BENCHMARKS[args.name](ctx)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -62,6 +66,9 @@ class BenchContext:
     quick: bool
     profile_path: str
     out_dir: str
+    #: A folder that lasts as long as the run, where a benchmark leaves inputs that a later one
+    #: may reuse (``record_carts``); "" when there is none (a benchmark called on its own).
+    shared: str = ""
 
 
 #: The ``[camera]`` lines of a simulated cart that a --quick run records (``capsight run``):
@@ -76,6 +83,71 @@ def cart_profile(profile: str, device: str, store: str, quick: bool) -> str:
         f"extends = '{Path(profile).resolve()}'\n[device]\nid = '{device}'\n"
         f"store_id = '{store}'\n" + (f"[camera]\n{QUICK_CAMERA}" if quick else "")
     )
+
+
+@dataclass(frozen=True)
+class SimCart:
+    """A simulated cart a benchmark records: its device id, its store, its shopper's seed."""
+
+    device: str
+    store: str
+    seed: int
+
+
+def fleet_carts(n: int) -> list[SimCart]:
+    """The benchmarks' simulated fleet, its first ``n`` carts: cart ``i`` is ``fleet-ii`` in
+    store ``store-ii``, its shopper seeded ``41 + i``."""
+    return [SimCart(f"fleet-{i:02d}", f"store-{i:02d}", 41 + i) for i in range(n)]
+
+
+def record_carts(
+    ctx: BenchContext, carts: list[SimCart], seconds: float, dest: Path, *, at_once: int
+) -> int:
+    """Record ``carts`` on the run's profile (``capsight run``, ``at_once`` at a time, each for
+    ``seconds``; with --quick the smaller camera of QUICK_CAMERA) into ``dest``: each cart's
+    data folder ``dest/<device>`` and its profile ``dest/<device>.toml``.
+
+    A recording is an input, not a figure: a cart that an earlier benchmark of the same run
+    recorded with the same profile, seed and seconds is copied from the run's shared folder
+    instead of recorded again (fleet_cost and prelabel's --quick runs share the fleet's first
+    carts). Returns how many carts were copied so."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shared = Path(ctx.shared) / "carts" if ctx.shared else None
+    todo: list[tuple[SimCart, Path, Path | None]] = []  # the cart, where it records, its keep
+    reused = 0
+    for cart in carts:
+        text = cart_profile(ctx.profile_path, cart.device, cart.store, ctx.quick)
+        (dest / f"{cart.device}.toml").write_text(text)
+        if shared is None:
+            todo.append((cart, dest / cart.device, None))
+            continue
+        key = hashlib.sha256(
+            f"{text}\n{cart.seed}\n{seconds}\n".encode() + Path(ctx.profile_path).read_bytes()
+        ).hexdigest()[:16]
+        kept = shared / f"{cart.device}-{key}"
+        if kept.is_dir():
+            shutil.copytree(kept, dest / cart.device)
+            reused += 1
+        else:  # recorded into a .part folder, renamed when whole: a killed run leaves no half
+            part = shared / f"{kept.name}.part"
+            shutil.rmtree(part, ignore_errors=True)
+            todo.append((cart, part, kept))
+    for start in range(0, len(todo), at_once):
+        procs = []
+        for cart, data, _ in todo[start : start + at_once]:
+            run = [sys.executable, "-m", "capsight_edge.cli.main", "--log-level", "ERROR"]
+            run += ["run", "--profile", str(dest / f"{cart.device}.toml"), "--data", str(data)]
+            run += ["--seed", str(cart.seed), "--duration", str(seconds)]
+            procs.append(subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        for p in procs:
+            _out, err = p.communicate(timeout=seconds + 180)
+            if p.returncode != 0:
+                raise RuntimeError(f"capsight run failed: {err.decode()[-500:]}")
+    for cart, data, keep in todo:
+        if keep is not None:
+            data.rename(keep)
+            shutil.copytree(keep, dest / cart.device)
+    return reused
 
 
 Benchmark = Callable[[BenchContext], BenchResult]

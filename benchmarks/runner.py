@@ -228,12 +228,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    ctx = BenchContext(quick=args.quick, profile_path=args.profile, out_dir=str(out))
     machine = describe_machine()
     results: list[BenchResult] = []
     # Every temporary folder of the run (sinks holding GiBs, journals, clips), in this process
-    # and its children, lives under one folder that goes when the run ends.
+    # and its children, lives under one folder that goes when the run ends; so does the folder
+    # of inputs one benchmark records for a later one (``registry.record_carts``).
     scratch = tempfile.mkdtemp(prefix="capsight-benchrun-")
+    ctx = BenchContext(args.quick, args.profile, str(out), shared=str(Path(scratch) / "shared"))
     saved = tempfile.tempdir, os.environ.get("TMPDIR")
     tempfile.tempdir = os.environ["TMPDIR"] = scratch
     try:

@@ -408,3 +408,39 @@ def test_the_fleet_cost_benchmark_reports_every_stage_per_capture_at_each_size(
     for name in ("cloud CPU per capture, 4 carts", "reviewer seconds per capture, 4 carts"):
         assert values[name]["baseline"] > 0 and values[name]["met"] is not None
     assert (quick_run.out / "fleet_cost.png").read_bytes()[:4] == b"\x89PNG"
+    # prelabel, after it in the run, pre-labels the fleet's first three carts fleet_cost recorded
+    (pre,) = [b for b in quick_run.report["benchmarks"] if b["name"] == "prelabel"]
+    assert "3 carts x 12 s" in pre["notes"][0], pre["notes"]
+    assert "3 of them recorded earlier in this run by another benchmark" in pre["notes"][0]
+
+
+def test_a_cart_recorded_once_in_a_run_is_copied_to_the_next_benchmark_that_asks(
+    tmp_path: Path,
+) -> None:
+    """``record_carts``: a cart recorded with the same profile, seed and seconds in the same run
+    is copied from the run's shared folder, whole; a recording that a killed benchmark left
+    half made is recorded again, not taken."""
+    from benchmarks.registry import BenchContext, SimCart, record_carts
+    from capsight_edge.journal.journal import Journal
+
+    ctx = BenchContext(True, "hw_profiles/sim.toml", str(tmp_path), shared=str(tmp_path / "sh"))
+    shared = tmp_path / "sh" / "carts"
+    cart, other = SimCart("fleet-00", "store-00", 41), SimCart("fleet-01", "store-01", 42)
+    assert record_carts(ctx, [cart], 1.0, tmp_path / "a", at_once=1) == 0
+    (kept,) = shared.iterdir()
+    assert kept.name.startswith("fleet-00-")
+    assert record_carts(ctx, [cart], 1.0, tmp_path / "b", at_once=1) == 1
+
+    def files(folder: Path) -> dict[str, int]:
+        return {str(f.relative_to(folder)): f.stat().st_size for f in folder.rglob("*")}
+
+    assert files(tmp_path / "b" / "fleet-00") == files(tmp_path / "a" / "fleet-00") != {}
+    assert (tmp_path / "b" / "fleet-00.toml").read_text() == (
+        tmp_path / "a" / "fleet-00.toml"
+    ).read_text()
+    Journal(tmp_path / "b" / "fleet-00" / "journal.db", readonly=True).close()  # a journal
+    kept.rename(shared / f"{kept.name}.part")  # as a benchmark killed while recording leaves it
+    assert record_carts(ctx, [cart, other], 1.0, tmp_path / "c", at_once=2) == 0
+    assert sorted(p.name[:8] for p in shared.iterdir()) == ["fleet-00", "fleet-01"]
+    assert not any(p.name.endswith(".part") for p in shared.iterdir())
+    assert (tmp_path / "c" / "fleet-00" / "journal.db").is_file()
