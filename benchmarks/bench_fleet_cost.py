@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +42,7 @@ from benchmarks.registry import (
     BenchResult,
     Metric,
     benchmark,
+    capsight_cli,
     fleet_carts,
     record_carts,
 )
@@ -58,10 +58,6 @@ SIZES, SECONDS, AT_ONCE = (2, 4, 8), 30.0, 2
 QUICK_SIZES, QUICK_SECONDS, QUICK_AT_ONCE = (2, 4), 12.0, 4
 STAGES = ("ingest", "pre-label", "export", "training")
 TARGET = 1.2
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "capsight_edge.cli.main", "--log-level", "ERROR", *args]
 
 
 def _fleet(
@@ -95,7 +91,7 @@ def _fleet(
 
         def upload(d: str) -> None:
             res = subprocess.run(
-                _cli(
+                capsight_cli(
                     "upload",
                     "now",
                     "--uncapped",

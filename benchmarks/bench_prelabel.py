@@ -27,7 +27,6 @@ import contextlib
 import shutil
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -40,6 +39,7 @@ from benchmarks.registry import (
     Metric,
     SimCart,
     benchmark,
+    capsight_cli,
     fleet_carts,
     record_carts,
 )
@@ -60,10 +60,7 @@ def _upload(root: Path, sink: Any, carts: list[SimCart]) -> None:
         token = root / f"{device}.token"
         token.write_text(sink.add_device(device))  # type: ignore[attr-defined]
         res = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "capsight_edge.cli.main",
+            capsight_cli(
                 "upload",
                 "now",
                 "--uncapped",
@@ -75,7 +72,7 @@ def _upload(root: Path, sink: Any, carts: list[SimCart]) -> None:
                 sink.url,
                 "--token-file",
                 str(token),
-            ],  # type: ignore[attr-defined]
+            ),
             capture_output=True,
             text=True,
             timeout=600,

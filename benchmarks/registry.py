@@ -85,6 +85,11 @@ def cart_profile(profile: str, device: str, store: str, quick: bool) -> str:
     )
 
 
+def capsight_cli(*args: str) -> list[str]:
+    """The cart's CLI (``capsight ARGS``) as a benchmark runs it: this Python, errors only."""
+    return [sys.executable, "-m", "capsight_edge.cli.main", "--log-level", "ERROR", *args]
+
+
 @dataclass(frozen=True)
 class SimCart:
     """A simulated cart a benchmark records: its device id, its store, its shopper's seed."""
@@ -135,9 +140,10 @@ def record_carts(
     for start in range(0, len(todo), at_once):
         procs = []
         for cart, data, _ in todo[start : start + at_once]:
-            run = [sys.executable, "-m", "capsight_edge.cli.main", "--log-level", "ERROR"]
-            run += ["run", "--profile", str(dest / f"{cart.device}.toml"), "--data", str(data)]
-            run += ["--seed", str(cart.seed), "--duration", str(seconds)]
+            run = capsight_cli(
+                "run", "--profile", str(dest / f"{cart.device}.toml"), "--data", str(data),
+                "--seed", str(cart.seed), "--duration", str(seconds),
+            )  # fmt: skip
             procs.append(subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
         for p in procs:
             _out, err = p.communicate(timeout=seconds + 180)
