@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -29,8 +30,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout_s: float = 60.0) -> bool:
-    """True once ``url`` answers at all (any status) within ``timeout_s``."""
+def wait_http(url: str, timeout_s: float = 60.0, alive: Callable[[], bool] | None = None) -> bool:
+    """True once ``url`` answers at all (any status) within ``timeout_s``; False at the
+    deadline, or as soon as ``alive()`` says the server is gone."""
     import httpx
 
     deadline = time.monotonic() + timeout_s
@@ -39,6 +41,8 @@ def wait_http(url: str, timeout_s: float = 60.0) -> bool:
             httpx.get(url, timeout=1)
             return True
         except httpx.HTTPError:
+            if alive is not None and not alive():
+                return False
             time.sleep(0.1)
     return False
 
@@ -125,10 +129,16 @@ class LocalSink:
         finally:
             if not isinstance(out, int):
                 out.close()  # the child holds its own copy
-        if not wait_http(self.url + "/healthz", timeout_s):
+        proc = self.proc
+        assert proc is not None
+        if not wait_http(self.url + "/healthz", timeout_s, alive=lambda: proc.poll() is None):
+            code = proc.poll()
             self.stop()
             where = f"; see {self.log}" if self.log else ""
-            raise RuntimeError(f"the sink did not start on {self.url}{where}")
+            how = (
+                "did not start" if code is None else f"exited with status {code} before it answered"
+            )
+            raise RuntimeError(f"the sink {how} on {self.url}{where}")
         return self
 
     @property

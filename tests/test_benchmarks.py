@@ -249,9 +249,112 @@ def test_the_gpu_benchmarks_reference_cnn_is_the_cart_models_network(tmp_path: P
     assert np.abs(got - want).max() < 1e-4 and np.abs(want).max() > 0.01
 
 
+GPU_HOST_SITE = """
+import sys
+sys.path[:] = [{filtered!r} if p == {site!r} else p for p in sys.path]
+"""
+
+
+def gpu_host_env(tmp_path: Path) -> dict[str, str]:
+    """This machine as the GPU host sees it: site-packages replaced by a folder holding only
+    the host's image (`benchmarks.wheelhouse.HOST` with what it requires), the wheelhouse and
+    the project (each distribution's files linked in, its metadata too), by a `sitecustomize`
+    on PYTHONPATH, so in every Python process started from here, the sink's too. Anything else
+    is not there to import, as it would not be there."""
+    import importlib.metadata as metadata
+    import sysconfig
+
+    from benchmarks.wheelhouse import HOST, canonical, closure, wheelhouse
+
+    allowed = closure(HOST, "3.11", strict=False) | set(wheelhouse("3.11")) | {"capsight"}
+    site = Path(sysconfig.get_paths()["purelib"])
+    filtered = tmp_path / "gpu-host" / "site-packages"
+    filtered.mkdir(parents=True)
+    for dist in metadata.distributions():
+        if canonical(dist.metadata["Name"]) not in allowed:
+            continue
+        for top in {f.parts[0] for f in dist.files or [] if f.parts and f.parts[0] != ".."}:
+            if (site / top).exists() and not (filtered / top).exists():
+                (filtered / top).symlink_to(site / top)
+    custom = tmp_path / "gpu-host" / "custom"
+    custom.mkdir()
+    (custom / "sitecustomize.py").write_text(
+        GPU_HOST_SITE.format(filtered=str(filtered), site=str(site))
+    )
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": f"{custom}:{ROOT}" + (f":{path}" if path else "")}
+
+
+def test_the_device_wheelhouse_is_what_the_device_benchmarks_require_beyond_the_hosts_image() -> (
+    None
+):
+    """Resolved, not listed by hand: what the packages the device path imports require in turn
+    (uvicorn's click, python-tuf's urllib3, cryptography's cffi) is in it, and nothing the
+    host's image has is fetched again; every wheel has its pin."""
+    from benchmarks.wheelhouse import HOST, closure, pins, wheelhouse
+
+    names = wheelhouse("3.12")
+    assert {"click", "urllib3", "cffi", "pycparser", "prometheus-client", "av", "tuf"} <= set(names)
+    assert not set(names) & closure(HOST, "3.12", strict=False)
+    assert {"numpy", "torch", "h11", "anyio", "typing-extensions"} <= closure(
+        HOST, "3.12", strict=False
+    )
+    assert len(pins(names)) == len(names)
+
+
+def test_the_model_runtime_pair_runs_on_what_the_gpu_host_and_the_wheelhouse_hold(
+    tmp_path: Path,
+) -> None:
+    """The part of `inference_regression` that `--quick` leaves out, under the GPU host's
+    imports (`gpu_host_env`): a real sink starts, serves a signed registry, and the cart's
+    ModelRuntime pulls, verifies and self-tests the model. The device run on the H200 lost this
+    benchmark to an import the wheelhouse did not hold."""
+    import subprocess
+
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import cloud_sink.server, cloud_sink.tus  # the sink's: here first, for a clear error\n"
+        "from benchmarks.push import served_registry\n"
+        "root = Path(sys.argv[1])\n"
+        "with served_registry(root) as served:\n"
+        "    rt = served.runtime(root / 'cart')\n"
+        "    print(rt.pull().status)\n"
+        "    rt.close()\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "pair")],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=gpu_host_env(tmp_path),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split() == ["updated"], res.stdout
+    # and the gate does hold back what the host lacks
+    blocked = subprocess.run(
+        [sys.executable, "-c", "import ray"],
+        capture_output=True, text=True, timeout=60, env=gpu_host_env(tmp_path / "b"),
+    )  # fmt: skip
+    assert "No module named 'ray'" in blocked.stderr, blocked.stderr[-2000:]
+
+
+def test_a_sink_that_exits_at_start_is_reported_at_once_with_its_status(tmp_path: Path) -> None:
+    """`LocalSink.start` (the benchmarks', the demo's and the tests' sink) stops waiting when the
+    sink's process is gone: an import missing on a GPU host costs a second, not the minute of
+    the start timeout, and the error says the sink exited."""
+    import time
+
+    from capsight_edge.localsink import LocalSink
+
+    sink = LocalSink(tmp_path / "sink", "--max-size", "lots")
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"the sink exited with status 2 before it answered"):
+        sink.start()
+    assert time.monotonic() - t0 < 30 and sink.proc is None
+
+
 def test_the_device_script_runs_here_and_says_what_it_could_not_measure(tmp_path: Path) -> None:
     """benchmarks/device/run.sh is for a GPU host; on a machine without a GPU (this one, CI) it
-    still writes the same report, and each GPU figure it cannot take is skipped with why."""
+    still writes the same report, and each GPU figure it cannot take is skipped with why. It
+    runs under the GPU host's imports (`gpu_host_env`)."""
     import subprocess
 
     from benchmarks.gpu import gpu_backend
@@ -260,8 +363,8 @@ def test_the_device_script_runs_here_and_says_what_it_could_not_measure(tmp_path
     res = subprocess.run(
         [str(ROOT / "benchmarks" / "device" / "run.sh"), str(out), "--quick"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
-        env={**os.environ, "DEVICE_BENCHMARKS": "gpu_inference encoders", "DEVICE_WHEELS": "",
-             "PYTHON": sys.executable, "CAPSIGHT_SOURCE_COMMIT": "ab" * 20},
+        env={**gpu_host_env(tmp_path), "DEVICE_BENCHMARKS": "gpu_inference encoders",
+             "DEVICE_WHEELS": "", "PYTHON": sys.executable, "CAPSIGHT_SOURCE_COMMIT": "ab" * 20},
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     report = json.loads((out / "results.json").read_text())

@@ -1,35 +1,35 @@
 #!/usr/bin/env bash
-# Run HERE (a machine that reaches PyPI): fetch the wheels a GPU host without network needs for the
-# device benchmarks into .whl/ at the repository root (git ignores it; name it in the device
-# tool's `carry`). Only what that host's image lacks is fetched: it has numpy, torch with CUDA,
-# onnx, onnxruntime (CPU), opencv, httpx, rich and matplotlib; not cryptography, which the
-# ModelRuntime pair (a TUF-verified model pull from a local sink) needs, nor the sink's starlette,
-# and uvicorn. Versions come from constraints.txt,
-# the same pins as the suite. The project itself travels as source (the working tree).
+# Run HERE (a machine that reaches PyPI, in the project's environment: ./dev.sh setup): fetch the
+# wheels a GPU host without network needs for the device benchmarks into .whl/ at the repository
+# root (git ignores it; name it in the device tool's `carry`). Which wheels: benchmarks/wheelhouse.py,
+# what the device benchmarks import and everything that requires in turn, less what the host's
+# image has (numpy, torch with CUDA, onnx, onnxscript, onnxruntime (CPU), opencv, httpx, rich and
+# matplotlib, with what they require); versions from constraints.txt, the same pins as the suite.
+# The project itself travels as source (the working tree).
 #
 # Not fetched: onnxruntime-gpu. Its wheel is about 244 MiB, over the 64 MiB one device call
 # carries; the GPU inference benchmark then runs the same network with the host's PyTorch on CUDA
 # (benchmarks/gpu.py) and says so in its notes.
+#   DEVICE_PYTHON: the host's Python (default 3.12); PYTHON: the project's interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 py="${DEVICE_PYTHON:-3.12}"  # the GPU host's python3
+python="${PYTHON:-.venv/bin/python}"
 dest=.whl
 limit_mib=56  # leaves room for the working tree within the 64 MiB a call carries
-packages=(av pydantic pydantic_core annotated-types typing-inspection zstandard lz4 mcap pyserial
-          smbus2 pynmea2 tomli_w tuf securesystemslib zxing-cpp cryptography cffi pycparser
-          starlette uvicorn)
+[ -x "$python" ] || command -v "$python" >/dev/null || {
+    echo "wheelhouse: no $python: run ./dev.sh setup first (the wheels are resolved from it)" >&2
+    exit 2
+}
 pins=()
-for p in "${packages[@]}"; do
-    pin=$(grep -i -E "^${p}==" constraints.txt || true)
-    [ -n "$pin" ] || { echo "wheelhouse: $p has no pin in constraints.txt" >&2; exit 2; }
-    pins+=("$pin")
-done
+while IFS= read -r pin; do pins+=("$pin"); done < <("$python" -m benchmarks.wheelhouse --python "$py")
+[ "${#pins[@]}" -gt 0 ] || { echo "wheelhouse: nothing to fetch (see the error above)" >&2; exit 2; }
 rm -rf "$dest" && mkdir -p "$dest"
 platforms=()
 for tag in manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014 manylinux1; do
     platforms+=(--platform "${tag}_x86_64")
 done
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$py" \
+"$python" -m pip download -q --no-deps --only-binary=:all: --python-version "$py" \
     --implementation cp "${platforms[@]}" -d "$dest" "${pins[@]}"
 size_mib=$(( $(du -sk "$dest" | cut -f1) / 1024 ))
 echo "wheelhouse: $(ls "$dest" | wc -l) wheels, ${size_mib} MiB in $dest"
