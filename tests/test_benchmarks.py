@@ -266,7 +266,8 @@ def gpu_host_env(tmp_path: Path) -> dict[str, str]:
 
     from benchmarks.wheelhouse import HOST, canonical, closure, wheelhouse
 
-    allowed = closure(HOST, "3.11", strict=False) | set(wheelhouse("3.11")) | {"capsight"}
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"  # the host's Python, played here
+    allowed = closure(HOST, here, strict=False) | set(wheelhouse(here)) | {"capsight"}
     site = Path(sysconfig.get_paths()["purelib"])
     filtered = tmp_path / "gpu-host" / "site-packages"
     filtered.mkdir(parents=True)
