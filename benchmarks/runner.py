@@ -206,7 +206,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
         choices=sorted(BENCHMARKS),
         help="run only this benchmark (repeatable)",
     )
-    parser.add_argument("--profile", default="hw_profiles/sim.toml", metavar="FILE")
+    parser.add_argument(
+        "--profile",
+        default="hw_profiles/sim.toml",
+        metavar="FILE",
+        help="the hardware profile to run on (default: hw_profiles/sim.toml): what it does not "
+        "support is skipped with the reason",
+    )
     parser.add_argument("--out", default="bench-out", metavar="DIR", help="the run's folder")
     parser.add_argument(
         "--render",
