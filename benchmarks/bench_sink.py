@@ -222,7 +222,7 @@ def bench_sink_upload(ctx: BenchContext) -> BenchResult:
     sink_s, base_s, raw_s = [], [], []
     disk_runs: list[tuple[float, bool]] = []
     try:
-        wait_http(f"http://127.0.0.1:{port}/", 30)
+        wait_http(f"http://127.0.0.1:{port}/", 30, alive=lambda: ceiling.poll() is None)
         for trial in range(trials):  # interleaved, so all see the same machine
             # The two that write take turns going first, each after a sync, on the same disk
             # (each one's file is gone before the other starts).
@@ -710,7 +710,7 @@ def _moto(port: int) -> subprocess.Popen[bytes] | None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    if not wait_http(f"http://127.0.0.1:{port}", 30):
+    if not wait_http(f"http://127.0.0.1:{port}", 30, alive=lambda: proc.poll() is None):
         proc.kill()
         return None
     return proc

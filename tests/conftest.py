@@ -144,7 +144,7 @@ def moto_url() -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(url, 30)
+        wait_http(url, 30, alive=lambda: proc.poll() is None)
         yield url
     finally:
         proc.terminate()
