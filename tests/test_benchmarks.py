@@ -495,6 +495,42 @@ def test_every_benchmark_runs_in_quick_form_and_leaves_nothing_behind(quick_run:
 
 
 @pytest.mark.timeout(1200)
+def test_the_upload_benchmark_gives_every_throughput_trial_beside_its_medians(
+    quick_run: QuickRun,
+) -> None:
+    """`upload` judges ours against tuspy on pairs of trials taken back to back (the median of
+    the pairs' ratios) and gives each series' trials in the order taken (a quick run takes one
+    of each), so the spread behind a median can be read from the report."""
+    (bench,) = [b for b in quick_run.report["benchmarks"] if b["name"] == "upload"]
+    (note,) = [n for n in bench["notes"] if n.startswith("per trial, on the wire")]
+    series = {
+        label.strip(): [float(v) for v in values.split(", ")]
+        for label, values in re.findall(r"([^;:\[]+) \[([^\]]*)\]", note)
+    }
+    assert set(series) == {
+        "tuspy 1 at a time",
+        "ours 1",
+        "tuspy 2 at once",
+        "ours 2",
+        "ours' first starts",
+    }
+    assert all(len(v) == 1 and v[0] > 0 for v in series.values()), note
+    medians = {m["name"]: m for m in bench["metrics"]}
+    one = medians["uncapped throughput, one upload at a time vs tuspy one at a time"]
+    assert series["ours 1"][0] == pytest.approx(one["value"], abs=0.5)
+    assert series["tuspy 1 at a time"][0] == pytest.approx(one["baseline"], abs=0.5)
+    # The targets: ours against tuspy in the same pair of trials, the median of the pairs
+    paired = medians[
+        "ours vs tuspy, one upload at a time, on the wire: median of the paired trials"
+    ]
+    assert paired["baseline"] == 1.0 and paired["met"] is not None and paired["target"]
+    assert paired["value"] == pytest.approx(one["value"] / one["baseline"])
+    assert [n for n in bench["notes"] if n.startswith("paired ratios, ours / tuspy")]
+    targets = [m["name"] for m in bench["metrics"] if m["met"] is not None and "tuspy" in m["name"]]
+    assert len(targets) == 4 and all("paired trials" in name for name in targets), targets
+
+
+@pytest.mark.timeout(1200)
 def test_the_fleet_cost_benchmark_reports_every_stage_per_capture_at_each_size(
     quick_run: QuickRun,
 ) -> None:
