@@ -356,9 +356,6 @@ def bench_upload(ctx: BenchContext) -> BenchResult:
             # the one before it.
             runs.setdefault(name, []).append((trial.wire, trial.ingested(sink)))
 
-        def ours(prefix: str, concurrency: int, kept: dict[str, str]) -> Trial:
-            return _ours_once(url, token, prefix, n, size, concurrency, kept)[0]
-
         # Each target compares a pair of trials taken back to back, ours and tuspy's, who goes
         # first alternating from pair to pair: the machine's speed drifts through a run (on
         # these VMs the same trial has run at a third of its speed from one minute to the
@@ -375,7 +372,7 @@ def bench_upload(ctx: BenchContext) -> BenchResult:
                 order = [mine, theirs] if (t + i) % 2 else [theirs, mine]
                 for side in order:
                     if side == mine:
-                        keep(mine, ours(f"{mine}-{t}", conc, kept))
+                        keep(mine, _ours_once(url, token, f"{mine}-{t}", n, size, conc, kept)[0])
                     else:
                         keep(theirs, _tuspy_once(url, token, f"{theirs}-{t}", n, size, False, conc))
             for conc, name in ((1, "theirs_sum"), (2, "theirs_sum2")):
@@ -388,10 +385,8 @@ def bench_upload(ctx: BenchContext) -> BenchResult:
         def paired(mine: str, theirs: str, which: int = 0) -> list[float]:
             return [a[which] / b[which] for a, b in zip(runs[mine], runs[theirs], strict=True)]
 
-        for label, conc, mine, theirs in (
-            ("one", 1, "ours1", "theirs"),
-            ("two", 2, "ours2", "theirs2"),
-        ):
+        for mine, theirs, conc in pairs:
+            label = "one" if conc == 1 else "two"
             at_once = "one upload at a time" if conc == 1 else "two uploads at once"
             for which, how in ((0, "on the wire"), (1, "until ingested")):
                 ratio = statistics.median(paired(mine, theirs, which))
@@ -445,7 +440,8 @@ def bench_upload(ctx: BenchContext) -> BenchResult:
                 "tuspy 1.1, 1 at a time (whole file per request, no checksum)",
             ),
         ]
-        for label, mine, theirs in (("one", "ours1", "theirs"), ("two", "ours2", "theirs2")):
+        for mine, theirs, conc in pairs:
+            label = "one" if conc == 1 else "two"
             res.metrics.append(
                 Metric(
                     f"until ingested, {label} at a time vs tuspy {label} at a time",
