@@ -274,11 +274,11 @@ def test_a_restarted_uploader_sizes_its_chunks_from_the_rate_it_measured_before(
     kept = float(journal.kv_get(RATE_KEY) or 0)
     assert kept == pytest.approx(first.stats.measured_bytes_per_s, rel=0.01) and kept > 0
     second = uploader(journal, data, sink.url, sink.token)
-    assert second._chunk_size() == MAX_CHUNK  # nothing measured in this process yet
+    assert second._chunk_size(1 << 30) == MAX_CHUNK  # nothing measured in this process yet
     asyncio.run(second.run(until_idle=True))  # nothing to send: it only recalls the rate
     assert second.stats.measured_bytes_per_s == kept
     expected = int(min(UNCAPPED_CHUNK, max(MIN_CHUNK, kept * 4.0)))
-    assert second._chunk_size() == expected != MAX_CHUNK
+    assert second._chunk_size(1 << 30) == expected != MAX_CHUNK
 
 
 def test_the_pause_hook_stops_sending_at_once_and_resume_finishes(

@@ -287,7 +287,9 @@ def test_chunk_reader_checksums_streams_and_hashes_the_whole_file_in_order(
     asyncio.run(go())
 
 
-def test_uncapped_chunks_are_about_four_seconds_of_the_measured_rate(tmp_path: Path) -> None:
+def test_uncapped_chunks_are_about_four_seconds_of_the_measured_rate_and_take_short_tails_along(
+    tmp_path: Path,
+) -> None:
     """A checksummed chunk cut by the network is lost whole: uncapped, a chunk is sized to
     what the sink confirmed lately (requests under 1 MiB are round trips, not samples)."""
     from capsight_edge.journal.journal import Journal
@@ -303,13 +305,28 @@ def test_uncapped_chunks_are_about_four_seconds_of_the_measured_rate(tmp_path: P
     journal = Journal(tmp_path / "journal.db")
     try:
         up = Uploader(journal, tmp_path, sink_url="http://127.0.0.1:9", token="t", uncapped=True)
-        assert up._chunk_size() == MAX_CHUNK  # nothing measured yet
+        big = 1 << 30  # what is left of the file: far more than a chunk
+        assert up._chunk_size(big) == MAX_CHUNK  # nothing measured yet
         up.stats.measured(10 << 20, 8.0)  # a store's Wi-Fi: 1.25 MiB/s
-        assert up._chunk_size() == 5 << 20
+        assert up._chunk_size(big) == 5 << 20
+        # A tail under a quarter chunk goes with the chunk before it, never a request of its
+        # own; from a quarter up it is a chunk of its own; a last chunk is not stretched.
+        assert up._chunk_size((5 << 20) + (1 << 20)) == (5 << 20) + (1 << 20)
+        assert up._chunk_size((5 << 20) + (5 << 18)) == 5 << 20
+        assert up._chunk_size(3 << 20) == 5 << 20  # the request is what is left of it
         up.stats.measured_bytes_per_s = 500 * 2**20  # loopback
-        assert up._chunk_size() == UNCAPPED_CHUNK
+        assert up._chunk_size(big) == UNCAPPED_CHUNK
+        assert up._chunk_size(70 << 20) == 70 << 20
         up.stats.measured_bytes_per_s = 1000.0  # a trickle
-        assert up._chunk_size() == MIN_CHUNK
+        assert up._chunk_size(big) == MIN_CHUNK
+    finally:
+        journal.close()
+    journal = Journal(tmp_path / "fixed.db")
+    try:  # a size the integrator fixed is kept to the byte (a proxy's limit, say)
+        up = Uploader(
+            journal, tmp_path, sink_url="http://127.0.0.1:9", token="t", chunk_bytes=1 << 20
+        )
+        assert up._chunk_size((1 << 20) + 10) == 1 << 20
     finally:
         journal.close()
 

@@ -64,9 +64,10 @@ Pacer = Callable[[AsyncIterator[bytes], list[int]], AsyncIterator[bytes]]
 
 
 class ChunkSizer(Protocol):
-    """The uploader's chunk size now; ``ahead``: the likely size of the next one."""
+    """The uploader's next request body with ``left`` bytes of the file to send; ``ahead``:
+    the likely size of the request after this one."""
 
-    def __call__(self, ahead: bool = False) -> int: ...
+    def __call__(self, left: int, ahead: bool = False) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -273,7 +274,7 @@ class BundleUpload:
         ctx, stats = self.ctx, self.ctx.stats
         fails = 0
         while not up.done:
-            up.chunk_bytes = ctx.chunk_size()
+            up.chunk_bytes = ctx.chunk_size(up.length - up.offset)
             up.token = ctx.sink.token
             req = up.next_request()
             assert req is not None
@@ -371,7 +372,9 @@ class BundleUpload:
                 raise LocalFileProblem(f"{reader.path.name} changed size during its upload")
             headers["Content-Length"] = str(length)
             if req.checksum:
-                digest = await reader.checksum_of(offset, length, self.ctx.chunk_size(ahead=True))
+                left = reader.length - offset - length
+                ahead = self.ctx.chunk_size(left, ahead=True) if left > 0 else 0
+                digest = await reader.checksum_of(offset, length, ahead)
                 headers["Upload-Checksum"] = f"sha256 {digest}"
             content = self.ctx.pace(reader.blocks(offset, length), sent)
         elif req.method in ("POST", "PATCH"):

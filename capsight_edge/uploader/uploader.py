@@ -56,6 +56,7 @@ log = logging.getLogger("capsight.uploader")
 MIN_CHUNK, MAX_CHUNK = 256 << 10, 8 << 20
 CHUNK_SECONDS = 4.0  # a chunk is about this long on the wire
 UNCAPPED_CHUNK = 64 << 20  # fewer round trips and fsyncs when nothing paces us; streamed
+TAIL_SHARE = 0.25  # a file's last bytes under this share of a chunk go with the chunk before
 
 
 @functools.cache
@@ -228,11 +229,17 @@ class Uploader:
         """None: uncapped; 0: no uploads now."""
         return self.scheduler.rate_bps(self.now())
 
-    def _chunk_size(self, ahead: bool = False) -> int:
-        """About 4 s of the rate: the cap's, or uncapped the rate the sink confirmed lately
+    def _chunk_size(self, left: int, ahead: bool = False) -> int:
+        """The next request's body when ``left`` bytes of the file remain to send.
+
+        About 4 s of the rate: the cap's, or uncapped the rate the sink confirmed lately
         (a checksummed request cut by the network is applied whole or not at all, so a chunk
         is what one interruption can cost). Uncapped, before anything was measured:
-        ``MAX_CHUNK``; at most ``UNCAPPED_CHUNK``.
+        ``MAX_CHUNK``; at most ``UNCAPPED_CHUNK``. A tail shorter than a quarter of that goes
+        with the chunk before it (:data:`TAIL_SHARE`): on a store's Wi-Fi a request costs a
+        round trip and the sink's fsyncs whatever its size, and a last chunk of a few packets
+        took as long as a megabyte. A size the integrator fixed (``chunk_bytes``) is kept to
+        the byte: it may be a proxy's limit.
 
         ``ahead``: the size to hash the next chunk ahead with while this one is sent. Before
         anything was measured, the first answer decides it: guessed at ``UNCAPPED_CHUNK`` (on
@@ -244,9 +251,12 @@ class Uploader:
         if not rate:
             measured = self.stats.measured_bytes_per_s
             if not measured:
-                return UNCAPPED_CHUNK if ahead else MAX_CHUNK
-            return int(min(UNCAPPED_CHUNK, max(MIN_CHUNK, measured * CHUNK_SECONDS)))
-        return int(min(MAX_CHUNK, max(MIN_CHUNK, rate * CHUNK_SECONDS)))
+                size = UNCAPPED_CHUNK if ahead else MAX_CHUNK
+            else:
+                size = int(min(UNCAPPED_CHUNK, max(MIN_CHUNK, measured * CHUNK_SECONDS)))
+        else:
+            size = int(min(MAX_CHUNK, max(MIN_CHUNK, rate * CHUNK_SECONDS)))
+        return left if size < left < size * (1 + TAIL_SHARE) else size
 
     def status(self) -> dict[str, Any]:
         return self._status().as_dict()
