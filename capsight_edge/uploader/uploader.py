@@ -237,9 +237,9 @@ class Uploader:
         is what one interruption can cost). Uncapped, before anything was measured:
         ``MAX_CHUNK``; at most ``UNCAPPED_CHUNK``. A tail shorter than a quarter of that goes
         with the chunk before it (:data:`TAIL_SHARE`): on a store's Wi-Fi a request costs a
-        round trip and the sink's fsyncs whatever its size, and a last chunk of a few packets
-        took as long as a megabyte. A size the integrator fixed (``chunk_bytes``) is kept to
-        the byte: it may be a proxy's limit.
+        round trip and the sink's fsyncs whatever its size, and a last chunk of a few dozen
+        packets ran at a seventh of the link's rate. A size the integrator fixed
+        (``chunk_bytes``) is kept to the byte: it may be a proxy's limit.
 
         ``ahead``: the size to hash the next chunk ahead with while this one is sent. Before
         anything was measured, the first answer decides it: guessed at ``UNCAPPED_CHUNK`` (on
