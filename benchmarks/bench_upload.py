@@ -361,14 +361,18 @@ def bench_upload(ctx: BenchContext) -> BenchResult:
         # these VMs the same trial has run at a third of its speed from one minute to the
         # next, for both uploaders), and a pair sees one state of it. The targets are judged
         # on the median of the pairs' ratios; the medians of each series are given beside.
-        pairs = (("ours1", "theirs", 1), ("ours2", "theirs2", 2))
+        # (ours, tuspy's, uploads at once, the count in words, how many at a time)
+        pairs = (
+            ("ours1", "theirs", 1, "one", "one upload at a time"),
+            ("ours2", "theirs2", 2, "two", "two uploads at once"),
+        )
         probes = [fsync_probe(Path(tempfile.gettempdir()))]
         for t in range(trials):
             # A first start (nothing measured), then carts in service: each starts from what
             # the first start's journal kept (the rate, the endpoint), as a restarted cart does.
             trial, kept = _ours_once(url, token, f"cold-{t}", n, size, 1)
             keep("cold", trial)
-            for i, (mine, theirs, conc) in enumerate(pairs):
+            for i, (mine, theirs, conc, _, _) in enumerate(pairs):
                 order = [mine, theirs] if (t + i) % 2 else [theirs, mine]
                 for side in order:
                     if side == mine:
@@ -385,10 +389,9 @@ def bench_upload(ctx: BenchContext) -> BenchResult:
         def paired(mine: str, theirs: str, which: int = 0) -> list[float]:
             return [a[which] / b[which] for a, b in zip(runs[mine], runs[theirs], strict=True)]
 
-        for mine, theirs, conc in pairs:
-            label = "one" if conc == 1 else "two"
-            at_once = "one upload at a time" if conc == 1 else "two uploads at once"
-            for which, how in ((0, "on the wire"), (1, "until ingested")):
+        hows = ((0, "on the wire"), (1, "until ingested"))
+        for mine, theirs, _, label, at_once in pairs:
+            for which, how in hows:
                 ratio = statistics.median(paired(mine, theirs, which))
                 res.metrics.append(
                     Metric(
@@ -440,8 +443,7 @@ def bench_upload(ctx: BenchContext) -> BenchResult:
                 "tuspy 1.1, 1 at a time (whole file per request, no checksum)",
             ),
         ]
-        for mine, theirs, conc in pairs:
-            label = "one" if conc == 1 else "two"
+        for mine, theirs, _, label, _ in pairs:
             res.metrics.append(
                 Metric(
                     f"until ingested, {label} at a time vs tuspy {label} at a time",
@@ -471,13 +473,9 @@ def bench_upload(ctx: BenchContext) -> BenchResult:
         res.notes.append(
             "paired ratios, ours / tuspy, in the order taken: "
             + "; ".join(
-                f"{label} [{', '.join(f'{r:.2f}' for r in paired(mine, theirs, which))}]"
-                for label, mine, theirs, which in (
-                    ("one at a time on the wire", "ours1", "theirs", 0),
-                    ("two at once on the wire", "ours2", "theirs2", 0),
-                    ("one at a time until ingested", "ours1", "theirs", 1),
-                    ("two at once until ingested", "ours2", "theirs2", 1),
-                )
+                f"{at_once} {how} [{', '.join(f'{r:.2f}' for r in paired(mine, theirs, which))}]"
+                for which, how in hows
+                for mine, theirs, _, _, at_once in pairs
             )
         )
         # Every trial's figure, in the order taken, so that a reader sees the spread the
