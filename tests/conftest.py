@@ -19,15 +19,33 @@ def run_cli(
     timeout: float = 120,
     prog: str = "capsight_edge.cli.main",
 ) -> subprocess.CompletedProcess[str]:
-    """Run a console command in a real child process, as a technician would."""
-    return subprocess.run(
+    """Run a console command in a real child process, as a technician would. Past ``timeout``
+    it gets a Ctrl-C (a command stops what it started on one) and the test fails with the tail
+    of what it printed, so that a slow machine's failure says how far it got."""
+    import signal
+
+    with subprocess.Popen(
         [sys.executable, "-m", prog, *args],
         cwd=cwd or ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         env=cli_env(env),
-    )
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+            try:
+                out, err = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+            pytest.fail(
+                f"{prog} {' '.join(args)}: still running after {timeout:g} s; "
+                f"stdout ends:\n{out[-3000:]}\nstderr ends:\n{err[-3000:]}"
+            )
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
