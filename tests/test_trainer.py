@@ -24,7 +24,10 @@ from capsight_edge.localray import ray_head
 from cloud_sink.datasets import Manifest, load_manifest
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.whole_machine  # a Ray cluster (`ray start --head`), both cores
+# A Ray cluster (`ray start --head`), both cores. The module's `runs` trains three models
+# (136 s here in the suite on a slow day) in the first test that asks for it: twice the suite's
+# 300 s per test, for a slower machine.
+pytestmark = [pytest.mark.whole_machine, pytest.mark.timeout(600)]
 
 TRAIN = [sys.executable, "-m", "trainer.cli"]
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
