@@ -22,8 +22,6 @@ def run_cli(
     """Run a console command in a real child process, as a technician would. Past ``timeout``
     it gets a Ctrl-C (a command stops what it started on one) and the test fails with the tail
     of what it printed, so that a slow machine's failure says how far it got."""
-    import signal
-
     with subprocess.Popen(
         [sys.executable, "-m", prog, *args],
         cwd=cwd or ROOT,
@@ -35,17 +33,32 @@ def run_cli(
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGINT)
-            try:
-                out, err = proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out, err = proc.communicate()
+            out, err = _stop(proc)
             pytest.fail(
-                f"{prog} {' '.join(args)}: still running after {timeout:g} s; "
+                f"{' '.join([prog, *args])}: still running after {timeout:g} s; "
                 f"stdout ends:\n{out[-3000:]}\nstderr ends:\n{err[-3000:]}"
             )
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """What a command past its time printed, after a Ctrl-C and a minute to stop (then
+    SIGKILL). A child of its still holding the pipes is not waited for past 10 s more."""
+    import signal
+
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    try:
+        return proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired as exc:  # what came before it (bytes, as Popen keeps it)
+        said = [
+            x.decode(errors="replace") if isinstance(x, bytes) else ""
+            for x in (exc.stdout, exc.stderr)
+        ]
+        return said[0], said[1]
 
 
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
