@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -41,24 +42,24 @@ def run_cli(
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
-    """What a command past its time printed, after a Ctrl-C and a minute to stop (then
-    SIGKILL). A child of its still holding the pipes is not waited for past 10 s more."""
-    import signal
+#: How a test stops a command or a run it started that is still going: a Ctrl-C first (a
+#: command stops what it started on one) and a minute for it, then SIGKILL and 10 s more.
+STOP_SIGNALS = ((signal.SIGINT, 60.0), (signal.SIGKILL, 10.0))
 
-    proc.send_signal(signal.SIGINT)
-    try:
-        return proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    try:
-        return proc.communicate(timeout=10)
-    except subprocess.TimeoutExpired as exc:  # what came before it (bytes, as Popen keeps it)
-        said = [
-            x.decode(errors="replace") if isinstance(x, bytes) else ""
-            for x in (exc.stdout, exc.stderr)
-        ]
-        return said[0], said[1]
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """What a command past its time printed, stopped by STOP_SIGNALS. A child of its still
+    holding the pipes at the end is not waited for: what came before it is returned."""
+    for sig, grace_s in STOP_SIGNALS:
+        proc.send_signal(sig)
+        try:
+            return proc.communicate(timeout=grace_s)
+        except subprocess.TimeoutExpired as exc:  # bytes so far, as Popen keeps them
+            said = [
+                x.decode(errors="replace") if isinstance(x, bytes) else ""
+                for x in (exc.stdout, exc.stderr)
+            ]
+    return said[0], said[1]
 
 
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -262,10 +263,9 @@ class QuickRunProcess:
         """Interrupts a run still going (Ctrl-C first, so that it removes what it made), then
         removes its folder."""
         import shutil
-        import signal
 
         if self.proc.poll() is None:
-            for sig, grace_s in ((signal.SIGINT, 60.0), (signal.SIGKILL, 10.0)):
+            for sig, grace_s in STOP_SIGNALS:
                 try:
                     os.killpg(self.proc.pid, sig)
                     self.proc.wait(timeout=grace_s)
