@@ -106,16 +106,12 @@ def bench_train(ctx: BenchContext) -> BenchResult:
         plains: list[float] = []
         rays = []
         for t in range(QUICK_PAIRS if ctx.quick else PAIRS):
-            runs = {
-                "plain": lambda t=t: train_plain(replace(plain_settings, out=f"{root}/plain-{t}")),
-                "ray": lambda t=t: train_ray(replace(ray_settings, out=f"{root}/ray-{t}")),
-            }
             for side in ("plain", "ray") if t % 2 == 0 else ("ray", "plain"):
-                done = runs[side]()
                 if side == "plain":
-                    plains.append(rate(done.epochs))
+                    plain = train_plain(replace(plain_settings, out=f"{root}/plain-{t}"))
+                    plains.append(rate(plain.epochs))
                 else:
-                    rays.append(done)
+                    rays.append(train_ray(replace(ray_settings, out=f"{root}/ray-{t}")))
         ray_rates = [rate(r.epochs) for r in rays]
         ratio = statistics.median(r / p for r, p in zip(ray_rates, plains, strict=True))
         result.metrics.append(
